@@ -1,0 +1,41 @@
+// Shared test helpers: running the owl2 binary and reading files.
+#pragma once
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <string>
+
+namespace owl2::test {
+
+struct CliResult {
+  int rc = -1;
+  std::string out;  // stdout and stderr together
+};
+
+// Runs `owl2 <args>` through the shell (args are passed as written) and captures its output.
+inline CliResult run_owl2(const std::string& args) {
+  const std::string cmd = std::string(OWL2_BINARY) + " " + args + " 2>&1";
+  CliResult r;
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p) return r;
+  std::array<char, 4096> buf{};
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
+  const int status = pclose(p);
+  r.rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+inline std::string source_path(const std::string& rel) { return std::string(OWL2_SOURCE_DIR) + "/" + rel; }
+
+inline std::string read_text(const std::string& path) {
+  std::ifstream f(path);
+  std::stringstream s;
+  s << f.rdbuf();
+  return s.str();
+}
+
+}  // namespace owl2::test

@@ -1,0 +1,58 @@
+// The run configuration: YAML files (with `include:`) plus `--set key=value` overrides, parsed in one
+// place into typed structs and validated once. Every error names the full key path (and its file:line).
+#pragma once
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "owl2/config.h"
+
+namespace owl2 {
+
+// A bad config file, key, type or value. The CLI maps it to exit code 2.
+struct ConfigError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// AdamW with a cosine schedule; defaults are the paper's stage-1 recipe (spec §4.1, Table 15).
+struct OptimConfig {
+  double lr = 1e-4;
+  double min_lr = 1e-6;
+  std::vector<double> betas{0.9, 0.98};
+  double eps = 1e-6;
+  double weight_decay = 0.05;
+  double grad_clip = 1.0;
+  int64_t warmup_steps = 1000;
+  double vision_layer_decay = 0.9;  // layer-wise LR decay of the ViT (paper; never in the reference code)
+};
+
+struct TrainConfig {
+  int64_t steps = 1000;
+  int64_t global_batch_size = 256;
+  int64_t micro_batch_size = 1;
+  int64_t seed = 0;
+  std::string precision = "fp32";  // fp32 | bf16
+  std::string out_dir = "runs/default";
+};
+
+struct RunConfig {
+  ModelConfig model;
+  OptimConfig optim;
+  TrainConfig train;
+};
+
+// Reads `path`, resolves `include:` (relative to the including file, later wins), applies the
+// overrides ("optim.lr=2e-5", value parsed as YAML), parses and validates. Throws ConfigError.
+RunConfig load_config(const std::string& path, const std::vector<std::string>& overrides = {});
+
+// Parses a YAML document given as text (no includes); `origin` names it in messages.
+RunConfig parse_config_text(const std::string& yaml, const std::string& origin = "<string>");
+
+// The resolved configuration as YAML, every key with its value (defaults included).
+std::string to_yaml(const RunConfig& cfg);
+
+// Edit distance, used to suggest the closest valid key.
+size_t edit_distance(const std::string& a, const std::string& b);
+
+}  // namespace owl2
