@@ -51,7 +51,7 @@ TEST_CASE("an unknown key names its full path, file and line, and the closest va
   REQUIRE_THROWS_WITH(load_config(fixture("base.yaml"), {"optim.lrr=1"}),
                       Contains("--set optim.lrr") && Contains("did you mean 'optim.lr'?"));
   REQUIRE_THROWS_WITH(parse_config_text("zzzzzz: 1"), Contains("unknown key 'zzzzzz'") &&
-                                                          Contains("valid keys under '<top>': model, optim, train"));
+                                                          Contains("valid keys under '<top>': model, optim, train, freeze, param_groups"));
 }
 
 TEST_CASE("a wrong type names the path, the expected type and the value", "[config]") {
@@ -83,6 +83,24 @@ TEST_CASE("include problems are reported with the including file", "[config]") {
   REQUIRE_THROWS_WITH(load_config(fixture("nope.yaml")), Contains("nope.yaml: config file not found"));
   REQUIRE_THROWS_WITH(parse_config_text("a: [1, 2", "inline"), Contains("inline:") && Contains("YAML syntax error"));
   REQUIRE_THROWS_WITH(load_config(fixture("base.yaml"), {"noequals"}), Contains("expected key.path=value"));
+}
+
+TEST_CASE("lists of rules parse with per-item paths in errors", "[config]") {
+  const auto cfg = parse_config_text(
+      "freeze: [{pattern: 'model.vision_model.*'}, {pattern: '*', trainable: false}]\n"
+      "param_groups: [{pattern: '*.bias', weight_decay: 0}, {pattern: '*', lr_scale: 0.5}]\n");
+  REQUIRE(cfg.freeze.size() == 2);
+  CHECK(cfg.freeze[0].trainable);
+  CHECK_FALSE(cfg.freeze[1].trainable);
+  REQUIRE(cfg.param_groups.size() == 2);
+  CHECK(cfg.param_groups[0].weight_decay == 0.0);
+  CHECK_FALSE(cfg.param_groups[1].weight_decay.has_value());
+  CHECK(cfg.param_groups[1].lr_scale == 0.5);
+  REQUIRE_THROWS_WITH(parse_config_text("freeze: [{pattern: '*', trainabel: true}]"),
+                      Contains("unknown key 'freeze[0].trainabel'; did you mean 'freeze[0].trainable'?"));
+  REQUIRE_THROWS_WITH(parse_config_text("param_groups: [{pattern: '*', lr_scale: -1}]"),
+                      Contains("param_groups[0].lr_scale: must be >= 0, got -1"));
+  REQUIRE_THROWS_WITH(parse_config_text("freeze: []"), Contains("freeze: must list at least one rule"));
 }
 
 TEST_CASE("the printed config parses back to the same config", "[config]") {

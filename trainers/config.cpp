@@ -77,17 +77,33 @@ template <class V> void fields(V& v, TrainConfig& c) {
   v("out_dir", c.out_dir);
 }
 
+template <class V> void fields(V& v, FreezeRule& c) {
+  v("pattern", c.pattern);
+  v("trainable", c.trainable);
+}
+
+template <class V> void fields(V& v, ParamGroupRule& c) {
+  v("name", c.name);
+  v("pattern", c.pattern);
+  v("lr_scale", c.lr_scale);
+  v("weight_decay", c.weight_decay);
+}
+
 template <class V> void fields(V& v, RunConfig& c) {
   v("model", c.model);
   v("optim", c.optim);
   v("train", c.train);
+  v("freeze", c.freeze);
+  v("param_groups", c.param_groups);
 }
 
 template <class T> struct is_vector : std::false_type {};
 template <class T> struct is_vector<std::vector<T>> : std::true_type {};
+template <class T> struct is_optional : std::false_type {};
+template <class T> struct is_optional<std::optional<T>> : std::true_type {};
 template <class T>
-struct is_struct
-    : std::bool_constant<std::is_class_v<T> && !std::is_same_v<T, std::string> && !is_vector<T>::value> {};
+struct is_struct : std::bool_constant<std::is_class_v<T> && !std::is_same_v<T, std::string> &&
+                                      !is_vector<T>::value && !is_optional<T>::value> {};
 
 // ---------------------------------------------------------------------------------------------
 
@@ -285,8 +301,8 @@ class Reader {
         where = it->second;
         break;
       }
-      const auto dot = p.rfind('.');
-      p = dot == std::string::npos ? std::string() : p.substr(0, dot);
+      const auto cut = p.find_last_of(".[");
+      p = cut == std::string::npos ? std::string() : p.substr(0, cut);
     }
     throw ConfigError(prefix_path ? fmt::format("{}: {}: {}", where, path, what) : fmt::format("{}: {}", where, what));
   }
@@ -333,6 +349,13 @@ class Reader {
     out = n.Scalar();
   }
 
+  template <class T> void read(const YAML::Node& n, const std::string& path, std::optional<T>& out) const {
+    if (n.IsNull()) return void(out.reset());
+    T value{};
+    read(n, path, value);
+    out = value;
+  }
+
   template <class T> void read(const YAML::Node& n, const std::string& path, std::vector<T>& out) const {
     if (!n.IsSequence()) fail(path, "expected a list, got " + describe(n));
     std::vector<T> items(n.size());
@@ -371,8 +394,16 @@ class Writer {
   void write(double v) { out_ << fmt::format("{}", v); }
   void write(bool v) { out_ << (v ? "true" : "false"); }
   void write(const std::string& v) { out_ << v; }
+  template <class T> void write(std::optional<T>& v) {
+    if (v) {
+      write(*v);
+    } else {
+      out_ << YAML::Null;
+    }
+  }
   template <class T> void write(std::vector<T>& v) {
-    out_ << YAML::Flow << YAML::BeginSeq;
+    if constexpr (!is_struct<T>::value) out_ << YAML::Flow;
+    out_ << YAML::BeginSeq;
     for (auto& x : v) write(x);
     out_ << YAML::EndSeq;
   }
@@ -414,6 +445,19 @@ void validate_run(const RunConfig& c, const Reader& r) {
                                                   t.micro_batch_size, t.global_batch_size));
   }
   if (t.out_dir.empty()) r.fail("train.out_dir", "must not be empty");
+  if (c.freeze.empty()) r.fail("freeze", "must list at least one rule (e.g. {pattern: \"*\", trainable: true})");
+  for (size_t i = 0; i < c.freeze.size(); ++i) {
+    if (c.freeze[i].pattern.empty()) r.fail(fmt::format("freeze[{}].pattern", i), "must not be empty");
+  }
+  if (c.param_groups.empty()) r.fail("param_groups", "must list at least one group (e.g. {pattern: \"*\"})");
+  for (size_t i = 0; i < c.param_groups.size(); ++i) {
+    const auto& g = c.param_groups[i];
+    if (g.pattern.empty()) r.fail(fmt::format("param_groups[{}].pattern", i), "must not be empty");
+    if (!(g.lr_scale >= 0)) r.fail(fmt::format("param_groups[{}].lr_scale", i), fmt::format("must be >= 0, got {}", g.lr_scale));
+    if (g.weight_decay && *g.weight_decay < 0) {
+      r.fail(fmt::format("param_groups[{}].weight_decay", i), fmt::format("must be >= 0, got {}", *g.weight_decay));
+    }
+  }
 }
 
 RunConfig parse_node(const YAML::Node& root, const Origins& origins, const std::string& origin) {

@@ -2,6 +2,7 @@
 // place into typed structs and validated once. Every error names the full key path (and its file:line).
 #pragma once
 #include <cstdint>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -36,10 +37,31 @@ struct TrainConfig {
   std::string out_dir = "runs/default";
 };
 
+// Freezing: ordered rules over parameter names, first match wins. `pattern` is a glob over the full name:
+// '*' matches any run of characters (dots included), '?' one character, e.g. "model.layers.*.multiway.1.*".
+struct FreezeRule {
+  std::string pattern;
+  bool trainable = true;
+};
+
+// Optimizer parameter groups over the trainable parameters, first match wins.
+struct ParamGroupRule {
+  std::string name;                    // shown in the table; defaults to the pattern
+  std::string pattern;
+  double lr_scale = 1.0;               // multiplies the scheduled LR
+  std::optional<double> weight_decay;  // unset: optim.weight_decay
+};
+
 struct RunConfig {
   ModelConfig model;
   OptimConfig optim;
   TrainConfig train;
+  std::vector<FreezeRule> freeze{{"*", true}};
+  // No weight decay on biases and norms (the reference trainer's rule); everything else in one group.
+  std::vector<ParamGroupRule> param_groups{{"no_decay", "*.bias", 1.0, 0.0},
+                                           {"norms", "*norm*", 1.0, 0.0},
+                                           {"ffn_ln", "*ffn_ln*", 1.0, 0.0},
+                                           {"default", "*", 1.0, std::nullopt}};
 };
 
 // Reads `path`, resolves `include:` (relative to the including file, later wins), applies the

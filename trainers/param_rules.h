@@ -1,0 +1,44 @@
+// What is trained and how fast: ordered freeze rules and parameter groups over parameter names
+// (first match wins), applied to a model from outside; plus the ViT's layer-wise LR decay.
+#pragma once
+#include <torch/nn/module.h>
+
+#include <string>
+#include <vector>
+
+#include "trainers/config.h"
+
+namespace owl2 {
+
+bool glob_match(const std::string& pattern, const std::string& name);
+
+// Sets requires_grad on every parameter by the first matching rule. Throws std::invalid_argument when a rule
+// matches no parameter, or when a parameter matches no rule (a rules list should end with "*").
+// Returns a table (one line per top-level module: trainable / frozen parameter counts).
+std::string apply_freeze_rules(torch::nn::Module& model, const std::vector<FreezeRule>& rules);
+
+// A resolved optimizer group: the tensors and their LR scale and weight decay.
+struct ParamGroup {
+  std::string name;
+  std::vector<std::string> names;
+  std::vector<torch::Tensor> params;
+  double lr_scale = 1.0;
+  double weight_decay = 0.0;
+  int64_t numel = 0;
+};
+
+// Assigns every trainable parameter to the first matching group rule; throws std::invalid_argument when a rule
+// matches no trainable parameter or a trainable parameter is left unclaimed. With vision_layer_decay < 1, the
+// groups are split further by ViT depth: block i of L gets decay^(L - i), the embeddings decay^(L + 1), and the
+// ViT post-LN and everything outside the ViT 1 (BEiT-style layer ids).
+std::vector<ParamGroup> resolve_param_groups(torch::nn::Module& model, const std::vector<ParamGroupRule>& rules,
+                                             double default_weight_decay, double vision_layer_decay,
+                                             int64_t vision_layers);
+
+// A printable table of the groups (name, tensors, parameters, lr scale, weight decay).
+std::string describe_param_groups(const std::vector<ParamGroup>& groups);
+
+// Linear warm-up to the peak over `warmup` steps (step 0 gets peak/warmup), then cosine to `min_lr` at `total`.
+double cosine_lr(int64_t step, int64_t total, int64_t warmup, double peak, double min_lr);
+
+}  // namespace owl2
