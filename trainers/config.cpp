@@ -75,6 +75,7 @@ template <class V> void fields(V& v, TrainConfig& c) {
   v("seed", c.seed);
   v.choice("precision", c.precision, {"fp32", "bf16"});
   v("out_dir", c.out_dir);
+  v("max_nonfinite_steps", c.max_nonfinite_steps);
 }
 
 template <class V> void fields(V& v, FreezeRule& c) {
@@ -445,6 +446,7 @@ void validate_run(const RunConfig& c, const Reader& r) {
                                                   t.micro_batch_size, t.global_batch_size));
   }
   if (t.out_dir.empty()) r.fail("train.out_dir", "must not be empty");
+  if (t.max_nonfinite_steps < 0) r.fail("train.max_nonfinite_steps", fmt::format("must be >= 0, got {}", t.max_nonfinite_steps));
   if (c.freeze.empty()) r.fail("freeze", "must list at least one rule (e.g. {pattern: \"*\", trainable: true})");
   for (size_t i = 0; i < c.freeze.size(); ++i) {
     if (c.freeze[i].pattern.empty()) r.fail(fmt::format("freeze[{}].pattern", i), "must not be empty");

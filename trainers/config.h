@@ -35,6 +35,7 @@ struct TrainConfig {
   int64_t seed = 0;
   std::string precision = "fp32";  // fp32 | bf16
   std::string out_dir = "runs/default";
+  int64_t max_nonfinite_steps = 3;  // stop after this many non-finite steps in a row (each is skipped)
 };
 
 // Freezing: ordered rules over parameter names, first match wins. `pattern` is a glob over the full name:

@@ -1,0 +1,24 @@
+// A collated micro-batch: what the loader produces and the model consumes.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <cstdint>
+
+namespace owl2 {
+
+struct Batch {
+  at::Tensor input_ids;       // [B,T] int64; -200 marks where an image's visual tokens go
+  at::Tensor attention_mask;  // [B,T] int64, 1 = real token (padding may be on either side)
+  at::Tensor labels;          // [B,T] int64, -100 = not supervised
+  at::Tensor images;          // [N,C,H,W] float, the batch's images in reading order; undefined if none
+  int64_t samples = 0;
+
+  // Supervised next-token predictions: labels at positions 1.. that are not -100. Image placeholders carry
+  // -100, so this equals the count over the spliced sequence. One host sync; call it before the step.
+  int64_t label_tokens() const {
+    if (!labels.defined() || labels.size(1) < 2) return 0;
+    return labels.slice(1, 1).ne(-100).sum().item<int64_t>();
+  }
+};
+
+}  // namespace owl2

@@ -1,0 +1,138 @@
+// Trainer::step and the training state; see trainer.h.
+#include "trainers/trainer.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/core/Generator.h>
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <torch/nn/utils/clip_grad.h>
+
+#include <cmath>
+#include <limits>
+#include <stdexcept>
+
+namespace owl2 {
+
+Trainer::Trainer(torch::nn::Module& model, LossSumFn loss_sum, const RunConfig& cfg)
+    : model_(model), loss_sum_(std::move(loss_sum)), cfg_(cfg) {
+  freeze_table_ = apply_freeze_rules(model_, cfg_.freeze);
+  groups_ = resolve_param_groups(model_, cfg_.param_groups, cfg_.optim.weight_decay, cfg_.optim.vision_layer_decay,
+                                 cfg_.model.vision.num_hidden_layers);
+  std::vector<torch::optim::OptimizerParamGroup> groups;
+  for (const auto& g : groups_) {
+    auto opts = std::make_unique<torch::optim::AdamWOptions>(cfg_.optim.lr * g.lr_scale);
+    opts->betas({cfg_.optim.betas[0], cfg_.optim.betas[1]}).eps(cfg_.optim.eps).weight_decay(g.weight_decay);
+    groups.emplace_back(g.params, std::move(opts));
+  }
+  optim_ = std::make_unique<torch::optim::AdamW>(groups);
+}
+
+StepResult Trainer::step(const std::vector<Batch>& micro_batches) {
+  StepResult r;
+  r.step = step_;
+  for (const auto& mb : micro_batches) {
+    r.tokens += mb.label_tokens();
+    r.samples += mb.samples;
+  }
+  const auto& o = cfg_.optim;
+  r.lr = cosine_lr(step_, cfg_.train.steps, o.warmup_steps, o.lr, o.min_lr);
+  optim_->zero_grad(/*set_to_none=*/true);
+  if (r.tokens == 0) {  // nothing supervised: an empty update would still decay weights
+    r.skipped = true;
+    ++step_;
+    return r;
+  }
+  const double inv_tokens = 1.0 / double(r.tokens);
+  double loss_sum = 0;
+  for (const auto& mb : micro_batches) {
+    torch::Tensor loss = loss_sum_(mb) * inv_tokens;
+    loss.backward();
+    loss_sum += loss.item<double>();
+  }
+  r.loss = loss_sum;
+
+  std::vector<torch::Tensor> params;
+  for (const auto& g : groups_) params.insert(params.end(), g.params.begin(), g.params.end());
+  const double max_norm = o.grad_clip > 0 ? o.grad_clip : std::numeric_limits<double>::infinity();
+  r.grad_norm = torch::nn::utils::clip_grad_norm_(params, max_norm);
+  if (!std::isfinite(r.grad_norm) || !std::isfinite(r.loss)) {
+    optim_->zero_grad(/*set_to_none=*/true);
+    r.skipped = true;
+    ++nonfinite_in_a_row_;
+    ++step_;
+    if (nonfinite_in_a_row_ > cfg_.train.max_nonfinite_steps) {
+      throw std::runtime_error(fmt::format(
+          "step {}: {} non-finite steps in a row (loss {}, grad norm {}), more than train.max_nonfinite_steps = {}",
+          r.step, nonfinite_in_a_row_, r.loss, r.grad_norm, cfg_.train.max_nonfinite_steps));
+    }
+    return r;
+  }
+  nonfinite_in_a_row_ = 0;
+  for (size_t i = 0; i < groups_.size(); ++i) {
+    static_cast<torch::optim::AdamWOptions&>(optim_->param_groups()[i].options()).lr(r.lr * groups_[i].lr_scale);
+  }
+  optim_->step();
+  ++step_;
+  return r;
+}
+
+std::map<std::string, torch::Tensor> Trainer::state() const {
+  std::map<std::string, torch::Tensor> out;
+  for (const auto& item : model_.named_parameters(/*recurse=*/true)) out["param." + item.key()] = item.value().detach();
+  for (const auto& g : groups_) {
+    for (size_t i = 0; i < g.params.size(); ++i) {
+      auto it = optim_->state().find(g.params[i].unsafeGetTensorImpl());
+      if (it == optim_->state().end()) continue;  // never stepped
+      const auto& s = static_cast<const torch::optim::AdamWParamState&>(*it->second);
+      const std::string base = "adamw." + g.names[i];
+      out[base + ".exp_avg"] = s.exp_avg();
+      out[base + ".exp_avg_sq"] = s.exp_avg_sq();
+      out[base + ".step"] = torch::tensor(s.step(), torch::kInt64);
+    }
+  }
+  out["trainer.step"] = torch::tensor(step_, torch::kInt64);
+  out["trainer.nonfinite"] = torch::tensor(nonfinite_in_a_row_, torch::kInt64);
+  out["rng.cpu"] = at::detail::getDefaultCPUGenerator().get_state();
+  return out;
+}
+
+namespace {
+const torch::Tensor& need(const std::map<std::string, torch::Tensor>& state, const std::string& key) {
+  auto it = state.find(key);
+  if (it == state.end()) throw std::invalid_argument("training state: missing entry '" + key + "'");
+  return it->second;
+}
+}  // namespace
+
+void Trainer::load_state(const std::map<std::string, torch::Tensor>& state) {
+  torch::NoGradGuard no_grad;
+  for (auto& item : model_.named_parameters(/*recurse=*/true)) {
+    const auto& src = need(state, "param." + item.key());
+    if (src.sizes() != item.value().sizes()) {
+      throw std::invalid_argument(fmt::format("training state: 'param.{}' has shape {}, the model expects {}", item.key(),
+                                              fmt::join(src.sizes(), "x"), fmt::join(item.value().sizes(), "x")));
+    }
+    item.value().copy_(src);
+  }
+  optim_->state().clear();
+  for (const auto& g : groups_) {
+    for (size_t i = 0; i < g.params.size(); ++i) {
+      const std::string base = "adamw." + g.names[i];
+      if (!state.count(base + ".step")) continue;
+      auto s = std::make_unique<torch::optim::AdamWParamState>();
+      s->step(need(state, base + ".step").item<int64_t>());
+      s->exp_avg(need(state, base + ".exp_avg").clone());
+      s->exp_avg_sq(need(state, base + ".exp_avg_sq").clone());
+      if (s->exp_avg().sizes() != g.params[i].sizes()) {
+        throw std::invalid_argument(fmt::format("training state: '{}.exp_avg' has the wrong shape", base));
+      }
+      optim_->state()[g.params[i].unsafeGetTensorImpl()] = std::move(s);
+    }
+  }
+  step_ = need(state, "trainer.step").item<int64_t>();
+  nonfinite_in_a_row_ = need(state, "trainer.nonfinite").item<int64_t>();
+  at::Generator gen = at::detail::getDefaultCPUGenerator();
+  gen.set_state(need(state, "rng.cpu"));
+}
+
+}  // namespace owl2

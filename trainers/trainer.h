@@ -1,0 +1,64 @@
+// The optimization step: accumulate micro-batches with the loss normalized by the supervised tokens of the
+// whole global batch, clip, guard against non-finite gradients, schedule the LR, step AdamW; plus the
+// training state as named tensors for checkpoints. The model is any module with a summed-loss function.
+#pragma once
+#include <torch/nn/module.h>
+#include <torch/optim/adamw.h>
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "data/batch.h"
+#include "trainers/config.h"
+#include "trainers/param_rules.h"
+
+namespace owl2 {
+
+// Sum of the per-token cross-entropy over the supervised tokens of one micro-batch (differentiable).
+using LossSumFn = std::function<torch::Tensor(const Batch&)>;
+
+struct StepResult {
+  int64_t step = 0;         // index of this step (0-based)
+  double loss = 0;          // mean over the supervised tokens of the global batch
+  double grad_norm = 0;     // global L2 norm before clipping
+  double lr = 0;            // scheduled peak-group LR (lr_scale 1)
+  int64_t tokens = 0;       // supervised tokens in the global batch
+  int64_t samples = 0;
+  bool skipped = false;     // non-finite gradients, or no supervised token
+};
+
+class Trainer {
+ public:
+  // Applies cfg.freeze, resolves cfg.param_groups and builds AdamW with the paper's betas and epsilon.
+  // `vision_layers` is the ViT depth for the layer-wise LR decay.
+  Trainer(torch::nn::Module& model, LossSumFn loss_sum, const RunConfig& cfg);
+
+  // One optimizer step over the micro-batches of a global batch.
+  StepResult step(const std::vector<Batch>& micro_batches);
+
+  int64_t step_count() const { return step_; }
+  int64_t nonfinite_in_a_row() const { return nonfinite_in_a_row_; }
+  const std::string& freeze_table() const { return freeze_table_; }
+  std::string groups_table() const { return describe_param_groups(groups_); }
+
+  // Everything needed for an exact resume: "param.<name>" (all parameters, trainable or not),
+  // "adamw.<name>.{exp_avg,exp_avg_sq,step}", "trainer.step", "trainer.nonfinite", "rng.cpu".
+  std::map<std::string, torch::Tensor> state() const;
+  // Restores state(); throws std::invalid_argument naming the first missing or mis-shaped entry.
+  void load_state(const std::map<std::string, torch::Tensor>& state);
+
+ private:
+  torch::nn::Module& model_;
+  LossSumFn loss_sum_;
+  RunConfig cfg_;
+  std::vector<ParamGroup> groups_;
+  std::unique_ptr<torch::optim::AdamW> optim_;
+  std::string freeze_table_;
+  int64_t step_ = 0;
+  int64_t nonfinite_in_a_row_ = 0;
+};
+
+}  // namespace owl2
