@@ -12,7 +12,7 @@ say() { printf '[setup] %s\n' "$*"; }
 APT_PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config python3-venv
   libopencv-core-dev libopencv-imgproc-dev libopencv-imgcodecs-dev
-  libyaml-cpp-dev libsentencepiece-dev catch2 nlohmann-json3-dev libcli11-dev
+  libyaml-cpp-dev libsentencepiece-dev catch2 nlohmann-json3-dev libcli11-dev libgloo-dev
   libarchive-dev
 )
 

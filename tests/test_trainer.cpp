@@ -8,62 +8,11 @@
 using Catch::Matchers::Contains;
 using namespace owl2;
 
+#include "tests/toy_lm.h"
+
+using namespace owl2::test;
+
 namespace {
-
-// A tiny language model with reference-style names: model.embed_tokens, model.norm_like, lm_head.
-struct ToyLM : torch::nn::Module {
-  ToyLM() {
-    torch::manual_seed(0);
-    auto model = register_module("model", std::make_shared<torch::nn::Module>());
-    embed = model->register_module("embed_tokens", torch::nn::Embedding(16, 8));
-    proj = model->register_module("proj", torch::nn::Linear(8, 8));
-    head = register_module("lm_head", torch::nn::Linear(torch::nn::LinearOptions(8, 16).bias(false)));
-    to(torch::kFloat64);
-  }
-  // Summed shifted cross-entropy; dropout makes the loss depend on the RNG stream (for the resume test).
-  torch::Tensor loss_sum(const Batch& b) {
-    auto h = torch::tanh(proj(embed(b.input_ids)));
-    h = torch::dropout(h, 0.1, /*train=*/true);
-    auto logits = head(h).slice(1, 0, -1);
-    auto labels = b.labels.slice(1, 1);
-    return torch::nn::functional::cross_entropy(
-        logits.reshape({-1, 16}), labels.reshape({-1}),
-        torch::nn::functional::CrossEntropyFuncOptions().ignore_index(-100).reduction(torch::kSum));
-  }
-  torch::nn::Embedding embed{nullptr};
-  torch::nn::Linear proj{nullptr}, head{nullptr};
-};
-
-Batch make_batch(int64_t b, int64_t t, int64_t seed, int64_t masked = 0) {
-  auto g = at::make_generator<at::CPUGeneratorImpl>(seed);
-  Batch out;
-  out.input_ids = torch::randint(0, 16, {b, t}, g, torch::kInt64);
-  out.labels = out.input_ids.clone();
-  if (masked > 0) out.labels.slice(1, 0, masked).fill_(-100);  // uneven supervised counts across micro-batches
-  out.attention_mask = torch::ones({b, t}, torch::kInt64);
-  out.samples = b;
-  return out;
-}
-
-Batch cat(const Batch& a, const Batch& b) {
-  Batch out;
-  out.input_ids = torch::cat({a.input_ids, b.input_ids});
-  out.labels = torch::cat({a.labels, b.labels});
-  out.attention_mask = torch::cat({a.attention_mask, b.attention_mask});
-  out.samples = a.samples + b.samples;
-  return out;
-}
-
-RunConfig toy_config() {
-  RunConfig cfg;
-  cfg.optim.lr = 1e-2;
-  cfg.optim.min_lr = 1e-3;
-  cfg.optim.warmup_steps = 2;
-  cfg.optim.vision_layer_decay = 1.0;
-  cfg.param_groups = {{"no_decay", "*.bias", 1.0, 0.0}, {"default", "*", 1.0, std::nullopt}};
-  cfg.train.steps = 10;
-  return cfg;
-}
 
 double max_diff(torch::nn::Module& a, torch::nn::Module& b) {
   double d = 0;

@@ -13,8 +13,8 @@
 
 namespace owl2 {
 
-Trainer::Trainer(torch::nn::Module& model, LossSumFn loss_sum, const RunConfig& cfg)
-    : model_(model), loss_sum_(std::move(loss_sum)), cfg_(cfg) {
+Trainer::Trainer(torch::nn::Module& model, LossSumFn loss_sum, const RunConfig& cfg, std::shared_ptr<Comm> comm)
+    : model_(model), loss_sum_(std::move(loss_sum)), cfg_(cfg), comm_(std::move(comm)) {
   freeze_table_ = apply_freeze_rules(model_, cfg_.freeze);
   groups_ = resolve_param_groups(model_, cfg_.param_groups, cfg_.optim.weight_decay, cfg_.optim.vision_layer_decay,
                                  cfg_.model.vision.num_hidden_layers);
@@ -25,6 +25,7 @@ Trainer::Trainer(torch::nn::Module& model, LossSumFn loss_sum, const RunConfig& 
     groups.emplace_back(g.params, std::move(opts));
   }
   optim_ = std::make_unique<torch::optim::AdamW>(groups);
+  if (comm_ && comm_->world_size() > 1) dp_ = std::make_unique<DataParallel>(comm_, model_);
 }
 
 StepResult Trainer::step(const std::vector<Batch>& micro_batches) {
@@ -33,6 +34,11 @@ StepResult Trainer::step(const std::vector<Batch>& micro_batches) {
   for (const auto& mb : micro_batches) {
     r.tokens += mb.label_tokens();
     r.samples += mb.samples;
+  }
+  if (dp_) {
+    comm_->set_step(step_);
+    r.tokens = comm_->sum(r.tokens, "allreduce supervised-token count");
+    r.samples = comm_->sum(r.samples, "allreduce sample count");
   }
   const auto& o = cfg_.optim;
   r.lr = cosine_lr(step_, cfg_.train.steps, o.warmup_steps, o.lr, o.min_lr);
@@ -44,10 +50,16 @@ StepResult Trainer::step(const std::vector<Batch>& micro_batches) {
   }
   const double inv_tokens = 1.0 / double(r.tokens);
   double loss_sum = 0;
-  for (const auto& mb : micro_batches) {
-    torch::Tensor loss = loss_sum_(mb) * inv_tokens;
+  for (size_t i = 0; i < micro_batches.size(); ++i) {
+    if (dp_ && i + 1 == micro_batches.size()) dp_->arm();  // communicate on the last micro-batch only
+    torch::Tensor loss = loss_sum_(micro_batches[i]) * inv_tokens;
     loss.backward();
     loss_sum += loss.item<double>();
+  }
+  if (dp_) {
+    if (micro_batches.empty()) dp_->arm();
+    dp_->finish();
+    loss_sum = comm_->sum(loss_sum, "allreduce loss");
   }
   r.loss = loss_sum;
 

@@ -13,6 +13,7 @@
 
 #include "data/batch.h"
 #include "trainers/config.h"
+#include "trainers/distributed.h"
 #include "trainers/param_rules.h"
 
 namespace owl2 {
@@ -25,16 +26,17 @@ struct StepResult {
   double loss = 0;          // mean over the supervised tokens of the global batch
   double grad_norm = 0;     // global L2 norm before clipping
   double lr = 0;            // scheduled peak-group LR (lr_scale 1)
-  int64_t tokens = 0;       // supervised tokens in the global batch
-  int64_t samples = 0;
+  int64_t tokens = 0;       // supervised tokens in the global batch (all ranks)
+  int64_t samples = 0;      // over all ranks
   bool skipped = false;     // non-finite gradients, or no supervised token
 };
 
 class Trainer {
  public:
   // Applies cfg.freeze, resolves cfg.param_groups and builds AdamW with the paper's betas and epsilon.
-  // `vision_layers` is the ViT depth for the layer-wise LR decay.
-  Trainer(torch::nn::Module& model, LossSumFn loss_sum, const RunConfig& cfg);
+  // With a multi-rank `comm`, parameters are broadcast from rank 0 and gradients are all-reduced (data
+  // parallelism); the loss is normalized by the supervised tokens of the global batch over all ranks.
+  Trainer(torch::nn::Module& model, LossSumFn loss_sum, const RunConfig& cfg, std::shared_ptr<Comm> comm = nullptr);
 
   // One optimizer step over the micro-batches of a global batch.
   StepResult step(const std::vector<Batch>& micro_batches);
@@ -56,6 +58,8 @@ class Trainer {
   RunConfig cfg_;
   std::vector<ParamGroup> groups_;
   std::unique_ptr<torch::optim::AdamW> optim_;
+  std::shared_ptr<Comm> comm_;
+  std::unique_ptr<DataParallel> dp_;
   std::string freeze_table_;
   int64_t step_ = 0;
   int64_t nonfinite_in_a_row_ = 0;

@@ -1,0 +1,99 @@
+// Data parallelism on LibTorch's c10d: the process group from the torchrun (or Slurm) environment over a
+// TCPStore (Gloo on CPU, NCCL on CUDA), and bucketed gradient all-reduce launched from per-parameter hooks
+// while backward is still running. Collective failures name the rank, the step and the collective.
+#pragma once
+#include <ATen/ATen.h>
+#include <torch/nn/module.h>
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <torch/csrc/distributed/c10d/Backend.hpp>
+#include <torch/csrc/distributed/c10d/Store.hpp>
+#include <torch/csrc/distributed/c10d/Work.hpp>
+
+namespace owl2 {
+
+// RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT (torchrun); else SLURM_PROCID, SLURM_NTASKS,
+// SLURM_LOCALID with MASTER_ADDR (default: SLURM_LAUNCH_NODE_IPADDR) and MASTER_PORT (default 29500);
+// else a single process. Throws std::invalid_argument naming the variable on malformed values.
+struct DistEnv {
+  int64_t rank = 0;
+  int64_t world_size = 1;
+  int64_t local_rank = 0;
+  std::string master_addr = "127.0.0.1";
+  int64_t master_port = 29500;
+  static DistEnv from_environment();
+};
+
+// One process group. With world_size 1 every collective is a no-op.
+class Comm {
+ public:
+  Comm(const DistEnv& env, std::chrono::milliseconds timeout, bool cuda);
+  ~Comm();
+  Comm(const Comm&) = delete;
+  Comm& operator=(const Comm&) = delete;
+
+  int64_t rank() const { return env_.rank; }
+  int64_t world_size() const { return env_.world_size; }
+  // Records this rank's progress in the store, so that a failed collective can name the ranks behind.
+  void set_step(int64_t step);
+
+  // In-place sum over ranks; `what` names the collective in errors.
+  void allreduce_sum(at::Tensor& t, const std::string& what);
+  c10::intrusive_ptr<c10d::Work> allreduce_sum_async(at::Tensor& t);
+  void wait(const c10::intrusive_ptr<c10d::Work>& work, const std::string& what);
+  int64_t sum(int64_t value, const std::string& what);
+  double sum(double value, const std::string& what);
+  void broadcast(at::Tensor& t, int64_t root, const std::string& what);
+  void barrier(const std::string& what);
+
+ private:
+  [[noreturn]] void fail(const std::string& what, const std::exception& e) const;
+  std::string laggards() const;
+  DistEnv env_;
+  int64_t step_ = -1;
+  c10::intrusive_ptr<c10d::Store> store_;
+  c10::intrusive_ptr<c10d::Backend> backend_;
+};
+
+// Gradient synchronization for data parallelism. Parameters are broadcast from rank 0 on construction.
+// Before the backward of the LAST micro-batch of a step call arm(); its hooks copy each finished gradient
+// (accumulated micro-steps included) into flat buckets and launch each bucket's all-reduce, in bucket order,
+// as soon as it is full. finish() completes buckets of unused parameters, waits, and writes the summed
+// gradients back; a parameter unused on every rank keeps no gradient, exactly as in one process.
+// Earlier micro-batches communicate nothing.
+class DataParallel {
+ public:
+  DataParallel(std::shared_ptr<Comm> comm, torch::nn::Module& model, int64_t bucket_bytes = 25 << 20);
+  void arm();
+  void finish();
+  const Comm& comm() const { return *comm_; }
+  Comm& comm() { return *comm_; }
+  size_t num_buckets() const { return buckets_.size(); }
+
+ private:
+  struct Bucket {
+    std::vector<size_t> params;  // indices into params_
+    at::Tensor flat;
+    int64_t ready = 0;
+    c10::intrusive_ptr<c10d::Work> work;
+    bool launched = false;
+  };
+  void on_grad(size_t index, const at::Tensor& grad);
+  void launch_ready_in_order();
+
+  std::shared_ptr<Comm> comm_;
+  std::vector<at::Tensor> params_;
+  std::vector<std::string> names_;
+  std::vector<size_t> bucket_of_, offset_of_;
+  std::vector<uint8_t> seen_;
+  std::vector<Bucket> buckets_;
+  size_t next_launch_ = 0;
+  bool armed_ = false;
+};
+
+}  // namespace owl2
