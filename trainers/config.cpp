@@ -68,6 +68,12 @@ template <class V> void fields(V& v, OptimConfig& c) {
   v("vision_layer_decay", c.vision_layer_decay);
 }
 
+template <class V> void fields(V& v, ActivationCheckpointing& c) {
+  v("vision", c.vision);
+  v("abstractor", c.abstractor);
+  v("decoder", c.decoder);
+}
+
 template <class V> void fields(V& v, TrainConfig& c) {
   v("steps", c.steps);
   v("global_batch_size", c.global_batch_size);
@@ -76,6 +82,8 @@ template <class V> void fields(V& v, TrainConfig& c) {
   v.choice("precision", c.precision, {"fp32", "bf16"});
   v("out_dir", c.out_dir);
   v("max_nonfinite_steps", c.max_nonfinite_steps);
+  v("max_length", c.max_length);
+  v("activation_checkpointing", c.activation_checkpointing);
 }
 
 template <class V> void fields(V& v, FreezeRule& c) {
@@ -446,6 +454,7 @@ void validate_run(const RunConfig& c, const Reader& r) {
                                                   t.micro_batch_size, t.global_batch_size));
   }
   if (t.out_dir.empty()) r.fail("train.out_dir", "must not be empty");
+  if (t.max_length <= 0) r.fail("train.max_length", fmt::format("must be positive, got {}", t.max_length));
   if (t.max_nonfinite_steps < 0) r.fail("train.max_nonfinite_steps", fmt::format("must be >= 0, got {}", t.max_nonfinite_steps));
   if (c.freeze.empty()) r.fail("freeze", "must list at least one rule (e.g. {pattern: \"*\", trainable: true})");
   for (size_t i = 0; i < c.freeze.size(); ++i) {

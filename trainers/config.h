@@ -28,6 +28,13 @@ struct OptimConfig {
   double vision_layer_decay = 0.9;  // layer-wise LR decay of the ViT (paper; never in the reference code)
 };
 
+// Which stacks recompute their blocks in backward instead of keeping activations.
+struct ActivationCheckpointing {
+  bool vision = true;  // the reference always checkpoints the ViT in training
+  bool abstractor = false;
+  bool decoder = true;
+};
+
 struct TrainConfig {
   int64_t steps = 1000;
   int64_t global_batch_size = 256;
@@ -36,6 +43,8 @@ struct TrainConfig {
   std::string precision = "fp32";  // fp32 | bf16
   std::string out_dir = "runs/default";
   int64_t max_nonfinite_steps = 3;  // stop after this many non-finite steps in a row (each is skipped)
+  int64_t max_length = 2048;        // decoder tokens per sample after splicing the visual tokens
+  ActivationCheckpointing activation_checkpointing;
 };
 
 // Freezing: ordered rules over parameter names, first match wins. `pattern` is a glob over the full name:

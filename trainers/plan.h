@@ -1,0 +1,43 @@
+// `owl2 plan`: parameter counts from the config alone, memory per device (weights, gradients, optimizer
+// state, activations with and without checkpointing) and model FLOPs per step, so an OOM shows up before
+// the run. The formulas are documented in docs/plan.md.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "trainers/config.h"
+
+namespace owl2 {
+
+// Parameters per top-level module (model.vision_model, model.visual_abstractor, model.layers, ...).
+struct ComponentCount {
+  std::string name;
+  int64_t params = 0;
+  int64_t trainable = 0;  // under the config's freeze rules
+};
+
+// (parameter name, number of elements), as the model registers them; the CLI takes them from the model
+// built on the meta device, so no weight is allocated.
+using NamedSizes = std::vector<std::pair<std::string, int64_t>>;
+
+struct PlanInputs {
+  int64_t world_size = 1;
+  int zero_stage = 0;        // 0 plain data parallel, 1 optimizer state, 2 + gradients, 3 + weights sharded
+  int64_t text_tokens = 0;   // per sample (0: train.max_length minus the visual tokens)
+  int64_t images_per_sample = 1;
+};
+
+struct Plan {
+  std::vector<ComponentCount> components;
+  int64_t total_params = 0, trainable_params = 0;
+  double weights_bytes = 0, grads_bytes = 0, optimizer_bytes = 0;
+  double activations_bytes = 0, activations_checkpointed_bytes = 0;
+  double flops_per_step = 0;  // per device
+  std::string report;         // the printed table
+};
+
+// Throws std::invalid_argument on impossible inputs (world size, ZeRO stage, batch sizes).
+Plan make_plan(const RunConfig& cfg, const NamedSizes& params, const PlanInputs& in);
+
+}  // namespace owl2
