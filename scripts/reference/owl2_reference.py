@@ -226,14 +226,25 @@ class RMSNorm(nn.Module):
 
 
 class Multiway(nn.Module):
-    """Both copies on every token, then a per-token select (equivalent to gather / scatter, spec §1.4)."""
+    """Copy k runs on the tokens whose modality is k and is scattered back (spec §1.4); a way with no
+    tokens is skipped."""
 
     def __init__(self, make):
         super().__init__()
         self.multiway = nn.ModuleList([make(), make()])
 
     def forward(self, x, modality):
-        return torch.where(modality[..., None] == 1, self.multiway[1](x), self.multiway[0](x))
+        outs = [None, None]
+        for k in (0, 1):
+            sel = modality == k
+            if bool(sel.any()):
+                outs[k] = (sel, self.multiway[k](x[sel]))
+        first = outs[0] if outs[0] is not None else outs[1]
+        out = x.new_zeros(*x.shape[:-1], first[1].shape[-1])
+        for o in outs:
+            if o is not None:
+                out = out.index_put((o[0],), o[1])
+        return out
 
 
 class _DecAttention(nn.Module):
