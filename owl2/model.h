@@ -1,0 +1,98 @@
+// MPLUGOwl2ForCausalLM (spec §1, §3.2, §9): ViT -> abstractor -> visual tokens spliced at each -200 placeholder
+// -> modality-adaptive LLaMA decoder -> lm_head, with the shifted cross-entropy. Registered names equal the
+// reference checkpoint keys (spec §2.2), so loading is a name-for-name copy.
+// Shapes: B batch, T input tokens, S spliced tokens, N images, C/H/W pixels, V visual tokens per image, D width.
+#pragma once
+#include <torch/nn/module.h>
+#include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/modules/embedding.h>
+#include <torch/nn/modules/linear.h>
+
+#include <string>
+#include <vector>
+
+#include "owl2/abstractor.h"
+#include "owl2/config.h"
+#include "owl2/decoder.h"
+#include "owl2/vision.h"
+
+namespace owl2 {
+
+constexpr int64_t kImageTokenIndex = -200;  // placeholder id in input_ids (spec §3.2)
+constexpr int64_t kIgnoreIndex = -100;      // label id that is not supervised
+
+struct ModelInputs {
+  torch::Tensor input_ids;       // [B,T] int64; each -200 marks where one image's visual tokens go
+  torch::Tensor attention_mask;  // [B,T] bool or int, 1 = real token; undefined = all real; left OR right padding
+  torch::Tensor images;          // [N,C,H,W] float: all images of the batch in reading order; undefined if none
+  torch::Tensor labels;          // [B,T] int64, -100 = ignore; undefined = no loss
+};
+
+struct ModelOutput {
+  torch::Tensor logits;            // [B,S,V] over the spliced sequence (S = T + (visual_tokens-1) * images, padded)
+  torch::Tensor loss;              // mean shifted CE over labels != -100 (undefined without labels)
+  torch::Tensor loss_sum;          // sum of the per-token CE (for global-token normalization across micro-batches)
+  torch::Tensor num_label_tokens;  // int64 scalar tensor: count of supervised shifted tokens
+  torch::Tensor attention_mask, modality, position_ids;  // [B,S] after splicing (modality 0 text, 1 image)
+  torch::Tensor labels;            // [B,S] spliced labels (-100 on image and padding positions); undefined without labels
+};
+
+// The spliced decoder input of a batch (built by splice_inputs).
+struct SplicedBatch {
+  torch::Tensor inputs_embeds_BSD;
+  torch::Tensor attention_mask_BS;  // bool
+  torch::Tensor modality_BS;        // int64, 0 text, 1 image
+  torch::Tensor position_ids_BS;    // int64, 0 at each sample's first real token
+  torch::Tensor labels_BS;          // int64 or undefined
+  ModalityRouting routing;
+};
+
+// `model`: LlamaModel plus the vision tower and the abstractor, as in the checkpoint.
+class MPLUGOwl2ModelImpl : public torch::nn::Module {
+ public:
+  explicit MPLUGOwl2ModelImpl(const ModelConfig& cfg);
+
+  torch::nn::Embedding embed_tokens{nullptr};
+  torch::nn::ModuleList layers{nullptr};  // of DecoderLayer
+  RMSNorm norm{nullptr};
+  VisionModel vision_model{nullptr};
+  VisualAbstractor visual_abstractor{nullptr};
+};
+TORCH_MODULE(MPLUGOwl2Model);
+
+class MPLUGOwl2ForCausalLMImpl : public torch::nn::Module {
+ public:
+  explicit MPLUGOwl2ForCausalLMImpl(const ModelConfig& cfg);
+
+  ModelOutput forward(const ModelInputs& inputs);
+
+  // images [N,C,H,W] -> visual tokens [N,V,D] (ViT, abstractor, visual_fc, vit_eos).
+  torch::Tensor encode_images(const torch::Tensor& images_NCHW);
+  // Embeds the text, splices the visual tokens, builds masks, modality, positions and labels. One host sync
+  // (placeholder counts and the routing indices). Throws if placeholders and images disagree.
+  SplicedBatch splice_inputs(const ModelInputs& inputs);
+  // The decoder on spliced embeddings: final-norm hidden states [B,S,D].
+  torch::Tensor decode(const torch::Tensor& inputs_embeds_BSD, const torch::Tensor& attention_mask_BS,
+                       const torch::Tensor& position_ids_BS, const ModalityRouting& routing);
+  DecoderLayer decoder_layer(int64_t i) const { return DecoderLayer(model->layers->ptr<DecoderLayerImpl>(i)); }
+
+  // The documented init: normal(0, 0.02) for linear / embedding / conv weights, learnable queries, class token,
+  // positions and vit_eos; zeros for biases; ones for norm weights (zeros for LayerNorm biases).
+  void reset_parameters();
+
+  ModelConfig cfg;
+  MPLUGOwl2Model model{nullptr};
+  torch::nn::Linear lm_head{nullptr};
+};
+TORCH_MODULE(MPLUGOwl2ForCausalLM);
+
+// Every parameter name and shape of the model for `cfg`, derived from the config alone (no allocation);
+// tests check it against named_parameters() of a built model. Used by `owl2 inspect`.
+struct ParameterShape {
+  std::string name;
+  std::vector<int64_t> shape;
+  int64_t numel() const;
+};
+std::vector<ParameterShape> parameter_shapes(const ModelConfig& cfg);
+
+}  // namespace owl2
