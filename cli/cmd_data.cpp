@@ -4,6 +4,7 @@
 #include <iostream>
 
 #include "cli/commands.h"
+#include "data/dataset.h"
 #include "data/synth.h"
 
 namespace owl2::cli {
@@ -29,6 +30,37 @@ void add_data_commands(CLI::App& app, Action& run) {
       std::cout << "wrote " << synth_opts->out_dir << ": " << s.pretrain_pairs << " pretraining pairs in "
                 << s.pretrain_shards << " shards, " << s.instruct_samples << " instruction samples, "
                 << s.heldout_questions << " held-out questions (" << s.files.size() << " files)\n";
+      return 0;
+    };
+  });
+
+  struct VerifyArgs {
+    std::string path;
+    double max_bad_fraction = 0.01;
+    bool no_decode = false;
+  };
+  auto vargs = std::make_shared<VerifyArgs>();
+  auto* verify = data->add_subcommand(
+      "verify", "Scan a dataset (folder of tar shards, .tar, .jsonl, LLaVA .json), count bad input; exit 1 if over the limit");
+  verify->add_option("path", vargs->path, "Dataset path")->required();
+  verify->add_option("--max-bad-fraction", vargs->max_bad_fraction, "Largest acceptable share of bad entries")
+      ->check(CLI::Range(0.0, 1.0));
+  verify->add_flag("--no-decode", vargs->no_decode, "Do not decode images (only read their bytes)");
+  verify->callback([&run, vargs] {
+    run = [vargs] {
+      const auto r = data::verify_dataset(vargs->path, vargs->max_bad_fraction, !vargs->no_decode, &std::cerr);
+      std::cout << vargs->path << ": " << r.samples << " good samples, " << r.images << " images, " << r.bad
+                << " bad\n";
+      for (const auto& [reason, n] : r.counts) std::cout << "  " << reason << ": " << n << "\n";
+      if (!r.worst_files.empty()) {
+        std::cout << "worst files:\n";
+        for (const auto& [file, n] : r.worst_files) std::cout << "  " << file << ": " << n << "\n";
+      }
+      if (r.over_limit) {
+        std::cout << "FAIL: bad fraction over the limit of " << vargs->max_bad_fraction << "\n";
+        return 1;
+      }
+      std::cout << "ok\n";
       return 0;
     };
   });
