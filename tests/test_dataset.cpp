@@ -67,6 +67,18 @@ TEST_CASE("dataset: synthetic tar shards read back as captioned pairs", "[data][
   fs::remove_all(dir);
 }
 
+TEST_CASE("dataset: gzip-compressed shards read like plain ones", "[data][dataset]") {
+  const auto dir = temp_dir("ds_gz");
+  write_tar((dir / "s.tar").string(), {{"k1.png", png_of(0)}, {"k1.txt", "first"}, {"k2.png", png_of(1)}, {"k2.txt", "second"}});
+  REQUIRE(std::system(("gzip -n " + (dir / "s.tar").string()).c_str()) == 0);
+  const auto ds = open_dataset((dir / "s.tar.gz").string(), quiet(std::make_shared<BadInputLog>(), 0.0));
+  REQUIRE(ds->size() == 2);
+  CHECK(ds->get(1).caption == "second");
+  CHECK(ds->get(1).images.at(0) == png_of(1));
+  CHECK(ds->get(0).image_paths.at(0) == (dir / "s.tar.gz").string() + ":k1.png");
+  fs::remove_all(dir);
+}
+
 TEST_CASE("dataset: bad tar members are skipped and counted per reason", "[data][dataset]") {
   const auto dir = temp_dir("ds_badtar");
   write_tar((dir / "00000.tar").string(),

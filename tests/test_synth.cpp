@@ -221,3 +221,37 @@ TEST_CASE("synth: rejects options that would leave a question type out", "[data]
   CHECK_THROWS_WITH(write_synth_dataset(o), Catch::Contains("shard size 20000"));
   fs::remove_all(o.out_dir);
 }
+
+TEST_CASE("synth: attributes and answers are balanced", "[data][synth]") {
+  std::map<std::string, int> colors, shapes, positions;
+  for (int64_t i = 0; i < 3000; ++i) {
+    const Scene s = make_scene(0, "train", i);
+    ++colors[s.color];
+    ++shapes[s.shape];
+    if (s.count == 1) ++positions[s.position];
+  }
+  REQUIRE(colors.size() == 4);
+  REQUIRE(shapes.size() == 3);
+  REQUIRE(positions.size() == 4);
+  for (const auto& [c, n] : colors) CHECK(std::abs(n - 750) < 90);
+  for (const auto& [s, n] : shapes) CHECK(std::abs(n - 1000) < 100);
+  for (const auto& [p, n] : positions) CHECK(std::abs(n - 250) < 50);
+
+  // Held-out answers: yes/no about half each, multiple-choice letters spread over A-D.
+  const auto dir = temp_dir("synth_balance");
+  SynthOptions o = small(dir, 4);
+  o.heldout_images = 600;
+  write_synth_dataset(o);
+  std::ifstream f(dir / "heldout.jsonl");
+  std::map<std::string, int> yesno, letters;
+  std::string line;
+  while (std::getline(f, line)) {
+    const auto j = nlohmann::json::parse(line);
+    if (j["type"] == "yesno") ++yesno[j["answer"].get<std::string>()];
+    if (j["type"] == "mc") ++letters[j["answer"].get<std::string>()];
+  }
+  CHECK(std::abs(yesno["yes"] - 300) < 50);
+  REQUIRE(letters.size() == 4);
+  for (const auto& [l, n] : letters) CHECK(std::abs(n - 150) < 45);
+  fs::remove_all(dir);
+}
