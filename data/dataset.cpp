@@ -1,0 +1,570 @@
+// Dataset readers (tar shards, JSONL, LLaVA JSON), mixtures, bad-input accounting and verification.
+#include "data/dataset.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <numeric>
+#include <optional>
+#include <opencv2/core.hpp>
+#include <opencv2/imgcodecs.hpp>
+#include <sstream>
+#include <stdexcept>
+
+#include "data/synth.h"
+#include "data/tar.h"
+
+namespace owl2::data {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+// ---------------------------------------------------------------------------------------------
+// Bad input
+
+BadInputLog::BadInputLog(std::ostream* out, int messages_per_reason)
+    : out_(out), messages_per_reason_(messages_per_reason) {}
+
+void BadInputLog::report(const std::string& reason, const std::string& file, const std::string& where,
+                         const std::string& detail) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const size_t n = ++counts_[reason];
+  ++per_file_[file];
+  if (!out_) return;
+  // Rate limit: the first few of each reason, then every 1000th with the running count.
+  if (n <= static_cast<size_t>(messages_per_reason_)) {
+    *out_ << fmt::format("owl2: skipped ({}) {}: {}\n", reason, where, detail);
+    if (n == static_cast<size_t>(messages_per_reason_))
+      *out_ << fmt::format("owl2: further '{}' messages are shown every 1000th only\n", reason);
+  } else if (n % 1000 == 0) {
+    *out_ << fmt::format("owl2: skipped ({}) {}: {} [{} so far]\n", reason, where, detail, n);
+  }
+}
+
+size_t BadInputLog::total() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  size_t t = 0;
+  for (const auto& [_, n] : counts_) t += n;
+  return t;
+}
+
+std::map<std::string, size_t> BadInputLog::counts() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return counts_;
+}
+
+std::vector<std::pair<std::string, size_t>> BadInputLog::worst_files(size_t k) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<std::pair<std::string, size_t>> v(per_file_.begin(), per_file_.end());
+  std::stable_sort(v.begin(), v.end(), [](const auto& a, const auto& b) { return a.second > b.second; });
+  if (v.size() > k) v.resize(k);
+  return v;
+}
+
+std::string BadInputLog::summary() const {
+  std::string s;
+  for (const auto& [reason, n] : counts()) s += fmt::format("{}{} {}", s.empty() ? "" : ", ", reason, n);
+  return s;
+}
+
+void check_bad_fraction(const std::string& dataset, size_t good, size_t bad, double max_fraction,
+                        const BadInputLog& log) {
+  const size_t total = good + bad;
+  if (total == 0 || static_cast<double>(bad) <= max_fraction * static_cast<double>(total)) return;
+  std::string worst;
+  for (const auto& [file, n] : log.worst_files()) worst += fmt::format("\n  {} ({} bad)", file, n);
+  throw std::runtime_error(fmt::format(
+      "{}: {} of {} entries are bad ({:.1f}%), over the limit of {:.1f}% (max_bad_fraction {}): {}; worst files:{}",
+      dataset, bad, total, 100.0 * static_cast<double>(bad) / static_cast<double>(total), 100.0 * max_fraction,
+      max_fraction, log.summary(), worst));
+}
+
+int count_image_placeholders(const std::string& text) {
+  static const std::string tok = "<|image|>";
+  int n = 0;
+  for (size_t p = text.find(tok); p != std::string::npos; p = text.find(tok, p + tok.size())) ++n;
+  return n;
+}
+
+namespace {
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+std::shared_ptr<BadInputLog> log_of(const ReadOptions& o) {
+  return o.log ? o.log : std::make_shared<BadInputLog>(&std::cerr);
+}
+
+std::string read_file_bytes(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) throw std::runtime_error(fmt::format("{}: cannot open", path));
+  std::ostringstream s;
+  s << f.rdbuf();
+  return s.str();
+}
+
+SampleInfo info_of(size_t num_images, const std::vector<Turn>& turns, const std::string& caption) {
+  SampleInfo info;
+  info.num_images = static_cast<int>(num_images);
+  info.text_chars = static_cast<int64_t>(caption.size());
+  for (const auto& t : turns) info.text_chars += static_cast<int64_t>(t.value.size());
+  return info;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tar shards
+
+bool is_image_ext(std::string ext) {
+  std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return std::tolower(c); });
+  for (const char* e : {"jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff"})
+    if (ext == e) return true;
+  return false;
+}
+
+class TarShards : public Dataset {
+ public:
+  TarShards(const std::string& path, const ReadOptions& options) : name_(path) {
+    auto log = log_of(options);
+    if (fs::is_directory(path)) {
+      for (const auto& e : fs::directory_iterator(path)) {
+        const std::string n = e.path().filename().string();
+        if (e.is_regular_file() && (ends_with(n, ".tar") || ends_with(n, ".tar.gz") || ends_with(n, ".tgz")))
+          shards_.push_back(e.path().string());
+      }
+      std::sort(shards_.begin(), shards_.end());
+      if (shards_.empty()) throw std::runtime_error(fmt::format("{}: no .tar shards in this folder", path));
+    } else {
+      if (!fs::exists(path)) throw std::runtime_error(fmt::format("{}: no such tar file or folder", path));
+      shards_.push_back(path);
+    }
+    size_t bad = 0;
+    for (uint32_t s = 0; s < shards_.size(); ++s) bad += index_shard(s, *log);
+    check_bad_fraction(name_, items_.size(), bad, options.max_bad_fraction, *log);
+  }
+
+  size_t size() const override { return items_.size(); }
+  const std::string& name() const override { return name_; }
+  SampleInfo info(size_t i) const override { return info_of(items_.at(i).images.size(), {}, items_.at(i).caption); }
+
+  RawSample get(size_t i) const override {
+    const Item& it = items_.at(i);
+    const std::string& shard = shards_[it.shard];
+    RawSample r;
+    r.source = name_;
+    r.id = it.key;
+    r.caption = it.caption;
+    for (const auto& m : it.images) {
+      r.images.push_back(read_tar_member(shard, m));
+      r.image_paths.push_back(shard + ":" + m.name);
+    }
+    return r;
+  }
+
+ private:
+  struct Item {
+    uint32_t shard = 0;
+    std::string key;
+    std::vector<TarMember> images;
+    std::string caption;
+  };
+
+  // Indexes one shard; returns the number of bad groups.
+  size_t index_shard(uint32_t s, BadInputLog& log) {
+    const std::string& shard = shards_[s];
+    TarIndex idx;
+    try {
+      idx = index_tar(shard);
+    } catch (const std::exception& e) {
+      log.report(bad::kCorruptTar, shard, shard, e.what());
+      return 1;
+    }
+    struct Group {
+      std::vector<TarMember> images;
+      const TarMember* txt = nullptr;
+      const TarMember* js = nullptr;
+    };
+    std::vector<std::string> order;
+    std::map<std::string, Group> groups;
+    for (const auto& m : idx.members) {
+      const size_t slash = m.name.rfind('/');
+      const size_t dot = m.name.find('.', slash == std::string::npos ? 0 : slash + 1);
+      if (dot == std::string::npos) continue;
+      const std::string key = m.name.substr(0, dot), ext = m.name.substr(dot + 1);
+      if (!groups.count(key)) order.push_back(key);
+      Group& g = groups[key];
+      if (is_image_ext(ext)) g.images.push_back(m);
+      else if (ext == "txt") g.txt = &m;
+      else if (ext == "json") g.js = &m;
+    }
+    size_t bad = 0;
+    if (!idx.error.empty()) {
+      log.report(bad::kCorruptTar, shard, shard, idx.error);
+      ++bad;
+    }
+    for (const auto& key : order) {
+      const Group& g = groups[key];
+      const std::string where = shard + ":" + key;
+      if (g.images.empty()) {
+        log.report(bad::kMissingImage, shard, where, "no image member (.jpg/.png/.webp/...) for this key");
+        ++bad;
+        continue;
+      }
+      if (std::any_of(g.images.begin(), g.images.end(), [](const TarMember& m) { return m.size == 0; })) {
+        log.report(bad::kCorruptTar, shard, where, "empty image member");
+        ++bad;
+        continue;
+      }
+      Item item{s, key, g.images, ""};
+      try {
+        if (g.txt) {
+          item.caption = read_tar_member(shard, *g.txt);
+        } else if (g.js) {
+          const std::string text = read_tar_member(shard, *g.js);
+          const json j = json::parse(text, nullptr, false);
+          if (j.is_discarded()) {
+            log.report(bad::kMalformedJson, shard, where + ".json", "not valid JSON");
+            ++bad;
+            continue;
+          }
+          if (!j.is_object() || !j.contains("caption") || !j["caption"].is_string()) {
+            log.report(bad::kMissingCaption, shard, where + ".json", "no string \"caption\" field");
+            ++bad;
+            continue;
+          }
+          item.caption = j["caption"].get<std::string>();
+        } else {
+          log.report(bad::kMissingCaption, shard, where, "neither .txt nor .json member for this key");
+          ++bad;
+          continue;
+        }
+      } catch (const std::exception& e) {
+        log.report(bad::kCorruptTar, shard, where, e.what());
+        ++bad;
+        continue;
+      }
+      items_.push_back(std::move(item));
+    }
+    return bad;
+  }
+
+  std::string name_;
+  std::vector<std::string> shards_;
+  std::vector<Item> items_;
+};
+
+// ---------------------------------------------------------------------------------------------
+// JSONL and LLaVA JSON
+
+struct Entry {
+  std::string id;
+  std::vector<std::string> image_paths;  // resolved
+  std::vector<Turn> turns;
+  std::string caption;
+};
+
+class EntryDataset : public Dataset {
+ public:
+  EntryDataset(std::string name, std::vector<Entry> entries) : name_(std::move(name)), entries_(std::move(entries)) {}
+  size_t size() const override { return entries_.size(); }
+  const std::string& name() const override { return name_; }
+  SampleInfo info(size_t i) const override {
+    const Entry& e = entries_.at(i);
+    return info_of(e.image_paths.size(), e.turns, e.caption);
+  }
+  RawSample get(size_t i) const override {
+    const Entry& e = entries_.at(i);
+    RawSample r;
+    r.source = name_;
+    r.id = e.id;
+    r.turns = e.turns;
+    r.caption = e.caption;
+    r.image_paths = e.image_paths;
+    for (const auto& p : e.image_paths) r.images.push_back(read_file_bytes(p));
+    return r;
+  }
+
+ private:
+  std::string name_;
+  std::vector<Entry> entries_;
+};
+
+// A rejected entry: the reason and what was wrong.
+struct Reject {
+  const char* reason;
+  std::string detail;
+};
+
+void replace_all(std::string& s, const std::string& from, const std::string& to) {
+  for (size_t p = s.find(from); p != std::string::npos; p = s.find(from, p + to.size())) s.replace(p, from.size(), to);
+}
+
+// Parses one LLaVA / JSONL entry into `e`; returns a Reject when it must be skipped.
+std::optional<Reject> parse_entry(const json& j, const fs::path& image_root, bool check_files, bool allow_pairs,
+                                  Entry& e) {
+  if (!j.is_object()) return Reject{bad::kBadEntry, fmt::format("expected an object, found {}", j.type_name())};
+  if (j.contains("id")) {
+    const json& id = j["id"];
+    if (id.is_string()) e.id = id.get<std::string>();
+    else if (id.is_number_integer()) e.id = std::to_string(id.get<int64_t>());
+    else return Reject{bad::kBadEntry, fmt::format("\"id\" must be a string or an integer, found {}", id.type_name())};
+  }
+  std::vector<std::string> images;
+  if (j.contains("image") && !j["image"].is_null()) {
+    const json& im = j["image"];
+    if (im.is_string()) images.push_back(im.get<std::string>());
+    else if (im.is_array()) {
+      for (const auto& x : im) {
+        if (!x.is_string()) return Reject{bad::kBadEntry, "\"image\" list holds a non-string"};
+        images.push_back(x.get<std::string>());
+      }
+    } else {
+      return Reject{bad::kBadEntry, fmt::format("\"image\" must be a string or a list, found {}", im.type_name())};
+    }
+  }
+  if (j.contains("conversations")) {
+    const json& conv = j["conversations"];
+    if (!conv.is_array() || conv.empty()) return Reject{bad::kBadEntry, "\"conversations\" must be a non-empty list"};
+    if (j.contains("system")) {
+      if (!j["system"].is_string()) return Reject{bad::kBadEntry, "\"system\" must be a string"};
+      e.turns.push_back({"system", j["system"].get<std::string>()});
+    }
+    for (size_t t = 0; t < conv.size(); ++t) {
+      const json& turn = conv[t];
+      if (!turn.is_object() || !turn.contains("from") || !turn.contains("value") || !turn["from"].is_string() ||
+          !turn["value"].is_string())
+        return Reject{bad::kBadEntry, fmt::format("turn {} needs string \"from\" and \"value\"", t)};
+      std::string from = turn["from"].get<std::string>(), value = turn["value"].get<std::string>();
+      if (from != "human" && from != "gpt" && from != "system")
+        return Reject{bad::kBadEntry, fmt::format("turn {} has from '{}' (expected human, gpt or system)", t, from)};
+      replace_all(value, "<image>", "<|image|>");  // LLaVA's placeholder spelling
+      e.turns.push_back({std::move(from), std::move(value)});
+    }
+    if (std::none_of(e.turns.begin(), e.turns.end(), [](const Turn& t) { return t.from == "gpt"; }))
+      return Reject{bad::kBadEntry, "no gpt turn to learn from"};
+  } else if (allow_pairs && (j.contains("caption") || j.contains("text"))) {
+    const json& c = j.contains("caption") ? j["caption"] : j["text"];
+    if (!c.is_string()) return Reject{bad::kBadEntry, "\"caption\" must be a string"};
+    if (images.size() != 1)
+      return Reject{bad::kMissingImage, fmt::format("an image-text pair needs exactly one image, found {}", images.size())};
+    e.caption = c.get<std::string>();
+  } else if (allow_pairs && j.contains("question") && j.contains("answer")) {
+    const json &q = j.contains("prompt") ? j["prompt"] : j["question"], &a = j["answer"];
+    if (!q.is_string() || !a.is_string()) return Reject{bad::kBadEntry, "\"question\" and \"answer\" must be strings"};
+    std::string human;
+    for (size_t k = 0; k < images.size(); ++k) human += "<|image|>\n";
+    e.turns = {{"human", human + q.get<std::string>()}, {"gpt", a.get<std::string>()}};
+  } else {
+    return Reject{bad::kBadEntry, allow_pairs ? "no \"conversations\", \"caption\" or \"question\"/\"answer\""
+                                              : "no \"conversations\""};
+  }
+  if (!e.turns.empty()) {
+    int placeholders = 0;
+    for (const auto& t : e.turns) placeholders += count_image_placeholders(t.value);
+    if (placeholders != static_cast<int>(images.size()))
+      return Reject{bad::kPlaceholderMismatch,
+                    fmt::format("{} image placeholders, {} images", placeholders, images.size())};
+  }
+  for (const auto& im : images) {
+    const fs::path p = fs::path(im).is_absolute() ? fs::path(im) : image_root / im;
+    if (check_files && !fs::is_regular_file(p)) return Reject{bad::kMissingImage, fmt::format("no file {}", p.string())};
+    e.image_paths.push_back(p.string());
+  }
+  return std::nullopt;
+}
+
+fs::path root_of(const std::string& path, const ReadOptions& o) {
+  if (!o.image_root.empty()) return o.image_root;
+  const fs::path parent = fs::path(path).parent_path();
+  return parent.empty() ? fs::path(".") : parent;
+}
+
+}  // namespace
+
+std::shared_ptr<Dataset> open_tar_shards(const std::string& path, const ReadOptions& options) {
+  return std::make_shared<TarShards>(path, options);
+}
+
+std::shared_ptr<Dataset> open_jsonl(const std::string& path, const ReadOptions& options) {
+  auto log = log_of(options);
+  std::ifstream f(path);
+  if (!f) throw std::runtime_error(fmt::format("{}: cannot open JSONL file", path));
+  const fs::path root = root_of(path, options);
+  std::vector<Entry> entries;
+  size_t bad = 0, lineno = 0;
+  std::string line;
+  while (std::getline(f, line)) {
+    ++lineno;
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    const std::string where = fmt::format("{}:{}", path, lineno);
+    const json j = json::parse(line, nullptr, false);
+    if (j.is_discarded()) {
+      log->report(bad::kMalformedJson, path, where, "not valid JSON");
+      ++bad;
+      continue;
+    }
+    Entry e;
+    if (auto r = parse_entry(j, root, options.check_files, true, e)) {
+      log->report(r->reason, path, where, r->detail);
+      ++bad;
+      continue;
+    }
+    if (e.id.empty()) e.id = std::to_string(lineno);
+    entries.push_back(std::move(e));
+  }
+  check_bad_fraction(path, entries.size(), bad, options.max_bad_fraction, *log);
+  return std::make_shared<EntryDataset>(path, std::move(entries));
+}
+
+std::shared_ptr<Dataset> open_llava_json(const std::string& path, const ReadOptions& options) {
+  auto log = log_of(options);
+  json doc;
+  try {
+    doc = json::parse(read_file_bytes(path));
+  } catch (const json::parse_error& e) {
+    throw std::runtime_error(fmt::format("{}: not valid JSON (byte {}): {}", path, e.byte, e.what()));
+  }
+  if (!doc.is_array())
+    throw std::runtime_error(fmt::format("{}: expected a JSON list of samples, found {}", path, doc.type_name()));
+  const fs::path root = root_of(path, options);
+  std::vector<Entry> entries;
+  size_t bad = 0;
+  for (size_t i = 0; i < doc.size(); ++i) {
+    Entry e;
+    if (auto r = parse_entry(doc[i], root, options.check_files, false, e)) {
+      std::string where = fmt::format("{}[{}]", path, i);
+      if (doc[i].is_object() && doc[i].contains("id")) where += " id " + doc[i]["id"].dump();
+      log->report(r->reason, path, where, r->detail);
+      ++bad;
+      continue;
+    }
+    if (e.id.empty()) e.id = std::to_string(i);
+    entries.push_back(std::move(e));
+  }
+  check_bad_fraction(path, entries.size(), bad, options.max_bad_fraction, *log);
+  return std::make_shared<EntryDataset>(path, std::move(entries));
+}
+
+std::shared_ptr<Dataset> open_dataset(const std::string& path, const ReadOptions& options) {
+  const auto ends = [&](const char* s) { return ends_with(path, s); };
+  if (fs::is_directory(path) || ends(".tar") || ends(".tar.gz") || ends(".tgz")) return open_tar_shards(path, options);
+  if (ends(".jsonl")) return open_jsonl(path, options);
+  if (ends(".json")) return open_llava_json(path, options);
+  throw std::invalid_argument(fmt::format(
+      "{}: unknown dataset kind (expected a folder of tar shards, .tar, .tar.gz, .jsonl or LLaVA .json)", path));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mixtures
+
+namespace {
+
+class Mixture : public Dataset {
+ public:
+  Mixture(std::vector<MixtureSource> sources, size_t size, uint64_t seed) : sources_(std::move(sources)) {
+    if (sources_.empty()) throw std::invalid_argument("mixture: no sources");
+    double wsum = 0;
+    size_t nsum = 0;
+    for (size_t k = 0; k < sources_.size(); ++k) {
+      const auto& s = sources_[k];
+      if (!s.dataset) throw std::invalid_argument(fmt::format("mixture: source {} is null", k));
+      if (!(s.weight >= 0)) throw std::invalid_argument(fmt::format("mixture: source {} ({}) has weight {}, expected >= 0", k, s.dataset->name(), s.weight));
+      if (s.weight > 0 && s.dataset->size() == 0)
+        throw std::invalid_argument(fmt::format("mixture: source {} ({}) has weight {} but no samples", k, s.dataset->name(), s.weight));
+      wsum += s.weight;
+      nsum += s.dataset->size();
+      name_ += (name_.empty() ? "mixture(" : ", ") + s.dataset->name() + fmt::format(" x{}", s.weight);
+    }
+    name_ += ")";
+    if (wsum <= 0) throw std::invalid_argument("mixture: all weights are zero");
+    const size_t total = size ? size : nsum;
+    // Largest-remainder apportionment of `total` over the weights.
+    std::vector<size_t> counts(sources_.size());
+    std::vector<std::pair<double, size_t>> rem;
+    size_t given = 0;
+    for (size_t k = 0; k < sources_.size(); ++k) {
+      const double exact = static_cast<double>(total) * sources_[k].weight / wsum;
+      counts[k] = static_cast<size_t>(exact);
+      given += counts[k];
+      rem.push_back({exact - static_cast<double>(counts[k]), k});
+    }
+    std::stable_sort(rem.begin(), rem.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+    for (size_t r = 0; given < total; ++r, ++given) ++counts[rem[r % rem.size()].second];
+    for (size_t k = 0; k < sources_.size(); ++k) {
+      const size_t n = sources_[k].dataset->size();
+      std::vector<size_t> perm;
+      for (size_t c = 0, cycle = 0; c < counts[k]; ++c) {
+        if (c % n == 0) {
+          Rng rng(mix_seed(seed, k, cycle++));
+          perm = permutation(n, rng);
+        }
+        entries_.push_back({static_cast<uint32_t>(k), perm[c % n]});
+      }
+    }
+  }
+  size_t size() const override { return entries_.size(); }
+  const std::string& name() const override { return name_; }
+  RawSample get(size_t i) const override {
+    const auto& [k, j] = entries_.at(i);
+    return sources_[k].dataset->get(j);
+  }
+  SampleInfo info(size_t i) const override {
+    const auto& [k, j] = entries_.at(i);
+    return sources_[k].dataset->info(j);
+  }
+
+ private:
+  std::vector<MixtureSource> sources_;
+  std::vector<std::pair<uint32_t, size_t>> entries_;
+  std::string name_;
+};
+
+}  // namespace
+
+std::shared_ptr<Dataset> make_mixture(const std::vector<MixtureSource>& sources, size_t size, uint64_t seed) {
+  return std::make_shared<Mixture>(sources, size, seed);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Verification
+
+VerifyReport verify_dataset(const std::string& path, double max_bad_fraction, bool decode, std::ostream* messages) {
+  ReadOptions o;
+  o.log = std::make_shared<BadInputLog>(messages);
+  o.max_bad_fraction = 1.0;
+  const auto ds = open_dataset(path, o);
+  VerifyReport rep;
+  for (size_t i = 0; i < ds->size(); ++i) {
+    RawSample s;
+    try {
+      s = ds->get(i);
+    } catch (const std::exception& e) {
+      o.log->report(bad::kMissingImage, path, fmt::format("{} sample {}", path, i), e.what());
+      continue;
+    }
+    bool ok = true;
+    for (size_t k = 0; k < s.images.size() && decode; ++k) {
+      const cv::Mat raw(1, static_cast<int>(s.images[k].size()), CV_8UC1, s.images[k].data());
+      if (s.images[k].empty() || cv::imdecode(raw, cv::IMREAD_UNCHANGED).empty()) {
+        const std::string& where = s.image_paths[k];
+        o.log->report(bad::kCorruptImage, where.substr(0, where.find(".tar:") == std::string::npos ? where.size() : where.find(".tar:") + 4),
+                      where, "image bytes do not decode");
+        ok = false;
+      }
+    }
+    rep.images += s.images.size();
+    if (ok) ++rep.samples;
+  }
+  rep.bad = o.log->total();
+  rep.counts = o.log->counts();
+  rep.worst_files = o.log->worst_files();
+  const size_t total = rep.samples + rep.bad;
+  rep.over_limit = total > 0 && static_cast<double>(rep.bad) > max_bad_fraction * static_cast<double>(total);
+  return rep;
+}
+
+}  // namespace owl2::data

@@ -1,0 +1,253 @@
+// A generic loader over an indexable Dataset: a deterministic per-epoch batch plan (seed, epoch),
+// disjoint batches per data-parallel rank, worker threads running a user transform with a bounded,
+// order-preserving prefetch queue, length validation before collation, and exact mid-epoch resume.
+// Semantics: docs/datasets.md ("Loader").
+#pragma once
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "data/dataset.h"
+
+namespace owl2::data {
+
+// Where a loader stands: batches already produced in `epoch` for this rank. Small and JSON-serializable,
+// so a checkpoint can carry it and a resumed run continues with exactly the batches that would follow.
+struct LoaderState {
+  uint64_t seed = 0;
+  int64_t epoch = 0;
+  int64_t position = 0;
+};
+std::string state_to_json(const LoaderState& s);
+LoaderState state_from_json(const std::string& text);  // throws std::invalid_argument naming the bad field
+
+enum class LengthPolicy { kDrop, kTruncate };
+
+struct LoaderOptions {
+  size_t batch_size = 1;     // per rank
+  uint64_t seed = 0;
+  int rank = 0;
+  int world_size = 1;
+  int num_workers = 2;       // transform threads; 0 runs the transform in the caller's thread
+  size_t prefetch = 64;      // examples computed ahead of the consumer (bounded queue), >= 1
+  bool shuffle = true;
+  bool drop_last = false;    // drop partial batches
+  // Batches hold only image samples or only text-only samples; within windows of
+  // batch_size * group_window samples of one modality, samples are sorted by length (longest first).
+  bool group_by_modality = false;
+  size_t group_window = 32;
+  int64_t max_length = 0;    // > 0: examples longer than this are dropped or truncated (length_policy)
+  LengthPolicy length_policy = LengthPolicy::kDrop;
+};
+
+// The epoch's batches (dataset indices) for options.rank. A pure function of the dataset size, the
+// samples' info (modality, length; used only when grouping) and the options: the global batch list is
+// built from a permutation seeded by (seed, epoch), then rank r takes batches r, r + W, r + 2W, ...
+// (the last size % W batches are left out so every rank has the same number).
+std::vector<std::vector<size_t>> plan_epoch(const Dataset& dataset, const LoaderOptions& options, int64_t epoch);
+
+// Counts of what the loader changed or left out, over the loader's lifetime.
+struct LoaderCounters {
+  int64_t examples = 0;        // examples that reached collate
+  int64_t transform_errors = 0;
+  int64_t dropped_too_long = 0;
+  int64_t truncated = 0;
+  int64_t empty_batches = 0;   // batches with no example left (skipped; the position still advances)
+};
+
+// Example: what the transform makes of one RawSample; Batch: what collate makes of a batch of them.
+template <class Example, class Batch>
+class Loader {
+ public:
+  using Transform = std::function<Example(RawSample&&)>;
+  using Collate = std::function<Batch(std::vector<Example>&&)>;
+  struct LengthHooks {
+    std::function<int64_t(const Example&)> length;             // e.g. tokens + visual tokens per image
+    std::function<void(Example&, int64_t max_length)> truncate;  // needed for LengthPolicy::kTruncate
+  };
+
+  Loader(std::shared_ptr<const Dataset> dataset, LoaderOptions options, Transform transform, Collate collate,
+         LengthHooks hooks = {}, std::shared_ptr<BadInputLog> log = nullptr)
+      : dataset_(std::move(dataset)),
+        opt_(options),
+        transform_(std::move(transform)),
+        collate_(std::move(collate)),
+        hooks_(std::move(hooks)),
+        log_(log ? std::move(log) : std::make_shared<BadInputLog>(nullptr)) {
+    if (!dataset_) throw std::invalid_argument("loader: dataset is null");
+    if (opt_.batch_size < 1) throw std::invalid_argument("loader: batch_size must be >= 1");
+    if (opt_.world_size < 1 || opt_.rank < 0 || opt_.rank >= opt_.world_size)
+      throw std::invalid_argument(fmt::format("loader: rank {} is outside world size {}", opt_.rank, opt_.world_size));
+    if (opt_.prefetch < 1) throw std::invalid_argument("loader: prefetch must be >= 1");
+    if (opt_.num_workers < 0) throw std::invalid_argument("loader: num_workers must be >= 0");
+    if (opt_.max_length > 0 && !hooks_.length)
+      throw std::invalid_argument("loader: max_length is set but no length hook was given");
+    if (opt_.max_length > 0 && opt_.length_policy == LengthPolicy::kTruncate && !hooks_.truncate)
+      throw std::invalid_argument("loader: length policy 'truncate' needs a truncate hook");
+    reset({opt_.seed, 0, 0});
+  }
+  ~Loader() { stop_workers(); }
+  Loader(const Loader&) = delete;
+  Loader& operator=(const Loader&) = delete;
+
+  // The next batch of this epoch, or nullopt at its end (then call set_epoch(epoch + 1)).
+  std::optional<Batch> next() {
+    while (pos_ < static_cast<int64_t>(plan_.size())) {
+      const auto& indices = plan_[static_cast<size_t>(pos_)];
+      std::vector<Example> examples;
+      examples.reserve(indices.size());
+      for (size_t k = 0; k < indices.size(); ++k) {
+        std::optional<Example> ex = take();
+        if (!ex) {
+          ++counters_.transform_errors;
+          continue;
+        }
+        if (opt_.max_length > 0) {
+          const int64_t len = hooks_.length(*ex);
+          if (len > opt_.max_length) {
+            if (opt_.length_policy == LengthPolicy::kDrop) {
+              ++counters_.dropped_too_long;
+              continue;
+            }
+            hooks_.truncate(*ex, opt_.max_length);
+            ++counters_.truncated;
+          }
+        }
+        examples.push_back(std::move(*ex));
+      }
+      ++pos_;
+      if (examples.empty()) {
+        ++counters_.empty_batches;
+        continue;
+      }
+      counters_.examples += static_cast<int64_t>(examples.size());
+      return collate_(std::move(examples));
+    }
+    return std::nullopt;
+  }
+
+  // Starts `epoch` from its first batch.
+  void set_epoch(int64_t epoch) { reset({seed_, epoch, 0}); }
+  LoaderState state() const { return {seed_, epoch_, pos_}; }
+  void load_state(const LoaderState& s) { reset(s); }
+  size_t num_batches() const { return plan_.size(); }
+  const std::vector<std::vector<size_t>>& plan() const { return plan_; }
+  LoaderCounters counters() const { return counters_; }
+  const BadInputLog& bad_input() const { return *log_; }
+
+ private:
+  void reset(const LoaderState& s) {
+    stop_workers();
+    LoaderOptions o = opt_;
+    o.seed = s.seed;
+    plan_ = plan_epoch(*dataset_, o, s.epoch);
+    if (s.position < 0 || s.position > static_cast<int64_t>(plan_.size()))
+      throw std::invalid_argument(fmt::format("loader: state position {} is outside epoch {} of {} batches",
+                                              s.position, s.epoch, plan_.size()));
+    seed_ = s.seed;
+    epoch_ = s.epoch;
+    pos_ = s.position;
+    items_.clear();
+    for (size_t b = static_cast<size_t>(pos_); b < plan_.size(); ++b)
+      items_.insert(items_.end(), plan_[b].begin(), plan_[b].end());
+    next_ticket_ = consumed_ = 0;
+    slots_.assign(opt_.prefetch, std::nullopt);
+    ready_.assign(opt_.prefetch, 0);
+    stop_ = false;
+  }
+
+  // Loads and transforms one sample; a failure is reported and gives nullopt.
+  std::optional<Example> produce(size_t index) {
+    std::string what = fmt::format("{} sample {}", dataset_->name(), index);
+    try {
+      RawSample s = dataset_->get(index);
+      what = fmt::format("{} id {}", s.source, s.id);
+      return transform_(std::move(s));
+    } catch (const std::exception& e) {
+      log_->report(bad::kTransformError, dataset_->name(), what, e.what());
+      return std::nullopt;
+    }
+  }
+
+  std::optional<Example> take() {
+    if (opt_.num_workers == 0) return produce(items_.at(consumed_++));
+    if (workers_.empty()) start_workers();
+    std::unique_lock<std::mutex> lock(mu_);
+    const size_t slot = consumed_ % slots_.size();
+    cv_.wait(lock, [&] { return ready_[slot] != 0; });
+    std::optional<Example> ex = std::move(slots_[slot]);
+    slots_[slot].reset();
+    ready_[slot] = 0;
+    ++consumed_;
+    cv_.notify_all();
+    return ex;
+  }
+
+  void start_workers() {
+    for (int w = 0; w < opt_.num_workers; ++w) workers_.emplace_back([this] { work(); });
+  }
+
+  void work() {
+    for (;;) {
+      size_t ticket;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        // Bounded: never run more than `prefetch` examples ahead of the consumer.
+        cv_.wait(lock, [&] {
+          return stop_ || next_ticket_ >= items_.size() || next_ticket_ < consumed_ + slots_.size();
+        });
+        if (stop_ || next_ticket_ >= items_.size()) return;
+        ticket = next_ticket_++;
+      }
+      std::optional<Example> ex = produce(items_[ticket]);
+      std::lock_guard<std::mutex> lock(mu_);
+      slots_[ticket % slots_.size()] = std::move(ex);
+      ready_[ticket % slots_.size()] = 1;
+      cv_.notify_all();
+    }
+  }
+
+  void stop_workers() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    for (auto& t : workers_) t.join();
+    workers_.clear();
+  }
+
+  std::shared_ptr<const Dataset> dataset_;
+  LoaderOptions opt_;
+  Transform transform_;
+  Collate collate_;
+  LengthHooks hooks_;
+  std::shared_ptr<BadInputLog> log_;
+
+  uint64_t seed_ = 0;
+  int64_t epoch_ = 0;
+  int64_t pos_ = 0;
+  std::vector<std::vector<size_t>> plan_;
+  std::vector<size_t> items_;  // dataset indices of the remaining batches, flattened
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<std::thread> workers_;
+  std::vector<std::optional<Example>> slots_;
+  std::vector<char> ready_;
+  size_t next_ticket_ = 0;
+  size_t consumed_ = 0;
+  bool stop_ = false;
+  LoaderCounters counters_;
+};
+
+}  // namespace owl2::data

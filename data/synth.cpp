@@ -1,0 +1,418 @@
+// The synthetic shapes dataset: scenes, rendering, questions and the files they are written to.
+#include "data/synth.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <array>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <opencv2/core.hpp>
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
+#include <stdexcept>
+
+#include "data/tar.h"
+
+namespace owl2::data {
+
+namespace fs = std::filesystem;
+using ojson = nlohmann::ordered_json;
+
+const char* const kShortAnswerPrompt = "\nAnswer the question using a single word or phrase.";
+// U+2019 in "option’s", as in the reference's README and MMBench prompt (spec §4.1, §5.2).
+const char* const kMultipleChoicePrompt = "\nAnswer with the option\u2019s letter from the given choices directly.";
+const Rgb kBackground{0, 0, 0};
+
+// ---------------------------------------------------------------------------------------------
+// Random numbers
+
+uint64_t Rng::next() {
+  uint64_t z = (state_ += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+uint64_t Rng::below(uint64_t n) {
+  if (n == 0) throw std::invalid_argument("Rng::below: n must be > 0");
+  // Rejection sampling: unbiased and the same on every platform.
+  const uint64_t limit = UINT64_MAX - UINT64_MAX % n;
+  uint64_t x;
+  do x = next();
+  while (x >= limit);
+  return x % n;
+}
+
+double Rng::uniform() { return static_cast<double>(next() >> 11) * 0x1.0p-53; }
+
+uint64_t mix_seed(uint64_t a, uint64_t b, uint64_t c) {
+  Rng r(a ^ 0x6A09E667F3BCC909ull);
+  uint64_t h = r.next();
+  Rng r2(h ^ (b * 0x9E3779B97F4A7C15ull));
+  h = r2.next();
+  Rng r3(h ^ (c * 0xC2B2AE3D27D4EB4Full + 1));
+  return r3.next();
+}
+
+std::vector<size_t> permutation(size_t n, Rng& rng) {
+  std::vector<size_t> p(n);
+  for (size_t i = 0; i < n; ++i) p[i] = i;
+  for (size_t i = n; i > 1; --i) std::swap(p[i - 1], p[rng.below(i)]);
+  return p;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenes
+
+namespace {
+
+const std::array<const char*, 4> kColors{"red", "green", "blue", "yellow"};
+const std::array<const char*, 3> kShapes{"circle", "square", "triangle"};
+const std::array<const char*, 4> kPositions{"left", "right", "top", "bottom"};
+const std::array<const char*, 4> kCountWords{"zero", "one", "two", "three"};
+
+uint64_t split_id(const std::string& split) {
+  if (split == "train") return 1;
+  if (split == "heldout") return 2;
+  throw std::invalid_argument(fmt::format("synth: unknown split '{}' (expected train or heldout)", split));
+}
+
+template <size_t N>
+std::string pick(const std::array<const char*, N>& a, Rng& rng) {
+  return a[rng.below(N)];
+}
+
+}  // namespace
+
+Rgb color_rgb(const std::string& color) {
+  if (color == "red") return {230, 30, 30};
+  if (color == "green") return {30, 200, 30};
+  if (color == "blue") return {40, 70, 240};
+  if (color == "yellow") return {240, 230, 30};
+  throw std::invalid_argument(fmt::format("synth: unknown colour '{}'", color));
+}
+
+Scene make_scene(uint64_t seed, const std::string& split, int64_t index) {
+  Rng rng(mix_seed(seed, split_id(split), static_cast<uint64_t>(index)));
+  Scene s;
+  s.color = pick(kColors, rng);
+  s.shape = pick(kShapes, rng);
+  s.count = static_cast<int>(index % 3) + 1;
+  const auto jitter = [&](double amount) { return (rng.uniform() * 2 - 1) * amount; };
+  if (s.count == 1) {
+    const size_t p = rng.below(kPositions.size());
+    s.position = kPositions[p];
+    // One large shape centred in its half of the image.
+    const double cx[] = {0.25, 0.75, 0.5, 0.5}, cy[] = {0.5, 0.5, 0.25, 0.75};
+    s.placed.push_back({cx[p] + jitter(0.03), cy[p] + jitter(0.03), 0.19 + jitter(0.02)});
+    const std::string where = p < 2 ? "on the " + s.position : "at the " + s.position;
+    s.caption = fmt::format("a {} {} {}", s.color, s.shape, where);
+  } else {
+    // Several shapes in distinct quadrants; they cannot overlap.
+    const auto quadrants = permutation(4, rng);
+    for (int i = 0; i < s.count; ++i) {
+      const size_t q = quadrants[static_cast<size_t>(i)];
+      s.placed.push_back({(q % 2 ? 0.75 : 0.25) + jitter(0.03), (q / 2 ? 0.75 : 0.25) + jitter(0.03),
+                          0.17 + jitter(0.02)});
+    }
+    s.caption = fmt::format("{} {} {}s", kCountWords[static_cast<size_t>(s.count)], s.color, s.shape);
+  }
+  return s;
+}
+
+std::string render_scene_png(const Scene& scene, int image_size) {
+  if (image_size < 16) throw std::invalid_argument(fmt::format("synth: image size {} is below 16", image_size));
+  const double n = image_size;
+  cv::Mat img(image_size, image_size, CV_8UC3, cv::Scalar(kBackground.b, kBackground.g, kBackground.r));
+  const Rgb c = color_rgb(scene.color);
+  const cv::Scalar bgr(c.b, c.g, c.r);
+  for (const auto& p : scene.placed) {
+    const int cx = static_cast<int>(std::lround(p.cx * n)), cy = static_cast<int>(std::lround(p.cy * n));
+    const int h = std::max(2, static_cast<int>(std::lround(p.half * n)));
+    if (scene.shape == "circle") {
+      cv::circle(img, {cx, cy}, h, bgr, cv::FILLED, cv::LINE_8);
+    } else if (scene.shape == "square") {
+      cv::rectangle(img, cv::Point(cx - h, cy - h), cv::Point(cx + h, cy + h), bgr, cv::FILLED, cv::LINE_8);
+    } else {
+      const std::vector<cv::Point> tri{{cx, cy - h}, {cx - h, cy + h}, {cx + h, cy + h}};
+      cv::fillConvexPoly(img, tri, bgr, cv::LINE_8);
+    }
+  }
+  std::vector<uchar> png;
+  if (!cv::imencode(".png", img, png, {cv::IMWRITE_PNG_COMPRESSION, 9}))
+    throw std::runtime_error("synth: PNG encoding failed");
+  return std::string(png.begin(), png.end());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Questions
+
+namespace {
+
+struct Question {
+  std::string type;      // caption | color | shape | position | count | yesno | mc | text
+  std::string question;  // without the answer-format suffix
+  std::string prompt;    // the human turn's text (question + suffix), without the image placeholder
+  std::string answer;
+};
+
+Question short_answer(std::string type, std::string q, std::string a) {
+  std::string prompt = q + kShortAnswerPrompt;
+  return {std::move(type), std::move(q), std::move(prompt), std::move(a)};
+}
+
+std::string plural(const Scene& s) { return s.count == 1 ? s.shape : s.shape + "s"; }
+
+Question ask_color(const Scene& s) {
+  return short_answer("color", fmt::format("What color {} the {}?", s.count == 1 ? "is" : "are", plural(s)), s.color);
+}
+Question ask_shape(const Scene& s) {
+  return short_answer("shape",
+                      s.count == 1 ? fmt::format("What shape is the {} object?", s.color)
+                                   : fmt::format("What shape are the {} objects?", s.color),
+                      s.shape);
+}
+Question ask_position(const Scene& s) {
+  return short_answer("position", fmt::format("Where is the {} {}?", s.color, s.shape), s.position);
+}
+Question ask_count(const Scene& s) {
+  return short_answer("count", "How many shapes are there?", std::to_string(s.count));
+}
+Question ask_yesno(const Scene& s, Rng& rng) {
+  std::string color = s.color, shape = s.shape;
+  const bool yes = rng.below(2) == 0;
+  if (!yes) {
+    if (rng.below(2) == 0) {
+      while (color == s.color) color = pick(kColors, rng);
+    } else {
+      while (shape == s.shape) shape = pick(kShapes, rng);
+    }
+  }
+  return short_answer("yesno", fmt::format("Is there a {} {} in the image?", color, shape), yes ? "yes" : "no");
+}
+Question ask_caption(const Scene& s) {
+  const std::string q = "Provide a one-sentence caption for the provided image.";
+  return {"caption", q, q, s.caption};
+}
+
+// Four options in a seeded order; the answer is the letter of the correct one.
+Question ask_mc(const Scene& s, Rng& rng) {
+  std::vector<std::string> options;
+  std::string q, correct;
+  const uint64_t kinds = s.count == 1 ? 4 : 3;
+  switch (rng.below(kinds)) {
+    case 0:
+      q = fmt::format("What color {} the {}?", s.count == 1 ? "is" : "are", plural(s));
+      options.assign(kColors.begin(), kColors.end());
+      correct = s.color;
+      break;
+    case 1:
+      q = s.count == 1 ? "What shape is the object?" : "What shape are the objects?";
+      options.assign(kShapes.begin(), kShapes.end());
+      options.push_back("star");  // never drawn: a distractor
+      correct = s.shape;
+      break;
+    case 2:
+      q = "How many shapes are there?";
+      options = {"1", "2", "3", "4"};
+      correct = std::to_string(s.count);
+      break;
+    default:
+      q = fmt::format("Where is the {} {}?", s.color, s.shape);
+      options.assign(kPositions.begin(), kPositions.end());
+      correct = s.position;
+      break;
+  }
+  const auto order = permutation(options.size(), rng);
+  std::string letter;
+  for (size_t i = 0; i < order.size(); ++i) {
+    const std::string& opt = options[order[i]];
+    const char l = static_cast<char>('A' + i);
+    q += fmt::format("\n{}. {}", l, opt);
+    if (opt == correct) letter = std::string(1, l);
+  }
+  return {"mc", q, q + kMultipleChoicePrompt, letter};
+}
+
+// Text-only tasks with one-word answers.
+Question text_task(Rng& rng) {
+  static const std::array<const char*, 12> words{"cat", "dog", "sun", "box", "cup", "pen",
+                                                 "map", "tree", "fish", "bird", "star", "lamp"};
+  switch (rng.below(5)) {
+    case 0: {
+      const auto a = rng.below(10), b = rng.below(10);
+      return short_answer("text", fmt::format("What is {} plus {}?", a, b), std::to_string(a + b));
+    }
+    case 1: {
+      auto a = rng.below(10), b = rng.below(10);
+      if (a < b) std::swap(a, b);
+      return short_answer("text", fmt::format("What is {} minus {}?", a, b), std::to_string(a - b));
+    }
+    case 2: {
+      std::string w = pick(words, rng);
+      std::string r(w.rbegin(), w.rend());
+      return short_answer("text", fmt::format("Spell the word {} backwards.", w), r);
+    }
+    case 3: {
+      const char l = static_cast<char>('a' + rng.below(25));
+      return short_answer("text", fmt::format("Which letter comes after {} in the alphabet?", l),
+                          std::string(1, static_cast<char>(l + 1)));
+    }
+    default: {
+      const std::string w = pick(words, rng);
+      return short_answer("text", fmt::format("How many letters are in the word {}?", w), std::to_string(w.size()));
+    }
+  }
+}
+
+// Every question that applies to a scene, in a fixed type order (the held-out split asks all of them).
+std::vector<Question> all_questions(const Scene& s, Rng& rng) {
+  std::vector<Question> qs{ask_caption(s), ask_color(s), ask_shape(s)};
+  if (s.count == 1) qs.push_back(ask_position(s));
+  qs.push_back(ask_count(s));
+  qs.push_back(ask_yesno(s, rng));
+  qs.push_back(ask_mc(s, rng));
+  return qs;
+}
+
+void write_file(const fs::path& path, const std::string& bytes) {
+  std::ofstream f(path, std::ios::binary | std::ios::trunc);
+  f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  if (!f) throw std::runtime_error(fmt::format("synth: cannot write {}", path.string()));
+}
+
+ojson turn(const char* from, const std::string& value) { return ojson{{"from", from}, {"value", value}}; }
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Files
+
+SynthSummary write_synth_dataset(const SynthOptions& o) {
+  if (o.out_dir.empty()) throw std::invalid_argument("synth: --out is required");
+  if (o.train_images < 1 || o.heldout_images < 1 || o.train_text < 0 || o.heldout_text < 1)
+    throw std::invalid_argument(fmt::format(
+        "synth: need train >= 1, heldout >= 1, heldout text >= 1 and train text >= 0 so every question type "
+        "is present; got train {}, heldout {}, train text {}, heldout text {}",
+        o.train_images, o.heldout_images, o.train_text, o.heldout_text));
+  if (o.shard_size < 1 || o.shard_size > 10000)
+    throw std::invalid_argument(fmt::format("synth: shard size {} must be in [1, 10000]", o.shard_size));
+  if (o.image_size < 16 || o.image_size > 1024)
+    throw std::invalid_argument(fmt::format("synth: image size {} must be in [16, 1024]", o.image_size));
+
+  const fs::path root(o.out_dir);
+  for (const char* d : {"images/train", "images/heldout", "pretrain"}) fs::create_directories(root / d);
+  SynthSummary summary;
+
+  // Training images: PNG files for the instructions, and the same pairs as img2dataset tar shards.
+  ojson llava = ojson::array();
+  std::vector<TarFile> shard;
+  const auto flush_shard = [&] {
+    if (shard.empty()) return;
+    const std::string name = fmt::format("pretrain/{:05d}.tar", summary.pretrain_shards++);
+    write_tar((root / name).string(), shard);
+    summary.files.push_back(name);
+    shard.clear();
+  };
+  for (int64_t i = 0; i < o.train_images; ++i) {
+    const Scene s = make_scene(o.seed, "train", i);
+    const std::string png = render_scene_png(s, o.image_size);
+    const std::string rel = fmt::format("images/train/{:06d}.png", i);
+    write_file(root / rel, png);
+    summary.files.push_back(rel);
+
+    // img2dataset key: 5-digit shard number then 4-digit index within the shard.
+    const std::string key = fmt::format("{:05d}{:04d}", i / o.shard_size, i % o.shard_size);
+    ojson meta{{"key", key},          {"caption", s.caption}, {"status", "success"},
+               {"width", o.image_size}, {"height", o.image_size}, {"url", "synth://train/" + std::to_string(i)},
+               {"color", s.color},    {"shape", s.shape},     {"count", s.count},
+               {"position", s.position}};
+    shard.push_back({key + ".png", png});
+    shard.push_back({key + ".txt", s.caption});
+    shard.push_back({key + ".json", meta.dump()});
+    ++summary.pretrain_pairs;
+    if (static_cast<int64_t>(shard.size()) == 3 * o.shard_size) flush_shard();
+
+    // One conversation per image: three rounds of different question types, the first with the image.
+    Rng rng(mix_seed(o.seed, 11, static_cast<uint64_t>(i)));
+    auto qs = all_questions(s, rng);
+    const auto order = permutation(qs.size(), rng);
+    ojson conv = ojson::array();
+    for (size_t r = 0; r < 3; ++r) {
+      const Question& q = qs[order[r]];
+      conv.push_back(turn("human", r == 0 ? "<|image|>\n" + q.prompt : q.prompt));
+      conv.push_back(turn("gpt", q.answer));
+    }
+    llava.push_back(ojson{{"id", fmt::format("synth-train-{:06d}", i)}, {"image", rel}, {"conversations", conv}});
+  }
+  flush_shard();
+  for (int64_t i = 0; i < o.train_text; ++i) {
+    Rng rng(mix_seed(o.seed, 12, static_cast<uint64_t>(i)));
+    const Question q = text_task(rng);
+    llava.push_back(ojson{{"id", fmt::format("synth-text-{:06d}", i)},
+                          {"conversations", ojson::array({turn("human", q.prompt), turn("gpt", q.answer)})}});
+  }
+  // Interleave image and text-only samples in a seeded order, as a real mixture would be.
+  {
+    Rng rng(mix_seed(o.seed, 13));
+    const auto order = permutation(llava.size(), rng);
+    ojson shuffled = ojson::array();
+    for (size_t k : order) shuffled.push_back(llava[k]);
+    llava = std::move(shuffled);
+  }
+  summary.instruct_samples = static_cast<int64_t>(llava.size());
+  write_file(root / "llava_train.json", llava.dump(1) + "\n");
+  summary.files.push_back("llava_train.json");
+
+  // Held-out split: new images, every applicable question type per image, plus text-only questions.
+  std::string eval_lines;
+  int64_t qid = 0;
+  const auto emit = [&](const Question& q, const std::string& image) {
+    ojson line{{"question_id", qid++}};
+    if (!image.empty()) line["image"] = image;
+    line["question"] = q.question;
+    line["prompt"] = q.prompt;
+    line["answer"] = q.answer;
+    line["type"] = q.type;
+    eval_lines += line.dump() + "\n";
+  };
+  for (int64_t i = 0; i < o.heldout_images; ++i) {
+    const Scene s = make_scene(o.seed, "heldout", i);
+    const std::string rel = fmt::format("images/heldout/{:06d}.png", i);
+    write_file(root / rel, render_scene_png(s, o.image_size));
+    summary.files.push_back(rel);
+    Rng rng(mix_seed(o.seed, 21, static_cast<uint64_t>(i)));
+    for (const auto& q : all_questions(s, rng)) emit(q, rel);
+  }
+  for (int64_t i = 0; i < o.heldout_text; ++i) {
+    Rng rng(mix_seed(o.seed, 22, static_cast<uint64_t>(i)));
+    emit(text_task(rng), "");
+  }
+  summary.heldout_questions = qid;
+  write_file(root / "heldout.jsonl", eval_lines);
+  summary.files.push_back("heldout.jsonl");
+
+  ojson manifest{{"generator", "owl2 data synth"},
+                 {"seed", o.seed},
+                 {"image_size", o.image_size},
+                 {"train_images", o.train_images},
+                 {"heldout_images", o.heldout_images},
+                 {"train_text", o.train_text},
+                 {"heldout_text", o.heldout_text},
+                 {"shard_size", o.shard_size},
+                 {"pretrain_pairs", summary.pretrain_pairs},
+                 {"pretrain_shards", summary.pretrain_shards},
+                 {"instruct_samples", summary.instruct_samples},
+                 {"heldout_questions", summary.heldout_questions},
+                 {"colors", kColors},
+                 {"shapes", kShapes},
+                 {"positions", kPositions}};
+  write_file(root / "manifest.json", manifest.dump(2) + "\n");
+  summary.files.push_back("manifest.json");
+  std::sort(summary.files.begin(), summary.files.end());
+  return summary;
+}
+
+}  // namespace owl2::data

@@ -1,0 +1,86 @@
+// A deterministic synthetic dataset of coloured shapes, for the demo and the tests: PNG images,
+// captions (WebDataset tar shards), LLaVA-format instructions and held-out evaluation questions.
+// Layout and contents: docs/datasets.md.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace owl2::data {
+
+// A small, portable PRNG (splitmix64). The standard distributions are implementation-defined, so
+// everything that must be reproducible across compilers draws from this instead.
+class Rng {
+ public:
+  explicit Rng(uint64_t seed) : state_(seed) {}
+  uint64_t next();
+  // Uniform integer in [0, n); n > 0.
+  uint64_t below(uint64_t n);
+  // Uniform double in [0, 1).
+  double uniform();
+
+ private:
+  uint64_t state_;
+};
+
+// Mixes several words into one seed (order matters).
+uint64_t mix_seed(uint64_t a, uint64_t b, uint64_t c = 0);
+
+// Fisher-Yates permutation of 0..n-1 drawn from `rng`.
+std::vector<size_t> permutation(size_t n, Rng& rng);
+
+struct SynthOptions {
+  std::string out_dir;
+  uint64_t seed = 0;
+  int image_size = 32;            // square images, >= 16
+  int64_t train_images = 2000;    // images of the training split (captions + instructions)
+  int64_t heldout_images = 200;   // images of the held-out split (evaluation questions)
+  int64_t train_text = 500;       // text-only instruction samples in the training split
+  int64_t heldout_text = 50;      // text-only questions in the held-out split
+  int64_t shard_size = 1000;      // samples per pretraining tar shard
+};
+
+// One rendered scene: `count` shapes of one colour and kind. A single shape sits in one of the
+// regions left/right/top/bottom; two or three shapes sit in distinct quadrants.
+struct Scene {
+  std::string color;     // red | green | blue | yellow
+  std::string shape;     // circle | square | triangle
+  int count = 1;         // 1..3 (image index % 3 + 1, so every split has all counts)
+  std::string position;  // left | right | top | bottom when count == 1, else ""
+  std::string caption;   // "a red circle on the left", "two blue squares"
+  struct Placed {
+    double cx, cy, half;  // centre and half-size, as fractions of the image side
+  };
+  std::vector<Placed> placed;  // one per shape, jittered
+};
+
+// The scene of image `index` in `split` ("train" or "heldout"); a pure function of (seed, split, index).
+Scene make_scene(uint64_t seed, const std::string& split, int64_t index);
+
+// RGB values of the palette and the background.
+struct Rgb {
+  uint8_t r, g, b;
+};
+Rgb color_rgb(const std::string& color);  // throws std::invalid_argument for an unknown colour
+extern const Rgb kBackground;
+
+// Renders a scene as PNG bytes (image_size x image_size, 8-bit RGB).
+std::string render_scene_png(const Scene& scene, int image_size);
+
+struct SynthSummary {
+  int64_t pretrain_pairs = 0;
+  int64_t pretrain_shards = 0;
+  int64_t instruct_samples = 0;  // training conversations (image + text-only)
+  int64_t heldout_questions = 0;
+  std::vector<std::string> files;  // every file written, relative to out_dir, sorted
+};
+
+// Writes the whole dataset under options.out_dir (created if needed; existing files are overwritten).
+// Same options -> byte-identical files.
+SynthSummary write_synth_dataset(const SynthOptions& options);
+
+// The VQA-style instruction suffixes (spec §4.1: LLaVA-1.5 prompts).
+extern const char* const kShortAnswerPrompt;  // "\nAnswer the question using a single word or phrase."
+extern const char* const kMultipleChoicePrompt;  // "\nAnswer with the option’s letter from the given choices directly."
+
+}  // namespace owl2::data

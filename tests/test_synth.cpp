@@ -1,0 +1,257 @@
+// The synthetic dataset: determinism, rendering, question coverage, file formats; and tar round trips.
+#include <catch2/catch.hpp>
+
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <opencv2/imgcodecs.hpp>
+#include <set>
+
+#include "data/synth.h"
+#include "data/tar.h"
+#include "tests/helpers.h"
+
+namespace fs = std::filesystem;
+using namespace owl2::data;
+
+namespace {
+
+fs::path temp_dir(const std::string& name) {
+  const fs::path p = fs::temp_directory_path() / ("owl2_test_" + name + "_" + std::to_string(::getpid()));
+  fs::remove_all(p);
+  fs::create_directories(p);
+  return p;
+}
+
+// FNV-1a over every file's relative path and bytes, in sorted path order.
+uint64_t hash_tree(const fs::path& root) {
+  std::vector<std::string> rels;
+  for (const auto& e : fs::recursive_directory_iterator(root))
+    if (e.is_regular_file()) rels.push_back(fs::relative(e.path(), root).string());
+  std::sort(rels.begin(), rels.end());
+  uint64_t h = 1469598103934665603ull;
+  const auto eat = [&h](const std::string& s) {
+    for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
+  };
+  for (const auto& r : rels) {
+    eat(r);
+    eat(owl2::test::read_text((root / r).string()));
+  }
+  return h;
+}
+
+SynthOptions small(const fs::path& out, uint64_t seed) {
+  SynthOptions o;
+  o.out_dir = out.string();
+  o.seed = seed;
+  o.train_images = 30;
+  o.heldout_images = 9;
+  o.train_text = 10;
+  o.heldout_text = 5;
+  o.shard_size = 12;
+  return o;
+}
+
+}  // namespace
+
+TEST_CASE("synth: same seed gives byte-identical files, another seed differs", "[data][synth]") {
+  const auto a = temp_dir("synth_a"), b = temp_dir("synth_b"), c = temp_dir("synth_c");
+  const auto sa = write_synth_dataset(small(a, 7));
+  write_synth_dataset(small(b, 7));
+  write_synth_dataset(small(c, 8));
+  CHECK(hash_tree(a) == hash_tree(b));
+  CHECK(hash_tree(a) != hash_tree(c));
+  CHECK(sa.pretrain_pairs == 30);
+  CHECK(sa.pretrain_shards == 3);  // 12 + 12 + 6
+  CHECK(sa.instruct_samples == 40);
+  // 3 images of each count; count-1 images get 7 questions (with position), the others 6.
+  CHECK(sa.heldout_questions == 3 * 7 + 6 * 6 + 5);
+  for (const auto& f : sa.files) CHECK(fs::exists(a / f));
+  for (const auto& p : {a, b, c}) fs::remove_all(p);
+}
+
+TEST_CASE("synth: rendered pixels match the scene (colour, background, position)", "[data][synth]") {
+  int seen_positions = 0;
+  for (int64_t i = 0; i < 24; ++i) {
+    const Scene s = make_scene(3, "train", i);
+    REQUIRE(static_cast<int>(s.placed.size()) == s.count);
+    const std::string png = render_scene_png(s, 32);
+    const cv::Mat img = cv::imdecode(std::vector<uchar>(png.begin(), png.end()), cv::IMREAD_COLOR);
+    REQUIRE(img.rows == 32);
+    REQUIRE(img.cols == 32);
+    const Rgb c = color_rgb(s.color);
+    // Every shape's centre has the colour; the image corner is background.
+    for (const auto& p : s.placed) {
+      const auto px = img.at<cv::Vec3b>(static_cast<int>(std::lround(p.cy * 32)), static_cast<int>(std::lround(p.cx * 32)));
+      CHECK(px == cv::Vec3b(c.b, c.g, c.r));
+    }
+    CHECK(img.at<cv::Vec3b>(0, 0) == cv::Vec3b(kBackground.b, kBackground.g, kBackground.r));
+    if (s.count == 1) {
+      // The centre of mass of the coloured pixels lies in the named region.
+      double sx = 0, sy = 0, n = 0;
+      for (int y = 0; y < 32; ++y)
+        for (int x = 0; x < 32; ++x)
+          if (img.at<cv::Vec3b>(y, x) != cv::Vec3b(0, 0, 0)) sx += x, sy += y, ++n;
+      REQUIRE(n > 50);
+      sx /= n, sy /= n;
+      if (s.position == "left") CHECK(sx < 12);
+      if (s.position == "right") CHECK(sx > 20);
+      if (s.position == "top") CHECK(sy < 12);
+      if (s.position == "bottom") CHECK(sy > 20);
+      CHECK_THAT(s.caption, Catch::Contains(s.position));
+      ++seen_positions;
+    } else {
+      CHECK(s.position.empty());
+    }
+  }
+  CHECK(seen_positions == 8);
+}
+
+TEST_CASE("synth: held-out split has every question type and well-formed answers", "[data][synth]") {
+  const auto dir = temp_dir("synth_heldout");
+  write_synth_dataset(small(dir, 1));
+  std::ifstream f(dir / "heldout.jsonl");
+  std::map<std::string, int> types;
+  std::set<int64_t> ids;
+  std::string line;
+  while (std::getline(f, line)) {
+    const auto j = nlohmann::json::parse(line);
+    const std::string type = j.at("type");
+    const std::string answer = j.at("answer");
+    ++types[type];
+    ids.insert(j.at("question_id").get<int64_t>());
+    if (type == "text") {
+      CHECK_FALSE(j.contains("image"));
+    } else {
+      CHECK(fs::exists(dir / j.at("image").get<std::string>()));
+    }
+    const std::string prompt = j.at("prompt");
+    if (type == "mc") {
+      CHECK((answer == "A" || answer == "B" || answer == "C" || answer == "D"));
+      CHECK_THAT(prompt, Catch::EndsWith(kMultipleChoicePrompt));
+      // The answer letter names an option that appears in the question.
+      CHECK_THAT(j.at("question").get<std::string>(), Catch::Contains("\n" + answer + ". "));
+    } else if (type != "caption") {
+      CHECK_THAT(prompt, Catch::EndsWith(kShortAnswerPrompt));
+      CHECK(answer.find(' ') == std::string::npos);  // one word
+    }
+    if (type == "yesno") CHECK((answer == "yes" || answer == "no"));
+    if (type == "count") CHECK((answer == "1" || answer == "2" || answer == "3"));
+  }
+  for (const char* t : {"caption", "color", "shape", "position", "count", "yesno", "mc", "text"})
+    CHECK(types[t] > 0);
+  CHECK(ids.size() == 3 * 7 + 6 * 6 + 5);
+  fs::remove_all(dir);
+}
+
+TEST_CASE("synth: LLaVA JSON has image placeholders on the first human turn only", "[data][synth]") {
+  const auto dir = temp_dir("synth_llava");
+  write_synth_dataset(small(dir, 2));
+  const auto j = nlohmann::json::parse(owl2::test::read_text((dir / "llava_train.json").string()));
+  REQUIRE(j.size() == 40);
+  int text_only = 0;
+  for (const auto& s : j) {
+    const auto& conv = s.at("conversations");
+    REQUIRE(conv.size() % 2 == 0);
+    for (size_t t = 0; t < conv.size(); ++t) {
+      CHECK(conv[t].at("from") == (t % 2 ? "gpt" : "human"));
+      const std::string v = conv[t].at("value");
+      const bool has = v.find("<|image|>") != std::string::npos;
+      CHECK(has == (t == 0 && s.contains("image")));
+      if (has) CHECK(v.rfind("<|image|>\n", 0) == 0);
+    }
+    if (!s.contains("image")) ++text_only;
+  }
+  CHECK(text_only == 10);
+  fs::remove_all(dir);
+}
+
+TEST_CASE("tar: written shards index back with offsets that read the same bytes", "[data][tar]") {
+  const auto dir = temp_dir("tar_rt");
+  std::vector<TarFile> files{{"a.txt", "hello"}, {"b.bin", std::string(1000, '\x7f')}, {"empty", ""},
+                             {std::string(120, 'x') + ".long", "long names use a pax or prefix header"}};
+  const auto path = (dir / "t.tar").string();
+  write_tar(path, files);
+  const TarIndex idx = index_tar(path);
+  CHECK(idx.error.empty());
+  REQUIRE(idx.members.size() == files.size());
+  for (size_t i = 0; i < files.size(); ++i) {
+    CHECK(idx.members[i].name == files[i].name);
+    CHECK(idx.members[i].offset >= 0);
+    CHECK(read_tar_member(path, idx.members[i]) == files[i].data);
+  }
+  // Truncating inside the second member keeps only the first and reports the damage.
+  fs::resize_file(path, 512 + 512 + 512 + 100);
+  const TarIndex cut = index_tar(path);
+  CHECK_FALSE(cut.error.empty());
+  REQUIRE(cut.members.size() == 1);
+  CHECK(read_tar_member(path, cut.members[0]) == "hello");
+  CHECK_THROWS_WITH(index_tar((dir / "missing.tar").string()), Catch::Contains("missing.tar"));
+  fs::remove_all(dir);
+}
+
+TEST_CASE("synth: shards hold img2dataset triples whose captions match the scenes", "[data][synth][tar]") {
+  const auto dir = temp_dir("synth_tar");
+  write_synth_dataset(small(dir, 5));
+  const auto path = (dir / "pretrain/00001.tar").string();
+  const TarIndex idx = index_tar(path);
+  REQUIRE(idx.error.empty());
+  REQUIRE(idx.members.size() == 36);
+  CHECK(idx.members[0].name == "000010000.png");
+  CHECK(idx.members[1].name == "000010000.txt");
+  CHECK(idx.members[2].name == "000010000.json");
+  // Shard 1, item 0 is training image 12.
+  const Scene s = make_scene(5, "train", 12);
+  CHECK(read_tar_member(path, idx.members[1]) == s.caption);
+  const auto meta = nlohmann::json::parse(read_tar_member(path, idx.members[2]));
+  CHECK(meta.at("caption") == s.caption);
+  CHECK(meta.at("key") == "000010000");
+  CHECK(read_tar_member(path, idx.members[0]) == owl2::test::read_text((dir / "images/train/000012.png").string()));
+  CHECK(read_tar_member(path, idx.members[0]) == render_scene_png(s, 32));
+  fs::remove_all(dir);
+}
+
+TEST_CASE("synth: rejects options that would leave a question type out", "[data][synth]") {
+  SynthOptions o = small(temp_dir("synth_bad"), 0);
+  o.heldout_images = 0;
+  CHECK_THROWS_WITH(write_synth_dataset(o), Catch::Contains("heldout 0"));
+  o.heldout_images = 3;
+  o.shard_size = 20000;
+  CHECK_THROWS_WITH(write_synth_dataset(o), Catch::Contains("shard size 20000"));
+  fs::remove_all(o.out_dir);
+}
+
+TEST_CASE("synth: attributes and answers are balanced", "[data][synth]") {
+  std::map<std::string, int> colors, shapes, positions;
+  for (int64_t i = 0; i < 3000; ++i) {
+    const Scene s = make_scene(0, "train", i);
+    ++colors[s.color];
+    ++shapes[s.shape];
+    if (s.count == 1) ++positions[s.position];
+  }
+  REQUIRE(colors.size() == 4);
+  REQUIRE(shapes.size() == 3);
+  REQUIRE(positions.size() == 4);
+  for (const auto& [c, n] : colors) CHECK(std::abs(n - 750) < 90);
+  for (const auto& [s, n] : shapes) CHECK(std::abs(n - 1000) < 100);
+  for (const auto& [p, n] : positions) CHECK(std::abs(n - 250) < 50);
+
+  // Held-out answers: yes/no about half each, multiple-choice letters spread over A-D.
+  const auto dir = temp_dir("synth_balance");
+  SynthOptions o = small(dir, 4);
+  o.heldout_images = 600;
+  write_synth_dataset(o);
+  std::ifstream f(dir / "heldout.jsonl");
+  std::map<std::string, int> yesno, letters;
+  std::string line;
+  while (std::getline(f, line)) {
+    const auto j = nlohmann::json::parse(line);
+    if (j["type"] == "yesno") ++yesno[j["answer"].get<std::string>()];
+    if (j["type"] == "mc") ++letters[j["answer"].get<std::string>()];
+  }
+  CHECK(std::abs(yesno["yes"] - 300) < 50);
+  REQUIRE(letters.size() == 4);
+  for (const auto& [l, n] : letters) CHECK(std::abs(n - 150) < 45);
+  fs::remove_all(dir);
+}
