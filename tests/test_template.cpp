@@ -1,0 +1,164 @@
+// Chat templates and label masking: prompts as strings, labels token by token, and goldens from
+// scripts/make_tokenizer_golden.py (conversations.json).
+#include <catch2/catch.hpp>
+
+#include <nlohmann/json.hpp>
+
+#include "data/template.h"
+#include "tests/helpers.h"
+
+using Catch::Matchers::Contains;
+using owl2::chat_template;
+using owl2::generation_prompt;
+using owl2::kIgnoreIndex;
+using owl2::kImageTokenIndex;
+using owl2::Role;
+using owl2::Tokenizer;
+using owl2::tokenize_conversation;
+using owl2::training_prompt;
+using owl2::Turn;
+using owl2::turns_from_json;
+using owl2::test::read_text;
+using owl2::test::source_path;
+using Ids = std::vector<int64_t>;
+
+namespace {
+const Tokenizer& tiny() {
+  static const Tokenizer tok(source_path("tests/fixtures/tokenizer/tiny_llama.model"));
+  return tok;
+}
+Ids masked(size_t n) { return Ids(n, kIgnoreIndex); }
+Ids cat(std::initializer_list<Ids> parts) {
+  Ids out;
+  for (const auto& p : parts) out.insert(out.end(), p.begin(), p.end());
+  return out;
+}
+const std::string kVicunaSystem =
+    "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
+    "detailed, and polite answers to the user's questions.";
+}  // namespace
+
+TEST_CASE("mplug_owl2 prompts: no system prompt, image moved to the front with a newline", "[template]") {
+  const auto t = chat_template("mplug_owl2");
+  const std::vector<Turn> conv{{Role::kHuman, "What is this? <|image|>"},
+                               {Role::kGpt, "A circle."},
+                               {Role::kHuman, "Colour?"},
+                               {Role::kGpt, "Red."}};
+  CHECK(training_prompt(t, conv) == "USER: <|image|>\nWhat is this? ASSISTANT: A circle.</s>USER: Colour? ASSISTANT: Red.</s>");
+  const std::vector<Turn> ask{{Role::kHuman, "<|image|>What is this?"}};
+  CHECK(generation_prompt(t, ask) == "USER: <|image|>What is this? ASSISTANT:");
+  CHECK(generation_prompt(t, ask, true) == "USER: <|image|>\nWhat is this? ASSISTANT:");
+  const std::vector<Turn> follow{conv[0], conv[1], {Role::kHuman, "Colour?"}};
+  CHECK(generation_prompt(t, follow) == "USER: <|image|>What is this? ASSISTANT: A circle.</s>USER: Colour? ASSISTANT:");
+  // Several images in one turn keep their count.
+  CHECK(training_prompt(t, {{Role::kHuman, "<|image|> vs <|image|>"}, {Role::kGpt, "Same."}}) ==
+        "USER: <|image|><|image|>\nvs ASSISTANT: Same.</s>");
+  // A turn that is only an image: the trailing newline is stripped.
+  CHECK(training_prompt(t, {{Role::kHuman, "<|image|>"}, {Role::kGpt, "A dog."}}) ==
+        "USER: <|image|> ASSISTANT: A dog.</s>");
+}
+
+TEST_CASE("vicuna_v1 prompts carry the system prompt; a system turn replaces it", "[template]") {
+  const auto t = chat_template("vicuna_v1");
+  CHECK(chat_template("v1").system == t.system);
+  CHECK(t.system == kVicunaSystem);
+  CHECK(training_prompt(t, {{Role::kHuman, "Hi"}, {Role::kGpt, "Hello"}}) ==
+        kVicunaSystem + " USER: Hi ASSISTANT: Hello</s>");
+  CHECK(training_prompt(t, {{Role::kSystem, " Be brief. "}, {Role::kHuman, "Hi"}, {Role::kGpt, "Hello"}}) ==
+        "Be brief. USER: Hi ASSISTANT: Hello</s>");
+  // mplug_owl2 has no default system prompt but emits one a sample carries.
+  CHECK(training_prompt(chat_template("mplug_owl2"), {{Role::kSystem, "Be brief."}, {Role::kHuman, "Hi"}, {Role::kGpt, "Yo"}}) ==
+        "Be brief. USER: Hi ASSISTANT: Yo</s>");
+  CHECK(generation_prompt(t, {{Role::kHuman, "<|image|>\nHi"}}) == kVicunaSystem + " USER: <|image|>Hi ASSISTANT:");
+}
+
+TEST_CASE("bad conversations and template names are errors with the turn index", "[template]") {
+  const auto t = chat_template("mplug_owl2");
+  CHECK_THROWS_WITH(chat_template("llava"), Contains("expected mplug_owl2|vicuna_v1, got 'llava'"));
+  CHECK_THROWS_WITH(training_prompt(t, {{Role::kHuman, "a"}, {Role::kHuman, "b"}}),
+                    Contains("turn 1: expected a gpt turn, got human"));
+  CHECK_THROWS_WITH(training_prompt(t, {{Role::kHuman, "a"}}), Contains("last turn (0) is a human turn"));
+  CHECK_THROWS_WITH(generation_prompt(t, {{Role::kHuman, "a"}, {Role::kGpt, "b"}}), Contains("must be a human turn"));
+  CHECK_THROWS_WITH(training_prompt(t, {}), Contains("no human turn"));
+  // The reference drops a leading gpt turn.
+  CHECK(training_prompt(t, {{Role::kGpt, "x"}, {Role::kHuman, "a"}, {Role::kGpt, "b"}}) == "USER: a ASSISTANT: b</s>");
+}
+
+TEST_CASE("LLaVA JSON conversations parse, and malformed turns name the entry", "[template]") {
+  const auto j = nlohmann::json::parse(
+      R"([{"from":"system","value":"S"},{"from":"human","value":"<|image|>\nQ"},{"from":"gpt","value":"A"}])");
+  const auto turns = turns_from_json(j, "d.json: sample 7");
+  REQUIRE(turns.size() == 3);
+  CHECK(turns[0].role == Role::kSystem);
+  CHECK(turns[1].role == Role::kHuman);
+  CHECK(turns[1].value == "<|image|>\nQ");
+  CHECK(turns[2].role == Role::kGpt);
+  CHECK_THROWS_WITH(turns_from_json(nlohmann::json::parse(R"([{"from":"bot","value":"x"}])"), "d.json: sample 7"),
+                    Contains("d.json: sample 7: conversations[0]") && Contains("expected human|gpt|system, got 'bot'"));
+  CHECK_THROWS_WITH(turns_from_json(nlohmann::json::parse(R"([{"from":"human"}])"), "f"),
+                    Contains("f: conversations[0]: expected {\"from\": string, \"value\": string}"));
+  CHECK_THROWS_WITH(turns_from_json(nlohmann::json::parse(R"({"from":"human"})"), "f"), Contains("expected a list, got object"));
+  CHECK_THROWS_WITH(turns_from_json(nlohmann::json::parse(R"([{"from":"human","value":"q"},{"from":"system","value":"s"}])"), "f"),
+                    Contains("conversations[1]: a system turn must come first"));
+}
+
+TEST_CASE("labels: prompt and human turns -100, answers and their </s> supervised, token by token", "[template]") {
+  const auto& tok = tiny();
+  const auto t = chat_template("mplug_owl2");
+  const auto r = tokenize_conversation(tok, t,
+                                       {{Role::kHuman, "<|image|>\nWhat shape is there?"},
+                                        {Role::kGpt, "A red circle."},
+                                        {Role::kHuman, "Where?"},
+                                        {Role::kGpt, "On the left."}});
+  // Expected ids built from the pieces: the answers start a new word after "ASSISTANT:" ("▁A" ...), and the
+  // text after "</s>" is a fresh chunk ("▁USER").
+  const Ids q1 = cat({tok.encode("USER: "), {kImageTokenIndex}, tok.encode("\nWhat shape is there? ASSISTANT:", false)});
+  const Ids a1 = tok.encode("A red circle.", false);
+  const Ids q2 = tok.encode("USER: Where? ASSISTANT:", false);
+  const Ids a2 = tok.encode("On the left.", false);
+  CHECK_FALSE(r.mismatch);
+  CHECK(r.num_images == 1);
+  CHECK(r.input_ids == cat({q1, a1, {2}, q2, a2, {2}}));
+  CHECK(r.labels == cat({masked(q1.size()), a1, {2}, masked(q2.size()), a2, {2}}));
+
+  // vicuna_v1: the system prompt is masked with the first question.
+  const auto v = tokenize_conversation(tok, chat_template("vicuna_v1"), {{Role::kHuman, "Hi"}, {Role::kGpt, "Hello"}});
+  const Ids head = tok.encode(kVicunaSystem + " USER: Hi ASSISTANT:");
+  const Ids answer = tok.encode("Hello", false);
+  CHECK(v.input_ids == cat({head, answer, {2}}));
+  CHECK(v.labels == cat({masked(head.size()), answer, {2}}));
+  CHECK(v.num_images == 0);
+}
+
+TEST_CASE("a sample whose round lengths disagree is fully masked and flagged", "[template]") {
+  const auto& tok = tiny();
+  const auto t = chat_template("mplug_owl2");
+  // The answer contains " ASSISTANT: ": the round splits into three parts and the lengths no longer add up.
+  const auto r = tokenize_conversation(tok, t, {{Role::kHuman, "Repeat."}, {Role::kGpt, "USER: hi ASSISTANT: yo"}});
+  CHECK(r.mismatch);
+  CHECK_THAT(r.mismatch_detail, Contains("tokenization mismatch: 1 vs. "));
+  CHECK(r.labels == masked(r.input_ids.size()));
+  // A literal <unk> is id 0 = pad, which the reference's non-pad count leaves out.
+  const auto u = tokenize_conversation(tok, t, {{Role::kHuman, "Say <unk>."}, {Role::kGpt, "No."}});
+  CHECK(u.mismatch);
+  CHECK(u.labels == masked(u.input_ids.size()));
+}
+
+TEST_CASE("prompts, ids and labels match the golden conversations", "[template]") {
+  const auto g = nlohmann::json::parse(read_text(source_path("tests/fixtures/tokenizer/conversations.json")));
+  REQUIRE(g["cases"].size() >= 8);
+  int mismatches = 0;
+  for (const auto& c : g["cases"]) {
+    const auto prompt = c["prompt"].get<std::string>();
+    INFO("prompt: " << prompt);
+    const auto turns = turns_from_json(c["conversations"], "conversations.json");
+    const auto tmpl = chat_template(c["template"].get<std::string>());
+    CHECK(training_prompt(tmpl, turns) == prompt);
+    const auto r = tokenize_conversation(tiny(), tmpl, turns);
+    CHECK(r.input_ids == c["input_ids"].get<Ids>());
+    CHECK(r.labels == c["labels"].get<Ids>());
+    CHECK(r.mismatch == c["mismatch"].get<bool>());
+    mismatches += r.mismatch;
+  }
+  CHECK(mismatches == 2);
+}
