@@ -162,6 +162,24 @@ void write_file_atomic(const std::string& path, const std::string& contents) {
   f.commit();
 }
 
+void read_file_range(const std::string& path, uint64_t offset, uint64_t n, void* dst) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw std::runtime_error(fmt::format("{}: cannot open: {}", path, errno_text()));
+  auto* p = static_cast<char*>(dst);
+  uint64_t done = 0;
+  while (done < n) {
+    const ssize_t r = ::pread(fd, p + done, std::min<uint64_t>(n - done, uint64_t{1} << 30), static_cast<off_t>(offset + done));
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) {
+      const std::string err = r < 0 ? errno_text() : "unexpected end of file";
+      ::close(fd);
+      throw std::runtime_error(fmt::format("{}: read of {} bytes at {} failed: {}", path, n, offset, err));
+    }
+    done += static_cast<uint64_t>(r);
+  }
+  ::close(fd);
+}
+
 std::string read_file_text(const std::string& path) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) throw std::runtime_error(fmt::format("{}: cannot open: {}", path, errno_text()));

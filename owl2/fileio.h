@@ -51,6 +51,8 @@ class AtomicFile {
 
 void write_file_atomic(const std::string& path, const std::string& contents);
 std::string read_file_text(const std::string& path);  // throws naming the file
+// Reads exactly n bytes at `offset` into dst (pread loop); throws naming the file on errors or short files.
+void read_file_range(const std::string& path, uint64_t offset, uint64_t n, void* dst);
 void fsync_path(const std::string& path);             // a file or a directory; throws on failure
 std::string parent_dir(const std::string& path);
 

@@ -234,6 +234,13 @@ torch::Dtype stored_dtype(const torch::Tensor& t, std::optional<torch::Dtype> ca
 }
 }  // namespace
 
+torch::Tensor SafetensorsFile::get_copy(const std::string& name) const {
+  const auto& e = entry(name);
+  auto t = torch::empty(e.shape, torch::TensorOptions().dtype(e.dtype));
+  read_file_range(map_->path(), header_.data_start + e.begin, e.end - e.begin, t.data_ptr());
+  return t;
+}
+
 uint32_t save_safetensors(const std::string& path, const NamedTensors& tensors,
                           const std::map<std::string, std::string>& metadata, std::optional<torch::Dtype> cast) {
   std::set<std::string> seen;

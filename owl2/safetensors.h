@@ -50,7 +50,8 @@ class SafetensorsFile final : public TensorSource {
   torch::Tensor get(const std::string& name) const override;
   std::string where(const std::string&) const override { return map_->path(); }
 
-  torch::Tensor get_copy(const std::string& name) const { return get(name).clone(); }
+  // An owned tensor read with pread (no mapped pages are touched, so RSS grows by the tensor only).
+  torch::Tensor get_copy(const std::string& name) const;
   const SafetensorsEntry& entry(const std::string& name) const;
   const std::map<std::string, std::string>& metadata() const { return header_.metadata; }
   const std::string& path() const { return map_->path(); }
