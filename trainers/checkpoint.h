@@ -1,0 +1,87 @@
+// Crash-safe training checkpoints: one directory per step with named tensors (model, optimizer, RNG) and a
+// state.json (step, scheduler, data-loader position, resolved config, format version, per-file CRC32),
+// written atomically; keep the last K; `latest` always names a complete checkpoint; resume takes the
+// newest valid one and says which it skipped and why.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+#include <torch/optim/adamw.h>
+
+#include "owl2/safetensors.h"
+
+namespace owl2 {
+
+constexpr int kCheckpointFormatVersion = 1;
+
+struct TrainingCheckpoint {
+  int64_t step = 0;
+  // One safetensors file per group: "model", "optimizer", "rng", ... (names: [A-Za-z0-9_.-]+).
+  std::map<std::string, NamedTensors> tensors;
+  nlohmann::json scheduler = nlohmann::json::object();
+  nlohmann::json data_position = nlohmann::json::object();
+  nlohmann::json extra = nlohmann::json::object();
+  std::string config_text;  // the resolved config, as the run printed it
+};
+
+struct SkippedCheckpoint {
+  std::string dir;
+  std::string reason;
+};
+
+struct ResumeResult {
+  std::optional<TrainingCheckpoint> checkpoint;  // tensors view the mapped files (clone to own)
+  std::string dir;                               // the checkpoint taken; empty when none is valid
+  std::vector<SkippedCheckpoint> skipped;        // newer or incomplete ones passed over
+  std::string summary() const;
+};
+
+class CheckpointManager {
+ public:
+  // `root` holds step-<NNNNNNNNN>/ directories and the `latest` pointer; keep_last >= 1.
+  CheckpointManager(std::string root, int keep_last);
+
+  // Writes `root/.tmp-step-N-<pid>/` (every file fsync'd), fsyncs it, renames it to `root/step-N/`, fsyncs
+  // root, updates `latest` atomically, then removes all but the newest keep_last checkpoints. Returns the
+  // checkpoint directory.
+  std::string save(const TrainingCheckpoint& ckpt);
+
+  // The newest checkpoint that passes validate(); the ones skipped (newer, incomplete, corrupt) with reasons.
+  ResumeResult resume(bool verify_checksums = true) const;
+
+  // Empty if `dir` is a complete, uncorrupted checkpoint; otherwise the reason it is not.
+  static std::string validate(const std::string& dir, bool verify_checksums = true);
+
+  std::vector<std::string> complete_checkpoints() const;  // step-* directory names, oldest first
+  std::string latest() const;                             // what `latest` names, or "" if absent
+
+  // Test hook, called after each stage of save() ("begin", "file:<group>", "state.json", "synced",
+  // "renamed", "latest", "pruned"); a test kills the process from here.
+  std::function<void(const std::string& stage)> on_stage;
+
+ private:
+  void stage(const std::string& name) const {
+    if (on_stage) on_stage(name);
+  }
+  std::string root_;
+  int keep_last_;
+};
+
+// Every RNG a run draws from: "cpu" and "cuda.<i>" for each visible device (byte tensors).
+NamedTensors capture_rng_states();
+void restore_rng_states(const NamedTensors& states);  // throws if a named device is absent
+
+// AdamW state as named tensors "<param>.exp_avg", "<param>.exp_avg_sq", "<param>.max_exp_avg_sq" (amsgrad),
+// "<param>.step" (int64 scalar), for the parameters named in `params` that have state.
+NamedTensors adamw_state_tensors(torch::optim::AdamW& optimizer, const NamedTensors& params);
+// Restores it into `optimizer` (whose param groups hold `params`); a parameter with no entries starts fresh.
+// Throws on shape mismatches or entries naming no parameter.
+void load_adamw_state(torch::optim::AdamW& optimizer, const NamedTensors& params, const NamedTensors& state);
+
+}  // namespace owl2
