@@ -1,0 +1,23 @@
+// Caption tokenization compatible with the coco-caption pipeline: Stanford PTBTokenizer 3.4.1
+// (-preserveLines -lowerCase) followed by the removal of 17 punctuation tokens (eval_metrics.md §3.2).
+#pragma once
+#include <string>
+#include <vector>
+
+namespace owl2::eval {
+
+// Lower-cases ASCII and the Latin-1 / Latin Extended-A capitals of UTF-8 text (what captions contain);
+// other code points pass through unchanged.
+std::string lower_utf8(const std::string& text);
+
+// The tokens PTBTokenizer prints for one line, lower-cased (brackets become -lrb- etc.). Line breaks
+// inside `line` count as spaces. A reimplementation of the lexer rules that captions exercise; the
+// known differences from the Java lexer are listed in docs/eval.md.
+std::vector<std::string> ptb_tokens(const std::string& line);
+
+// One caption as the coco-caption scorers see it: ptb_tokens minus the tokens
+// '' ' `` ` -LRB- -RRB- -LCB- -RCB- . ? ! , : - -- ... ; joined by single spaces.
+// (The bracket entries are upper-case, so the lower-cased -lrb- ... survive, as they do in the reference.)
+std::string coco_tokenize(const std::string& caption);
+
+}  // namespace owl2::eval
