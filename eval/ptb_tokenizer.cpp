@@ -341,8 +341,9 @@ std::string lower_utf8(const std::string& text) {
   return out;
 }
 
-std::vector<std::string> ptb_tokens(const std::string& line) {
-  const std::string text = normalize(line);
+namespace {
+
+std::vector<string_view> split_chunks(const std::string& text) {
   std::vector<string_view> chunks;
   const string_view all(text);
   for (size_t i = 0; i < all.size();) {
@@ -352,28 +353,62 @@ std::vector<std::string> ptb_tokens(const std::string& line) {
     if (j > i) chunks.push_back(all.substr(i, j - i));
     i = j;
   }
-  std::vector<std::string> tokens;
-  for (size_t k = 0; k < chunks.size(); ++k) {
-    Next next = Next::End;
-    if (k + 1 < chunks.size()) {
-      const string_view w = chunks[k + 1];
-      next = starts_sentence(w) ? Next::SentenceStart : is_digit(w[0]) ? Next::Digit : Next::Other;
+  return chunks;
+}
+
+Next classify(string_view w) {
+  return starts_sentence(w) ? Next::SentenceStart : is_digit(w[0]) ? Next::Digit : Next::Other;
+}
+
+// `after`: the text that follows the line in the batch (the lexer looks past the line break).
+std::vector<std::string> tokens_with_lookahead(const std::string& line, const std::string* after) {
+  const std::string text = normalize(line);
+  const auto chunks = split_chunks(text);
+  Next last = Next::End;
+  std::string after_text;
+  if (after) {
+    after_text = normalize(*after);
+    const auto next_chunks = split_chunks(after_text);
+    if (!next_chunks.empty()) {
+      // A sentence starter needs a following word; at the very end of the input it does not count.
+      last = classify(next_chunks[0]);
+      if (last == Next::SentenceStart && next_chunks.size() == 1) last = Next::Other;
     }
-    lex(chunks[k], next, tokens);
   }
+  std::vector<std::string> tokens;
+  for (size_t k = 0; k < chunks.size(); ++k) lex(chunks[k], k + 1 < chunks.size() ? classify(chunks[k + 1]) : last, tokens);
   for (auto& t : tokens) t = lower_utf8(t);
   return tokens;
 }
 
-std::string coco_tokenize(const std::string& caption) {
+std::string drop_punctuation(const std::vector<std::string>& tokens) {
   static const std::set<std::string, std::less<>> dropped = {"''",    "'",     "``", "`", "-LRB-", "-RRB-",
                                                              "-LCB-", "-RCB-", ".",  "?", "!",     ",",
                                                              ":",     "-",     "--", "...", ";"};
   std::string out;
-  for (const auto& t : ptb_tokens(caption)) {
+  for (const auto& t : tokens) {
     if (dropped.count(t)) continue;
     if (!out.empty()) out += ' ';
     out += t;
+  }
+  return out;
+}
+
+}  // namespace
+
+std::vector<std::string> ptb_tokens(const std::string& line) { return tokens_with_lookahead(line, nullptr); }
+
+std::string coco_tokenize(const std::string& caption) { return drop_punctuation(ptb_tokens(caption)); }
+
+std::vector<std::string> coco_tokenize_batch(const std::vector<std::string>& captions) {
+  std::vector<std::string> out;
+  out.reserve(captions.size());
+  for (size_t i = 0; i < captions.size(); ++i) {
+    // The next non-blank caption is what the lexer sees after this line's break.
+    const std::string* after = nullptr;
+    for (size_t j = i + 1; j < captions.size() && !after; ++j)
+      if (captions[j].find_first_not_of(" \t\r\n") != std::string::npos) after = &captions[j];
+    out.push_back(drop_punctuation(tokens_with_lookahead(captions[i], after)));
   }
   return out;
 }

@@ -20,4 +20,10 @@ std::vector<std::string> ptb_tokens(const std::string& line);
 // (The bracket entries are upper-case, so the lower-cased -lrb- ... survive, as they do in the reference.)
 std::string coco_tokenize(const std::string& caption);
 
+// A batch as coco-caption tokenizes it: the captions are joined into one input, one per line, and the
+// lexer's sentence-end test for "X." at the end of a line looks at the start of the next caption
+// ("next a." keeps "a." before "large dog" and splits it before "A dog"). Order matters: pass refs image by
+// image in file order, and hypotheses in image order, as COCOEvalCap does.
+std::vector<std::string> coco_tokenize_batch(const std::vector<std::string>& captions);
+
 }  // namespace owl2::eval

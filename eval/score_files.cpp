@@ -200,6 +200,21 @@ VqaFiles load_vqa_files(const std::string& refs_path, const std::string& preds_p
   return out;
 }
 
+CaptionSet tokenize_captions(const CaptionSet& raw) {
+  // Two batches, as COCOEvalCap tokenizes them: all references image by image, then all hypotheses.
+  std::vector<std::string> refs_flat;
+  for (const auto& refs : raw.refs) refs_flat.insert(refs_flat.end(), refs.begin(), refs.end());
+  const auto refs_tok = coco_tokenize_batch(refs_flat);
+  CaptionSet tok;
+  tok.hyps = coco_tokenize_batch(raw.hyps);
+  size_t k = 0;
+  for (const auto& refs : raw.refs) {
+    tok.refs.emplace_back(refs_tok.begin() + static_cast<long>(k), refs_tok.begin() + static_cast<long>(k + refs.size()));
+    k += refs.size();
+  }
+  return tok;
+}
+
 const std::vector<std::string>& score_metric_names() {
   static const std::vector<std::string> names = {"cider", "bleu", "rouge_l", "captions",
                                                  "vqa",   "vqa_official", "textvqa"};
@@ -212,12 +227,7 @@ nlohmann::ordered_json score_files(const std::string& metric, const std::string&
   out["metric"] = metric;
   if (metric == "cider" || metric == "bleu" || metric == "rouge_l" || metric == "captions") {
     const CaptionFiles files = load_caption_files(refs_path, preds_path);
-    CaptionSet tok;
-    for (const auto& h : files.raw.hyps) tok.hyps.push_back(coco_tokenize(h));
-    for (const auto& refs : files.raw.refs) {
-      tok.refs.emplace_back();
-      for (const auto& r : refs) tok.refs.back().push_back(coco_tokenize(r));
-    }
+    const CaptionSet tok = tokenize_captions(files.raw);
     out["images"] = files.image_ids.size();
     if (metric == "bleu" || metric == "captions") {
       const BleuScore b = bleu(tok);

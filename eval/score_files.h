@@ -21,6 +21,9 @@ struct CaptionFiles {
 };
 CaptionFiles load_caption_files(const std::string& refs_path, const std::string& preds_path);
 
+// PTB-tokenizes raw captions in the order and batches of COCOEvalCap (see coco_tokenize_batch).
+CaptionSet tokenize_captions(const CaptionSet& raw);
+
 // VQA annotations: the official format ({annotations:[{question_id, answers:[{answer, ...}], question_type,
 // answer_type}]}) or TextVQA's ({data:[{question_id, answers:[str]}]}); results: [{question_id, answer}].
 // The two sets of question ids must be equal. predictions[i] answers questions[i].

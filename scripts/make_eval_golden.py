@@ -90,6 +90,20 @@ PTB_CASES += [f"A {w}. {nxt}" for w in ABBREVIATIONS for nxt in ("", "b", "5", "
 PTB_CASES += [f"x b. {w} x" for w in ("The A An He She It They We I There In On This That Hello Smith Man Two "
                                       "What But And If When Its His Her Our You Some").split()]
 
+# Random sentences tokenized as one batch: "X." at the end of a line splits or not depending on how the
+# next line starts (a sentence starter such as "A dog" or "The cat" ends the sentence).
+def batch_sentences(n=300, seed=0):
+    import random
+    rng = random.Random(seed)
+    words = ("a man woman dog cat riding sitting on top of the wave surfboard table with red blue two people "
+             "standing next to street bus car's isn't (small) large, white. i b x no. 5").split()
+    out = []
+    for _ in range(n):
+        s = " ".join(rng.choice(words) for _ in range(rng.randint(2, 9)))
+        out.append(s[0].upper() + s[1:] + rng.choice([".", ".", "", " ."]))
+    return out
+
+
 # A small caption set in the COCO annotation / results formats. Refs are written like COCO captions
 # (capitals, final periods, clitics, numbers); hypotheses like model outputs.
 IMAGES = [
@@ -221,9 +235,12 @@ def main():
         sys.exit("java not found: PTBTokenizer needs it (apt-get install default-jre-headless)")
 
     cases = [{"raw": s, "tokenized": t} for s, t in zip(PTB_CASES, ptb(PTB_CASES))]
+    batch = batch_sentences()
     with open(os.path.join(OUT, "ptb_golden.json"), "w") as f:
-        json.dump({"generator": "scripts/make_eval_golden.py (pycocoevalcap PTBTokenizer, CoreNLP 3.4.1)",
-                   "cases": cases}, f, indent=1, ensure_ascii=False)
+        json.dump({"generator": "scripts/make_eval_golden.py (pycocoevalcap PTBTokenizer, CoreNLP 3.4.1); "
+                                "each list is one tokenizer batch, one caption per line",
+                   "cases": cases, "batch": {"raw": batch, "tokenized": ptb(batch)}}, f, indent=1,
+                  ensure_ascii=False)
 
     # COCO caption files (the public formats that `owl2 score` reads).
     refs = {"info": {"description": "owl2 caption fixture"},

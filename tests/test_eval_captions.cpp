@@ -53,10 +53,29 @@ CaptionSet java_tokenized_set(const nlohmann::json& golden) {
 TEST_CASE("PTB tokenization equals the Stanford PTBTokenizer pipeline on the tricky strings", "[eval][ptb]") {
   const auto golden = load_fixture("ptb_golden.json");
   REQUIRE(golden["cases"].size() > 400);
-  for (const auto& c : golden["cases"]) {
-    INFO("raw: " << c["raw"].get<std::string>());
-    CHECK(owl2::eval::coco_tokenize(c["raw"]) == c["tokenized"].get<std::string>());
+  std::vector<std::string> raw;
+  for (const auto& c : golden["cases"]) raw.push_back(c["raw"]);
+  const auto batch = owl2::eval::coco_tokenize_batch(raw);
+  for (size_t i = 0; i < raw.size(); ++i) {
+    INFO("raw: " << raw[i]);
+    CHECK(batch[i] == golden["cases"][i]["tokenized"].get<std::string>());
+    CHECK(owl2::eval::coco_tokenize(raw[i]) == batch[i]);  // none of these depends on the next line
   }
+}
+
+TEST_CASE("PTB batch tokenization looks at the next caption for a final single letter", "[eval][ptb]") {
+  const auto golden = load_fixture("ptb_golden.json")["batch"];
+  const auto raw = golden["raw"].get<std::vector<std::string>>();
+  const auto expected = golden["tokenized"].get<std::vector<std::string>>();
+  const auto got = owl2::eval::coco_tokenize_batch(raw);
+  REQUIRE(got.size() == expected.size());
+  for (size_t i = 0; i < raw.size(); ++i) {
+    INFO(raw[i] << " / next: " << (i + 1 < raw.size() ? raw[i + 1] : "(end)"));
+    CHECK(got[i] == expected[i]);
+  }
+  CHECK(owl2::eval::coco_tokenize_batch({"next to a.", "A dog"}) == std::vector<std::string>{"next to a", "a dog"});
+  CHECK(owl2::eval::coco_tokenize_batch({"next to a.", "large dog"}) ==
+        std::vector<std::string>{"next to a.", "large dog"});
 }
 
 TEST_CASE("PTB tokens keep the lower-cased bracket names that coco-caption does not drop", "[eval][ptb]") {
@@ -93,16 +112,11 @@ TEST_CASE("C++ tokenization of the raw COCO files reproduces the Java tokens and
                                                     source_path("tests/fixtures/eval/captions_preds.json"));
   const auto& tok = golden["tokenized"];
   REQUIRE(files.image_ids.size() == tok.size());
-  CaptionSet set;
+  const CaptionSet set = owl2::eval::tokenize_captions(files.raw);
   for (size_t i = 0; i < tok.size(); ++i) {
     CHECK(files.image_ids[i] == tok[i]["image_id"].get<int64_t>());
-    set.hyps.push_back(owl2::eval::coco_tokenize(files.raw.hyps[i]));
-    CHECK(set.hyps.back() == tok[i]["hyp"].get<std::string>());
-    set.refs.emplace_back();
-    for (size_t k = 0; k < files.raw.refs[i].size(); ++k) {
-      set.refs.back().push_back(owl2::eval::coco_tokenize(files.raw.refs[i][k]));
-      CHECK(set.refs.back().back() == tok[i]["refs"][k].get<std::string>());
-    }
+    CHECK(set.hyps[i] == tok[i]["hyp"].get<std::string>());
+    CHECK(set.refs[i] == tok[i]["refs"].get<std::vector<std::string>>());
   }
   check_scores(set, golden["scores"]);
 }
