@@ -1,0 +1,38 @@
+// `owl2 score --metric NAME --refs FILE --preds FILE`: standalone scorers on the public annotation and
+// result formats; prints the metric(s) as JSON on stdout (docs/eval.md).
+#include <CLI/CLI.hpp>
+
+#include <iostream>
+
+#include "cli/commands.h"
+#include "eval/score_files.h"
+
+namespace owl2::cli {
+namespace {
+
+void add_score_commands(CLI::App& app, Action& run) {
+  struct Args {
+    std::string metric, refs, preds;
+  };
+  auto args = std::make_shared<Args>();
+  auto* score = app.add_subcommand("score", "Score predictions against references (captions: PTB tokenization, "
+                                            "BLEU/ROUGE-L/CIDEr-D; VQA accuracy variants)");
+  score->add_option("--metric", args->metric, "cider | bleu | rouge_l | captions | vqa | vqa_official | textvqa")
+      ->required();
+  score->add_option("--refs", args->refs,
+                    "COCO caption annotations, or VQA / TextVQA annotations")->required();
+  score->add_option("--preds", args->preds,
+                    "results JSON: [{image_id, caption}] or [{question_id, answer}]")->required();
+  score->callback([&run, args] {
+    run = [args] {
+      std::cout << eval::score_files(args->metric, args->refs, args->preds).dump(2) << "\n";
+      return 0;
+    };
+  });
+}
+
+}  // namespace
+
+OWL2_REGISTER_COMMANDS(add_score_commands);
+
+}  // namespace owl2::cli

@@ -1,0 +1,269 @@
+// Public-format readers for the caption and VQA scorers, and the metric dispatch of `owl2 score`.
+#include "eval/score_files.h"
+
+#include <cmath>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <stdexcept>
+#include <unordered_map>
+
+#include <fmt/format.h>
+
+#include "eval/ptb_tokenizer.h"
+
+namespace owl2::eval {
+namespace {
+
+using nlohmann::json;
+
+json read_json(const std::string& path) {
+  std::ifstream f(path);
+  if (!f) throw std::invalid_argument(fmt::format("{}: cannot open file", path));
+  std::stringstream ss;
+  ss << f.rdbuf();
+  try {
+    return json::parse(ss.str());
+  } catch (const json::parse_error& e) {
+    throw std::invalid_argument(fmt::format("{}: invalid JSON: {}", path, e.what()));
+  }
+}
+
+std::string type_name(const json& j) { return j.type_name(); }
+
+// Typed field access with a message naming file, entry and key.
+const json& field(const std::string& path, const std::string& where, const json& obj, const char* key) {
+  if (!obj.is_object())
+    throw std::invalid_argument(fmt::format("{}: {}: expected an object, found {}", path, where, type_name(obj)));
+  const auto it = obj.find(key);
+  if (it == obj.end()) throw std::invalid_argument(fmt::format("{}: {}: missing key '{}'", path, where, key));
+  return *it;
+}
+
+int64_t int_field(const std::string& path, const std::string& where, const json& obj, const char* key) {
+  const json& v = field(path, where, obj, key);
+  if (!v.is_number_integer())
+    throw std::invalid_argument(fmt::format("{}: {}: '{}' must be an integer, found {} {}", path, where, key,
+                                            type_name(v), v.dump()));
+  return v.get<int64_t>();
+}
+
+std::string string_field(const std::string& path, const std::string& where, const json& obj, const char* key) {
+  const json& v = field(path, where, obj, key);
+  if (!v.is_string())
+    throw std::invalid_argument(fmt::format("{}: {}: '{}' must be a string, found {} {}", path, where, key,
+                                            type_name(v), v.dump()));
+  return v.get<std::string>();
+}
+
+const json& array_field(const std::string& path, const json& root, const char* key) {
+  const json& v = field(path, "top level", root, key);
+  if (!v.is_array())
+    throw std::invalid_argument(fmt::format("{}: '{}' must be an array, found {}", path, key, type_name(v)));
+  return v;
+}
+
+const json& top_array(const std::string& path, const json& root) {
+  if (!root.is_array())
+    throw std::invalid_argument(
+        fmt::format("{}: expected a JSON array of results, found {}", path, type_name(root)));
+  return root;
+}
+
+// id -> text from a results file, rejecting duplicates.
+std::map<int64_t, std::pair<size_t, std::string>> read_results(const std::string& path, const char* id_key,
+                                                               const char* text_key) {
+  const json root = read_json(path);
+  std::map<int64_t, std::pair<size_t, std::string>> out;
+  const json& arr = top_array(path, root);
+  for (size_t i = 0; i < arr.size(); ++i) {
+    const std::string where = fmt::format("entry {}", i);
+    const int64_t id = int_field(path, where, arr[i], id_key);
+    const std::string text = string_field(path, where, arr[i], text_key);
+    const auto [it, fresh] = out.emplace(id, std::make_pair(i, text));
+    if (!fresh)
+      throw std::invalid_argument(
+          fmt::format("{}: entry {}: duplicate {} {} (first at entry {})", path, i, id_key, id, it->second.first));
+  }
+  return out;
+}
+
+double round2(double x) { return std::round(x * 100.0) / 100.0; }
+
+}  // namespace
+
+CaptionFiles load_caption_files(const std::string& refs_path, const std::string& preds_path) {
+  const json refs = read_json(refs_path);
+  const json& anns = array_field(refs_path, refs, "annotations");
+  CaptionFiles out;
+  std::unordered_map<int64_t, size_t> slot;  // image id -> position
+  auto add_image = [&](int64_t id, const std::string& where) {
+    if (!slot.emplace(id, out.image_ids.size()).second)
+      throw std::invalid_argument(fmt::format("{}: {}: duplicate image id {}", refs_path, where, id));
+    out.image_ids.push_back(id);
+  };
+  const bool has_images = refs.is_object() && refs.contains("images");
+  if (has_images) {
+    const json& images = array_field(refs_path, refs, "images");
+    for (size_t i = 0; i < images.size(); ++i) {
+      const std::string where = fmt::format("images[{}]", i);
+      add_image(int_field(refs_path, where, images[i], "id"), where);
+    }
+  }
+  out.raw.refs.resize(out.image_ids.size());
+  for (size_t i = 0; i < anns.size(); ++i) {
+    const std::string where = fmt::format("annotations[{}]", i);
+    const int64_t id = int_field(refs_path, where, anns[i], "image_id");
+    const std::string caption = string_field(refs_path, where, anns[i], "caption");
+    auto it = slot.find(id);
+    if (it == slot.end()) {
+      if (has_images)
+        throw std::invalid_argument(
+            fmt::format("{}: {}: image_id {} is not in the 'images' list", refs_path, where, id));
+      it = slot.emplace(id, out.image_ids.size()).first;
+      out.image_ids.push_back(id);
+      out.raw.refs.emplace_back();
+    }
+    out.raw.refs[it->second].push_back(caption);
+  }
+  for (size_t k = 0; k < out.image_ids.size(); ++k)
+    if (out.raw.refs[k].empty())
+      throw std::invalid_argument(
+          fmt::format("{}: image {} has no reference caption", refs_path, out.image_ids[k]));
+
+  const auto results = read_results(preds_path, "image_id", "caption");
+  out.raw.hyps.assign(out.image_ids.size(), std::string());
+  std::vector<bool> seen(out.image_ids.size(), false);
+  for (const auto& [id, entry] : results) {
+    const auto it = slot.find(id);
+    if (it == slot.end())
+      throw std::invalid_argument(fmt::format("{}: entry {}: image_id {} is not in {}", preds_path, entry.first, id,
+                                              refs_path));
+    out.raw.hyps[it->second] = entry.second;
+    seen[it->second] = true;
+  }
+  for (size_t k = 0; k < seen.size(); ++k)
+    if (!seen[k])
+      throw std::invalid_argument(fmt::format("{}: no caption for image_id {} ({} images in {}, {} results)",
+                                              preds_path, out.image_ids[k], out.image_ids.size(), refs_path,
+                                              results.size()));
+  return out;
+}
+
+VqaFiles load_vqa_files(const std::string& refs_path, const std::string& preds_path) {
+  const json refs = read_json(refs_path);
+  const bool textvqa_format = refs.is_object() && refs.contains("data") && !refs.contains("annotations");
+  const json& anns = array_field(refs_path, refs, textvqa_format ? "data" : "annotations");
+  VqaFiles out;
+  std::unordered_map<int64_t, size_t> first;
+  for (size_t i = 0; i < anns.size(); ++i) {
+    const std::string where = fmt::format("{}[{}]", textvqa_format ? "data" : "annotations", i);
+    VqaQuestion q;
+    q.question_id = int_field(refs_path, where, anns[i], "question_id");
+    if (const auto [it, fresh] = first.emplace(q.question_id, i); !fresh)
+      throw std::invalid_argument(fmt::format("{}: {}: duplicate question_id {} (first at index {})", refs_path, where,
+                                              q.question_id, it->second));
+    const json& answers = field(refs_path, where, anns[i], "answers");
+    if (!answers.is_array() || answers.empty())
+      throw std::invalid_argument(fmt::format("{}: {} (question_id {}): 'answers' must be a non-empty array, found {}",
+                                              refs_path, where, q.question_id, answers.dump()));
+    for (size_t a = 0; a < answers.size(); ++a) {
+      const std::string awhere = fmt::format("{}.answers[{}]", where, a);
+      if (answers[a].is_string()) {
+        q.answers.push_back({answers[a].get<std::string>(), std::to_string(a)});
+      } else {
+        json rest = answers[a];
+        const std::string text = string_field(refs_path, awhere, answers[a], "answer");
+        rest.erase("answer");
+        q.answers.push_back({text, rest.dump()});
+      }
+    }
+    if (!textvqa_format) {
+      if (anns[i].contains("question_type")) q.question_type = string_field(refs_path, where, anns[i], "question_type");
+      if (anns[i].contains("answer_type")) q.answer_type = string_field(refs_path, where, anns[i], "answer_type");
+    }
+    out.questions.push_back(std::move(q));
+  }
+  const auto results = read_results(preds_path, "question_id", "answer");
+  for (const auto& [id, entry] : results)
+    if (!first.count(id))
+      throw std::invalid_argument(
+          fmt::format("{}: entry {}: question_id {} is not in {}", preds_path, entry.first, id, refs_path));
+  for (const auto& q : out.questions) {
+    const auto it = results.find(q.question_id);
+    if (it == results.end())
+      throw std::invalid_argument(fmt::format("{}: no answer for question_id {} ({} questions in {}, {} results)",
+                                              preds_path, q.question_id, out.questions.size(), refs_path,
+                                              results.size()));
+    out.predictions.push_back(it->second.second);
+  }
+  return out;
+}
+
+CaptionSet tokenize_captions(const CaptionSet& raw) {
+  // Two batches, as COCOEvalCap tokenizes them: all references image by image, then all hypotheses.
+  std::vector<std::string> refs_flat;
+  for (const auto& refs : raw.refs) refs_flat.insert(refs_flat.end(), refs.begin(), refs.end());
+  const auto refs_tok = coco_tokenize_batch(refs_flat);
+  CaptionSet tok;
+  tok.hyps = coco_tokenize_batch(raw.hyps);
+  size_t k = 0;
+  for (const auto& refs : raw.refs) {
+    tok.refs.emplace_back(refs_tok.begin() + static_cast<long>(k), refs_tok.begin() + static_cast<long>(k + refs.size()));
+    k += refs.size();
+  }
+  return tok;
+}
+
+const std::vector<std::string>& score_metric_names() {
+  static const std::vector<std::string> names = {"cider", "bleu", "rouge_l", "captions",
+                                                 "vqa",   "vqa_official", "textvqa"};
+  return names;
+}
+
+nlohmann::ordered_json score_files(const std::string& metric, const std::string& refs_path,
+                                   const std::string& preds_path) {
+  nlohmann::ordered_json out;
+  out["metric"] = metric;
+  if (metric == "cider" || metric == "bleu" || metric == "rouge_l" || metric == "captions") {
+    const CaptionFiles files = load_caption_files(refs_path, preds_path);
+    const CaptionSet tok = tokenize_captions(files.raw);
+    out["images"] = files.image_ids.size();
+    if (metric == "bleu" || metric == "captions") {
+      const BleuScore b = bleu(tok);
+      for (int k = 0; k < 4; ++k) out[fmt::format("Bleu_{}", k + 1)] = b.corpus[k];
+    }
+    if (metric == "rouge_l" || metric == "captions") out["ROUGE_L"] = rouge_l(tok).corpus;
+    if (metric == "cider" || metric == "captions") out["CIDEr"] = cider_d(tok).corpus;
+    return out;
+  }
+  if (metric == "vqa" || metric == "vqa_official" || metric == "textvqa") {
+    const VqaFiles files = load_vqa_files(refs_path, preds_path);
+    const VqaVariant v = vqa_variant_from_name(metric);
+    VqaReport r;
+    try {
+      r = vqa_accuracy(files.questions, files.predictions, v);
+    } catch (const std::invalid_argument& e) {
+      throw std::invalid_argument(fmt::format("{}: {}", refs_path, e.what()));
+    }
+    out["questions"] = r.questions;
+    out["accuracy"] = round2(r.overall);  // what the reference prints
+    out["accuracy_exact"] = r.overall;
+    if (!r.per_answer_type.empty()) {
+      nlohmann::ordered_json t;
+      for (const auto& [k, x] : r.per_answer_type) t[k] = round2(x);
+      out["per_answer_type"] = t;
+    }
+    if (!r.per_question_type.empty()) {
+      nlohmann::ordered_json t;
+      for (const auto& [k, x] : r.per_question_type) t[k] = round2(x);
+      out["per_question_type"] = t;
+    }
+    return out;
+  }
+  std::string names;
+  for (const auto& n : score_metric_names()) names += (names.empty() ? "" : ", ") + n;
+  throw std::invalid_argument(fmt::format("unknown metric '{}': expected one of {}", metric, names));
+}
+
+}  // namespace owl2::eval
