@@ -10,6 +10,7 @@
 
 #include <fmt/format.h>
 
+#include "eval/bench_files.h"
 #include "eval/ptb_tokenizer.h"
 
 namespace owl2::eval {
@@ -216,8 +217,8 @@ CaptionSet tokenize_captions(const CaptionSet& raw) {
 }
 
 const std::vector<std::string>& score_metric_names() {
-  static const std::vector<std::string> names = {"cider", "bleu", "rouge_l", "captions",
-                                                 "vqa",   "vqa_official", "textvqa"};
+  static const std::vector<std::string> names = {"cider", "bleu",    "rouge_l", "captions",  "vqa", "vqa_official",
+                                                 "textvqa", "pope", "mme",     "mmbench", "scienceqa"};
   return names;
 }
 
@@ -259,6 +260,49 @@ nlohmann::ordered_json score_files(const std::string& metric, const std::string&
       for (const auto& [k, x] : r.per_question_type) t[k] = round2(x);
       out["per_question_type"] = t;
     }
+    return out;
+  }
+  if (metric == "pope") {
+    const PopeReport r = score_pope_files(refs_path, preds_path);
+    out["questions"] = r.tp + r.fp + r.tn + r.fn;
+    out["accuracy"] = r.accuracy;
+    out["precision"] = r.precision;
+    out["recall"] = r.recall;
+    out["f1"] = r.f1;
+    out["yes_ratio"] = r.yes_ratio;
+    out["tp"] = r.tp;
+    out["fp"] = r.fp;
+    out["tn"] = r.tn;
+    out["fn"] = r.fn;
+    return out;
+  }
+  if (metric == "mme") {
+    const MmeReport r = score_mme_dir(preds_path);
+    out["perception"] = r.perception;
+    out["cognition"] = r.cognition;
+    nlohmann::ordered_json tasks;
+    for (const auto& [name, t] : r.tasks)
+      tasks[name] = {{"acc", t.acc}, {"acc_plus", t.acc_plus}, {"score", t.score}, {"questions", t.questions}};
+    out["tasks"] = tasks;
+    return out;
+  }
+  if (metric == "mmbench") {
+    const MmbenchReport r = score_mmbench_files(refs_path, preds_path);
+    out["questions"] = r.questions;
+    out["hits"] = r.hits;
+    out["accuracy"] = r.accuracy;
+    out["unresolved"] = r.unresolved;
+    out["unresolved_questions"] = r.unresolved_questions;
+    out["per_l2_category"] = r.per_l2_category;
+    out["per_category"] = r.per_category;
+    return out;
+  }
+  if (metric == "scienceqa") {
+    const ScienceqaReport r = score_scienceqa_files(refs_path, preds_path);
+    out["questions"] = r.total;
+    out["accuracy"] = 100.0 * r.accuracy;
+    out["img_questions"] = r.img_total;
+    out["img_accuracy"] = 100.0 * r.img_accuracy;
     return out;
   }
   std::string names;

@@ -33,7 +33,9 @@ struct VqaFiles {
 };
 VqaFiles load_vqa_files(const std::string& refs_path, const std::string& preds_path);
 
-// Metric names: cider, bleu, rouge_l, captions (all three), vqa, vqa_official, textvqa.
+// Metric names: cider, bleu, rouge_l, captions (all three), vqa, vqa_official, textvqa, and the benchmark
+// scores pope (refs: question file), mme (preds: results directory; refs unused), mmbench (refs: TSV) and
+// scienceqa (refs: problems.json); see eval/bench_files.h for their formats.
 const std::vector<std::string>& score_metric_names();
 
 // Scores the files and returns the JSON that `owl2 score` prints. Throws std::invalid_argument for an
