@@ -20,11 +20,11 @@ void add_score_commands(CLI::App& app, Action& run) {
                                             "BLEU/ROUGE-L/CIDEr-D; VQA accuracy variants)");
   score->add_option("--metric", args->metric,
                     "cider | bleu | rouge_l | captions | vqa | vqa_official | textvqa | pope | mme | mmbench | "
-                    "scienceqa")
+                    "scienceqa | gqa | seed")
       ->required();
   score->add_option("--refs", args->refs,
                     "COCO caption annotations, VQA / TextVQA annotations, POPE questions, MMBench TSV or "
-                    "ScienceQA problems.json (not used by mme)");
+                    "ScienceQA problems.json, GQA questions, SEED-Bench.json (not used by mme)");
   score->add_option("--preds", args->preds,
                     "results: [{image_id, caption}], [{question_id, answer}], JSON lines, or the MME results "
                     "directory")

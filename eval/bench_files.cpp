@@ -305,4 +305,94 @@ ScienceqaReport score_scienceqa_files(const std::string& problems_path, const st
   return rep;
 }
 
+namespace {
+
+json read_json_file(const std::string& path) {
+  try {
+    return json::parse(read_file(path));
+  } catch (const json::parse_error& e) {
+    throw std::invalid_argument(fmt::format("{}: invalid JSON: {}", path, e.what()));
+  }
+}
+
+double frac(size_t a, size_t b) { return b ? static_cast<double>(a) / static_cast<double>(b) : 0.0; }
+
+}  // namespace
+
+GqaReport score_gqa_files(const std::string& questions_path, const std::string& preds_path) {
+  const json questions = read_json_file(questions_path);
+  if (!questions.is_object())
+    throw std::invalid_argument(fmt::format("{}: expected an object of questions keyed by id", questions_path));
+  const auto preds = read_predictions(preds_path, "questionId", {"prediction"});
+  for (const auto& kv : preds)
+    if (!questions.contains(kv.first))
+      throw std::invalid_argument(
+          fmt::format("{}: questionId {} is not in {}", preds_path, kv.first, questions_path));
+  GqaReport rep;
+  size_t n_open = 0, c_open = 0, n_bin = 0, c_bin = 0;
+  for (const auto& [qid, q] : questions.items()) {
+    const std::string where = fmt::format("{}: question {}", questions_path, qid);
+    if (!q.is_object() || !q.contains("answer") || !q["answer"].is_string())
+      throw std::invalid_argument(where + ": 'answer' must be a string");
+    if (!q.value("isBalanced", false)) continue;
+    const auto it = preds.find(qid);
+    if (it == preds.end()) throw std::invalid_argument(fmt::format("{}: no prediction for questionId {}", preds_path, qid));
+    const bool correct = gqa_postprocess(it->second) == q["answer"].get<std::string>();
+    const bool open = q.contains("types") && q["types"].is_object() && q["types"].value("structural", "") == "query";
+    ++rep.questions;
+    rep.correct += correct;
+    (open ? n_open : n_bin) += 1;
+    (open ? c_open : c_bin) += correct;
+  }
+  rep.accuracy = frac(rep.correct, rep.questions);
+  rep.open = frac(c_open, n_open);
+  rep.binary = frac(c_bin, n_bin);
+  return rep;
+}
+
+SeedReport score_seed_files(const std::string& benchmark_path, const std::string& preds_path) {
+  const json bench = read_json_file(benchmark_path);
+  if (!bench.is_object() || !bench.contains("questions") || !bench["questions"].is_array())
+    throw std::invalid_argument(fmt::format("{}: expected an object with a 'questions' array", benchmark_path));
+  std::map<int64_t, std::string> type_names;
+  if (bench.contains("question_type") && bench["question_type"].is_object())
+    for (const auto& [name, id] : bench["question_type"].items())
+      if (id.is_number_integer()) type_names[id.get<int64_t>()] = name;
+  const auto preds = read_predictions(preds_path, "question_id", {"prediction", "text"});
+  std::map<std::string, bool> known;
+  SeedReport rep;
+  std::map<std::string, std::pair<size_t, size_t>> by_type, by_data;
+  const json& qs = bench["questions"];
+  for (size_t i = 0; i < qs.size(); ++i) {
+    const Record r{qs[i], fmt::format("questions[{}]", i)};
+    const std::string id = need_id(benchmark_path, r, "question_id");
+    const std::string answer = need_string(benchmark_path, r, "answer");
+    known[id] = true;
+    const auto it = preds.find(id);
+    if (it == preds.end()) {
+      ++rep.missing;
+      continue;
+    }
+    const bool correct = it->second == answer;
+    std::string type = "unknown";
+    if (qs[i].contains("question_type_id") && qs[i]["question_type_id"].is_number_integer()) {
+      const int64_t t = qs[i]["question_type_id"].get<int64_t>();
+      type = type_names.count(t) ? type_names[t] : std::to_string(t);
+    }
+    const std::string data = qs[i].value("data_type", "image");
+    ++rep.questions;
+    rep.correct += correct;
+    by_type[type].first += correct;
+    ++by_type[type].second;
+    by_data[data].first += correct;
+    ++by_data[data].second;
+  }
+  check_no_extra(preds_path, preds, known, "question_id", benchmark_path);
+  rep.accuracy = frac(rep.correct, rep.questions);
+  rep.image = frac(by_data["image"].first, by_data["image"].second);
+  rep.video = frac(by_data["video"].first, by_data["video"].second);
+  for (const auto& [t, p] : by_type) rep.per_type[t] = frac(p.first, p.second);
+  return rep;
+}
+
 }  // namespace owl2::eval

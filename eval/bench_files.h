@@ -1,6 +1,7 @@
 // Readers for the public files of the yes/no and multiple-choice benchmarks, feeding eval/benchmarks.h.
 // Errors name the file and the line or entry (std::invalid_argument).
 #pragma once
+#include <map>
 #include <string>
 
 #include "eval/benchmarks.h"
@@ -28,5 +29,25 @@ struct ScienceqaReport {
   double accuracy = 0, img_accuracy = 0;  // in [0, 1]
 };
 ScienceqaReport score_scienceqa_files(const std::string& problems_path, const std::string& preds_path);
+
+// GQA: the official questions file ({qid: {answer, isBalanced, types:{structural}, ...}}) and predictions
+// [{questionId, prediction}] (JSON array or lines). Predictions go through gqa_postprocess (a no-op on
+// already converted files); the score is an exact match over the balanced questions, each of which needs a
+// prediction. "open" = structural type "query", "binary" = the rest.
+struct GqaReport {
+  size_t questions = 0, correct = 0;
+  double accuracy = 0, binary = 0, open = 0;  // in [0, 1]
+};
+GqaReport score_gqa_files(const std::string& questions_path, const std::string& preds_path);
+
+// SEED-Bench: SEED-Bench.json ({question_type:{name: id}, questions:[{question_id, answer, question_type_id,
+// data_type}]}) and predictions [{question_id, prediction}] (array or lines). Exact string match. Questions
+// without a prediction (usually the video ones) are counted in `missing` and left out.
+struct SeedReport {
+  size_t questions = 0, correct = 0, missing = 0;
+  double accuracy = 0, image = 0, video = 0;  // in [0, 1]
+  std::map<std::string, double> per_type;
+};
+SeedReport score_seed_files(const std::string& benchmark_path, const std::string& preds_path);
 
 }  // namespace owl2::eval

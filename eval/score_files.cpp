@@ -218,7 +218,8 @@ CaptionSet tokenize_captions(const CaptionSet& raw) {
 
 const std::vector<std::string>& score_metric_names() {
   static const std::vector<std::string> names = {"cider", "bleu",    "rouge_l", "captions",  "vqa", "vqa_official",
-                                                 "textvqa", "pope", "mme",     "mmbench", "scienceqa"};
+                                                 "textvqa", "pope", "mme",     "mmbench", "scienceqa",
+                                                 "gqa",     "seed"};
   return names;
 }
 
@@ -303,6 +304,24 @@ nlohmann::ordered_json score_files(const std::string& metric, const std::string&
     out["accuracy"] = 100.0 * r.accuracy;
     out["img_questions"] = r.img_total;
     out["img_accuracy"] = 100.0 * r.img_accuracy;
+    return out;
+  }
+  if (metric == "gqa") {
+    const GqaReport r = score_gqa_files(refs_path, preds_path);
+    out["questions"] = r.questions;
+    out["accuracy"] = r.accuracy;
+    out["binary"] = r.binary;
+    out["open"] = r.open;
+    return out;
+  }
+  if (metric == "seed") {
+    const SeedReport r = score_seed_files(refs_path, preds_path);
+    out["questions"] = r.questions;
+    out["missing"] = r.missing;
+    out["accuracy"] = r.accuracy;
+    out["image"] = r.image;
+    out["video"] = r.video;
+    out["per_type"] = r.per_type;
     return out;
   }
   std::string names;

@@ -286,6 +286,39 @@ def write_bench_fixtures():
             f.write(json.dumps({"question_id": pid, "prompt": "...", "text": text}) + "\n")
 
 
+    gqa = {
+        "1": {"imageId": "n1", "question": "Is it sunny?", "answer": "yes", "isBalanced": True,
+              "types": {"structural": "verify", "semantic": "global", "detailed": "weatherVerify"}},
+        "2": {"imageId": "n2", "question": "What is it?", "answer": "table", "isBalanced": True,
+              "types": {"structural": "query", "semantic": "obj", "detailed": "objQuery"}},
+        "3": {"imageId": "n3", "question": "Which side?", "answer": "left", "isBalanced": True,
+              "types": {"structural": "query", "semantic": "rel", "detailed": "positionQuery"}},
+        "4": {"imageId": "n4", "question": "Is it red?", "answer": "no", "isBalanced": False,
+              "types": {"structural": "verify", "semantic": "attr", "detailed": "colorVerify"}},
+    }
+    with open(os.path.join(d, "gqa_questions.json"), "w") as f:
+        json.dump(gqa, f, indent=1)
+    with open(os.path.join(d, "gqa_preds.json"), "w") as f:
+        json.dump([{"questionId": "1", "prediction": "Yes."}, {"questionId": "2", "prediction": "The table"},
+                   {"questionId": "3", "prediction": "left"}], f, indent=1)
+    seed = {"question_type": {"Scene Understanding": 1, "Instance Identity": 2},
+            "questions": [
+                {"question_id": "101", "question": "q", "choice_a": "a", "choice_b": "b", "choice_c": "c",
+                 "choice_d": "d", "answer": "A", "data_id": "1.jpg", "data_type": "image", "question_type_id": 1},
+                {"question_id": "102", "question": "q", "choice_a": "a", "choice_b": "b", "choice_c": "c",
+                 "choice_d": "d", "answer": "B", "data_id": "2.jpg", "data_type": "image", "question_type_id": 1},
+                {"question_id": "103", "question": "q", "choice_a": "a", "choice_b": "b", "choice_c": "c",
+                 "choice_d": "d", "answer": "C", "data_id": "3.jpg", "data_type": "image", "question_type_id": 2},
+                {"question_id": "104", "question": "q", "choice_a": "a", "choice_b": "b", "choice_c": "c",
+                 "choice_d": "d", "answer": "D", "data_id": "v.mp4", "data_type": "video", "question_type_id": 2},
+            ]}
+    with open(os.path.join(d, "seed.json"), "w") as f:
+        json.dump(seed, f, indent=1)
+    with open(os.path.join(d, "seed_preds.jsonl"), "w") as f:
+        for qid, pred in [("101", "A"), ("102", "B."), ("103", "C")]:
+            f.write(json.dumps({"question_id": qid, "prediction": pred}) + "\n")
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     write_bench_fixtures()

@@ -115,3 +115,32 @@ TEST_CASE("owl2 score --metric scienceqa reports all and IMG accuracy", "[eval][
   CHECK(no_refs.rc == 2);
   CHECK_THAT(no_refs.out, Contains("--metric scienceqa needs --refs FILE"));
 }
+
+TEST_CASE("owl2 score --metric gqa: exact match over balanced questions after rstrip('.') and lower-case",
+          "[eval][gqa][cli]") {
+  // 1 "Yes." -> "yes" right (binary); 2 "The table" wrong (open); 3 "left" right (open); 4 unbalanced, ignored.
+  const auto out = score_ok("--metric gqa --refs " + bench("gqa_questions.json") + " --preds " + bench("gqa_preds.json"));
+  CHECK(out["questions"] == 3);
+  CHECK(out["accuracy"].get<double>() == Approx(2.0 / 3));
+  CHECK(out["binary"].get<double>() == Approx(1.0));
+  CHECK(out["open"].get<double>() == Approx(0.5));
+  const auto r = run_owl2("score --metric gqa --refs " + bench("gqa_questions.json") + " --preds " +
+                          write_temp("gqa_short.json", R"([{"questionId":"1","prediction":"yes"}])"));
+  CHECK(r.rc == 2);
+  CHECK_THAT(r.out, Contains("gqa_short.json: no prediction for questionId 2"));
+}
+
+TEST_CASE("owl2 score --metric seed: exact string match per question type", "[eval][seed][cli]") {
+  // 101 "A" right; 102 "B." wrong (no stripping); 103 "C" right; 104 (video) has no prediction.
+  const auto out = score_ok("--metric seed --refs " + bench("seed.json") + " --preds " + bench("seed_preds.jsonl"));
+  CHECK(out["questions"] == 3);
+  CHECK(out["missing"] == 1);
+  CHECK(out["accuracy"].get<double>() == Approx(2.0 / 3));
+  CHECK(out["image"].get<double>() == Approx(2.0 / 3));
+  CHECK(out["per_type"]["Scene Understanding"].get<double>() == Approx(0.5));
+  CHECK(out["per_type"]["Instance Identity"].get<double>() == Approx(1.0));
+  const auto r = run_owl2("score --metric seed --refs " + bench("seed.json") + " --preds " +
+                          write_temp("seed_bad.jsonl", "{\"question_id\": [1], \"prediction\": \"A\"}\n"));
+  CHECK(r.rc == 2);
+  CHECK_THAT(r.out, Contains("seed_bad.jsonl: line 1: 'question_id' must be an integer or a string, found array [1]"));
+}
