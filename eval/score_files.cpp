@@ -151,8 +151,66 @@ CaptionFiles load_caption_files(const std::string& refs_path, const std::string&
   return out;
 }
 
+namespace {
+
+// VizWiz: refs are a list [{image, answers:[{answer, answer_confidence}], ...}], results [{image, answer}];
+// questions are keyed by image name and numbered in file order.
+VqaFiles load_vizwiz_files(const std::string& refs_path, const json& refs, const std::string& preds_path) {
+  VqaFiles out;
+  std::unordered_map<std::string, size_t> first;
+  for (size_t i = 0; i < refs.size(); ++i) {
+    const std::string where = fmt::format("entry {}", i);
+    const std::string image = string_field(refs_path, where, refs[i], "image");
+    if (const auto [it, fresh] = first.emplace(image, i); !fresh)
+      throw std::invalid_argument(
+          fmt::format("{}: {}: duplicate image '{}' (first at entry {})", refs_path, where, image, it->second));
+    const json& answers = field(refs_path, where, refs[i], "answers");
+    if (!answers.is_array() || answers.empty())
+      throw std::invalid_argument(fmt::format("{}: {} (image '{}'): 'answers' must be a non-empty array (test "
+                                              "files have none: they are scored by the server)",
+                                              refs_path, where, image));
+    VqaQuestion q;
+    q.question_id = static_cast<int64_t>(i);
+    for (size_t a = 0; a < answers.size(); ++a) {
+      json rest = answers[a];
+      const std::string text = string_field(refs_path, fmt::format("{}.answers[{}]", where, a), answers[a], "answer");
+      rest.erase("answer");
+      q.answers.push_back({text, rest.dump() + "#" + std::to_string(a)});  // records have no answer_id
+    }
+    if (refs[i].contains("answer_type") && refs[i]["answer_type"].is_string())
+      q.answer_type = refs[i]["answer_type"].get<std::string>();
+    out.questions.push_back(std::move(q));
+  }
+  const json res = read_json(preds_path);
+  const json& arr = top_array(preds_path, res);
+  std::vector<std::string> preds(out.questions.size());
+  std::vector<long> seen(out.questions.size(), -1);
+  for (size_t i = 0; i < arr.size(); ++i) {
+    const std::string where = fmt::format("entry {}", i);
+    const std::string image = string_field(preds_path, where, arr[i], "image");
+    const std::string answer = string_field(preds_path, where, arr[i], "answer");
+    const auto it = first.find(image);
+    if (it == first.end())
+      throw std::invalid_argument(fmt::format("{}: {}: image '{}' is not in {}", preds_path, where, image, refs_path));
+    if (seen[it->second] >= 0)
+      throw std::invalid_argument(fmt::format("{}: {}: duplicate image '{}' (first at entry {})", preds_path, where,
+                                              image, seen[it->second]));
+    seen[it->second] = static_cast<long>(i);
+    preds[it->second] = answer;
+  }
+  for (size_t k = 0; k < seen.size(); ++k)
+    if (seen[k] < 0)
+      throw std::invalid_argument(fmt::format("{}: no answer for image '{}'", preds_path,
+                                              refs[k]["image"].get<std::string>()));
+  out.predictions = std::move(preds);
+  return out;
+}
+
+}  // namespace
+
 VqaFiles load_vqa_files(const std::string& refs_path, const std::string& preds_path) {
   const json refs = read_json(refs_path);
+  if (refs.is_array()) return load_vizwiz_files(refs_path, refs, preds_path);
   const bool textvqa_format = refs.is_object() && refs.contains("data") && !refs.contains("annotations");
   const json& anns = array_field(refs_path, refs, textvqa_format ? "data" : "annotations");
   VqaFiles out;

@@ -26,7 +26,8 @@ CaptionSet tokenize_captions(const CaptionSet& raw);
 
 // VQA annotations: the official format ({annotations:[{question_id, answers:[{answer, ...}], question_type,
 // answer_type}]}) or TextVQA's ({data:[{question_id, answers:[str]}]}); results: [{question_id, answer}].
-// The two sets of question ids must be equal. predictions[i] answers questions[i].
+// VizWiz's list [{image, answers:[{answer, answer_confidence}]}] with results [{image, answer}] is keyed by
+// image name (question_id = position). The two sets of ids must be equal. predictions[i] answers questions[i].
 struct VqaFiles {
   std::vector<VqaQuestion> questions;
   std::vector<std::string> predictions;
