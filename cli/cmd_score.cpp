@@ -3,6 +3,7 @@
 #include <CLI/CLI.hpp>
 
 #include <iostream>
+#include <stdexcept>
 
 #include "cli/commands.h"
 #include "eval/score_files.h"
@@ -17,14 +18,21 @@ void add_score_commands(CLI::App& app, Action& run) {
   auto args = std::make_shared<Args>();
   auto* score = app.add_subcommand("score", "Score predictions against references (captions: PTB tokenization, "
                                             "BLEU/ROUGE-L/CIDEr-D; VQA accuracy variants)");
-  score->add_option("--metric", args->metric, "cider | bleu | rouge_l | captions | vqa | vqa_official | textvqa")
+  score->add_option("--metric", args->metric,
+                    "cider | bleu | rouge_l | captions | vqa | vqa_official | textvqa | pope | mme | mmbench | "
+                    "scienceqa | gqa | seed")
       ->required();
   score->add_option("--refs", args->refs,
-                    "COCO caption annotations, or VQA / TextVQA annotations")->required();
+                    "COCO caption annotations, VQA / TextVQA annotations, POPE questions, MMBench TSV or "
+                    "ScienceQA problems.json, GQA questions, SEED-Bench.json (not used by mme)");
   score->add_option("--preds", args->preds,
-                    "results JSON: [{image_id, caption}] or [{question_id, answer}]")->required();
+                    "results: [{image_id, caption}], [{question_id, answer}], JSON lines, or the MME results "
+                    "directory")
+      ->required();
   score->callback([&run, args] {
     run = [args] {
+      if (args->refs.empty() && args->metric != "mme")
+        throw std::invalid_argument("owl2 score --metric " + args->metric + " needs --refs FILE");
       std::cout << eval::score_files(args->metric, args->refs, args->preds).dump(2) << "\n";
       return 0;
     };

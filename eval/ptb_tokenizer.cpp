@@ -291,6 +291,11 @@ std::string normalize(const std::string& text) {
   std::string out;
   out.reserve(text.size());
   for (size_t i = 0; i < text.size();) {
+    const unsigned char lead = static_cast<unsigned char>(text[i]);
+    if (lead >= 0x20 && lead < 0x7F && lead != '&') {  // the common case: plain ASCII, nothing to map
+      out += text[i++];
+      continue;
+    }
     bool replaced = false;
     for (const auto& [from, to] : table) {
       const size_t n = std::char_traits<char>::length(from);

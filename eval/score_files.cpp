@@ -10,6 +10,7 @@
 
 #include <fmt/format.h>
 
+#include "eval/bench_files.h"
 #include "eval/ptb_tokenizer.h"
 
 namespace owl2::eval {
@@ -150,8 +151,66 @@ CaptionFiles load_caption_files(const std::string& refs_path, const std::string&
   return out;
 }
 
+namespace {
+
+// VizWiz: refs are a list [{image, answers:[{answer, answer_confidence}], ...}], results [{image, answer}];
+// questions are keyed by image name and numbered in file order.
+VqaFiles load_vizwiz_files(const std::string& refs_path, const json& refs, const std::string& preds_path) {
+  VqaFiles out;
+  std::unordered_map<std::string, size_t> first;
+  for (size_t i = 0; i < refs.size(); ++i) {
+    const std::string where = fmt::format("entry {}", i);
+    const std::string image = string_field(refs_path, where, refs[i], "image");
+    if (const auto [it, fresh] = first.emplace(image, i); !fresh)
+      throw std::invalid_argument(
+          fmt::format("{}: {}: duplicate image '{}' (first at entry {})", refs_path, where, image, it->second));
+    const json& answers = field(refs_path, where, refs[i], "answers");
+    if (!answers.is_array() || answers.empty())
+      throw std::invalid_argument(fmt::format("{}: {} (image '{}'): 'answers' must be a non-empty array (test "
+                                              "files have none: they are scored by the server)",
+                                              refs_path, where, image));
+    VqaQuestion q;
+    q.question_id = static_cast<int64_t>(i);
+    for (size_t a = 0; a < answers.size(); ++a) {
+      json rest = answers[a];
+      const std::string text = string_field(refs_path, fmt::format("{}.answers[{}]", where, a), answers[a], "answer");
+      rest.erase("answer");
+      q.answers.push_back({text, rest.dump() + "#" + std::to_string(a)});  // records have no answer_id
+    }
+    if (refs[i].contains("answer_type") && refs[i]["answer_type"].is_string())
+      q.answer_type = refs[i]["answer_type"].get<std::string>();
+    out.questions.push_back(std::move(q));
+  }
+  const json res = read_json(preds_path);
+  const json& arr = top_array(preds_path, res);
+  std::vector<std::string> preds(out.questions.size());
+  std::vector<long> seen(out.questions.size(), -1);
+  for (size_t i = 0; i < arr.size(); ++i) {
+    const std::string where = fmt::format("entry {}", i);
+    const std::string image = string_field(preds_path, where, arr[i], "image");
+    const std::string answer = string_field(preds_path, where, arr[i], "answer");
+    const auto it = first.find(image);
+    if (it == first.end())
+      throw std::invalid_argument(fmt::format("{}: {}: image '{}' is not in {}", preds_path, where, image, refs_path));
+    if (seen[it->second] >= 0)
+      throw std::invalid_argument(fmt::format("{}: {}: duplicate image '{}' (first at entry {})", preds_path, where,
+                                              image, seen[it->second]));
+    seen[it->second] = static_cast<long>(i);
+    preds[it->second] = answer;
+  }
+  for (size_t k = 0; k < seen.size(); ++k)
+    if (seen[k] < 0)
+      throw std::invalid_argument(fmt::format("{}: no answer for image '{}'", preds_path,
+                                              refs[k]["image"].get<std::string>()));
+  out.predictions = std::move(preds);
+  return out;
+}
+
+}  // namespace
+
 VqaFiles load_vqa_files(const std::string& refs_path, const std::string& preds_path) {
   const json refs = read_json(refs_path);
+  if (refs.is_array()) return load_vizwiz_files(refs_path, refs, preds_path);
   const bool textvqa_format = refs.is_object() && refs.contains("data") && !refs.contains("annotations");
   const json& anns = array_field(refs_path, refs, textvqa_format ? "data" : "annotations");
   VqaFiles out;
@@ -216,8 +275,9 @@ CaptionSet tokenize_captions(const CaptionSet& raw) {
 }
 
 const std::vector<std::string>& score_metric_names() {
-  static const std::vector<std::string> names = {"cider", "bleu", "rouge_l", "captions",
-                                                 "vqa",   "vqa_official", "textvqa"};
+  static const std::vector<std::string> names = {"cider", "bleu",    "rouge_l", "captions",  "vqa", "vqa_official",
+                                                 "textvqa", "pope", "mme",     "mmbench", "scienceqa",
+                                                 "gqa",     "seed"};
   return names;
 }
 
@@ -259,6 +319,67 @@ nlohmann::ordered_json score_files(const std::string& metric, const std::string&
       for (const auto& [k, x] : r.per_question_type) t[k] = round2(x);
       out["per_question_type"] = t;
     }
+    return out;
+  }
+  if (metric == "pope") {
+    const PopeReport r = score_pope_files(refs_path, preds_path);
+    out["questions"] = r.tp + r.fp + r.tn + r.fn;
+    out["accuracy"] = r.accuracy;
+    out["precision"] = r.precision;
+    out["recall"] = r.recall;
+    out["f1"] = r.f1;
+    out["yes_ratio"] = r.yes_ratio;
+    out["tp"] = r.tp;
+    out["fp"] = r.fp;
+    out["tn"] = r.tn;
+    out["fn"] = r.fn;
+    return out;
+  }
+  if (metric == "mme") {
+    const MmeReport r = score_mme_dir(preds_path);
+    out["perception"] = r.perception;
+    out["cognition"] = r.cognition;
+    nlohmann::ordered_json tasks;
+    for (const auto& [name, t] : r.tasks)
+      tasks[name] = {{"acc", t.acc}, {"acc_plus", t.acc_plus}, {"score", t.score}, {"questions", t.questions}};
+    out["tasks"] = tasks;
+    return out;
+  }
+  if (metric == "mmbench") {
+    const MmbenchReport r = score_mmbench_files(refs_path, preds_path);
+    out["questions"] = r.questions;
+    out["hits"] = r.hits;
+    out["accuracy"] = r.accuracy;
+    out["unresolved"] = r.unresolved;
+    out["unresolved_questions"] = r.unresolved_questions;
+    out["per_l2_category"] = r.per_l2_category;
+    out["per_category"] = r.per_category;
+    return out;
+  }
+  if (metric == "scienceqa") {
+    const ScienceqaReport r = score_scienceqa_files(refs_path, preds_path);
+    out["questions"] = r.total;
+    out["accuracy"] = 100.0 * r.accuracy;
+    out["img_questions"] = r.img_total;
+    out["img_accuracy"] = 100.0 * r.img_accuracy;
+    return out;
+  }
+  if (metric == "gqa") {
+    const GqaReport r = score_gqa_files(refs_path, preds_path);
+    out["questions"] = r.questions;
+    out["accuracy"] = r.accuracy;
+    out["binary"] = r.binary;
+    out["open"] = r.open;
+    return out;
+  }
+  if (metric == "seed") {
+    const SeedReport r = score_seed_files(refs_path, preds_path);
+    out["questions"] = r.questions;
+    out["missing"] = r.missing;
+    out["accuracy"] = r.accuracy;
+    out["image"] = r.image;
+    out["video"] = r.video;
+    out["per_type"] = r.per_type;
     return out;
   }
   std::string names;

@@ -26,14 +26,17 @@ CaptionSet tokenize_captions(const CaptionSet& raw);
 
 // VQA annotations: the official format ({annotations:[{question_id, answers:[{answer, ...}], question_type,
 // answer_type}]}) or TextVQA's ({data:[{question_id, answers:[str]}]}); results: [{question_id, answer}].
-// The two sets of question ids must be equal. predictions[i] answers questions[i].
+// VizWiz's list [{image, answers:[{answer, answer_confidence}]}] with results [{image, answer}] is keyed by
+// image name (question_id = position). The two sets of ids must be equal. predictions[i] answers questions[i].
 struct VqaFiles {
   std::vector<VqaQuestion> questions;
   std::vector<std::string> predictions;
 };
 VqaFiles load_vqa_files(const std::string& refs_path, const std::string& preds_path);
 
-// Metric names: cider, bleu, rouge_l, captions (all three), vqa, vqa_official, textvqa.
+// Metric names: cider, bleu, rouge_l, captions (all three), vqa, vqa_official, textvqa, and the benchmark
+// scores pope (refs: question file), mme (preds: results directory; refs unused), mmbench (refs: TSV) and
+// scienceqa (refs: problems.json); see eval/bench_files.h for their formats.
 const std::vector<std::string>& score_metric_names();
 
 // Scores the files and returns the JSON that `owl2 score` prints. Throws std::invalid_argument for an

@@ -225,8 +225,103 @@ VQA_RESULTS = [{"question_id": 1, "answer": "Yes"}, {"question_id": 2, "answer":
                {"question_id": 3, "answer": "the dog"}, {"question_id": 4, "answer": "Red."}]
 
 
+def write_bench_fixtures():
+    """Small hand-made benchmark files in their public formats; expected scores are in
+    tests/test_eval_bench_files.cpp, worked out by hand."""
+    d = os.path.join(OUT, "bench")
+    os.makedirs(os.path.join(d, "mme"), exist_ok=True)
+    labels = ["yes", "yes", "yes", "no", "no", "no"]
+    with open(os.path.join(d, "pope_questions.jsonl"), "w") as f:
+        for i, lab in enumerate(labels):
+            f.write(json.dumps({"question_id": i + 1, "image": f"COCO_val2014_{i:012d}.jpg",
+                                "text": "Is there a dog in the image?", "label": lab}) + "\n")
+    answers = ["Yes", "Yes, there is.", "No", "Yes", "There is no cat.", "not at all"]
+    with open(os.path.join(d, "pope_answers.jsonl"), "w") as f:
+        for i in reversed(range(len(answers))):  # order does not matter, ids do
+            f.write(json.dumps({"question_id": i + 1, "prompt": "...", "text": answers[i]}) + "\n")
+    mme = {
+        "existence": [("1.jpg", "Is there a dog? Please answer yes or no.", "Yes", "Yes"),
+                      ("1.jpg", "Is there a cat? Please answer yes or no.", "No", "No"),
+                      ("2.jpg", "Is there a car? Please answer yes or no.", "Yes", "yes, there is"),
+                      ("2.jpg", "Is there a bus? Please answer yes or no.", "No", "Yes")],
+        "code_reasoning": [("4.png", "Does it print 3? Please answer yes or no.", "Yes", "Yes"),
+                           ("4.png", "Does it print 4? Please answer yes or no.", "No", "No")],
+    }
+    for task, rows in mme.items():
+        with open(os.path.join(d, "mme", task + ".txt"), "w", newline="") as f:
+            for k, r in enumerate(rows):
+                f.write("\t".join(r) + ("\r\n" if k == 0 else "\n"))
+    header = ["index", "question", "hint", "A", "B", "C", "D", "answer", "category", "l2-category", "split"]
+    rows = [
+        [0, "What animal is it?", "", "cat", "dog", "bird", "", "A", "ocr", "perception", "dev"],
+        [1000000, "What animal is it?", "", "dog", "bird", "cat", "", "C", "ocr", "perception", "dev"],
+        [2000000, "What animal is it?", "", "bird", "cat", "dog", "", "B", "ocr", "perception", "dev"],
+        [1, 'Which "color"\tis it?', "a hint", "red", "blue", "", "", "B", "ocr", "perception", "dev"],
+        [1000001, 'Which "color"\tis it?', "a hint", "blue", "red", "", "", "A", "ocr", "perception", "dev"],
+        [2, "Is it raining?", "", "yes", "no", "", "", "A", "logic", "reasoning", "dev"],
+    ]
+
+    def cell(v):
+        v = str(v)
+        return '"' + v.replace('"', '""') + '"' if any(c in v for c in '"\t\n') else v
+    with open(os.path.join(d, "mmbench.tsv"), "w") as f:
+        f.write("\t".join(header) + "\n")
+        for r in rows:
+            f.write("\t".join(cell(v) for v in r) + "\n")
+    preds = {0: "A", 1000000: "C.", 2000000: "(B) cat", 1: "B", 1000001: "I am not sure", 2: "B"}
+    with open(os.path.join(d, "mmbench_preds.jsonl"), "w") as f:
+        for k, v in preds.items():
+            f.write(json.dumps({"index": k, "prediction": v}) + "\n")
+    problems = {
+        "1": {"question": "q1", "choices": ["a", "b", "c"], "answer": 1, "image": "image.png", "split": "test"},
+        "2": {"question": "q2", "choices": ["x", "y"], "answer": 0, "image": None, "split": "test"},
+        "3": {"question": "q3", "choices": ["x", "y"], "answer": 1, "image": "image.png", "split": "test"},
+        "4": {"question": "q4", "choices": ["p", "q"], "answer": 0, "image": "image.png", "split": "test"},
+        "5": {"question": "q5", "choices": ["p", "q"], "answer": 0, "image": None, "split": "train"},
+    }
+    with open(os.path.join(d, "scienceqa_problems.json"), "w") as f:
+        json.dump(problems, f, indent=1)
+    with open(os.path.join(d, "scienceqa_preds.jsonl"), "w") as f:
+        for pid, text in [("1", "B"), ("2", "The answer is A."), ("3", "A"), ("4", "C")]:
+            f.write(json.dumps({"question_id": pid, "prompt": "...", "text": text}) + "\n")
+
+
+    gqa = {
+        "1": {"imageId": "n1", "question": "Is it sunny?", "answer": "yes", "isBalanced": True,
+              "types": {"structural": "verify", "semantic": "global", "detailed": "weatherVerify"}},
+        "2": {"imageId": "n2", "question": "What is it?", "answer": "table", "isBalanced": True,
+              "types": {"structural": "query", "semantic": "obj", "detailed": "objQuery"}},
+        "3": {"imageId": "n3", "question": "Which side?", "answer": "left", "isBalanced": True,
+              "types": {"structural": "query", "semantic": "rel", "detailed": "positionQuery"}},
+        "4": {"imageId": "n4", "question": "Is it red?", "answer": "no", "isBalanced": False,
+              "types": {"structural": "verify", "semantic": "attr", "detailed": "colorVerify"}},
+    }
+    with open(os.path.join(d, "gqa_questions.json"), "w") as f:
+        json.dump(gqa, f, indent=1)
+    with open(os.path.join(d, "gqa_preds.json"), "w") as f:
+        json.dump([{"questionId": "1", "prediction": "Yes."}, {"questionId": "2", "prediction": "The table"},
+                   {"questionId": "3", "prediction": "left"}], f, indent=1)
+    seed = {"question_type": {"Scene Understanding": 1, "Instance Identity": 2},
+            "questions": [
+                {"question_id": "101", "question": "q", "choice_a": "a", "choice_b": "b", "choice_c": "c",
+                 "choice_d": "d", "answer": "A", "data_id": "1.jpg", "data_type": "image", "question_type_id": 1},
+                {"question_id": "102", "question": "q", "choice_a": "a", "choice_b": "b", "choice_c": "c",
+                 "choice_d": "d", "answer": "B", "data_id": "2.jpg", "data_type": "image", "question_type_id": 1},
+                {"question_id": "103", "question": "q", "choice_a": "a", "choice_b": "b", "choice_c": "c",
+                 "choice_d": "d", "answer": "C", "data_id": "3.jpg", "data_type": "image", "question_type_id": 2},
+                {"question_id": "104", "question": "q", "choice_a": "a", "choice_b": "b", "choice_c": "c",
+                 "choice_d": "d", "answer": "D", "data_id": "v.mp4", "data_type": "video", "question_type_id": 2},
+            ]}
+    with open(os.path.join(d, "seed.json"), "w") as f:
+        json.dump(seed, f, indent=1)
+    with open(os.path.join(d, "seed_preds.jsonl"), "w") as f:
+        for qid, pred in [("101", "A"), ("102", "B."), ("103", "C")]:
+            f.write(json.dumps({"question_id": qid, "prediction": pred}) + "\n")
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
+    write_bench_fixtures()
     with open(os.path.join(OUT, "vqa_annotations.json"), "w") as f:
         json.dump(VQA_ANNOTATIONS, f, indent=1)
     with open(os.path.join(OUT, "vqa_results.json"), "w") as f:

@@ -21,6 +21,7 @@ inline std::string write_temp(const std::string& name, const std::string& text) 
   const auto dir = std::filesystem::temp_directory_path() / ("owl2_eval_test_" + std::to_string(getpid()));
   std::filesystem::create_directories(dir);
   const auto path = dir / name;
+  std::filesystem::create_directories(path.parent_path());
   std::ofstream(path) << text;
   return path.string();
 }

@@ -186,3 +186,27 @@ TEST_CASE("owl2 score names the file and the entry of malformed VQA files", "[ev
   CHECK(r.rc == 2);
   CHECK_THAT(r.out, Contains("/nonexistent/ann.json: cannot open file"));
 }
+
+TEST_CASE("owl2 score reads the VizWiz format keyed by image name", "[eval][vqa][cli]") {
+  // Records carry no answer_id: equal records must still leave only themselves out (3 x "unanswerable" -> 0.9).
+  const auto refs = write_temp(
+      "vizwiz_val.json",
+      R"([{"image":"VizWiz_val_00000001.jpg","question":"What is this?","answerable":0,"answer_type":"unanswerable",)"
+      R"("answers":[{"answer":"unanswerable","answer_confidence":"yes"},{"answer":"unanswerable","answer_confidence":"yes"},)"
+      R"({"answer":"unanswerable","answer_confidence":"yes"},{"answer":"soup","answer_confidence":"maybe"}]},)"
+      R"({"image":"VizWiz_val_00000002.jpg","question":"What color?","answerable":1,"answer_type":"other",)"
+      R"("answers":[{"answer":"red","answer_confidence":"yes"},{"answer":"red","answer_confidence":"yes"}]}])");
+  const auto preds = write_temp("vizwiz_res.json", R"([{"image":"VizWiz_val_00000002.jpg","answer":"Red"},)"
+                                                   R"({"image":"VizWiz_val_00000001.jpg","answer":"unanswerable"}])");
+  const auto r = run_owl2("score --metric vqa --refs " + refs + " --preds " + preds);
+  REQUIRE(r.rc == 0);
+  const auto out = nlohmann::json::parse(r.out);
+  // Q1: m = 3 of 4 records -> (1*min(1,3/3) + 3*min(1,2/3)) / 4 = (1 + 2) / 4 = 0.75. Q2: m = 2 of 2 -> 1/3 each.
+  CHECK(out["per_answer_type"]["unanswerable"].get<double>() == Approx(75.0));
+  CHECK(out["per_answer_type"]["other"].get<double>() == Approx(33.33));
+  const auto dup = run_owl2("score --metric vqa --refs " + refs + " --preds " +
+                            write_temp("vizwiz_dup.json", R"([{"image":"VizWiz_val_00000002.jpg","answer":"a"},)"
+                                                          R"({"image":"VizWiz_val_00000002.jpg","answer":"b"}])"));
+  CHECK(dup.rc == 2);
+  CHECK_THAT(dup.out, Contains("vizwiz_dup.json: entry 1: duplicate image 'VizWiz_val_00000002.jpg' (first at entry 0)"));
+}
