@@ -310,5 +310,14 @@ TEST_CASE("dataset: owl2 data verify counts bad input and fails over the limit",
   CHECK(lenient.rc == 0);
   CHECK_THAT(lenient.out, Catch::Contains("\nok"));
   CHECK(owl2::test::run_owl2("data verify " + (dir / "nothing.jsonl").string()).rc == 1);
+
+  // In shards, an undecodable image is charged to its shard.
+  fs::create_directories(dir / "shards");
+  write_tar((dir / "shards/00000.tar").string(), {{"a.png", png_of(0)}, {"a.txt", "ok"}, {"b.png", "not a png"}, {"b.txt", "bad"}});
+  const auto shard = owl2::test::run_owl2("data verify " + (dir / "shards").string());
+  CHECK(shard.rc == 1);
+  CHECK_THAT(shard.out, Catch::Contains("1 good samples, 2 images, 1 bad") &&
+                            Catch::Contains((dir / "shards/00000.tar").string() + ": 1") &&
+                            Catch::Contains("00000.tar:b.png: image bytes do not decode"));
   fs::remove_all(dir);
 }
