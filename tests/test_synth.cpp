@@ -255,3 +255,33 @@ TEST_CASE("synth: attributes and answers are balanced", "[data][synth]") {
   for (const auto& [l, n] : letters) CHECK(std::abs(n - 150) < 45);
   fs::remove_all(dir);
 }
+
+TEST_CASE("tar: shards written by Python's tarfile (GNU and pax, long names, folders) index correctly",
+          "[data][tar]") {
+  const auto dir = temp_dir("tar_py");
+  for (const std::string format : {"GNU_FORMAT", "PAX_FORMAT", "USTAR_FORMAT"}) {
+    const auto path = (dir / (format + ".tar")).string();
+    const std::string script =
+        "import io, tarfile\n"
+        "t = tarfile.open('" + path + "', 'w', format=tarfile." + format + ")\n"
+        "d = tarfile.TarInfo('sub'); d.type = tarfile.DIRTYPE; t.addfile(d)\n"
+        "for i, n in enumerate(['sub/a.txt', 'sub/' + 'x' * (90 if '" + format + "' == 'USTAR_FORMAT' else 150) + '.png', 'ü.json']):\n"
+        "    b = (n * (i * 37 + 1)).encode()\n"
+        "    m = tarfile.TarInfo(n); m.size = len(b); t.addfile(m, io.BytesIO(b))\n"
+        "t.close()\n";
+    const auto py = (dir / "make.py").string();
+    std::ofstream(py) << script;
+    REQUIRE(std::system((std::string(OWL2_PYTHON) + " " + py).c_str()) == 0);
+    const TarIndex idx = index_tar(path);
+    CHECK(idx.error.empty());
+    REQUIRE(idx.members.size() == 3);  // the folder is not a member
+    for (size_t i = 0; i < 3; ++i) {
+      const std::string& n = idx.members[i].name;
+      std::string expected;
+      for (size_t k = 0; k < i * 37 + 1; ++k) expected += n;
+      CHECK(read_tar_member(path, idx.members[i]) == expected);
+    }
+    CHECK(idx.members[2].name == "ü.json");
+  }
+  fs::remove_all(dir);
+}
