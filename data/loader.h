@@ -170,7 +170,8 @@ class Loader {
     for (size_t b = static_cast<size_t>(pos_); b < plan_.size(); ++b)
       items_.insert(items_.end(), plan_[b].begin(), plan_[b].end());
     next_ticket_ = consumed_ = 0;
-    slots_.assign(opt_.prefetch, std::nullopt);
+    slots_.clear();
+    slots_.resize(opt_.prefetch);  // resize, not assign: Example may be move-only
     ready_.assign(opt_.prefetch, 0);
     stop_ = false;
   }

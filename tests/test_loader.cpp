@@ -100,6 +100,18 @@ TEST_CASE("loader: same seed and epoch give the same order; epoch and seed chang
   CHECK(flatten(drain(plain)) == all);
   o.drop_last = true;
   CHECK(ToyLoader(ds, o, to_ex, collate).num_batches() == 12);
+
+  // Move-only examples work (e.g. owning buffers).
+  Loader<std::unique_ptr<size_t>, size_t> owning(
+      ds, opts(7, 1), [](RawSample&& s) { return std::make_unique<size_t>(std::stoul(s.id)); },
+      [](std::vector<std::unique_ptr<size_t>>&& v) {
+        size_t sum = 0;
+        for (const auto& p : v) sum += *p;
+        return sum;
+      });
+  size_t total = 0;
+  while (auto b = owning.next()) total += *b;
+  CHECK(total == 49 * 50 / 2);
 }
 
 TEST_CASE("loader: ranks get disjoint, equally many batches of the global plan", "[data][loader]") {
