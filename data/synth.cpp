@@ -366,6 +366,27 @@ SynthSummary write_synth_dataset(const SynthOptions& o) {
   write_file(root / "llava_train.json", llava.dump(1) + "\n");
   summary.files.push_back("llava_train.json");
 
+  // Every line of training text (captions, then the turns without the image placeholder), for
+  // training a small tokenizer on exactly the words the demo uses.
+  std::string corpus;
+  const auto add_lines = [&corpus](const std::string& text) {
+    std::string::size_type start = 0;
+    while (start <= text.size()) {
+      const auto end = std::min(text.find('\n', start), text.size());
+      if (end > start) corpus.append(text, start, end - start).push_back('\n');
+      start = end + 1;
+    }
+  };
+  for (int64_t i = 0; i < o.train_images; ++i) add_lines(make_scene(o.seed, "train", i).caption);
+  for (const auto& sample : llava)
+    for (const auto& t : sample["conversations"]) {
+      std::string v = t["value"].get<std::string>();
+      if (v.rfind("<|image|>", 0) == 0) v.erase(0, std::string("<|image|>").size());
+      add_lines(v);
+    }
+  write_file(root / "corpus.txt", corpus);
+  summary.files.push_back("corpus.txt");
+
   // Held-out split: new images, every applicable question type per image, plus text-only questions.
   std::string eval_lines;
   int64_t qid = 0;

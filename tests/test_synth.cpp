@@ -164,6 +164,13 @@ TEST_CASE("synth: LLaVA JSON has image placeholders on the first human turn only
     if (!s.contains("image")) ++text_only;
   }
   CHECK(text_only == 10);
+
+  // corpus.txt: the captions, then every turn line without the placeholder.
+  const std::string corpus = owl2::test::read_text((dir / "corpus.txt").string());
+  CHECK(corpus.rfind(make_scene(2, "train", 0).caption + "\n" + make_scene(2, "train", 1).caption + "\n", 0) == 0);
+  CHECK(corpus.find("<|image|>") == std::string::npos);
+  CHECK(corpus.find("\n\n") == std::string::npos);
+  CHECK_THAT(corpus, Catch::Contains("\nAnswer the question using a single word or phrase.\n"));
   fs::remove_all(dir);
 }
 
