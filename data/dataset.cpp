@@ -15,7 +15,7 @@
 #include <sstream>
 #include <stdexcept>
 
-#include "data/synth.h"
+#include "data/rng.h"
 #include "data/tar.h"
 
 namespace owl2::data {
