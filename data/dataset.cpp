@@ -15,7 +15,7 @@
 #include <sstream>
 #include <stdexcept>
 
-#include "data/synth.h"
+#include "data/rng.h"
 #include "data/tar.h"
 
 namespace owl2::data {
@@ -550,9 +550,17 @@ VerifyReport verify_dataset(const std::string& path, double max_bad_fraction, bo
     for (size_t k = 0; k < s.images.size() && decode; ++k) {
       const cv::Mat raw(1, static_cast<int>(s.images[k].size()), CV_8UC1, s.images[k].data());
       if (s.images[k].empty() || cv::imdecode(raw, cv::IMREAD_UNCHANGED).empty()) {
+        // Count per file: the shard for "shard.tar:member" paths, else the image file itself.
         const std::string& where = s.image_paths[k];
-        o.log->report(bad::kCorruptImage, where.substr(0, where.find(".tar:") == std::string::npos ? where.size() : where.find(".tar:") + 4),
-                      where, "image bytes do not decode");
+        std::string file = where;
+        for (size_t c = where.find(':'); c != std::string::npos; c = where.find(':', c + 1)) {
+          const std::string head = where.substr(0, c);
+          if (ends_with(head, ".tar") || ends_with(head, ".tar.gz") || ends_with(head, ".tgz")) {
+            file = head;
+            break;
+          }
+        }
+        o.log->report(bad::kCorruptImage, file, where, "image bytes do not decode");
         ok = false;
       }
     }

@@ -4,7 +4,7 @@
 #include <algorithm>
 #include <nlohmann/json.hpp>
 
-#include "data/synth.h"
+#include "data/rng.h"
 
 namespace owl2::data {
 

@@ -6,6 +6,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
+#include <iostream>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -47,6 +48,10 @@ struct LoaderOptions {
   size_t group_window = 32;
   int64_t max_length = 0;    // > 0: examples longer than this are dropped or truncated (length_policy)
   LengthPolicy length_policy = LengthPolicy::kDrop;
+  // More failed samples (get/transform threw) than this share of those taken is an error naming the
+  // worst files, checked once at least bad_check_after samples were taken (1 disables).
+  double max_bad_fraction = 0.01;
+  int64_t bad_check_after = 200;
 };
 
 // The epoch's batches (dataset indices) for options.rank. A pure function of the dataset size, the
@@ -57,6 +62,7 @@ std::vector<std::vector<size_t>> plan_epoch(const Dataset& dataset, const Loader
 
 // Counts of what the loader changed or left out, over the loader's lifetime.
 struct LoaderCounters {
+  int64_t taken = 0;           // samples taken from the prefetch queue
   int64_t examples = 0;        // examples that reached collate
   int64_t transform_errors = 0;
   int64_t dropped_too_long = 0;
@@ -82,7 +88,7 @@ class Loader {
         transform_(std::move(transform)),
         collate_(std::move(collate)),
         hooks_(std::move(hooks)),
-        log_(log ? std::move(log) : std::make_shared<BadInputLog>(nullptr)) {
+        log_(log ? std::move(log) : std::make_shared<BadInputLog>(&std::cerr)) {
     if (!dataset_) throw std::invalid_argument("loader: dataset is null");
     if (opt_.batch_size < 1) throw std::invalid_argument("loader: batch_size must be >= 1");
     if (opt_.world_size < 1 || opt_.rank < 0 || opt_.rank >= opt_.world_size)
@@ -107,6 +113,7 @@ class Loader {
       examples.reserve(indices.size());
       for (size_t k = 0; k < indices.size(); ++k) {
         std::optional<Example> ex = take();
+        ++counters_.taken;
         if (!ex) {
           ++counters_.transform_errors;
           continue;
@@ -125,6 +132,9 @@ class Loader {
         examples.push_back(std::move(*ex));
       }
       ++pos_;
+      if (counters_.taken >= opt_.bad_check_after)
+        check_bad_fraction(dataset_->name() + " (loader)", static_cast<size_t>(counters_.taken - counters_.transform_errors),
+                           static_cast<size_t>(counters_.transform_errors), opt_.max_bad_fraction, *log_);
       if (examples.empty()) {
         ++counters_.empty_batches;
         continue;
@@ -160,7 +170,8 @@ class Loader {
     for (size_t b = static_cast<size_t>(pos_); b < plan_.size(); ++b)
       items_.insert(items_.end(), plan_[b].begin(), plan_[b].end());
     next_ticket_ = consumed_ = 0;
-    slots_.assign(opt_.prefetch, std::nullopt);
+    slots_.clear();
+    slots_.resize(opt_.prefetch);  // resize, not assign: Example may be move-only
     ready_.assign(opt_.prefetch, 0);
     stop_ = false;
   }

@@ -26,44 +26,6 @@ const char* const kMultipleChoicePrompt = "\nAnswer with the option\u2019s lette
 const Rgb kBackground{0, 0, 0};
 
 // ---------------------------------------------------------------------------------------------
-// Random numbers
-
-uint64_t Rng::next() {
-  uint64_t z = (state_ += 0x9E3779B97F4A7C15ull);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-
-uint64_t Rng::below(uint64_t n) {
-  if (n == 0) throw std::invalid_argument("Rng::below: n must be > 0");
-  // Rejection sampling: unbiased and the same on every platform.
-  const uint64_t limit = UINT64_MAX - UINT64_MAX % n;
-  uint64_t x;
-  do x = next();
-  while (x >= limit);
-  return x % n;
-}
-
-double Rng::uniform() { return static_cast<double>(next() >> 11) * 0x1.0p-53; }
-
-uint64_t mix_seed(uint64_t a, uint64_t b, uint64_t c) {
-  Rng r(a ^ 0x6A09E667F3BCC909ull);
-  uint64_t h = r.next();
-  Rng r2(h ^ (b * 0x9E3779B97F4A7C15ull));
-  h = r2.next();
-  Rng r3(h ^ (c * 0xC2B2AE3D27D4EB4Full + 1));
-  return r3.next();
-}
-
-std::vector<size_t> permutation(size_t n, Rng& rng) {
-  std::vector<size_t> p(n);
-  for (size_t i = 0; i < n; ++i) p[i] = i;
-  for (size_t i = n; i > 1; --i) std::swap(p[i - 1], p[rng.below(i)]);
-  return p;
-}
-
-// ---------------------------------------------------------------------------------------------
 // Scenes
 
 namespace {
@@ -365,6 +327,27 @@ SynthSummary write_synth_dataset(const SynthOptions& o) {
   summary.instruct_samples = static_cast<int64_t>(llava.size());
   write_file(root / "llava_train.json", llava.dump(1) + "\n");
   summary.files.push_back("llava_train.json");
+
+  // Every line of training text (captions, then the turns without the image placeholder), for
+  // training a small tokenizer on exactly the words the demo uses.
+  std::string corpus;
+  const auto add_lines = [&corpus](const std::string& text) {
+    std::string::size_type start = 0;
+    while (start <= text.size()) {
+      const auto end = std::min(text.find('\n', start), text.size());
+      if (end > start) corpus.append(text, start, end - start).push_back('\n');
+      start = end + 1;
+    }
+  };
+  for (int64_t i = 0; i < o.train_images; ++i) add_lines(make_scene(o.seed, "train", i).caption);
+  for (const auto& sample : llava)
+    for (const auto& t : sample["conversations"]) {
+      std::string v = t["value"].get<std::string>();
+      if (v.rfind("<|image|>", 0) == 0) v.erase(0, std::string("<|image|>").size());
+      add_lines(v);
+    }
+  write_file(root / "corpus.txt", corpus);
+  summary.files.push_back("corpus.txt");
 
   // Held-out split: new images, every applicable question type per image, plus text-only questions.
   std::string eval_lines;

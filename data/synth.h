@@ -6,28 +6,9 @@
 #include <string>
 #include <vector>
 
+#include "data/rng.h"
+
 namespace owl2::data {
-
-// A small, portable PRNG (splitmix64). The standard distributions are implementation-defined, so
-// everything that must be reproducible across compilers draws from this instead.
-class Rng {
- public:
-  explicit Rng(uint64_t seed) : state_(seed) {}
-  uint64_t next();
-  // Uniform integer in [0, n); n > 0.
-  uint64_t below(uint64_t n);
-  // Uniform double in [0, 1).
-  double uniform();
-
- private:
-  uint64_t state_;
-};
-
-// Mixes several words into one seed (order matters).
-uint64_t mix_seed(uint64_t a, uint64_t b, uint64_t c = 0);
-
-// Fisher-Yates permutation of 0..n-1 drawn from `rng`.
-std::vector<size_t> permutation(size_t n, Rng& rng);
 
 struct SynthOptions {
   std::string out_dir;

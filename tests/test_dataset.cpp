@@ -310,5 +310,32 @@ TEST_CASE("dataset: owl2 data verify counts bad input and fails over the limit",
   CHECK(lenient.rc == 0);
   CHECK_THAT(lenient.out, Catch::Contains("\nok"));
   CHECK(owl2::test::run_owl2("data verify " + (dir / "nothing.jsonl").string()).rc == 1);
+
+  // In shards, an undecodable image is charged to its shard.
+  fs::create_directories(dir / "shards");
+  write_tar((dir / "shards/00000.tar").string(), {{"a.png", png_of(0)}, {"a.txt", "ok"}, {"b.png", "not a png"}, {"b.txt", "bad"}});
+  const auto shard = owl2::test::run_owl2("data verify " + (dir / "shards").string());
+  CHECK(shard.rc == 1);
+  CHECK_THAT(shard.out, Catch::Contains("1 good samples, 2 images, 1 bad") &&
+                            Catch::Contains((dir / "shards/00000.tar").string() + ": 1") &&
+                            Catch::Contains("00000.tar:b.png: image bytes do not decode"));
+  fs::remove_all(dir);
+}
+
+TEST_CASE("dataset: owl2 data synth output verifies clean in every format", "[data][dataset][cli]") {
+  const auto dir = temp_dir("ds_cli_synth");
+  const auto r = owl2::test::run_owl2("data synth --out " + dir.string() +
+                                      " --seed 3 --train 12 --heldout 3 --train-text 4 --heldout-text 2 --shard-size 5");
+  REQUIRE(r.rc == 0);
+  CHECK_THAT(r.out, Catch::Contains("12 pretraining pairs in 3 shards, 16 instruction samples, 21 held-out questions"));
+  CHECK(owl2::test::run_owl2("data verify " + (dir / "pretrain").string()).out.find("12 good samples, 12 images, 0 bad") !=
+        std::string::npos);
+  CHECK(owl2::test::run_owl2("data verify " + (dir / "llava_train.json").string()).out.find("16 good samples, 12 images, 0 bad") !=
+        std::string::npos);
+  CHECK(owl2::test::run_owl2("data verify " + (dir / "heldout.jsonl").string()).out.find("21 good samples, 19 images, 0 bad") !=
+        std::string::npos);
+  const auto bad = owl2::test::run_owl2("data synth --out " + dir.string() + " --heldout 0");
+  CHECK(bad.rc == 2);
+  CHECK_THAT(bad.out, Catch::Contains("heldout 0"));
   fs::remove_all(dir);
 }

@@ -100,6 +100,18 @@ TEST_CASE("loader: same seed and epoch give the same order; epoch and seed chang
   CHECK(flatten(drain(plain)) == all);
   o.drop_last = true;
   CHECK(ToyLoader(ds, o, to_ex, collate).num_batches() == 12);
+
+  // Move-only examples work (e.g. owning buffers).
+  Loader<std::unique_ptr<size_t>, size_t> owning(
+      ds, opts(7, 1), [](RawSample&& s) { return std::make_unique<size_t>(std::stoul(s.id)); },
+      [](std::vector<std::unique_ptr<size_t>>&& v) {
+        size_t sum = 0;
+        for (const auto& p : v) sum += *p;
+        return sum;
+      });
+  size_t total = 0;
+  while (auto b = owning.next()) total += *b;
+  CHECK(total == 49 * 50 / 2);
 }
 
 TEST_CASE("loader: ranks get disjoint, equally many batches of the global plan", "[data][loader]") {
@@ -262,7 +274,7 @@ TEST_CASE("loader: failing transforms and over-long examples are skipped or trun
   for (size_t i : kept) CHECK((i % 10 != 7 && (i * 37) % 50 <= 40));
 
   o.length_policy = LengthPolicy::kTruncate;
-  ToyLoader trunc(ds, o, throwing, collate, hooks);
+  ToyLoader trunc(ds, o, throwing, collate, hooks, std::make_shared<BadInputLog>());
   const auto batches = drain(trunc);
   CHECK(static_cast<size_t>(trunc.counters().truncated) == too_long);
   CHECK(flatten(batches).size() == 54);
@@ -272,10 +284,23 @@ TEST_CASE("loader: failing transforms and over-long examples are skipped or trun
   // Batch size 1: a dropped example leaves an empty batch, which is skipped but still advances.
   auto o1 = opts(1, 4, 0);
   o1.max_length = 40;
-  ToyLoader single(ds, o1, throwing, collate, hooks);
+  ToyLoader single(ds, o1, throwing, collate, hooks, std::make_shared<BadInputLog>());
   CHECK(drain(single).size() == 60 - 6 - too_long);
   CHECK(static_cast<size_t>(single.counters().empty_batches) == 6 + too_long);
   CHECK(single.state().position == 60);
+
+  // Too many failures: an error naming the dataset, the counts and the worst file.
+  auto big = std::make_shared<Toy>(400);
+  auto ob = opts(8, 4);
+  ob.max_bad_fraction = 0.05;
+  ToyLoader failing(big, ob, throwing, collate, {}, std::make_shared<BadInputLog>());
+  CHECK_THROWS_WITH(drain(failing), Catch::Contains("toy (loader): 2") && Catch::Contains("transform_error") &&
+                                        Catch::Contains("worst files:\n  toy (") && Catch::Contains("over the limit of 5.0%"));
+  CHECK(failing.counters().taken >= 200);
+  CHECK(failing.counters().taken < 216);  // checked at the first batch boundary past 200
+  ob.max_bad_fraction = 0.2;
+  ToyLoader tolerant(big, ob, throwing, collate, {}, std::make_shared<BadInputLog>());
+  CHECK(flatten(drain(tolerant)).size() == 360);
 
   o.length_policy = LengthPolicy::kTruncate;
   CHECK_THROWS_WITH(ToyLoader(ds, o, to_ex, collate, {[](const Ex& e) { return e.length; }, nullptr}),

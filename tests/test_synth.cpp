@@ -164,6 +164,13 @@ TEST_CASE("synth: LLaVA JSON has image placeholders on the first human turn only
     if (!s.contains("image")) ++text_only;
   }
   CHECK(text_only == 10);
+
+  // corpus.txt: the captions, then every turn line without the placeholder.
+  const std::string corpus = owl2::test::read_text((dir / "corpus.txt").string());
+  CHECK(corpus.rfind(make_scene(2, "train", 0).caption + "\n" + make_scene(2, "train", 1).caption + "\n", 0) == 0);
+  CHECK(corpus.find("<|image|>") == std::string::npos);
+  CHECK(corpus.find("\n\n") == std::string::npos);
+  CHECK_THAT(corpus, Catch::Contains("\nAnswer the question using a single word or phrase.\n"));
   fs::remove_all(dir);
 }
 
@@ -254,4 +261,53 @@ TEST_CASE("synth: attributes and answers are balanced", "[data][synth]") {
   REQUIRE(letters.size() == 4);
   for (const auto& [l, n] : letters) CHECK(std::abs(n - 150) < 45);
   fs::remove_all(dir);
+}
+
+TEST_CASE("tar: shards written by Python's tarfile (GNU and pax, long names, folders) index correctly",
+          "[data][tar]") {
+  const auto dir = temp_dir("tar_py");
+  for (const std::string format : {"GNU_FORMAT", "PAX_FORMAT", "USTAR_FORMAT"}) {
+    const auto path = (dir / (format + ".tar")).string();
+    const std::string script =
+        "import io, tarfile\n"
+        "t = tarfile.open('" + path + "', 'w', format=tarfile." + format + ")\n"
+        "d = tarfile.TarInfo('sub'); d.type = tarfile.DIRTYPE; t.addfile(d)\n"
+        "for i, n in enumerate(['sub/a.txt', 'sub/' + 'x' * (90 if '" + format + "' == 'USTAR_FORMAT' else 150) + '.png', 'ü.json']):\n"
+        "    b = (n * (i * 37 + 1)).encode()\n"
+        "    m = tarfile.TarInfo(n); m.size = len(b); t.addfile(m, io.BytesIO(b))\n"
+        "t.close()\n";
+    const auto py = (dir / "make.py").string();
+    std::ofstream(py) << script;
+    REQUIRE(std::system((std::string(OWL2_PYTHON) + " " + py).c_str()) == 0);
+    const TarIndex idx = index_tar(path);
+    CHECK(idx.error.empty());
+    REQUIRE(idx.members.size() == 3);  // the folder is not a member
+    for (size_t i = 0; i < 3; ++i) {
+      const std::string& n = idx.members[i].name;
+      std::string expected;
+      for (size_t k = 0; k < i * 37 + 1; ++k) expected += n;
+      CHECK(read_tar_member(path, idx.members[i]) == expected);
+    }
+    CHECK(idx.members[2].name == "ü.json");
+  }
+  fs::remove_all(dir);
+}
+
+TEST_CASE("rng: splitmix64 reference values, unbiased range, permutations", "[data][rng]") {
+  Rng r(0);
+  CHECK(r.next() == 0xE220A8397B1DCDAFull);  // the published first outputs of splitmix64 from state 0
+  CHECK(r.next() == 0x6E789E6AA1B965F4ull);
+  Rng u(42);
+  std::vector<int> hist(3);
+  for (int i = 0; i < 30000; ++i) ++hist[u.below(3)];
+  for (int h : hist) CHECK(std::abs(h - 10000) < 400);
+  CHECK_THROWS(u.below(0));
+  Rng p(7);
+  auto perm = permutation(100, p);
+  std::vector<size_t> sorted = perm;
+  std::sort(sorted.begin(), sorted.end());
+  for (size_t i = 0; i < 100; ++i) CHECK(sorted[i] == i);
+  CHECK(perm != sorted);
+  CHECK(mix_seed(1, 2, 3) != mix_seed(2, 1, 3));
+  CHECK(mix_seed(1, 2, 3) == mix_seed(1, 2, 3));
 }
