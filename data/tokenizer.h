@@ -1,5 +1,6 @@
 // The LLaMA SentencePiece tokenizer with mPLUG-Owl2's image placeholder (spec §3.2, §3.3).
 #pragma once
+#include "owl2/constants.h"
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -12,8 +13,6 @@ class SentencePieceProcessor;
 
 namespace owl2 {
 
-inline constexpr int64_t kImageTokenIndex = -200;     // stands for one image in input_ids (spec §3.2)
-inline constexpr int64_t kIgnoreIndex = -100;         // label that the loss skips
 inline constexpr std::string_view kImagePlaceholder = "<|image|>";  // not in the vocabulary
 
 // Thread-safe after construction (encode/decode are const and share no mutable state).

@@ -3,6 +3,7 @@
 // reference checkpoint keys (spec §2.2), so loading is a name-for-name copy.
 // Shapes: B batch, T input tokens, S spliced tokens, N images, C/H/W pixels, V visual tokens per image, D width.
 #pragma once
+#include "owl2/constants.h"
 #include <torch/nn/module.h>
 #include <torch/nn/modules/container/modulelist.h>
 #include <torch/nn/modules/embedding.h>
@@ -18,8 +19,6 @@
 
 namespace owl2 {
 
-constexpr int64_t kImageTokenIndex = -200;  // placeholder id in input_ids (spec §3.2)
-constexpr int64_t kIgnoreIndex = -100;      // label id that is not supervised
 
 struct ModelInputs {
   torch::Tensor input_ids;       // [B,T] int64; each -200 marks where one image's visual tokens go

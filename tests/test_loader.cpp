@@ -75,7 +75,7 @@ LoaderOptions opts(size_t batch, uint64_t seed, int workers = 2) {
 
 }  // namespace
 
-TEST_CASE("loader: same seed and epoch give the same order; epoch and seed change it", "[data][loader]") {
+TEST_CASE("loader: same seed and epoch give the same order, epoch and seed change it", "[data][loader]") {
   auto ds = std::make_shared<Toy>(50);
   ToyLoader a(ds, opts(4, 1), to_ex, collate), b(ds, opts(4, 1), to_ex, collate), c(ds, opts(4, 2), to_ex, collate);
   const auto sa = flatten(drain(a)), sb = flatten(drain(b)), sc = flatten(drain(c));

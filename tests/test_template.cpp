@@ -58,7 +58,7 @@ TEST_CASE("mplug_owl2 prompts: no system prompt, image moved to the front with a
         "USER: <|image|> ASSISTANT: A dog.</s>");
 }
 
-TEST_CASE("vicuna_v1 prompts carry the system prompt; a system turn replaces it", "[template]") {
+TEST_CASE("vicuna_v1 prompts carry the system prompt, a system turn replaces it", "[template]") {
   const auto t = chat_template("vicuna_v1");
   CHECK(chat_template("v1").system == t.system);
   CHECK(t.system == kVicunaSystem);

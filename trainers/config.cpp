@@ -84,6 +84,39 @@ template <class V> void fields(V& v, TrainConfig& c) {
   v("max_nonfinite_steps", c.max_nonfinite_steps);
   v("max_length", c.max_length);
   v("activation_checkpointing", c.activation_checkpointing);
+  v("log_every", c.log_every);
+  v("save_every", c.save_every);
+  v("keep_last", c.keep_last);
+}
+
+template <class V> void fields(V& v, DataSource& c) {
+  v("path", c.path);
+  v("weight", c.weight);
+}
+
+template <class V> void fields(V& v, DataConfig& c) {
+  v("tokenizer", c.tokenizer);
+  v.choice("chat_template", c.chat_template, {"mplug_owl2", "vicuna_v1"});
+  v("sources", c.sources);
+  v.choice("image_mode", c.image_mode, {"resize", "pad", "crop"});
+  v("augment", c.augment);
+  v("num_workers", c.num_workers);
+  v("group_by_modality", c.group_by_modality);
+  v.choice("length_policy", c.length_policy, {"drop", "truncate"});
+  v("max_bad_fraction", c.max_bad_fraction);
+}
+
+template <class V> void fields(V& v, InitConfig& c) {
+  v("from", c.from);
+  v("allow_missing", c.allow_missing);
+}
+
+template <class V> void fields(V& v, EvalConfig& c) {
+  v("heldout", c.heldout);
+  v("every", c.every);
+  v("limit", c.limit);
+  v("batch_size", c.batch_size);
+  v("max_new_tokens", c.max_new_tokens);
 }
 
 template <class V> void fields(V& v, FreezeRule& c) {
@@ -102,6 +135,9 @@ template <class V> void fields(V& v, RunConfig& c) {
   v("model", c.model);
   v("optim", c.optim);
   v("train", c.train);
+  v("data", c.data);
+  v("init", c.init);
+  v("eval", c.eval);
   v("freeze", c.freeze);
   v("param_groups", c.param_groups);
 }
@@ -456,6 +492,25 @@ void validate_run(const RunConfig& c, const Reader& r) {
   if (t.out_dir.empty()) r.fail("train.out_dir", "must not be empty");
   if (t.max_length <= 0) r.fail("train.max_length", fmt::format("must be positive, got {}", t.max_length));
   if (t.max_nonfinite_steps < 0) r.fail("train.max_nonfinite_steps", fmt::format("must be >= 0, got {}", t.max_nonfinite_steps));
+  if (t.log_every <= 0) r.fail("train.log_every", fmt::format("must be positive, got {}", t.log_every));
+  if (t.save_every < 0) r.fail("train.save_every", fmt::format("must be >= 0, got {}", t.save_every));
+  if (t.keep_last < 1) r.fail("train.keep_last", fmt::format("must be >= 1, got {}", t.keep_last));
+  const auto& d = c.data;
+  for (size_t i = 0; i < d.sources.size(); ++i) {
+    if (d.sources[i].path.empty()) r.fail(fmt::format("data.sources[{}].path", i), "must not be empty");
+    if (!(d.sources[i].weight > 0)) {
+      r.fail(fmt::format("data.sources[{}].weight", i), fmt::format("must be positive, got {}", d.sources[i].weight));
+    }
+  }
+  if (d.num_workers < 0) r.fail("data.num_workers", fmt::format("must be >= 0, got {}", d.num_workers));
+  if (d.max_bad_fraction < 0 || d.max_bad_fraction > 1) {
+    r.fail("data.max_bad_fraction", fmt::format("must be in [0, 1], got {}", d.max_bad_fraction));
+  }
+  const auto& e = c.eval;
+  if (e.every < 0) r.fail("eval.every", fmt::format("must be >= 0, got {}", e.every));
+  if (e.limit < 0) r.fail("eval.limit", fmt::format("must be >= 0, got {}", e.limit));
+  if (e.batch_size <= 0) r.fail("eval.batch_size", fmt::format("must be positive, got {}", e.batch_size));
+  if (e.max_new_tokens <= 0) r.fail("eval.max_new_tokens", fmt::format("must be positive, got {}", e.max_new_tokens));
   if (c.freeze.empty()) r.fail("freeze", "must list at least one rule (e.g. {pattern: \"*\", trainable: true})");
   for (size_t i = 0; i < c.freeze.size(); ++i) {
     if (c.freeze[i].pattern.empty()) r.fail(fmt::format("freeze[{}].pattern", i), "must not be empty");

@@ -45,6 +45,41 @@ struct TrainConfig {
   int64_t max_nonfinite_steps = 3;  // stop after this many non-finite steps in a row (each is skipped)
   int64_t max_length = 2048;        // decoder tokens per sample after splicing the visual tokens
   ActivationCheckpointing activation_checkpointing;
+  int64_t log_every = 10;           // plain progress lines off a terminal
+  int64_t save_every = 0;           // steps between training checkpoints; 0: only at the end
+  int64_t keep_last = 2;            // training checkpoints kept
+};
+
+struct DataSource {
+  std::string path;     // tar shards (a folder or .tar), JSONL, or LLaVA JSON
+  double weight = 1.0;  // share in the mixture
+};
+
+struct DataConfig {
+  std::string tokenizer;                 // SentencePiece .model
+  std::string chat_template = "mplug_owl2";
+  std::vector<DataSource> sources;
+  std::string image_mode = "pad";        // resize | pad | crop (spec §3.1)
+  bool augment = false;                  // random resized crop + horizontal flip (BLIP-2 style)
+  int64_t num_workers = 2;               // decode threads
+  bool group_by_modality = false;
+  std::string length_policy = "drop";    // drop | truncate samples longer than train.max_length
+  double max_bad_fraction = 0.01;
+};
+
+// Where the weights start: a directory or file of owl2 / HF-layout weights; empty: the documented random init.
+struct InitConfig {
+  std::string from;
+  bool allow_missing = false;            // e.g. a text-only LLM checkpoint without vision weights
+};
+
+// Periodic evaluation on a held-out question file (JSONL with question_id, image, prompt, answer, type).
+struct EvalConfig {
+  std::string heldout;
+  int64_t every = 0;                     // steps; 0: at the end only
+  int64_t limit = 0;                     // questions; 0: all
+  int64_t batch_size = 32;
+  int64_t max_new_tokens = 12;
 };
 
 // Freezing: ordered rules over parameter names, first match wins. `pattern` is a glob over the full name:
@@ -66,6 +101,9 @@ struct RunConfig {
   ModelConfig model;
   OptimConfig optim;
   TrainConfig train;
+  DataConfig data;
+  InitConfig init;
+  EvalConfig eval;
   std::vector<FreezeRule> freeze{{"*", true}};
   // No weight decay on biases and norms (the reference trainer's rule); everything else in one group.
   std::vector<ParamGroupRule> param_groups{{"no_decay", "*.bias", 1.0, 0.0},

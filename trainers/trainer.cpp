@@ -1,8 +1,8 @@
 // Trainer::step and the training state; see trainer.h.
 #include "trainers/trainer.h"
 
-#include <ATen/CPUGeneratorImpl.h>
-#include <ATen/core/Generator.h>
+#include "trainers/checkpoint.h"
+
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 #include <torch/nn/utils/clip_grad.h>
@@ -23,6 +23,7 @@ Trainer::Trainer(torch::nn::Module& model, LossSumFn loss_sum, const RunConfig& 
     auto opts = std::make_unique<torch::optim::AdamWOptions>(cfg_.optim.lr * g.lr_scale);
     opts->betas({cfg_.optim.betas[0], cfg_.optim.betas[1]}).eps(cfg_.optim.eps).weight_decay(g.weight_decay);
     groups.emplace_back(g.params, std::move(opts));
+    for (size_t i = 0; i < g.params.size(); ++i) trainable_.emplace_back(g.names[i], g.params[i]);
   }
   optim_ = std::make_unique<torch::optim::AdamW>(groups);
   if (comm_ && comm_->world_size() > 1) dp_ = std::make_unique<DataParallel>(comm_, model_);
@@ -88,23 +89,25 @@ StepResult Trainer::step(const std::vector<Batch>& micro_batches) {
   return r;
 }
 
-std::map<std::string, torch::Tensor> Trainer::state() const {
+NamedTensors Trainer::optimizer_state() { return adamw_state_tensors(*optim_, trainable_); }
+
+void Trainer::load_optimizer_state(const NamedTensors& state) {
+  optim_->state().clear();
+  load_adamw_state(*optim_, trainable_, state);
+}
+
+void Trainer::set_counters(int64_t step, int64_t nonfinite_in_a_row) {
+  step_ = step;
+  nonfinite_in_a_row_ = nonfinite_in_a_row;
+}
+
+std::map<std::string, torch::Tensor> Trainer::state() {
   std::map<std::string, torch::Tensor> out;
   for (const auto& item : model_.named_parameters(/*recurse=*/true)) out["param." + item.key()] = item.value().detach();
-  for (const auto& g : groups_) {
-    for (size_t i = 0; i < g.params.size(); ++i) {
-      auto it = optim_->state().find(g.params[i].unsafeGetTensorImpl());
-      if (it == optim_->state().end()) continue;  // never stepped
-      const auto& s = static_cast<const torch::optim::AdamWParamState&>(*it->second);
-      const std::string base = "adamw." + g.names[i];
-      out[base + ".exp_avg"] = s.exp_avg();
-      out[base + ".exp_avg_sq"] = s.exp_avg_sq();
-      out[base + ".step"] = torch::tensor(s.step(), torch::kInt64);
-    }
-  }
+  for (const auto& [k, v] : optimizer_state()) out["adamw." + k] = v;
+  for (const auto& [k, v] : capture_rng_states()) out["rng." + k] = v;
   out["trainer.step"] = torch::tensor(step_, torch::kInt64);
   out["trainer.nonfinite"] = torch::tensor(nonfinite_in_a_row_, torch::kInt64);
-  out["rng.cpu"] = at::detail::getDefaultCPUGenerator().get_state();
   return out;
 }
 
@@ -113,6 +116,14 @@ const torch::Tensor& need(const std::map<std::string, torch::Tensor>& state, con
   auto it = state.find(key);
   if (it == state.end()) throw std::invalid_argument("training state: missing entry '" + key + "'");
   return it->second;
+}
+
+NamedTensors with_prefix(const std::map<std::string, torch::Tensor>& state, const std::string& prefix) {
+  NamedTensors out;
+  for (const auto& [k, v] : state) {
+    if (k.rfind(prefix, 0) == 0) out.emplace_back(k.substr(prefix.size()), v);
+  }
+  return out;
 }
 }  // namespace
 
@@ -126,25 +137,9 @@ void Trainer::load_state(const std::map<std::string, torch::Tensor>& state) {
     }
     item.value().copy_(src);
   }
-  optim_->state().clear();
-  for (const auto& g : groups_) {
-    for (size_t i = 0; i < g.params.size(); ++i) {
-      const std::string base = "adamw." + g.names[i];
-      if (!state.count(base + ".step")) continue;
-      auto s = std::make_unique<torch::optim::AdamWParamState>();
-      s->step(need(state, base + ".step").item<int64_t>());
-      s->exp_avg(need(state, base + ".exp_avg").clone());
-      s->exp_avg_sq(need(state, base + ".exp_avg_sq").clone());
-      if (s->exp_avg().sizes() != g.params[i].sizes()) {
-        throw std::invalid_argument(fmt::format("training state: '{}.exp_avg' has the wrong shape", base));
-      }
-      optim_->state()[g.params[i].unsafeGetTensorImpl()] = std::move(s);
-    }
-  }
-  step_ = need(state, "trainer.step").item<int64_t>();
-  nonfinite_in_a_row_ = need(state, "trainer.nonfinite").item<int64_t>();
-  at::Generator gen = at::detail::getDefaultCPUGenerator();
-  gen.set_state(need(state, "rng.cpu"));
+  load_optimizer_state(with_prefix(state, "adamw."));
+  set_counters(need(state, "trainer.step").item<int64_t>(), need(state, "trainer.nonfinite").item<int64_t>());
+  restore_rng_states(with_prefix(state, "rng."));
 }
 
 }  // namespace owl2

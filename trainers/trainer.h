@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "data/batch.h"
+#include "owl2/safetensors.h"
 #include "trainers/config.h"
 #include "trainers/distributed.h"
 #include "trainers/param_rules.h"
@@ -46,9 +47,16 @@ class Trainer {
   const std::string& freeze_table() const { return freeze_table_; }
   std::string groups_table() const { return describe_param_groups(groups_); }
 
-  // Everything needed for an exact resume: "param.<name>" (all parameters, trainable or not),
-  // "adamw.<name>.{exp_avg,exp_avg_sq,step}", "trainer.step", "trainer.nonfinite", "rng.cpu".
-  std::map<std::string, torch::Tensor> state() const;
+  // The optimizer's parameters by name, and its state as named tensors (for checkpoints).
+  const NamedTensors& trainable() const { return trainable_; }
+  NamedTensors optimizer_state();
+  void load_optimizer_state(const NamedTensors& state);
+  // Step counters travel in the checkpoint's scheduler record.
+  void set_counters(int64_t step, int64_t nonfinite_in_a_row);
+
+  // Everything needed for an exact resume in memory (tests): "param.<name>" for every parameter,
+  // "adamw.<name>.*", "trainer.step", "trainer.nonfinite" and "rng.<device>".
+  std::map<std::string, torch::Tensor> state();
   // Restores state(); throws std::invalid_argument naming the first missing or mis-shaped entry.
   void load_state(const std::map<std::string, torch::Tensor>& state);
 
@@ -57,6 +65,7 @@ class Trainer {
   LossSumFn loss_sum_;
   RunConfig cfg_;
   std::vector<ParamGroup> groups_;
+  NamedTensors trainable_;
   std::unique_ptr<torch::optim::AdamW> optim_;
   std::shared_ptr<Comm> comm_;
   std::unique_ptr<DataParallel> dp_;
