@@ -17,6 +17,13 @@
 #include <opencv2/core.hpp>
 #include <opencv2/imgcodecs.hpp>
 #endif
+#ifdef OWL2_WITH_LIBJPEG
+#include <csetjmp>
+#include <cstdio>  // jpeglib.h needs FILE
+#include <cstdlib>
+#include <jpeglib.h>
+#include <jerror.h>
+#endif
 
 namespace owl2 {
 namespace {
@@ -249,6 +256,77 @@ uint64_t splitmix(uint64_t x) {
   return x ^ (x >> 31);
 }
 
+#ifdef OWL2_WITH_LIBJPEG
+// libjpeg reports errors through longjmp, so this function keeps only plain data on its frame.
+struct JpegErrorManager {
+  jpeg_error_mgr mgr;
+  std::jmp_buf jump;
+  char message[JMSG_LENGTH_MAX];
+};
+
+void jpeg_error_exit(j_common_ptr cinfo) {
+  auto* e = reinterpret_cast<JpegErrorManager*>(cinfo->err);
+  (*cinfo->err->format_message)(cinfo, e->message);
+  std::longjmp(e->jump, 1);
+}
+
+void jpeg_emit_message(j_common_ptr cinfo, int level) {
+  // Warnings such as extraneous bytes are tolerated (PIL loads those files too); a file cut short is not.
+  if (level < 0 && cinfo->err->msg_code == JWRN_JPEG_EOF) jpeg_error_exit(cinfo);
+}
+
+// Decodes 8-bit JPEG straight to RGB with libjpeg's default (ISLOW) IDCT and fancy upsampling, the settings of
+// both PIL and OpenCV. Returns 1 on success, 0 on an error (message in err), 2 for a truncated file, -1 for
+// colour spaces left to OpenCV.
+// The pixels are malloc'ed into *pixels (the caller owns them).
+int jpeg_decode_rgb(const uint8_t* data, size_t size, uint8_t** pixels, int* height, int* width, char* err) {
+  jpeg_decompress_struct cinfo;
+  JpegErrorManager jerr;
+  uint8_t* volatile out = nullptr;
+  cinfo.err = jpeg_std_error(&jerr.mgr);
+  jerr.mgr.error_exit = jpeg_error_exit;
+  jerr.mgr.emit_message = jpeg_emit_message;
+  if (setjmp(jerr.jump)) {
+    std::snprintf(err, JMSG_LENGTH_MAX, "%s", jerr.message);
+    const bool truncated = cinfo.err->msg_code == JWRN_JPEG_EOF;
+    jpeg_destroy_decompress(&cinfo);
+    std::free(out);
+    return truncated ? 2 : 0;
+  }
+  jpeg_create_decompress(&cinfo);
+  jpeg_mem_src(&cinfo, data, static_cast<unsigned long>(size));
+  jpeg_read_header(&cinfo, TRUE);
+  const bool grey = cinfo.jpeg_color_space == JCS_GRAYSCALE;
+  if (!grey && cinfo.jpeg_color_space != JCS_YCbCr && cinfo.jpeg_color_space != JCS_RGB) {
+    jpeg_destroy_decompress(&cinfo);
+    return -1;  // CMYK / YCCK
+  }
+  cinfo.out_color_space = grey ? JCS_GRAYSCALE : JCS_RGB;
+  jpeg_start_decompress(&cinfo);
+  const int w = static_cast<int>(cinfo.output_width), h = static_cast<int>(cinfo.output_height);
+  out = static_cast<uint8_t*>(std::malloc(static_cast<size_t>(w) * h * 3));
+  if (!out) {
+    std::snprintf(err, JMSG_LENGTH_MAX, "out of memory for %dx%d pixels", w, h);
+    jpeg_destroy_decompress(&cinfo);
+    return 0;
+  }
+  while (cinfo.output_scanline < cinfo.output_height) {
+    uint8_t* row = out + static_cast<size_t>(cinfo.output_scanline) * w * 3;
+    JSAMPROW rows[1] = {row};
+    jpeg_read_scanlines(&cinfo, rows, 1);
+    if (grey) {  // decoded into the first third of the row: spread from the back
+      for (int x = w - 1; x >= 0; --x) row[3 * x] = row[3 * x + 1] = row[3 * x + 2] = row[x];
+    }
+  }
+  jpeg_finish_decompress(&cinfo);
+  jpeg_destroy_decompress(&cinfo);
+  *pixels = out;
+  *height = h;
+  *width = w;
+  return 1;
+}
+#endif
+
 #ifdef OWL2_WITH_OPENCV
 // JPEG decoders accept a file cut short (they fill the rest with grey and only warn); PIL refuses it. A JPEG
 // must end with its EOI marker, allowing trailing padding or an appended trailer of up to 64 KiB.
@@ -292,6 +370,19 @@ torch::Tensor decode_image(std::string_view bytes, const std::string& name) {
   if (bytes.empty()) throw std::runtime_error(fmt::format("image {}: empty file", name));
   const bool is_jpeg = bytes.size() >= 3 && static_cast<uint8_t>(bytes[0]) == 0xFF &&
                        static_cast<uint8_t>(bytes[1]) == 0xD8 && static_cast<uint8_t>(bytes[2]) == 0xFF;
+#ifdef OWL2_WITH_LIBJPEG
+  if (is_jpeg) {
+    uint8_t* pixels = nullptr;
+    int h = 0, w = 0;
+    char err[JMSG_LENGTH_MAX] = {0};
+    const int rc = jpeg_decode_rgb(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), &pixels, &h, &w, err);
+    if (rc == 0 || rc == 2) {
+      throw std::runtime_error(fmt::format("image {}: {} ({}, {} bytes)", name,
+                                           rc == 2 ? "truncated JPEG" : "cannot decode JPEG", err, bytes.size()));
+    }
+    if (rc == 1) return torch::from_blob(pixels, {h, w, 3}, [](void* p) { std::free(p); }, torch::kUInt8);
+  }
+#endif
   if (is_jpeg && !jpeg_has_eoi(bytes)) {
     throw std::runtime_error(fmt::format("image {}: truncated JPEG (no end-of-image marker; {} bytes)", name,
                                          bytes.size()));
