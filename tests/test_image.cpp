@@ -178,3 +178,15 @@ TEST_CASE("augmentation is seeded: same seed same tensor, crops within bounds, f
   const auto plain = owl2::preprocess_image(owl2::resize_bicubic(img, 32, 32), cfg);
   CHECK(owl2::augment_image(img, cfg, whole, 3).equal(plain.flip({2})));
 }
+
+TEST_CASE("owl2 bench data runs end to end and rejects a bad mode", "[image][cli]") {
+  const auto bad = owl2::test::run_owl2("bench data --mode stretch --no-python");
+  CHECK(bad.rc == 2);
+  CHECK_THAT(bad.out, Contains("expected resize|pad|crop, got 'stretch'"));
+  if (!owl2::image_decoding_available()) return;
+  const auto r = owl2::test::run_owl2("bench data --no-python --images 3 --threads 2 --size 64 --mode crop");
+  INFO(r.out);
+  CHECK(r.rc == 0);
+  CHECK_THAT(r.out, Contains("JPEG 640x480") && Contains("-> float32 [3, 64, 64], mode crop") &&
+                        Contains("owl2 img/cpu-s"));
+}
