@@ -198,7 +198,7 @@ torch::Tensor resize_window(const torch::Tensor& img, int64_t out_h, int64_t out
 }
 
 // uint8 HWC window -> normalized float CHW, through a per-channel lookup table.
-void normalize_into(const torch::Tensor& img_SS3, const ImageConfig& cfg, torch::Tensor& out) {
+void normalize_into(const torch::Tensor& img_SS3, const ImageConfig& cfg, const torch::Tensor& out) {
   TORCH_CHECK(out.scalar_type() == torch::kFloat && out.is_contiguous() && out.dim() == 3 && out.size(0) == 3 &&
                   out.size(1) == cfg.size && out.size(2) == cfg.size,
               "preprocess_image_into: expected a contiguous float32 [3, ", cfg.size, ", ", cfg.size, "] output, got ",
@@ -461,7 +461,7 @@ torch::Tensor expand_to_square(const torch::Tensor& rgb_HW3, const std::array<ui
   return out;
 }
 
-void preprocess_image_into(const torch::Tensor& rgb_HW3, const ImageConfig& cfg, torch::Tensor& out_3SS) {
+void preprocess_image_into(const torch::Tensor& rgb_HW3, const ImageConfig& cfg, const torch::Tensor& out_3SS) {
   check_rgb(rgb_HW3, "preprocess_image");
   check_config(cfg);
   torch::Tensor square = rgb_HW3;
@@ -521,8 +521,8 @@ CropBox random_resized_crop_box(int64_t height, int64_t width, const AugmentConf
   return box;
 }
 
-torch::Tensor augment_image(const torch::Tensor& rgb_HW3, const ImageConfig& cfg, const AugmentConfig& aug,
-                            uint64_t seed) {
+void augment_image_into(const torch::Tensor& rgb_HW3, const ImageConfig& cfg, const AugmentConfig& aug,
+                        uint64_t seed, const torch::Tensor& out_3SS) {
   check_rgb(rgb_HW3, "augment_image");
   check_config(cfg);
   bool flip = false;
@@ -537,8 +537,13 @@ torch::Tensor augment_image(const torch::Tensor& rgb_HW3, const ImageConfig& cfg
       for (int64_t a = 0, z = cfg.size - 1; a < z; ++a, --z) std::swap_ranges(row + 3 * a, row + 3 * a + 3, row + 3 * z);
     }
   }
+  normalize_into(resized, cfg, out_3SS);
+}
+
+torch::Tensor augment_image(const torch::Tensor& rgb_HW3, const ImageConfig& cfg, const AugmentConfig& aug,
+                            uint64_t seed) {
   torch::Tensor out = torch::empty({3, cfg.size, cfg.size}, torch::kFloat);
-  normalize_into(resized, cfg, out);
+  augment_image_into(rgb_HW3, cfg, aug, seed, out);
   return out;
 }
 
