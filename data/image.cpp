@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <fstream>
 #include <iterator>
 #include <random>
@@ -16,6 +17,13 @@
 #include <opencv2/core.hpp>
 #include <opencv2/imgcodecs.hpp>
 #endif
+#ifdef OWL2_WITH_LIBJPEG
+#include <csetjmp>
+#include <cstdio>  // jpeglib.h needs FILE
+#include <cstdlib>
+#include <jpeglib.h>
+#include <jerror.h>
+#endif
 
 namespace owl2 {
 namespace {
@@ -23,6 +31,14 @@ namespace {
 // ---- PIL-equivalent bicubic resampling (uint8, 3 channels) ---------------------------------------------------
 
 constexpr int kPrecisionBits = 32 - 8 - 2;  // PIL's fixed-point weights for 8-bit images
+
+// The vertical pass is a plain integer loop that vectorizes; on x86-64 an AVX2 copy is chosen at load time (8-lane
+// 32-bit multiplies; the baseline SSE2 has none). Same integer arithmetic, so results are identical.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define OWL2_SIMD_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define OWL2_SIMD_CLONES
+#endif
 
 double bicubic(double x) {  // Keys cubic with a = -0.5, support 2
   constexpr double a = -0.5;
@@ -76,31 +92,46 @@ inline uint8_t clip8(int32_t v) {
   return static_cast<uint8_t>(v < 0 ? 0 : v > 255 ? 255 : v);
 }
 
-// Rows [y0, y1) of `in` (width in_w, row stride in_stride bytes), output columns [c0, c1) of the horizontal pass.
+// One output pixel of the horizontal pass. Three scalar accumulators: the compiler schedules this better than
+// 4-lane vectors (measured), and the gather of 3-byte pixels leaves little for SIMD.
+inline void horizontal_pixel(const uint8_t* row, const Taps& t, int xx, uint8_t* o) {
+  const int32_t* k = &t.weight[static_cast<size_t>(xx) * t.ksize];
+  const uint8_t* p = row + static_cast<int64_t>(t.first[xx]) * 3;
+  int32_t s0 = 1 << (kPrecisionBits - 1), s1 = s0, s2 = s0;
+  for (int x = 0, n = t.count[xx]; x < n; ++x, p += 3) {
+    s0 += p[0] * k[x];
+    s1 += p[1] * k[x];
+    s2 += p[2] * k[x];
+  }
+  o[0] = clip8(s0);
+  o[1] = clip8(s1);
+  o[2] = clip8(s2);
+}
+
+// Rows [y0, y1) of `in` (row stride in_stride bytes), output columns [c0, c1) of the horizontal pass. Rows below
+// same_top are all equal, and so are rows from same_bottom on (the pad bands of expand_to_square): each band is
+// computed once and copied.
 void resample_horizontal(const uint8_t* in, int64_t in_stride, int y0, int y1, const Taps& t, int c0, int c1,
-                         uint8_t* out) {
+                         uint8_t* out, int same_top, int same_bottom) {
   const int64_t out_stride = static_cast<int64_t>(c1 - c0) * 3;
+  const uint8_t* top_row = nullptr;
+  const uint8_t* bottom_row = nullptr;
   for (int y = y0; y < y1; ++y) {
-    const uint8_t* row = in + y * in_stride;
     uint8_t* o = out + (y - y0) * out_stride;
-    for (int xx = c0; xx < c1; ++xx, o += 3) {
-      const int32_t* k = &t.weight[static_cast<size_t>(xx) * t.ksize];
-      const uint8_t* p = row + static_cast<int64_t>(t.first[xx]) * 3;
-      int32_t s0 = 1 << (kPrecisionBits - 1), s1 = s0, s2 = s0;
-      for (int x = 0, n = t.count[xx]; x < n; ++x, p += 3) {
-        s0 += p[0] * k[x];
-        s1 += p[1] * k[x];
-        s2 += p[2] * k[x];
-      }
-      o[0] = clip8(s0);
-      o[1] = clip8(s1);
-      o[2] = clip8(s2);
+    const uint8_t*& done = y < same_top ? top_row : bottom_row;
+    const bool same = y < same_top || y >= same_bottom;
+    if (same && done) {
+      std::memcpy(o, done, out_stride);
+      continue;
     }
+    if (same) done = o;
+    const uint8_t* row = in + y * in_stride;
+    for (int xx = c0; xx < c1; ++xx, o += 3) horizontal_pixel(row, t, xx, o);
   }
 }
 
 // Output rows [r0, r1) of the vertical pass; `in` holds input rows starting at row `in_row0`, `width3` bytes each.
-void resample_vertical(const uint8_t* in, int in_row0, int64_t width3, const Taps& t, int r0, int r1, uint8_t* out) {
+OWL2_SIMD_CLONES void resample_vertical(const uint8_t* in, int in_row0, int64_t width3, const Taps& t, int r0, int r1, uint8_t* out) {
   std::vector<int32_t> acc(width3);
   for (int yy = r0; yy < r1; ++yy) {
     std::fill(acc.begin(), acc.end(), 1 << (kPrecisionBits - 1));
@@ -124,8 +155,10 @@ void check_rgb(const torch::Tensor& img, const char* what) {
 // Resizes to (out_h, out_w) as PIL does and returns only the window rows [r0, r0+wh) x cols [c0, c0+ww).
 // Each output pixel depends only on its own taps, so the window equals a crop of the full resize.
 torch::Tensor resize_window(const torch::Tensor& img, int64_t out_h, int64_t out_w, int64_t r0, int64_t c0,
-                            int64_t wh, int64_t ww) {
-  const torch::Tensor src = img.contiguous();
+                            int64_t wh, int64_t ww, int64_t same_top = 0, int64_t same_bottom = 0) {
+  // Row-strided views (crops of an HWC image) are read in place.
+  const torch::Tensor src = img.stride(2) == 1 && img.stride(1) == 3 ? img : img.contiguous();
+  const int64_t row_stride = src.stride(0);
   const int in_h = static_cast<int>(src.size(0)), in_w = static_cast<int>(src.size(1));
   const uint8_t* data = src.data_ptr<uint8_t>();
   const bool need_h = out_w != in_w, need_v = out_h != in_h;
@@ -143,13 +176,19 @@ torch::Tensor resize_window(const torch::Tensor& img, int64_t out_h, int64_t out
   if (need_h) {
     const Taps th = bicubic_taps(in_w, static_cast<int>(out_w));
     mid = torch::empty({row1 - row0, ww, 3}, torch::kUInt8);
-    resample_horizontal(data, static_cast<int64_t>(in_w) * 3, row0, row1, th, static_cast<int>(c0),
-                        static_cast<int>(c0 + ww), mid.data_ptr<uint8_t>());
+    resample_horizontal(data, row_stride, row0, row1, th, static_cast<int>(c0), static_cast<int>(c0 + ww),
+                        mid.data_ptr<uint8_t>(), static_cast<int>(same_top),
+                        static_cast<int>(same_bottom > 0 ? in_h - same_bottom : in_h));
     mid_data = mid.data_ptr<uint8_t>();
   } else {
-    // No horizontal resampling: the column window is a plain crop.
-    mid = src.index({torch::indexing::Slice(row0, row1), torch::indexing::Slice(c0, c0 + ww)}).contiguous();
-    mid_data = mid.data_ptr<uint8_t>();
+    // No horizontal resampling: the column window is a plain crop (plain copies: no torch kernels, which
+    // would start intra-op threads inside the loader's decode threads).
+    mid = torch::empty({row1 - row0, ww, 3}, torch::kUInt8);
+    uint8_t* m = mid.data_ptr<uint8_t>();
+    for (int y = row0; y < row1; ++y) {
+      std::memcpy(m + (y - row0) * ww * 3, data + y * row_stride + c0 * 3, ww * 3);
+    }
+    mid_data = m;
   }
   if (!need_v) return mid;
   torch::Tensor out = torch::empty({wh, ww, 3}, torch::kUInt8);
@@ -159,7 +198,7 @@ torch::Tensor resize_window(const torch::Tensor& img, int64_t out_h, int64_t out
 }
 
 // uint8 HWC window -> normalized float CHW, through a per-channel lookup table.
-void normalize_into(const torch::Tensor& img_SS3, const ImageConfig& cfg, torch::Tensor& out) {
+void normalize_into(const torch::Tensor& img_SS3, const ImageConfig& cfg, const torch::Tensor& out) {
   TORCH_CHECK(out.scalar_type() == torch::kFloat && out.is_contiguous() && out.dim() == 3 && out.size(0) == 3 &&
                   out.size(1) == cfg.size && out.size(2) == cfg.size,
               "preprocess_image_into: expected a contiguous float32 [3, ", cfg.size, ", ", cfg.size, "] output, got ",
@@ -183,13 +222,14 @@ void normalize_into(const torch::Tensor& img_SS3, const ImageConfig& cfg, torch:
 }
 
 // The CLIP processor's geometry: shortest edge to `size` (long edge int(size * long / short)), centre crop.
-torch::Tensor clip_resize_crop(const torch::Tensor& img, int64_t size) {
+// pad_top / pad_bottom: uniform pad bands of an expanded image (rows computed once; see resample_horizontal).
+torch::Tensor clip_resize_crop(const torch::Tensor& img, int64_t size, int64_t pad_top = 0, int64_t pad_bottom = 0) {
   const int64_t h = img.size(0), w = img.size(1);
   const int64_t short_edge = std::min(h, w), long_edge = std::max(h, w);
   const auto new_long = static_cast<int64_t>(static_cast<double>(size * long_edge) / static_cast<double>(short_edge));
   const int64_t new_h = h <= w ? size : new_long;
   const int64_t new_w = h <= w ? new_long : size;
-  return resize_window(img, new_h, new_w, (new_h - size) / 2, (new_w - size) / 2, size, size);
+  return resize_window(img, new_h, new_w, (new_h - size) / 2, (new_w - size) / 2, size, size, pad_top, pad_bottom);
 }
 
 void check_config(const ImageConfig& cfg) {
@@ -205,6 +245,77 @@ uint64_t splitmix(uint64_t x) {
   x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
   return x ^ (x >> 31);
 }
+
+#ifdef OWL2_WITH_LIBJPEG
+// libjpeg reports errors through longjmp, so this function keeps only plain data on its frame.
+struct JpegErrorManager {
+  jpeg_error_mgr mgr;
+  std::jmp_buf jump;
+  char message[JMSG_LENGTH_MAX];
+};
+
+void jpeg_error_exit(j_common_ptr cinfo) {
+  auto* e = reinterpret_cast<JpegErrorManager*>(cinfo->err);
+  (*cinfo->err->format_message)(cinfo, e->message);
+  std::longjmp(e->jump, 1);
+}
+
+void jpeg_emit_message(j_common_ptr cinfo, int level) {
+  // Warnings such as extraneous bytes are tolerated (PIL loads those files too); a file cut short is not.
+  if (level < 0 && cinfo->err->msg_code == JWRN_JPEG_EOF) jpeg_error_exit(cinfo);
+}
+
+// Decodes 8-bit JPEG straight to RGB with libjpeg's default (ISLOW) IDCT and fancy upsampling, the settings of
+// both PIL and OpenCV. Returns 1 on success, 0 on an error (message in err), 2 for a truncated file, -1 for
+// colour spaces left to OpenCV.
+// The pixels are malloc'ed into *pixels (the caller owns them).
+int jpeg_decode_rgb(const uint8_t* data, size_t size, uint8_t** pixels, int* height, int* width, char* err) {
+  jpeg_decompress_struct cinfo;
+  JpegErrorManager jerr;
+  uint8_t* volatile out = nullptr;
+  cinfo.err = jpeg_std_error(&jerr.mgr);
+  jerr.mgr.error_exit = jpeg_error_exit;
+  jerr.mgr.emit_message = jpeg_emit_message;
+  if (setjmp(jerr.jump)) {
+    std::snprintf(err, JMSG_LENGTH_MAX, "%s", jerr.message);
+    const bool truncated = cinfo.err->msg_code == JWRN_JPEG_EOF;
+    jpeg_destroy_decompress(&cinfo);
+    std::free(out);
+    return truncated ? 2 : 0;
+  }
+  jpeg_create_decompress(&cinfo);
+  jpeg_mem_src(&cinfo, data, static_cast<unsigned long>(size));
+  jpeg_read_header(&cinfo, TRUE);
+  const bool grey = cinfo.jpeg_color_space == JCS_GRAYSCALE;
+  if (!grey && cinfo.jpeg_color_space != JCS_YCbCr && cinfo.jpeg_color_space != JCS_RGB) {
+    jpeg_destroy_decompress(&cinfo);
+    return -1;  // CMYK / YCCK
+  }
+  cinfo.out_color_space = grey ? JCS_GRAYSCALE : JCS_RGB;
+  jpeg_start_decompress(&cinfo);
+  const int w = static_cast<int>(cinfo.output_width), h = static_cast<int>(cinfo.output_height);
+  out = static_cast<uint8_t*>(std::malloc(static_cast<size_t>(w) * h * 3));
+  if (!out) {
+    std::snprintf(err, JMSG_LENGTH_MAX, "out of memory for %dx%d pixels", w, h);
+    jpeg_destroy_decompress(&cinfo);
+    return 0;
+  }
+  while (cinfo.output_scanline < cinfo.output_height) {
+    uint8_t* row = out + static_cast<size_t>(cinfo.output_scanline) * w * 3;
+    JSAMPROW rows[1] = {row};
+    jpeg_read_scanlines(&cinfo, rows, 1);
+    if (grey) {  // decoded into the first third of the row: spread from the back
+      for (int x = w - 1; x >= 0; --x) row[3 * x] = row[3 * x + 1] = row[3 * x + 2] = row[x];
+    }
+  }
+  jpeg_finish_decompress(&cinfo);
+  jpeg_destroy_decompress(&cinfo);
+  *pixels = out;
+  *height = h;
+  *width = w;
+  return 1;
+}
+#endif
 
 #ifdef OWL2_WITH_OPENCV
 // JPEG decoders accept a file cut short (they fill the rest with grey and only warn); PIL refuses it. A JPEG
@@ -249,6 +360,19 @@ torch::Tensor decode_image(std::string_view bytes, const std::string& name) {
   if (bytes.empty()) throw std::runtime_error(fmt::format("image {}: empty file", name));
   const bool is_jpeg = bytes.size() >= 3 && static_cast<uint8_t>(bytes[0]) == 0xFF &&
                        static_cast<uint8_t>(bytes[1]) == 0xD8 && static_cast<uint8_t>(bytes[2]) == 0xFF;
+#ifdef OWL2_WITH_LIBJPEG
+  if (is_jpeg) {
+    uint8_t* pixels = nullptr;
+    int h = 0, w = 0;
+    char err[JMSG_LENGTH_MAX] = {0};
+    const int rc = jpeg_decode_rgb(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), &pixels, &h, &w, err);
+    if (rc == 0 || rc == 2) {
+      throw std::runtime_error(fmt::format("image {}: {} ({}, {} bytes)", name,
+                                           rc == 2 ? "truncated JPEG" : "cannot decode JPEG", err, bytes.size()));
+    }
+    if (rc == 1) return torch::from_blob(pixels, {h, w, 3}, [](void* p) { std::free(p); }, torch::kUInt8);
+  }
+#endif
   if (is_jpeg && !jpeg_has_eoi(bytes)) {
     throw std::runtime_error(fmt::format("image {}: truncated JPEG (no end-of-image marker; {} bytes)", name,
                                          bytes.size()));
@@ -327,25 +451,30 @@ torch::Tensor expand_to_square(const torch::Tensor& rgb_HW3, const std::array<ui
   check_rgb(rgb_HW3, "expand_to_square");
   const int64_t h = rgb_HW3.size(0), w = rgb_HW3.size(1), m = std::max(h, w);
   if (h == w) return rgb_HW3;
+  const torch::Tensor src = rgb_HW3.contiguous();
   torch::Tensor out = torch::empty({m, m, 3}, torch::kUInt8);
-  for (int c = 0; c < 3; ++c) out.select(2, c).fill_(fill[c]);
+  uint8_t* o = out.data_ptr<uint8_t>();
+  for (int64_t i = 0; i < m * m; ++i) std::memcpy(o + 3 * i, fill.data(), 3);
   const int64_t top = (m - h) / 2, left = (m - w) / 2;
-  using torch::indexing::Slice;
-  out.index_put_({Slice(top, top + h), Slice(left, left + w)}, rgb_HW3);
+  const uint8_t* s = src.data_ptr<uint8_t>();
+  for (int64_t y = 0; y < h; ++y) std::memcpy(o + ((top + y) * m + left) * 3, s + y * w * 3, w * 3);
   return out;
 }
 
-void preprocess_image_into(const torch::Tensor& rgb_HW3, const ImageConfig& cfg, torch::Tensor& out_3SS) {
+void preprocess_image_into(const torch::Tensor& rgb_HW3, const ImageConfig& cfg, const torch::Tensor& out_3SS) {
   check_rgb(rgb_HW3, "preprocess_image");
   check_config(cfg);
   torch::Tensor square = rgb_HW3;
-  const int64_t m = std::max(rgb_HW3.size(0), rgb_HW3.size(1));
-  if (cfg.mode == ImageMode::kResize && rgb_HW3.size(0) != rgb_HW3.size(1)) {
+  const int64_t h = rgb_HW3.size(0), m = std::max(h, rgb_HW3.size(1));
+  int64_t pad_top = 0, pad_bottom = 0;
+  if (cfg.mode == ImageMode::kResize && h != rgb_HW3.size(1)) {
     square = resize_window(rgb_HW3, m, m, 0, 0, m, m);  // its own uint8 pass, as PIL does it
   } else if (cfg.mode == ImageMode::kPad) {
     square = expand_to_square(rgb_HW3, cfg.pad_color);
+    pad_top = (m - h) / 2;
+    pad_bottom = m - h - pad_top;
   }
-  normalize_into(clip_resize_crop(square, cfg.size), cfg, out_3SS);
+  normalize_into(clip_resize_crop(square, cfg.size, pad_top, pad_bottom), cfg, out_3SS);
 }
 
 torch::Tensor preprocess_image(const torch::Tensor& rgb_HW3, const ImageConfig& cfg) {
@@ -392,8 +521,8 @@ CropBox random_resized_crop_box(int64_t height, int64_t width, const AugmentConf
   return box;
 }
 
-torch::Tensor augment_image(const torch::Tensor& rgb_HW3, const ImageConfig& cfg, const AugmentConfig& aug,
-                            uint64_t seed) {
+void augment_image_into(const torch::Tensor& rgb_HW3, const ImageConfig& cfg, const AugmentConfig& aug,
+                        uint64_t seed, const torch::Tensor& out_3SS) {
   check_rgb(rgb_HW3, "augment_image");
   check_config(cfg);
   bool flip = false;
@@ -401,9 +530,20 @@ torch::Tensor augment_image(const torch::Tensor& rgb_HW3, const ImageConfig& cfg
   using torch::indexing::Slice;
   torch::Tensor crop = rgb_HW3.index({Slice(b.top, b.top + b.height), Slice(b.left, b.left + b.width)});
   torch::Tensor resized = resize_window(crop, cfg.size, cfg.size, 0, 0, cfg.size, cfg.size);
-  if (flip) resized = resized.flip({1}).contiguous();
+  if (flip) {
+    uint8_t* p = resized.data_ptr<uint8_t>();
+    for (int64_t y = 0; y < cfg.size; ++y) {
+      uint8_t* row = p + y * cfg.size * 3;
+      for (int64_t a = 0, z = cfg.size - 1; a < z; ++a, --z) std::swap_ranges(row + 3 * a, row + 3 * a + 3, row + 3 * z);
+    }
+  }
+  normalize_into(resized, cfg, out_3SS);
+}
+
+torch::Tensor augment_image(const torch::Tensor& rgb_HW3, const ImageConfig& cfg, const AugmentConfig& aug,
+                            uint64_t seed) {
   torch::Tensor out = torch::empty({3, cfg.size, cfg.size}, torch::kFloat);
-  normalize_into(resized, cfg, out);
+  augment_image_into(rgb_HW3, cfg, aug, seed, out);
   return out;
 }
 

@@ -51,11 +51,13 @@ torch::Tensor expand_to_square(const torch::Tensor& rgb_HW3, const std::array<ui
 
 // Mode, bicubic resize to cfg.size, centre crop, /255 and CLIP normalization: float32 [3, size, size].
 torch::Tensor preprocess_image(const torch::Tensor& rgb_HW3, const ImageConfig& cfg);
-// The same, written into out_3SS (float32, contiguous, [3, size, size]; e.g. one slot of a pinned batch).
-void preprocess_image_into(const torch::Tensor& rgb_HW3, const ImageConfig& cfg, torch::Tensor& out_3SS);
+// The same, written into out_3SS (float32, contiguous, [3, size, size]; e.g. batch[i] of a pinned batch).
+void preprocess_image_into(const torch::Tensor& rgb_HW3, const ImageConfig& cfg, const torch::Tensor& out_3SS);
 // Augmented variant (pretraining): deterministic for a given seed; ignores cfg.mode.
 torch::Tensor augment_image(const torch::Tensor& rgb_HW3, const ImageConfig& cfg, const AugmentConfig& aug,
                             uint64_t seed);
+void augment_image_into(const torch::Tensor& rgb_HW3, const ImageConfig& cfg, const AugmentConfig& aug,
+                        uint64_t seed, const torch::Tensor& out_3SS);
 
 struct CropBox {
   int64_t top, left, height, width;

@@ -13,7 +13,7 @@ APT_PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config python3-venv
   libopencv-core-dev libopencv-imgproc-dev libopencv-imgcodecs-dev
   libyaml-cpp-dev libsentencepiece-dev catch2 nlohmann-json3-dev libcli11-dev libgloo-dev
-  libarchive-dev
+  libarchive-dev libjpeg-dev
 )
 
 missing=()

@@ -139,12 +139,11 @@ TEST_CASE("preprocessing works on decoded tensors: pad colour, layout and normal
   CHECK(c[0][20][5].item<double>() < c[0][20][60].item<double>());
   // preprocess_image_into writes into a slot of a batch.
   auto batch = torch::zeros({2, 3, 64, 64});
-  auto slot = batch[1];
-  owl2::preprocess_image_into(split, cfg, slot);
+  owl2::preprocess_image_into(split, cfg, batch[1]);
   CHECK(batch[1].equal(c));
   CHECK((batch[0] == 0).all().item<bool>());
-  auto wrong = torch::zeros({3, 32, 32});
-  CHECK_THROWS_WITH(owl2::preprocess_image_into(split, cfg, wrong), Contains("[3, 64, 64]"));
+  CHECK_THROWS_WITH(owl2::preprocess_image_into(split, cfg, torch::zeros({3, 32, 32})), Contains("[3, 64, 64]"));
+  CHECK_THROWS_WITH(owl2::preprocess_image_into(split, cfg, batch.transpose(2, 3)[0]), Contains("contiguous"));
   CHECK_THROWS_WITH(owl2::parse_image_mode("stretch"), Contains("expected resize|pad|crop, got 'stretch'"));
 }
 
@@ -154,6 +153,9 @@ TEST_CASE("augmentation is seeded: same seed same tensor, crops within bounds, f
   owl2::AugmentConfig aug;
   const auto img = torch::randint(0, 256, {60, 90, 3}, torch::kUInt8);
   CHECK(owl2::augment_image(img, cfg, aug, 7).equal(owl2::augment_image(img, cfg, aug, 7)));
+  auto slots = torch::zeros({2, 3, 32, 32});
+  owl2::augment_image_into(img, cfg, aug, 7, slots[0]);
+  CHECK(slots[0].equal(owl2::augment_image(img, cfg, aug, 7)));
   CHECK_FALSE(owl2::augment_image(img, cfg, aug, 7).equal(owl2::augment_image(img, cfg, aug, 8)));
   int flips = 0;
   for (uint64_t s = 0; s < 200; ++s) {
@@ -177,4 +179,16 @@ TEST_CASE("augmentation is seeded: same seed same tensor, crops within bounds, f
   cfg.mode = ImageMode::kResize;
   const auto plain = owl2::preprocess_image(owl2::resize_bicubic(img, 32, 32), cfg);
   CHECK(owl2::augment_image(img, cfg, whole, 3).equal(plain.flip({2})));
+}
+
+TEST_CASE("owl2 bench data runs end to end and rejects a bad mode", "[image][cli]") {
+  const auto bad = owl2::test::run_owl2("bench data --mode stretch --no-python");
+  CHECK(bad.rc == 2);
+  CHECK_THAT(bad.out, Contains("expected resize|pad|crop, got 'stretch'"));
+  if (!owl2::image_decoding_available()) return;
+  const auto r = owl2::test::run_owl2("bench data --no-python --images 3 --threads 2 --size 64 --mode crop");
+  INFO(r.out);
+  CHECK(r.rc == 0);
+  CHECK_THAT(r.out, Contains("JPEG 640x480") && Contains("-> float32 [3, 64, 64], mode crop") &&
+                        Contains("owl2 img/cpu-s"));
 }
