@@ -115,7 +115,7 @@ int bench_checkpoint(const Args& a) {
   }
   const double gb = static_cast<double>(total * 2) / 1e9;
   const std::string path = fmt::format("{}/owl2_bench_{}.safetensors", a.dir, getpid());
-  fmt::print("owl2 bench checkpoint: {:.2f} GB in {} bf16 tensors, {} | torch threads {} | {} cores\n", gb,
+  fmt::print("owl2 bench checkpoint: {:.2f} GB ({:.0f} MiB) in {} bf16 tensors, {} | torch threads {} | {} cores\n", gb, a.size_mb,
              tensors.size(), path, at::get_num_threads(), std::thread::hardware_concurrency());
 
   auto t0 = Clock::now();

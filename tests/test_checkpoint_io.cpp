@@ -370,3 +370,35 @@ TEST_CASE("save_state_dict casts on request and bf16 round trips are bitwise", "
     CHECK(bitwise_equal(src->get(name), b.named_parameters()[name]));
   CHECK(bitwise_equal(a.proj->weight, b.proj->weight));
 }
+
+TEST_CASE("owl2 checkpoint convert turns sharded .bin into safetensors shards with an optional cast", "[checkpoint][cli]") {
+  const auto dir = temp_dir();
+  const auto r = owl2::test::run_owl2("checkpoint convert --from " + fixture("bin/sharded") + " --to " + dir +
+                                      " --shard-size 100B --dtype bf16");
+  REQUIRE(r.rc == 0);
+  CHECK_THAT(r.out, Contains(": 14 tensors, 107 bytes in 2 file(s)"));
+  auto out = owl2::open_tensor_source(dir);
+  owl2::SafetensorsFile expected(fixture("bin/plain_expected.safetensors"));
+  REQUIRE(out->names() == expected.names());
+  for (const auto& name : expected.names()) {
+    INFO(name);
+    const auto want = expected.get(name);
+    CHECK(bitwise_equal(out->get(name), want.is_floating_point() ? want.to(torch::kBFloat16) : want));
+  }
+  const auto ls = owl2::test::run_owl2("checkpoint ls " + dir);
+  CHECK(ls.rc == 0);
+  CHECK_THAT(ls.out, Contains("view_t  BF16  [4, 3]") && Contains("i64  I64  [2]") && Contains("14 tensors, 107 bytes"));
+  const auto bad = owl2::test::run_owl2("checkpoint ls " + fixture("malformed/foreign_global.bin"));
+  CHECK(bad.rc == 1);
+  CHECK_THAT(bad.out, Contains("refusing global 'posix.system'"));
+}
+
+TEST_CASE("byte sizes parse with decimal and binary units", "[checkpoint]") {
+  CHECK(owl2::parse_byte_size("5GB") == 5'000'000'000ull);
+  CHECK(owl2::parse_byte_size("4GiB") == 4ull << 30);
+  CHECK(owl2::parse_byte_size("1.5MB") == 1'500'000ull);
+  CHECK(owl2::parse_byte_size("123") == 123ull);
+  REQUIRE_THROWS_WITH(owl2::parse_byte_size("5XB"), Contains("bad size '5XB'"));
+  REQUIRE_THROWS_WITH(owl2::parse_byte_size("-1GB"), Contains("bad size"));
+  CHECK(owl2::plan_shards({40, 40, 40, 200, 10}, 100) == std::vector<std::vector<size_t>>{{0, 1}, {2}, {3}, {4}});
+}

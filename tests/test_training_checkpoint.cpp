@@ -279,3 +279,20 @@ TEST_CASE("AdamW resumed from a checkpoint continues exactly like an uninterrupt
   REQUIRE_THROWS_WITH(owl2::load_adamw_state(opt, named(m), {{"nope.step", torch::tensor(1)}}),
                       Contains("optimizer state 'nope.step' names no parameter"));
 }
+
+TEST_CASE("owl2 checkpoint resume-info reports the checkpoint a resume takes and the ones it skips", "[checkpoint][cli]") {
+  const auto root = temp_dir();
+  CheckpointManager mgr(root, 5);
+  mgr.save(make_checkpoint(1));
+  mgr.save(make_checkpoint(2));
+  ::unlink((root + "/step-000000002/state.json").c_str());
+  const std::string cmd = std::string(OWL2_BINARY) + " checkpoint resume-info " + root + " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  REQUIRE(p);
+  std::string out;
+  char buf[512];
+  while (fgets(buf, sizeof buf, p)) out += buf;
+  CHECK(WEXITSTATUS(pclose(p)) == 0);
+  CHECK_THAT(out, Contains("resuming from " + root + "/step-000000001 (step 1)") &&
+                      Contains("skipped " + root + "/step-000000002: missing state.json"));
+}
