@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
 #include <iostream>
 
 #include <fmt/format.h>
@@ -50,6 +51,20 @@ std::string self_exe() {
   return std::string(buf, static_cast<size_t>(n));
 }
 
+// Anonymous memory backed by transparent huge pages (kB), from /proc/self/smaps_rollup.
+long anon_huge_kb() {
+  std::ifstream f("/proc/self/smaps_rollup");
+  std::string key;
+  long v = 0;
+  while (f >> key) {
+    if (key == "AnonHugePages:") {
+      f >> v;
+      return v;
+    }
+  }
+  return 0;
+}
+
 // The child side of a read measurement: a fresh process, so its peak RSS is the load alone.
 int read_child(const std::string& path) {
   auto t0 = Clock::now();
@@ -69,7 +84,7 @@ int read_child(const std::string& path) {
     bytes += owned.back().numel() * owned.back().element_size();
   }
   const double s = seconds_since(t0);
-  std::cout << nlohmann::json{{"seconds", s}, {"lazy_seconds", lazy_s}, {"bytes", bytes}, {"peak_rss_kb", peak_rss_kb()}}.dump()
+  std::cout << nlohmann::json{{"seconds", s}, {"lazy_seconds", lazy_s}, {"bytes", bytes}, {"peak_rss_kb", peak_rss_kb()}, {"anon_huge_kb", anon_huge_kb()}}.dump()
             << "\n";
   return 0;
 }
@@ -133,8 +148,10 @@ int bench_checkpoint(const Args& a) {
     if (c["bytes"] != p["bytes"]) throw std::runtime_error("owl2 and python read different byte counts");
     fmt::print("open   owl2 SafetensorsFile + get() views (lazy)      {:8.4f} s\n", c["lazy_seconds"].get<double>());
     fmt::print("open   python load_file (lazy)                        {:8.4f} s\n", p["lazy_seconds"].get<double>());
-    fmt::print("read   owl2 open + get_copy() every tensor            {:8.2f} s  {:6.2f} GB/s  peak RSS {:6.0f} MB\n",
-               c["seconds"].get<double>(), gb / c["seconds"].get<double>(), c["peak_rss_kb"].get<double>() / 1024);
+    fmt::print("read   owl2 open + get_copy() every tensor            {:8.2f} s  {:6.2f} GB/s  peak RSS {:6.0f} MB"
+               "  (huge pages {:.0f} MB)\n",
+               c["seconds"].get<double>(), gb / c["seconds"].get<double>(), c["peak_rss_kb"].get<double>() / 1024,
+               c["anon_huge_kb"].get<double>() / 1024);
     fmt::print("read   python load_file + clone() every tensor        {:8.2f} s  {:6.2f} GB/s  peak RSS {:6.0f} MB\n",
                p["seconds"].get<double>(), gb / p["seconds"].get<double>(), p["peak_rss_kb"].get<double>() / 1024);
     best_cpp = std::min(best_cpp, c["seconds"].get<double>());
