@@ -79,8 +79,9 @@ int read_child(const std::string& path) {
   SafetensorsFile f(path);
   std::vector<torch::Tensor> owned;
   uint64_t bytes = 0;
+  const bool mapped = std::getenv("OWL2_BENCH_MAPPED_COPY") != nullptr;
   for (const auto& name : f.names()) {
-    owned.push_back(f.get_copy(name));
+    owned.push_back(mapped ? f.get(name).clone() : f.get_copy(name));
     bytes += owned.back().numel() * owned.back().element_size();
   }
   const double s = seconds_since(t0);
