@@ -402,3 +402,26 @@ TEST_CASE("byte sizes parse with decimal and binary units", "[checkpoint]") {
   REQUIRE_THROWS_WITH(owl2::parse_byte_size("-1GB"), Contains("bad size"));
   CHECK(owl2::plan_shards({40, 40, 40, 200, 10}, 100) == std::vector<std::vector<size_t>>{{0, 1}, {2}, {3}, {4}});
 }
+
+TEST_CASE("a broken index json names the index and the shard or tensor at fault", "[checkpoint]") {
+  const auto dir = temp_dir();
+  owl2::NamedTensors tensors{{"a", torch::ones({4})}, {"b", torch::zeros({4})}};
+  owl2::save_safetensors_sharded(dir, tensors, 16);  // two shards
+  const std::string index = dir + "/model.safetensors.index.json";
+  auto write = [&](const std::string& text) {
+    std::ofstream f(index);
+    f << text;
+  };
+  write(R"({"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00001-of-00002.safetensors"}})");
+  auto src = owl2::open_tensor_source(dir);
+  REQUIRE_THROWS_WITH(src->get("a"), Contains(index) && Contains("weight_map puts 'b' in model-00001-of-00002.safetensors, which does not hold it"));
+  write(R"({"weight_map": {"a": "gone.safetensors"}})");
+  REQUIRE_THROWS_WITH(owl2::open_tensor_source(dir), Contains("shard 'gone.safetensors' named in weight_map does not exist"));
+  write(R"({"weight_map": {"a": "../etc/passwd"}})");
+  REQUIRE_THROWS_WITH(owl2::open_tensor_source(dir), Contains("is not a file in the index's directory"));
+  write(R"({"weight_map": [1]})");
+  REQUIRE_THROWS_WITH(owl2::open_tensor_source(dir), Contains("expected an object with a 'weight_map' object"));
+  write("{oops");
+  REQUIRE_THROWS_WITH(owl2::open_tensor_source(dir), Contains(index + ": not valid JSON"));
+  REQUIRE_THROWS_WITH(owl2::open_tensor_source(dir + "/nothing"), Contains("no such file or directory"));
+}
