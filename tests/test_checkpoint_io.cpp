@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <random>
 
@@ -26,9 +27,18 @@ namespace {
 
 std::string fixture(const std::string& rel) { return source_path("tests/fixtures/checkpoint/" + rel); }
 
+// Temporary directories, removed when the test process exits (forked children _exit and leave them alone).
 std::string temp_dir() {
+  struct Registry {
+    std::vector<std::string> dirs;
+    ~Registry() {
+      for (const auto& d : dirs) std::filesystem::remove_all(d);
+    }
+  };
+  static Registry registry;
   char tmpl[] = "/tmp/owl2_ckpt_io_XXXXXX";
   REQUIRE(mkdtemp(tmpl) != nullptr);
+  registry.dirs.push_back(tmpl);
   return tmpl;
 }
 

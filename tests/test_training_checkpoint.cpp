@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <filesystem>
 #include <fstream>
 #include <random>
 #include <thread>
@@ -21,9 +22,18 @@ using owl2::TrainingCheckpoint;
 
 namespace {
 
+// Temporary directories, removed when the test process exits (forked children _exit and leave them alone).
 std::string temp_dir() {
+  struct Registry {
+    std::vector<std::string> dirs;
+    ~Registry() {
+      for (const auto& d : dirs) std::filesystem::remove_all(d);
+    }
+  };
+  static Registry registry;
   char tmpl[] = "/tmp/owl2_train_ckpt_XXXXXX";
   REQUIRE(mkdtemp(tmpl) != nullptr);
+  registry.dirs.push_back(tmpl);
   return tmpl;
 }
 
