@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
 #include <iostream>
 
 #include <fmt/format.h>
@@ -50,6 +51,20 @@ std::string self_exe() {
   return std::string(buf, static_cast<size_t>(n));
 }
 
+// Anonymous memory backed by transparent huge pages (kB), from /proc/self/smaps_rollup.
+long anon_huge_kb() {
+  std::ifstream f("/proc/self/smaps_rollup");
+  std::string key;
+  long v = 0;
+  while (f >> key) {
+    if (key == "AnonHugePages:") {
+      f >> v;
+      return v;
+    }
+  }
+  return 0;
+}
+
 // The child side of a read measurement: a fresh process, so its peak RSS is the load alone.
 int read_child(const std::string& path) {
   auto t0 = Clock::now();
@@ -64,12 +79,13 @@ int read_child(const std::string& path) {
   SafetensorsFile f(path);
   std::vector<torch::Tensor> owned;
   uint64_t bytes = 0;
+  const bool mapped = std::getenv("OWL2_BENCH_MAPPED_COPY") != nullptr;
   for (const auto& name : f.names()) {
-    owned.push_back(f.get_copy(name));
+    owned.push_back(mapped ? f.get(name).clone() : f.get_copy(name));
     bytes += owned.back().numel() * owned.back().element_size();
   }
   const double s = seconds_since(t0);
-  std::cout << nlohmann::json{{"seconds", s}, {"lazy_seconds", lazy_s}, {"bytes", bytes}, {"peak_rss_kb", peak_rss_kb()}}.dump()
+  std::cout << nlohmann::json{{"seconds", s}, {"lazy_seconds", lazy_s}, {"bytes", bytes}, {"peak_rss_kb", peak_rss_kb()}, {"anon_huge_kb", anon_huge_kb()}}.dump()
             << "\n";
   return 0;
 }
@@ -115,7 +131,7 @@ int bench_checkpoint(const Args& a) {
   }
   const double gb = static_cast<double>(total * 2) / 1e9;
   const std::string path = fmt::format("{}/owl2_bench_{}.safetensors", a.dir, getpid());
-  fmt::print("owl2 bench checkpoint: {:.2f} GB in {} bf16 tensors, {} | torch threads {} | {} cores\n", gb,
+  fmt::print("owl2 bench checkpoint: {:.2f} GB ({:.0f} MiB) in {} bf16 tensors, {} | torch threads {} | {} cores\n", gb, a.size_mb,
              tensors.size(), path, at::get_num_threads(), std::thread::hardware_concurrency());
 
   auto t0 = Clock::now();
@@ -133,8 +149,10 @@ int bench_checkpoint(const Args& a) {
     if (c["bytes"] != p["bytes"]) throw std::runtime_error("owl2 and python read different byte counts");
     fmt::print("open   owl2 SafetensorsFile + get() views (lazy)      {:8.4f} s\n", c["lazy_seconds"].get<double>());
     fmt::print("open   python load_file (lazy)                        {:8.4f} s\n", p["lazy_seconds"].get<double>());
-    fmt::print("read   owl2 open + get_copy() every tensor            {:8.2f} s  {:6.2f} GB/s  peak RSS {:6.0f} MB\n",
-               c["seconds"].get<double>(), gb / c["seconds"].get<double>(), c["peak_rss_kb"].get<double>() / 1024);
+    fmt::print("read   owl2 open + get_copy() every tensor            {:8.2f} s  {:6.2f} GB/s  peak RSS {:6.0f} MB"
+               "  (huge pages {:.0f} MB)\n",
+               c["seconds"].get<double>(), gb / c["seconds"].get<double>(), c["peak_rss_kb"].get<double>() / 1024,
+               c["anon_huge_kb"].get<double>() / 1024);
     fmt::print("read   python load_file + clone() every tensor        {:8.2f} s  {:6.2f} GB/s  peak RSS {:6.0f} MB\n",
                p["seconds"].get<double>(), gb / p["seconds"].get<double>(), p["peak_rss_kb"].get<double>() / 1024);
     best_cpp = std::min(best_cpp, c["seconds"].get<double>());

@@ -86,4 +86,15 @@ ShardedWriteResult save_safetensors_sharded(const std::string& dir, const NamedT
                                             const std::string& stem = "model",
                                             std::optional<torch::Dtype> cast = std::nullopt);
 
+// Splits items of the given byte sizes, in order, into shards of at most max_shard_bytes (an item larger
+// than that gets a shard of its own). Returns item indices per shard.
+std::vector<std::vector<size_t>> plan_shards(const std::vector<uint64_t>& bytes, uint64_t max_shard_bytes);
+// "model-00002-of-00005.safetensors"
+std::string shard_file_name(const std::string& stem, size_t index, size_t count);
+// Writes `dir/<stem>.safetensors.index.json` atomically: {"metadata": {"total_size"}, "weight_map"}.
+void write_safetensors_index(const std::string& dir, const std::string& stem,
+                             const std::map<std::string, std::string>& weight_map, uint64_t total_bytes);
+// "5GB" (10^9), "500MB", "64KiB" (2^10), "123" bytes; throws std::invalid_argument otherwise.
+uint64_t parse_byte_size(const std::string& text);
+
 }  // namespace owl2

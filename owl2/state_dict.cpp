@@ -3,6 +3,8 @@
 
 #include <sys/stat.h>
 
+#include <cerrno>
+#include <cstring>
 #include <regex>
 #include <set>
 #include <stdexcept>
@@ -211,6 +213,39 @@ LoadReport load_state_dict(torch::nn::Module& module, const TensorSource& source
     report.loaded.push_back(name);
   }
   return report;
+}
+
+ShardedWriteResult convert_to_safetensors(const TensorSource& source, const std::string& dir, uint64_t max_shard_bytes,
+                                          std::optional<torch::Dtype> cast,
+                                          const std::map<std::string, std::string>& metadata) {
+  if (!is_dir(dir) && ::mkdir(dir.c_str(), 0755) != 0 && !is_dir(dir))
+    throw std::runtime_error(fmt::format("{}: cannot create directory: {}", dir, std::strerror(errno)));
+  const auto names = source.names();
+  std::vector<uint64_t> bytes;
+  ShardedWriteResult result;
+  for (const auto& n : names) {
+    const TensorMeta m = source.meta(n);
+    const torch::Dtype dt = cast && c10::isFloatingType(m.dtype) ? *cast : m.dtype;
+    uint64_t numel = 1;
+    for (int64_t d : m.shape) numel *= static_cast<uint64_t>(d);
+    bytes.push_back(numel * c10::elementSize(dt));
+    result.total_bytes += bytes.back();
+  }
+  const auto plan = plan_shards(bytes, max_shard_bytes);
+  std::map<std::string, std::string> weight_map;
+  for (size_t s = 0; s < plan.size(); ++s) {
+    const std::string file = plan.size() == 1 ? std::string("model.safetensors") : shard_file_name("model", s, plan.size());
+    NamedTensors shard;  // this shard's tensors only: views of a mapping, or read from a .bin
+    for (size_t k : plan[s]) {
+      shard.emplace_back(names[k], source.get(names[k]));
+      weight_map[names[k]] = file;
+    }
+    save_safetensors(dir + "/" + file, shard, metadata, cast);
+    result.files.push_back(file);
+  }
+  if (plan.size() > 1) write_safetensors_index(dir, "model", weight_map, result.total_bytes);
+  else std::remove((dir + "/model.safetensors.index.json").c_str());
+  return result;
 }
 
 ShardedWriteResult save_state_dict(const torch::nn::Module& module, const std::string& dir, const SaveOptions& options) {

@@ -76,4 +76,10 @@ struct SaveOptions {
 ShardedWriteResult save_state_dict(const torch::nn::Module& module, const std::string& dir,
                                    const SaveOptions& options = {});
 
+// Copies every tensor of `source` (any format open_tensor_source reads) into HF-layout safetensors in `dir`,
+// one shard in memory at a time, casting floating-point tensors when `cast` is set.
+ShardedWriteResult convert_to_safetensors(const TensorSource& source, const std::string& dir,
+                                          uint64_t max_shard_bytes, std::optional<torch::Dtype> cast = std::nullopt,
+                                          const std::map<std::string, std::string>& metadata = {{"format", "pt"}});
+
 }  // namespace owl2

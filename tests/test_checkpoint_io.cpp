@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <random>
 
@@ -26,9 +27,18 @@ namespace {
 
 std::string fixture(const std::string& rel) { return source_path("tests/fixtures/checkpoint/" + rel); }
 
+// Temporary directories, removed when the test process exits (forked children _exit and leave them alone).
 std::string temp_dir() {
+  struct Registry {
+    std::vector<std::string> dirs;
+    ~Registry() {
+      for (const auto& d : dirs) std::filesystem::remove_all(d);
+    }
+  };
+  static Registry registry;
   char tmpl[] = "/tmp/owl2_ckpt_io_XXXXXX";
   REQUIRE(mkdtemp(tmpl) != nullptr);
+  registry.dirs.push_back(tmpl);
   return tmpl;
 }
 
@@ -369,4 +379,59 @@ TEST_CASE("save_state_dict casts on request and bf16 round trips are bitwise", "
   for (const auto& name : {"proj.weight", "proj.bias", "norm.weight", "norm.bias"})
     CHECK(bitwise_equal(src->get(name), b.named_parameters()[name]));
   CHECK(bitwise_equal(a.proj->weight, b.proj->weight));
+}
+
+TEST_CASE("owl2 checkpoint convert turns sharded .bin into safetensors shards with an optional cast", "[checkpoint][cli]") {
+  const auto dir = temp_dir();
+  const auto r = owl2::test::run_owl2("checkpoint convert --from " + fixture("bin/sharded") + " --to " + dir +
+                                      " --shard-size 100B --dtype bf16");
+  REQUIRE(r.rc == 0);
+  CHECK_THAT(r.out, Contains(": 14 tensors, 107 bytes in 2 file(s)"));
+  auto out = owl2::open_tensor_source(dir);
+  owl2::SafetensorsFile expected(fixture("bin/plain_expected.safetensors"));
+  REQUIRE(out->names() == expected.names());
+  for (const auto& name : expected.names()) {
+    INFO(name);
+    const auto want = expected.get(name);
+    CHECK(bitwise_equal(out->get(name), want.is_floating_point() ? want.to(torch::kBFloat16) : want));
+  }
+  const auto ls = owl2::test::run_owl2("checkpoint ls " + dir);
+  CHECK(ls.rc == 0);
+  CHECK_THAT(ls.out, Contains("view_t  BF16  [4, 3]") && Contains("i64  I64  [2]") && Contains("14 tensors, 107 bytes"));
+  const auto bad = owl2::test::run_owl2("checkpoint ls " + fixture("malformed/foreign_global.bin"));
+  CHECK(bad.rc == 1);
+  CHECK_THAT(bad.out, Contains("refusing global 'posix.system'"));
+}
+
+TEST_CASE("byte sizes parse with decimal and binary units", "[checkpoint]") {
+  CHECK(owl2::parse_byte_size("5GB") == 5'000'000'000ull);
+  CHECK(owl2::parse_byte_size("4GiB") == 4ull << 30);
+  CHECK(owl2::parse_byte_size("1.5MB") == 1'500'000ull);
+  CHECK(owl2::parse_byte_size("123") == 123ull);
+  REQUIRE_THROWS_WITH(owl2::parse_byte_size("5XB"), Contains("bad size '5XB'"));
+  REQUIRE_THROWS_WITH(owl2::parse_byte_size("-1GB"), Contains("bad size"));
+  CHECK(owl2::plan_shards({40, 40, 40, 200, 10}, 100) == std::vector<std::vector<size_t>>{{0, 1}, {2}, {3}, {4}});
+}
+
+TEST_CASE("a broken index json names the index and the shard or tensor at fault", "[checkpoint]") {
+  const auto dir = temp_dir();
+  owl2::NamedTensors tensors{{"a", torch::ones({4})}, {"b", torch::zeros({4})}};
+  owl2::save_safetensors_sharded(dir, tensors, 16);  // two shards
+  const std::string index = dir + "/model.safetensors.index.json";
+  auto write = [&](const std::string& text) {
+    std::ofstream f(index);
+    f << text;
+  };
+  write(R"({"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00001-of-00002.safetensors"}})");
+  auto src = owl2::open_tensor_source(dir);
+  REQUIRE_THROWS_WITH(src->get("a"), Contains(index) && Contains("weight_map puts 'b' in model-00001-of-00002.safetensors, which does not hold it"));
+  write(R"({"weight_map": {"a": "gone.safetensors"}})");
+  REQUIRE_THROWS_WITH(owl2::open_tensor_source(dir), Contains("shard 'gone.safetensors' named in weight_map does not exist"));
+  write(R"({"weight_map": {"a": "../etc/passwd"}})");
+  REQUIRE_THROWS_WITH(owl2::open_tensor_source(dir), Contains("is not a file in the index's directory"));
+  write(R"({"weight_map": [1]})");
+  REQUIRE_THROWS_WITH(owl2::open_tensor_source(dir), Contains("expected an object with a 'weight_map' object"));
+  write("{oops");
+  REQUIRE_THROWS_WITH(owl2::open_tensor_source(dir), Contains(index + ": not valid JSON"));
+  REQUIRE_THROWS_WITH(owl2::open_tensor_source(dir + "/nothing"), Contains("no such file or directory"));
 }

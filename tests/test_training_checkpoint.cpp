@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <filesystem>
 #include <fstream>
 #include <random>
 #include <thread>
@@ -21,9 +22,18 @@ using owl2::TrainingCheckpoint;
 
 namespace {
 
+// Temporary directories, removed when the test process exits (forked children _exit and leave them alone).
 std::string temp_dir() {
+  struct Registry {
+    std::vector<std::string> dirs;
+    ~Registry() {
+      for (const auto& d : dirs) std::filesystem::remove_all(d);
+    }
+  };
+  static Registry registry;
   char tmpl[] = "/tmp/owl2_train_ckpt_XXXXXX";
   REQUIRE(mkdtemp(tmpl) != nullptr);
+  registry.dirs.push_back(tmpl);
   return tmpl;
 }
 
@@ -278,4 +288,21 @@ TEST_CASE("AdamW resumed from a checkpoint continues exactly like an uninterrupt
   CHECK(torch::equal(m->bias, ref->bias));
   REQUIRE_THROWS_WITH(owl2::load_adamw_state(opt, named(m), {{"nope.step", torch::tensor(1)}}),
                       Contains("optimizer state 'nope.step' names no parameter"));
+}
+
+TEST_CASE("owl2 checkpoint resume-info reports the checkpoint a resume takes and the ones it skips", "[checkpoint][cli]") {
+  const auto root = temp_dir();
+  CheckpointManager mgr(root, 5);
+  mgr.save(make_checkpoint(1));
+  mgr.save(make_checkpoint(2));
+  ::unlink((root + "/step-000000002/state.json").c_str());
+  const std::string cmd = std::string(OWL2_BINARY) + " checkpoint resume-info " + root + " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  REQUIRE(p);
+  std::string out;
+  char buf[512];
+  while (fgets(buf, sizeof buf, p)) out += buf;
+  CHECK(WEXITSTATUS(pclose(p)) == 0);
+  CHECK_THAT(out, Contains("resuming from " + root + "/step-000000001 (step 1)") &&
+                      Contains("skipped " + root + "/step-000000002: missing state.json"));
 }
