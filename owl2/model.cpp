@@ -131,7 +131,8 @@ SplicedBatch MPLUGOwl2ForCausalLMImpl::splice_inputs(const ModelInputs& in) {
   auto to_device = [&](std::vector<int64_t>& v, std::vector<int64_t> shape) {
     return torch::from_blob(v.data(), shape, torch::kInt64).clone().to(device);
   };
-  const auto ids_for_embed = in.input_ids.to(torch::kInt64).masked_fill(in.input_ids == kImageTokenIndex, 0);
+  // Placeholders (and any negative padding id) embed as token 0; their rows are replaced or masked.
+  const auto ids_for_embed = in.input_ids.to(torch::kInt64).clamp_min(0);
   const auto text_MD = model->embed_tokens(ids_for_embed).reshape({B * T, -1});
   std::vector<torch::Tensor> rows{text_MD};
   if (N > 0) rows.push_back(encode_images(in.images.to(device)).reshape({N * V, -1}).to(text_MD.dtype()));
