@@ -6,6 +6,9 @@
 #include <torch/nn/modules/container/modulelist.h>
 #include <torch/nn/modules/linear.h>
 
+#include <functional>
+#include <memory>
+
 #include "owl2/config.h"
 
 namespace owl2 {
