@@ -173,16 +173,20 @@ ModelOutput MPLUGOwl2ForCausalLMImpl::forward(const ModelInputs& inputs) {
   out.position_ids = batch.position_ids_BS;
   out.labels = batch.labels_BS;
   if (batch.labels_BS.defined()) {
-    const int64_t S = out.logits.size(1);
-    // Shifted: position s predicts label s + 1. Cross-entropy in at least float32 (the reference upcasts logits).
-    const auto logits_MV = out.logits.slice(1, 0, S - 1).reshape({-1, out.logits.size(2)});
-    const auto compute = torch::promote_types(logits_MV.scalar_type(), torch::kFloat32);
-    const auto targets_M = batch.labels_BS.slice(1, 1).reshape({-1});
-    // Only supervised rows enter the log-softmax (image and padding rows never do): same sum, less work.
-    const auto rows = torch::nonzero(targets_M != kIgnoreIndex).reshape({-1});
-    out.loss_sum = nn::functional::cross_entropy(logits_MV.index_select(0, rows).to(compute), targets_M.index_select(0, rows),
+    // Shifted: position s predicts label s + 1 (the last position predicts nothing). Only supervised rows are
+    // gathered from the [B*S, V] view (no copy of the other rows): same sum as ignore_index, less work.
+    // Cross-entropy in at least float32 (the reference upcasts the logits).
+    const int64_t B = out.logits.size(0), V = out.logits.size(2);
+    const auto targets_M =
+        torch::cat({batch.labels_BS.slice(1, 1), torch::full({B, 1}, kIgnoreIndex, batch.labels_BS.options())}, 1)
+            .reshape({-1});
+    const auto rows = torch::nonzero(targets_M != kIgnoreIndex).reshape({-1});  // host sync (row count)
+    const auto logits_RV = out.logits.view({-1, V}).index_select(0, rows);
+    const auto compute = torch::promote_types(logits_RV.scalar_type(), torch::kFloat32);
+    out.loss_sum = nn::functional::cross_entropy(logits_RV.to(compute), targets_M.index_select(0, rows),
                                                  nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum));
-    out.num_label_tokens = torch::scalar_tensor(rows.size(0), torch::TensorOptions().dtype(torch::kInt64).device(rows.device()));
+    out.num_label_tokens =
+        torch::scalar_tensor(rows.size(0), torch::TensorOptions().dtype(torch::kInt64).device(rows.device()));
     out.loss = out.loss_sum / out.num_label_tokens.to(compute);
   }
   return out;
