@@ -82,6 +82,7 @@ torch::Tensor decoder_attention(const torch::Tensor& q_BHSK, const torch::Tensor
   // SDPA keeps float32 softmax statistics for reduced-precision inputs (CPU flash kernel and the CUDA
   // kernels accumulate in float32), and is exact in float32 / float64; tests/test_model_decoder.cpp checks
   // bf16 against an explicit float32-softmax attention.
+  if (!mask_B1SS.defined()) return at::scaled_dot_product_attention(q_BHSK, k, v, {}, 0.0, /*is_causal=*/true);
   return at::scaled_dot_product_attention(q_BHSK, k, v, mask_B1SS);
 }
 

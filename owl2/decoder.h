@@ -6,6 +6,9 @@
 #include <torch/nn/modules/container/modulelist.h>
 #include <torch/nn/modules/linear.h>
 
+#include <functional>
+#include <memory>
+
 #include "owl2/config.h"
 
 namespace owl2 {
@@ -52,7 +55,8 @@ torch::Tensor apply_rotary(const torch::Tensor& x_BhSK, const Rotary& rope);
 
 // Causal attention with an explicit boolean mask [B,1,S,S'] (true = may attend) and a softmax in at
 // least float32 (spec §1.3). q [B,H,S,K], k / v [B,G,S',K]. The one place attention is computed, so a
-// KV cache only has to concatenate past k / v before calling it.
+// KV cache only has to concatenate past k / v before calling it. An undefined mask means plain causal
+// attention over a batch without padding (S == S').
 torch::Tensor decoder_attention(const torch::Tensor& q_BHSK, const torch::Tensor& k_BGSK, const torch::Tensor& v_BGSK,
                                 const torch::Tensor& mask_B1SS);
 

@@ -43,6 +43,7 @@ struct SplicedBatch {
   torch::Tensor modality_BS;        // int64, 0 text, 1 image
   torch::Tensor position_ids_BS;    // int64, 0 at each sample's first real token
   torch::Tensor labels_BS;          // int64 or undefined
+  bool has_padding = true;          // false: every position is a real token (plain causal attention)
   ModalityRouting routing;
 };
 
@@ -70,7 +71,8 @@ class MPLUGOwl2ForCausalLMImpl : public torch::nn::Module {
   // Embeds the text, splices the visual tokens, builds masks, modality, positions and labels. One host sync
   // (placeholder counts and the routing indices). Throws if placeholders and images disagree.
   SplicedBatch splice_inputs(const ModelInputs& inputs);
-  // The decoder on spliced embeddings: final-norm hidden states [B,S,D].
+  // The decoder on spliced embeddings: final-norm hidden states [B,S,D]. An undefined attention mask means
+  // no padding anywhere (plain causal attention).
   torch::Tensor decode(const torch::Tensor& inputs_embeds_BSD, const torch::Tensor& attention_mask_BS,
                        const torch::Tensor& position_ids_BS, const ModalityRouting& routing);
   DecoderLayer decoder_layer(int64_t i) const { return DecoderLayer(model->layers->ptr<DecoderLayerImpl>(i)); }

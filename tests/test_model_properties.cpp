@@ -186,3 +186,15 @@ TEST_CASE("decoder attention and RMSNorm keep float32 statistics for bf16 inputs
   const auto expect = norm->weight * (x32 * torch::rsqrt(x32.pow(2).mean(-1, true) + 1e-6)).to(torch::kBFloat16);
   CHECK(torch::equal(norm(x), expect));
 }
+
+TEST_CASE("ViT positions: other image sizes need interpolation, which keeps the class row", "[model][property]") {
+  auto cfg = test::tiny_golden_config().vision;  // 12 px, patch 4 -> 3x3 grid
+  VisionModel vit(cfg);
+  REQUIRE_THROWS_WITH(vit(torch::randn({1, 3, 16, 16})), Contains("gives 17 tokens but position_embedding has 10 rows") &&
+                                                             Contains("interpolate_position_embedding"));
+  const auto pos = vit->embeddings->position_embedding.detach();
+  CHECK(torch::equal(interpolate_position_embedding(pos, 3), pos));
+  const auto pos4 = interpolate_position_embedding(pos, 4);
+  CHECK(pos4.sizes() == torch::IntArrayRef{1, 17, 16});
+  CHECK(torch::equal(pos4.slice(1, 0, 1), pos.slice(1, 0, 1)));
+}

@@ -368,32 +368,34 @@ class ReferenceOwl2(nn.Module):
         B, T = input_ids.shape
         feats = self.encode_images(images) if images is not None and images.shape[0] > 0 else None
         embeds = self.model.embed_tokens(input_ids.clamp(min=0))
+        ids_list = input_ids.tolist()
         seqs, mods, masks, srcs = [], [], [], []
         img = 0
         for b in range(B):
+            places = [t for t in range(T) if ids_list[b][t] == IMAGE_TOKEN_INDEX]
             e, m, k, s = [], [], [], []
-            for t in range(T):
-                if input_ids[b, t] == IMAGE_TOKEN_INDEX:
-                    e.append(feats[img]); m += [1] * feats.shape[1]; k += [True] * feats.shape[1]
-                    s += [-1] * feats.shape[1]
+            start = 0
+            for t in places + [T]:  # text chunk [start, t), then the image at t
+                if t > start:
+                    e.append(embeds[b, start:t]); m += [0] * (t - start)
+                    k += [bool(x) for x in attention_mask[b, start:t].tolist()]; s += list(range(start, t))
+                if t < T:
+                    if feats is None or img >= feats.shape[0]:
+                        raise ValueError(f"more image placeholders than images ({0 if feats is None else feats.shape[0]})")
+                    n = feats.shape[1]
+                    e.append(feats[img]); m += [1] * n; k += [True] * n; s += [-1] * n
                     img += 1
-                else:
-                    e.append(embeds[b, t:t + 1]); m.append(0); k.append(bool(attention_mask[b, t])); s.append(t)
+                start = t + 1
             seqs.append(torch.cat(e, 0)); mods.append(m); masks.append(k); srcs.append(s)
         if feats is not None and img != feats.shape[0]:
             raise ValueError(f"{img} image placeholders, {feats.shape[0]} images")
         S = max(x.shape[0] for x in seqs)
         D = embeds.shape[-1]
-        out = torch.zeros(B, S, D, dtype=embeds.dtype)
-        modality = torch.zeros(B, S, dtype=torch.int64)
-        mask = torch.zeros(B, S, dtype=torch.bool)
-        src = torch.full((B, S), -1, dtype=torch.int64)
-        for b in range(B):
-            n = seqs[b].shape[0]
-            out[b, :n] = seqs[b]
-            modality[b, :n] = torch.tensor(mods[b])
-            mask[b, :n] = torch.tensor(masks[b])
-            src[b, :n] = torch.tensor(srcs[b])
+        pad = [S - x.shape[0] for x in seqs]
+        out = torch.stack([torch.cat([x, x.new_zeros(p, D)], 0) for x, p in zip(seqs, pad)])
+        modality = torch.tensor([m + [0] * p for m, p in zip(mods, pad)], dtype=torch.int64)
+        mask = torch.tensor([k + [False] * p for k, p in zip(masks, pad)], dtype=torch.bool)
+        src = torch.tensor([x + [-1] * p for x, p in zip(srcs, pad)], dtype=torch.int64)
         return out, mask, modality, src
 
     def forward(self, input_ids, attention_mask=None, images=None, labels=None):
@@ -405,11 +407,7 @@ class ReferenceOwl2(nn.Module):
         logits = self.lm_head(self.decode(embeds, mask, modality, position_ids))
         out = dict(logits=logits, attention_mask=mask, modality=modality, position_ids=position_ids)
         if labels is not None:
-            new_labels = torch.full((B, S), IGNORE_INDEX, dtype=torch.int64)
-            for b in range(B):
-                for s in range(S):
-                    if src[b, s] >= 0:
-                        new_labels[b, s] = labels[b, src[b, s]]
+            new_labels = torch.where(src >= 0, labels.gather(1, src.clamp(min=0)), IGNORE_INDEX)
             lg = logits[:, :-1].reshape(-1, logits.shape[-1])
             lg = lg.to(at_least_f32(lg.dtype))
             out["loss"] = F.cross_entropy(lg, new_labels[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX)
