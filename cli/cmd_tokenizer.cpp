@@ -7,6 +7,7 @@
 #include "cli/commands.h"
 #include "data/dataset.h"
 #include "data/example.h"
+#include "data/template.h"
 #include "data/tokenizer.h"
 
 namespace owl2::cli {
@@ -52,6 +53,11 @@ void add_tokenizer_commands(CLI::App& app, Action& run) {
         std::ifstream f(path);
         if (!f) throw std::runtime_error("cannot read " + path);
         for (std::string line; std::getline(f, line);) lines.push_back(line);
+      }
+      // The templates' fixed text is in every training sample: make sure the vocabulary covers it.
+      for (const char* name : {"mplug_owl2", "vicuna_v1"}) {
+        const auto t = chat_template(name);
+        lines.push_back(t.system + " " + t.user + ": " + t.assistant + ":");
       }
       train_tokenizer(lines, args->vocab_size, args->out);
       const Tokenizer tok(args->out + ".model");
