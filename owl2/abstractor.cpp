@@ -117,8 +117,12 @@ torch::Tensor VisualAbstractorImpl::forward(const torch::Tensor& image_NTE) {
   const auto kpos_SD = torch::cat({qpos_QD, sincos_2d_with_cls(cfg.hidden_size, cfg.grid_size).to(image_NTE.device())}, 0);
   auto x_NQD = query_embeds.expand({N, -1, -1});
   for (const auto& layer : *layers) {
-    auto* cross = layer->children()[0]->as<AbstractorLayer>();
-    x_NQD = cross->forward(x_NQD, image_NTE, qpos_QD, kpos_SD);
+    auto cross = std::dynamic_pointer_cast<AbstractorLayerImpl>(layer->children()[0]);
+    x_NQD = run_block(block_runner,
+                      [cross, qpos_QD, kpos_SD](const std::vector<torch::Tensor>& in) {
+                        return cross->forward(in[0], in[1], qpos_QD, kpos_SD);
+                      },
+                      {x_NQD, image_NTE});
   }
   return torch::cat({visual_fc(x_NQD), vit_eos.expand({N, 1, -1})}, 1);  // vit_eos is not projected (spec §7.5)
 }

@@ -2,6 +2,7 @@
 // with sin-cos key positions, SwiGLU FFN with inner LayerNorm, then visual_fc and the appended vit_eos.
 // Shapes: N images, Q queries, T image tokens (class + patches), D width, E encoder width, F FFN width, O LLM width.
 #pragma once
+#include "owl2/block_runner.h"
 #include <torch/nn/module.h>
 #include <torch/nn/modules/container/modulelist.h>
 #include <torch/nn/modules/linear.h>
@@ -78,6 +79,7 @@ class VisualAbstractorImpl : public torch::nn::Module {
   torch::nn::Module* encoder = nullptr;
   torch::nn::ModuleList layers{nullptr};  // registered as encoder.layers, of AbstractorLayer
   torch::nn::Linear visual_fc{nullptr};
+  BlockRunner block_runner;  // empty: blocks run directly
 };
 TORCH_MODULE(VisualAbstractor);
 

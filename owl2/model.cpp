@@ -159,7 +159,14 @@ torch::Tensor MPLUGOwl2ForCausalLMImpl::decode(const torch::Tensor& inputs_embed
   const auto rope = rotary_tables(position_ids_BS, cfg.decoder.head_dim(), cfg.decoder.rope_theta,
                                   inputs_embeds_BSD.scalar_type());
   auto x_BSD = inputs_embeds_BSD;
-  for (const auto& layer : *model->layers) x_BSD = layer->as<DecoderLayer>()->forward(x_BSD, rope, mask_B1SS, routing);
+  for (const auto& layer : *model->layers) {
+    auto block = std::dynamic_pointer_cast<DecoderLayerImpl>(layer);
+    x_BSD = run_block(decoder_block_runner,
+                      [block, rope, mask_B1SS, routing](const std::vector<torch::Tensor>& in) {
+                        return block->forward(in[0], rope, mask_B1SS, routing);
+                      },
+                      {x_BSD});
+  }
   return model->norm(x_BSD);
 }
 

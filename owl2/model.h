@@ -3,6 +3,7 @@
 // reference checkpoint keys (spec §2.2), so loading is a name-for-name copy.
 // Shapes: B batch, T input tokens, S spliced tokens, N images, C/H/W pixels, V visual tokens per image, D width.
 #pragma once
+#include "owl2/block_runner.h"
 #include "owl2/constants.h"
 #include <torch/nn/module.h>
 #include <torch/nn/modules/container/modulelist.h>
@@ -84,6 +85,7 @@ class MPLUGOwl2ForCausalLMImpl : public torch::nn::Module {
   ModelConfig cfg;
   MPLUGOwl2Model model{nullptr};
   torch::nn::Linear lm_head{nullptr};
+  BlockRunner decoder_block_runner;  // empty: decoder layers run directly (see model->vision_model->block_runner)
 };
 TORCH_MODULE(MPLUGOwl2ForCausalLM);
 

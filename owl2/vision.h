@@ -2,6 +2,7 @@
 // pre-LN, pre-norm blocks with the per-head interleaved fused QKV, quick-GELU MLP, post-LN on all tokens.
 // Shapes: N images, C channels, H/W pixels, P = grid*grid patches, T = P + 1 tokens, D width, h heads, K head dim.
 #pragma once
+#include "owl2/block_runner.h"
 #include <torch/nn/module.h>
 #include <torch/nn/modules/container/modulelist.h>
 #include <torch/nn/modules/conv.h>
@@ -81,6 +82,7 @@ class VisionModelImpl : public torch::nn::Module {
   VisionEmbeddings embeddings{nullptr};
   VisionEncoder encoder{nullptr};
   torch::nn::LayerNorm post_layernorm{nullptr};
+  BlockRunner block_runner;  // empty: blocks run directly
 };
 TORCH_MODULE(VisionModel);
 

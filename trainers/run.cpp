@@ -15,6 +15,7 @@
 #include "data/loader.h"
 #include "owl2/model.h"
 #include "owl2/state_dict.h"
+#include "trainers/activation_checkpoint.h"
 #include "trainers/checkpoint.h"
 #include "trainers/distributed.h"
 #include "trainers/evaluate.h"
@@ -82,6 +83,10 @@ int run_training(const RunConfig& cfg, const RunOptions& options) {
     if (lead) std::cerr << "init: " << cfg.init.from << ": " << report.summary() << "\n";
   }
   model->train();
+  const auto& ac = t.activation_checkpointing;  // applied from outside the model
+  if (ac.vision) model->model->vision_model->block_runner = checkpointing_runner();
+  if (ac.abstractor) model->model->visual_abstractor->block_runner = checkpointing_runner();
+  if (ac.decoder) model->decoder_block_runner = checkpointing_runner();
 
   // Data.
   if (cfg.data.tokenizer.empty()) throw ConfigError("data.tokenizer: a training run needs a SentencePiece model");

@@ -2,7 +2,7 @@
 #include <catch2/catch.hpp>
 #include <torch/torch.h>
 
-#include "trainers/checkpointing.h"
+#include "trainers/activation_checkpoint.h"
 
 using namespace owl2;
 
@@ -62,4 +62,47 @@ TEST_CASE("checkpointing still trains parameters when no input requires grad", "
   y.sum().backward();
   REQUIRE(blk->fc1->weight.grad().defined());
   CHECK(blk->fc1->weight.grad().abs().sum().item<double>() > 0);
+}
+
+#include "owl2/model.h"
+#include "tests/helpers.h"
+#include "trainers/config.h"
+
+TEST_CASE("activation checkpointing of the ViT, abstractor and decoder gives the same loss and gradients", "[train][checkpoint][model]") {
+  const auto cfg = owl2::load_config(owl2::test::source_path("configs/model/tiny.yaml")).model;
+  torch::manual_seed(3);
+  owl2::MPLUGOwl2ForCausalLM plain(cfg), ckpt(cfg);
+  plain->to(torch::kFloat64);
+  ckpt->to(torch::kFloat64);
+  {
+    torch::NoGradGuard g;
+    auto src = plain->named_parameters();
+    for (auto& item : ckpt->named_parameters()) item.value().copy_(src[item.key()]);
+  }
+  ckpt->model->vision_model->block_runner = owl2::checkpointing_runner();
+  ckpt->model->visual_abstractor->block_runner = owl2::checkpointing_runner();
+  ckpt->decoder_block_runner = owl2::checkpointing_runner();
+  owl2::ModelInputs in;
+  in.input_ids = torch::tensor({{1, -200, 5, 6, 7, 8}, {1, 9, 10, 11, 0, 0}}, torch::kLong);
+  in.attention_mask = torch::tensor({{1, 1, 1, 1, 1, 1}, {1, 1, 1, 1, 0, 0}}, torch::kLong);
+  in.labels = torch::tensor({{-100, -100, 5, 6, 7, 8}, {-100, 9, 10, 11, -100, -100}}, torch::kLong);
+  in.images = torch::randn({1, 3, cfg.vision.image_size, cfg.vision.image_size}, torch::kFloat64);
+  auto a = plain->forward(in).loss_sum;
+  auto b = ckpt->forward(in).loss_sum;
+  CHECK(std::abs(a.item<double>() - b.item<double>()) < 1e-12);
+  a.backward();
+  b.backward();
+  auto pa = plain->named_parameters();
+  size_t compared = 0;
+  for (auto& item : ckpt->named_parameters()) {
+    const auto& ga = pa[item.key()].grad();
+    const auto& gb = item.value().grad();
+    INFO(item.key());
+    REQUIRE(ga.defined() == gb.defined());
+    if (!ga.defined()) continue;
+    CHECK((ga - gb).abs().max().item<double>() < 1e-12);
+    ++compared;
+  }
+  CHECK(compared > 40);
+  CHECK(ckpt->model->vision_model->embeddings->patch_embed->weight.grad().abs().sum().item<double>() > 0);
 }

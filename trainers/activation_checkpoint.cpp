@@ -1,5 +1,5 @@
 // A custom autograd function for activation checkpointing; see checkpointing.h.
-#include "trainers/checkpointing.h"
+#include "trainers/activation_checkpoint.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/autocast_mode.h>
