@@ -60,6 +60,10 @@ double step_flops(const RunConfig& cfg, MPLUGOwl2ForCausalLM& model, int64_t wor
 
 int run_training(const RunConfig& cfg, const RunOptions& options) {
   const auto& t = cfg.train;
+  if (t.precision != "fp32") {
+    throw ConfigError("train.precision: only fp32 training is implemented so far (bf16 is planned for CUDA); got '" +
+                      t.precision + "'");
+  }
   const DistEnv env = DistEnv::from_environment();
   auto comm = std::make_shared<Comm>(env, std::chrono::minutes(10), /*cuda=*/false);
   const bool lead = env.rank == 0;

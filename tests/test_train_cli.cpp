@@ -1,0 +1,128 @@
+// owl2 train end to end on a small synthetic set: exact resume after a stop and after SIGKILL, and the
+// errors a user meets first.
+#include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <thread>
+
+#include "tests/helpers.h"
+
+using Catch::Matchers::Contains;
+using owl2::test::read_text;
+using owl2::test::run_owl2;
+using owl2::test::source_path;
+namespace fs = std::filesystem;
+
+namespace {
+
+const std::string kRoot = "build/test_train";
+
+// A small dataset and tokenizer, made once per test process.
+void prepare() {
+  static bool done = false;
+  if (done) return;
+  fs::remove_all(kRoot);
+  auto synth = run_owl2("data synth --out " + kRoot + "/data --train 48 --heldout 4 --train-text 16 --heldout-text 4");
+  REQUIRE(synth.rc == 0);
+  auto tok = run_owl2("tokenizer train --text " + kRoot + "/data/corpus.txt --vocab-size 256 --out " + kRoot + "/tok");
+  INFO(tok.out);
+  REQUIRE(tok.rc == 0);
+  std::ofstream(kRoot + "/run.yaml") << "include: " << source_path("configs/model/tiny.yaml") << "\n"
+                                     << "optim: {lr: 2.0e-3, warmup_steps: 2}\n"
+                                     << "train: {steps: 6, global_batch_size: 8, micro_batch_size: 4, max_length: 256,"
+                                     << " save_every: 1, keep_last: 2}\n"
+                                     << "data: {tokenizer: " << kRoot << "/tok.model, sources: [{path: " << kRoot
+                                     << "/data/llava_train.json}], num_workers: 2}\n";
+  done = true;
+}
+
+std::string train_cmd(const std::string& out, const std::string& extra = "") {
+  return "train --config " + kRoot + "/run.yaml --set train.out_dir=" + out + " " + extra;
+}
+
+// step -> loss; a re-run step (after a resume) keeps its last value.
+std::map<int64_t, double> losses(const std::string& run) {
+  std::map<int64_t, double> out;
+  std::ifstream f(run + "/metrics.jsonl");
+  for (std::string line; std::getline(f, line);) {
+    if (line.empty()) continue;
+    const auto j = nlohmann::json::parse(line);
+    out[j.at("step").get<int64_t>()] = j.at("loss").get<double>();
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("owl2 train resumes bit-identically after a stop and after SIGKILL", "[train][cli][slow]") {
+  prepare();
+  const auto full_dir = kRoot + "/full";
+  fs::remove_all(full_dir);
+  auto full = run_owl2(train_cmd(full_dir));
+  INFO(full.out);
+  REQUIRE(full.rc == 0);
+  const auto reference = losses(full_dir);
+  REQUIRE(reference.size() == 6);
+  REQUIRE(fs::exists(full_dir + "/final/model.safetensors"));
+
+  // Stop after 3 steps, then run again: the rest continues from the checkpoint at step 3.
+  const auto stop_dir = kRoot + "/stop";
+  fs::remove_all(stop_dir);
+  REQUIRE(run_owl2(train_cmd(stop_dir, "--stop-after 3")).rc == 0);
+  CHECK(losses(stop_dir).size() == 3);
+  auto resumed = run_owl2(train_cmd(stop_dir));
+  INFO(resumed.out);
+  REQUIRE(resumed.rc == 0);
+  CHECK_THAT(resumed.out, Contains("resumed from") && Contains("at step 3"));
+  CHECK(losses(stop_dir) == reference);
+
+  // SIGKILL at some moment after the second step, wherever the process is (even inside a save).
+  const auto kill_dir = kRoot + "/kill";
+  fs::remove_all(kill_dir);
+  const std::string cmd = std::string(OWL2_BINARY) + " " + train_cmd(kill_dir) + " > " + kRoot + "/kill.log 2>&1";
+  const pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    execl("/bin/sh", "sh", "-c", ("exec " + cmd).c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  for (int i = 0; i < 2000 && losses(kill_dir).size() < 2; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  kill(pid, SIGKILL);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  auto after = run_owl2(train_cmd(kill_dir));
+  INFO(after.out);
+  REQUIRE(after.rc == 0);
+  CHECK(losses(kill_dir) == reference);
+}
+
+TEST_CASE("owl2 train: a freeze rule that matches nothing and a resume with another model shape are named", "[train][cli]") {
+  prepare();
+  auto bad_rule = run_owl2(train_cmd(kRoot + "/rule", "--no-resume --set 'freeze=[{pattern: \"model.nothing.*\"}, {pattern: \"*\"}]'"));
+  CHECK(bad_rule.rc == 2);
+  CHECK_THAT(bad_rule.out, Contains("freeze[0]: pattern 'model.nothing.*' matches no parameter"));
+
+  const auto dir = kRoot + "/shape";
+  fs::remove_all(dir);
+  REQUIRE(run_owl2(train_cmd(dir, "--stop-after 1")).rc == 0);
+  auto other = run_owl2(train_cmd(dir, "--set model.decoder.intermediate_size=320"));
+  CHECK(other.rc == 1);
+  CHECK_THAT(other.out, Contains("cannot resume from") && Contains("does not match this config") &&
+                            Contains("model.layers.0.mlp.gate_proj.weight"));
+
+  auto no_tok = run_owl2(train_cmd(kRoot + "/notok", "--no-resume --set data.tokenizer=" + kRoot + "/missing.model"));
+  CHECK(no_tok.rc == 1);
+  CHECK_THAT(no_tok.out, Contains("missing.model"));
+  auto bf16 = run_owl2(train_cmd(kRoot + "/bf16", "--no-resume --set train.precision=bf16"));
+  CHECK(bf16.rc == 2);
+  CHECK_THAT(bf16.out, Contains("train.precision: only fp32 training is implemented"));
+}
