@@ -140,3 +140,22 @@ TEST_CASE("owl2 CLI: --version, --help and usage errors", "[cli]") {
   auto unknown = run_owl2("frobnicate");
   CHECK(unknown.rc == 2);
 }
+
+TEST_CASE("the reference config.json layout reads into the model section", "[config][model]") {
+  const auto hf = load_config(fixture("owl2-7b-config.json"));
+  const auto yaml = load_config(source_path("configs/model/owl2-7b.yaml"));
+  CHECK(owl2::to_yaml(hf) == owl2::to_yaml(yaml));
+  const auto small = load_config(fixture("owl2-7b-config.json"), {"model.decoder.num_hidden_layers=2"});
+  CHECK(small.model.decoder.num_hidden_layers == 2);
+  REQUIRE_THROWS_WITH(load_config(fixture("hf_bad_type.json")),
+                      Contains("visual_config.visual_model.hidden_act: expected \"quick_gelu\", got \"gelu\""));
+  auto inspect = run_owl2("inspect --config " + fixture("owl2-7b-config.json"));
+  CHECK(inspect.rc == 0);
+  CHECK_THAT(inspect.out, Contains("8,197,859,328") || Contains("8197859328"));
+}
+
+TEST_CASE("config.json values of the wrong type name the JSON field", "[config]") {
+  std::ofstream(source_path("build/hf_wrong.json")) << R"({"model_type": "mplug_owl2", "hidden_size": "large"})";
+  REQUIRE_THROWS_WITH(load_config(source_path("build/hf_wrong.json")),
+                      Contains("hf_wrong.json (hidden_size): model.decoder.hidden_size: expected an integer, got 'large'"));
+}

@@ -59,3 +59,36 @@ TEST_CASE("reset_parameters applies the documented init scheme", "[model]") {
   CHECK(std::abs(w.std().item<double>() - 0.02) < 0.003);
   CHECK(std::abs(p["lm_head.weight"].std().item<double>() - 0.02) < 0.003);
 }
+
+#include "owl2/weights.h"
+#include "trainers/config.h"
+
+TEST_CASE("stage hand-over: 16 px weights load into a 32 px model with interpolated ViT positions", "[model][checkpoint]") {
+  auto small_cfg = owl2::load_config(owl2::test::source_path("configs/model/tiny.yaml"),
+                                     {"model.vision.image_size=16", "model.abstractor.grid_size=4"}).model;
+  const auto big_cfg = owl2::load_config(owl2::test::source_path("configs/model/tiny.yaml")).model;
+  torch::manual_seed(11);
+  owl2::MPLUGOwl2ForCausalLM small(small_cfg), big(big_cfg);
+  const std::string dir = owl2::test::source_path("build/test_handover");
+  std::filesystem::remove_all(dir);
+  owl2::save_state_dict(*small, dir);
+  const auto summary = owl2::load_model_weights(big, dir);
+  CHECK_THAT(summary, Catch::Matchers::Contains("interpolated from a 4x4 to a 8x8 grid"));
+  const auto& pos = big->model->vision_model->embeddings->position_embedding;
+  CHECK(pos.sizes() == torch::IntArrayRef({1, 65, 64}));
+  CHECK(torch::allclose(pos, owl2::interpolate_position_embedding(
+                                 small->model->vision_model->embeddings->position_embedding.detach(), 8)));
+  CHECK(torch::equal(pos.select(1, 0), small->model->vision_model->embeddings->position_embedding.select(1, 0)));
+  CHECK(torch::equal(big->lm_head->weight, small->lm_head->weight));
+  CHECK(torch::equal(big->model->visual_abstractor->query_embeds, small->model->visual_abstractor->query_embeds));
+  owl2::ModelInputs in;
+  in.input_ids = torch::tensor({{1, -200, 5}}, torch::kLong);
+  in.images = torch::randn({1, 3, 32, 32});
+  CHECK(big->forward(in).logits.size(1) == 3 + 8);
+  // A width change is not a grid change.
+  auto wide = owl2::load_config(owl2::test::source_path("configs/model/tiny.yaml"),
+                                {"model.vision.hidden_size=128", "model.abstractor.encoder_hidden_size=128",
+                                 "model.abstractor.hidden_size=128"}).model;
+  owl2::MPLUGOwl2ForCausalLM other(wide);
+  REQUIRE_THROWS_WITH(owl2::load_model_weights(other, dir), Catch::Matchers::Contains("no grid interpolation"));
+}

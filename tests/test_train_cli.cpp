@@ -24,12 +24,12 @@ namespace fs = std::filesystem;
 
 namespace {
 
-const std::string kRoot = "build/test_train";
+// Each test case has its own folder: CTest runs them in parallel processes.
+std::string kRoot;
 
-// A small dataset and tokenizer, made once per test process.
-void prepare() {
-  static bool done = false;
-  if (done) return;
+// A small dataset and tokenizer under build/test_train_<name>.
+void prepare(const std::string& name) {
+  kRoot = "build/test_train_" + name;
   fs::remove_all(kRoot);
   auto synth = run_owl2("data synth --out " + kRoot + "/data --train 48 --heldout 4 --train-text 16 --heldout-text 4");
   REQUIRE(synth.rc == 0);
@@ -42,7 +42,6 @@ void prepare() {
                                      << " save_every: 1, keep_last: 2}\n"
                                      << "data: {tokenizer: " << kRoot << "/tok.model, sources: [{path: " << kRoot
                                      << "/data/llava_train.json}], num_workers: 2}\n";
-  done = true;
 }
 
 std::string train_cmd(const std::string& out, const std::string& extra = "") {
@@ -64,7 +63,7 @@ std::map<int64_t, double> losses(const std::string& run) {
 }  // namespace
 
 TEST_CASE("owl2 train resumes bit-identically after a stop and after SIGKILL", "[train][cli][slow]") {
-  prepare();
+  prepare("resume");
   const auto full_dir = kRoot + "/full";
   fs::remove_all(full_dir);
   auto full = run_owl2(train_cmd(full_dir));
@@ -106,7 +105,7 @@ TEST_CASE("owl2 train resumes bit-identically after a stop and after SIGKILL", "
 }
 
 TEST_CASE("owl2 train: a freeze rule that matches nothing and a resume with another model shape are named", "[train][cli]") {
-  prepare();
+  prepare("errors");
   auto bad_rule = run_owl2(train_cmd(kRoot + "/rule", "--no-resume --set 'freeze=[{pattern: \"model.nothing.*\"}, {pattern: \"*\"}]'"));
   CHECK(bad_rule.rc == 2);
   CHECK_THAT(bad_rule.out, Contains("freeze[0]: pattern 'model.nothing.*' matches no parameter"));

@@ -2,12 +2,14 @@
 #include "trainers/config.h"
 
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <map>
 
 namespace owl2 {
@@ -537,10 +539,69 @@ RunConfig parse_node(const YAML::Node& root, const Origins& origins, const std::
 
 }  // namespace
 
+namespace {
+
+// The reference config.json layout (spec §2.3): LLaMA fields at the top, the ViT and the abstractor under
+// visual_config.{visual_model, visual_abstractor}. Known fields become model.* keys of a YAML tree, so the
+// same typed reader and validation apply; unrelated HF fields (architectures, torch_dtype, ...) are ignored.
+YAML::Node hf_config_to_yaml(const std::string& path, Origins& origins) {
+  std::ifstream f(path);
+  if (!f) throw ConfigError(path + ": config file not found");
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(f);
+  } catch (const nlohmann::json::exception& e) {
+    throw ConfigError(fmt::format("{}: not valid JSON: {}", path, e.what()));
+  }
+  if (!j.is_object()) throw ConfigError(path + ": expected a JSON object");
+  auto expect_string = [&](const nlohmann::json& obj, const std::string& where, const char* key, const char* want) {
+    if (obj.contains(key) && obj[key] != want) {
+      throw ConfigError(fmt::format("{}: {}{}: expected \"{}\", got {}", path, where, key, want, obj[key].dump()));
+    }
+  };
+  expect_string(j, "", "model_type", "mplug_owl2");
+  expect_string(j, "", "hidden_act", "silu");
+  YAML::Node root(YAML::NodeType::Map);
+  auto copy = [&](const nlohmann::json& obj, const std::string& where, const std::string& section,
+                  const std::vector<std::string>& keys) {
+    for (const auto& k : keys) {
+      if (!obj.contains(k) || obj[k].is_null()) continue;
+      const auto& v = obj[k];
+      root["model"][section][k] = v.is_string() ? v.get<std::string>() : v.dump();
+      origins["model." + section + "." + k] = fmt::format("{} ({}{})", path, where, k);
+    }
+  };
+  copy(j, "", "decoder",
+       {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+        "num_key_value_heads", "max_position_embeddings", "rms_norm_eps", "rope_theta"});
+  if (j.contains("num_attention_heads") && !j.contains("num_key_value_heads")) {
+    root["model"]["decoder"]["num_key_value_heads"] = j["num_attention_heads"].dump();  // no GQA field: MHA
+  }
+  if (j.contains("visual_config")) {
+    const auto& vc = j["visual_config"];
+    if (vc.contains("visual_model")) {
+      const auto& vm = vc["visual_model"];
+      expect_string(vm, "visual_config.visual_model.", "hidden_act", "quick_gelu");
+      copy(vm, "visual_config.visual_model.", "vision",
+           {"hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_channels",
+            "image_size", "patch_size", "layer_norm_eps"});
+    }
+    if (vc.contains("visual_abstractor")) {
+      copy(vc["visual_abstractor"], "visual_config.visual_abstractor.", "abstractor",
+           {"num_learnable_queries", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+            "encoder_hidden_size", "grid_size", "layer_norm_eps"});
+    }
+  }
+  return root;
+}
+
+}  // namespace
+
 RunConfig load_config(const std::string& path, const std::vector<std::string>& overrides) {
   Origins origins;
   std::vector<std::string> stack;
-  YAML::Node root = load_file(fs::path(path), stack, origins);
+  const bool hf_json = path.size() > 5 && path.compare(path.size() - 5, 5, ".json") == 0;
+  YAML::Node root = hf_json ? hf_config_to_yaml(path, origins) : load_file(fs::path(path), stack, origins);
   for (const auto& o : overrides) apply_override(root, o, origins);
   return parse_node(root, origins, path);
 }

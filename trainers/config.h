@@ -114,6 +114,8 @@ struct RunConfig {
 
 // Reads `path`, resolves `include:` (relative to the including file, later wins), applies the
 // overrides ("optim.lr=2e-5", value parsed as YAML), parses and validates. Throws ConfigError.
+// A path ending in .json is read as the reference config.json layout (LLaMA fields at the top level,
+// visual_config.visual_model and visual_config.visual_abstractor) into the model section.
 RunConfig load_config(const std::string& path, const std::vector<std::string>& overrides = {});
 
 // Parses a YAML document given as text (no includes); `origin` names it in messages.

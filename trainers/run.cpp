@@ -15,6 +15,7 @@
 #include "data/loader.h"
 #include "owl2/model.h"
 #include "owl2/state_dict.h"
+#include "owl2/weights.h"
 #include "trainers/activation_checkpoint.h"
 #include "trainers/checkpoint.h"
 #include "trainers/distributed.h"
@@ -83,8 +84,8 @@ int run_training(const RunConfig& cfg, const RunOptions& options) {
   if (!cfg.init.from.empty()) {
     LoadOptions lo;
     lo.allow_missing = cfg.init.allow_missing;
-    const auto report = load_state_dict(*model, *open_tensor_source(cfg.init.from), lo);
-    if (lead) std::cerr << "init: " << cfg.init.from << ": " << report.summary() << "\n";
+    const auto summary = load_model_weights(model, cfg.init.from, lo);
+    if (lead) std::cerr << "init: " << cfg.init.from << ": " << summary << "\n";
   }
   model->train();
   const auto& ac = t.activation_checkpointing;  // applied from outside the model
