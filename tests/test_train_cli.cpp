@@ -125,3 +125,32 @@ TEST_CASE("owl2 train: a freeze rule that matches nothing and a resume with anot
   CHECK(bf16.rc == 2);
   CHECK_THAT(bf16.out, Contains("train.precision: only fp32 training is implemented"));
 }
+
+TEST_CASE("owl2 eval gives the same answers at any batch size, owl2 generate answers one prompt", "[train][cli][generate]") {
+  prepare("generate");
+  const auto dir = kRoot + "/run";
+  auto trained = run_owl2(train_cmd(dir, "--set train.steps=3"));
+  INFO(trained.out);
+  REQUIRE(trained.rc == 0);
+  const std::string model = dir + "/final";
+  const std::string heldout = kRoot + "/data/heldout.jsonl";
+  auto one = run_owl2("eval --model " + model + " --heldout " + heldout + " --limit 12 --max-new-tokens 4 --batch-size 1 --predictions " + kRoot + "/p1.jsonl");
+  auto many = run_owl2("eval --model " + model + " --heldout " + heldout + " --limit 12 --max-new-tokens 4 --batch-size 5 --predictions " + kRoot + "/p5.jsonl");
+  INFO(one.out);
+  REQUIRE(one.rc == 0);
+  REQUIRE(many.rc == 0);
+  const auto p1 = read_text(kRoot + "/p1.jsonl");
+  CHECK(std::count(p1.begin(), p1.end(), '\n') == 12);
+  CHECK(p1 == read_text(kRoot + "/p5.jsonl"));  // left padding gives each question its own positions and mask
+
+  auto gen = run_owl2("generate --model " + model + " --prompt 'What color is the circle?' --max-new-tokens 3 --image " +
+                      kRoot + "/data/images/heldout/000000.png");
+  INFO(gen.out);
+  CHECK(gen.rc == 0);
+  auto missing = run_owl2("generate --model " + model + " --prompt hi --image " + kRoot + "/nope.png");
+  CHECK(missing.rc == 1);
+  CHECK_THAT(missing.out, Contains("nope.png"));
+  auto not_model = run_owl2("eval --model " + kRoot + " --heldout " + heldout);
+  CHECK(not_model.rc == 2);
+  CHECK_THAT(not_model.out, Contains("not a model directory"));
+}
