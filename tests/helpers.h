@@ -2,11 +2,16 @@
 #pragma once
 #include <sys/wait.h>
 
+#include <stdlib.h>
+
 #include <array>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace owl2::test {
 
@@ -30,6 +35,21 @@ inline CliResult run_owl2(const std::string& args) {
 }
 
 inline std::string source_path(const std::string& rel) { return std::string(OWL2_SOURCE_DIR) + "/" + rel; }
+
+// A fresh directory under /tmp named after `prefix`, removed when the test process exits.
+inline std::string temp_dir(const std::string& prefix) {
+  struct Registry {
+    std::vector<std::string> dirs;
+    ~Registry() {
+      for (const auto& d : dirs) std::filesystem::remove_all(d);
+    }
+  };
+  static Registry registry;
+  std::string tmpl = "/tmp/" + prefix + "_XXXXXX";
+  if (mkdtemp(tmpl.data()) == nullptr) throw std::runtime_error("mkdtemp failed for " + tmpl);
+  registry.dirs.push_back(tmpl);
+  return tmpl;
+}
 
 inline std::string read_text(const std::string& path) {
   std::ifstream f(path);

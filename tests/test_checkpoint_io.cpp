@@ -28,19 +28,7 @@ namespace {
 std::string fixture(const std::string& rel) { return source_path("tests/fixtures/checkpoint/" + rel); }
 
 // Temporary directories, removed when the test process exits (forked children _exit and leave them alone).
-std::string temp_dir() {
-  struct Registry {
-    std::vector<std::string> dirs;
-    ~Registry() {
-      for (const auto& d : dirs) std::filesystem::remove_all(d);
-    }
-  };
-  static Registry registry;
-  char tmpl[] = "/tmp/owl2_ckpt_io_XXXXXX";
-  REQUIRE(mkdtemp(tmpl) != nullptr);
-  registry.dirs.push_back(tmpl);
-  return tmpl;
-}
+std::string temp_dir() { return owl2::test::temp_dir("owl2_ckpt_io"); }
 
 bool bitwise_equal(const torch::Tensor& a, const torch::Tensor& b) {
   if (a.scalar_type() != b.scalar_type() || a.sizes() != b.sizes()) return false;

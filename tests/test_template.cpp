@@ -6,6 +6,7 @@
 
 #include "data/template.h"
 #include "tests/helpers.h"
+#include "tests/tokenizer_fixture.h"
 
 using Catch::Matchers::Contains;
 using owl2::chat_template;
@@ -20,19 +21,12 @@ using owl2::Turn;
 using owl2::turns_from_json;
 using owl2::test::read_text;
 using owl2::test::source_path;
-using Ids = std::vector<int64_t>;
+using owl2::test::cat;
+using owl2::test::Ids;
 
 namespace {
-const Tokenizer& tiny() {
-  static const Tokenizer tok(source_path("tests/fixtures/tokenizer/tiny_llama.model"));
-  return tok;
-}
+const Tokenizer& tiny() { return owl2::test::tiny_tokenizer(); }
 Ids masked(size_t n) { return Ids(n, kIgnoreIndex); }
-Ids cat(std::initializer_list<Ids> parts) {
-  Ids out;
-  for (const auto& p : parts) out.insert(out.end(), p.begin(), p.end());
-  return out;
-}
 const std::string kVicunaSystem =
     "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
     "detailed, and polite answers to the user's questions.";

@@ -6,25 +6,19 @@
 
 #include "data/tokenizer.h"
 #include "tests/helpers.h"
+#include "tests/tokenizer_fixture.h"
 
 using Catch::Matchers::Contains;
 using owl2::kImageTokenIndex;
 using owl2::Tokenizer;
 using owl2::test::read_text;
 using owl2::test::source_path;
-using Ids = std::vector<int64_t>;
+using owl2::test::cat;
+using owl2::test::Ids;
 
 namespace {
-const Tokenizer& tiny() {
-  static const Tokenizer tok(source_path("tests/fixtures/tokenizer/tiny_llama.model"));
-  return tok;
-}
+const Tokenizer& tiny() { return owl2::test::tiny_tokenizer(); }
 nlohmann::json golden() { return nlohmann::json::parse(read_text(source_path("tests/fixtures/tokenizer/golden.json"))); }
-Ids cat(std::initializer_list<Ids> parts) {
-  Ids out;
-  for (const auto& p : parts) out.insert(out.end(), p.begin(), p.end());
-  return out;
-}
 }  // namespace
 
 TEST_CASE("encode matches the slow sentencepiece LLaMA tokenizer on every golden case", "[tokenizer]") {

@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "owl2/fileio.h"
+#include "tests/helpers.h"
 #include "trainers/checkpoint.h"
 
 using Catch::Matchers::Contains;
@@ -23,19 +24,7 @@ using owl2::TrainingCheckpoint;
 namespace {
 
 // Temporary directories, removed when the test process exits (forked children _exit and leave them alone).
-std::string temp_dir() {
-  struct Registry {
-    std::vector<std::string> dirs;
-    ~Registry() {
-      for (const auto& d : dirs) std::filesystem::remove_all(d);
-    }
-  };
-  static Registry registry;
-  char tmpl[] = "/tmp/owl2_train_ckpt_XXXXXX";
-  REQUIRE(mkdtemp(tmpl) != nullptr);
-  registry.dirs.push_back(tmpl);
-  return tmpl;
-}
+std::string temp_dir() { return owl2::test::temp_dir("owl2_train_ckpt"); }
 
 // Everything in the checkpoint of step s is a function of s, so a resumed one can be checked for consistency.
 TrainingCheckpoint make_checkpoint(int64_t s) {
