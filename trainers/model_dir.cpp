@@ -1,0 +1,26 @@
+#include "trainers/model_dir.h"
+
+#include <filesystem>
+#include <stdexcept>
+
+#include "owl2/weights.h"
+
+namespace owl2 {
+
+LoadedModel load_model_dir(const std::string& dir, const std::string& tokenizer) {
+  const auto config = (std::filesystem::path(dir) / "config.yaml").string();
+  if (!std::filesystem::is_regular_file(config)) {
+    throw std::invalid_argument(dir + ": not a model directory (no config.yaml; use a run's final/ folder)");
+  }
+  LoadedModel l;
+  l.cfg = load_config(config);
+  l.model = MPLUGOwl2ForCausalLM(l.cfg.model);
+  load_model_weights(l.model, dir);
+  l.model->eval();
+  const std::string tok = tokenizer.empty() ? l.cfg.data.tokenizer : tokenizer;
+  if (tok.empty()) throw std::invalid_argument(config + ": data.tokenizer is empty; pass --tokenizer");
+  l.tokenizer = std::make_unique<Tokenizer>(tok);
+  return l;
+}
+
+}  // namespace owl2
