@@ -15,7 +15,9 @@ LoadedModel load_model_dir(const std::string& dir, const std::string& tokenizer)
   LoadedModel l;
   l.cfg = load_config(config);
   l.model = MPLUGOwl2ForCausalLM(l.cfg.model);
-  load_model_weights(l.model, dir);
+  LoadOptions load;
+  load.convert_dtype = true;  // weights may be stored in bf16 / fp16 (owl2 import/export --dtype); the model is fp32
+  load_model_weights(l.model, dir, load);
   l.model->eval();
   const std::string tok = tokenizer.empty() ? l.cfg.data.tokenizer : tokenizer;
   if (tok.empty()) throw std::invalid_argument(config + ": data.tokenizer is empty; pass --tokenizer");
