@@ -267,6 +267,21 @@ struct ImportBenchArgs {
   std::string child, from, to;  // internal: one measured import or export in this process
 };
 
+// Resident memory split (kB) from /proc/self/status: anonymous (owned tensors) vs file-backed (mapped files,
+// reclaimable page cache).
+long status_kb(const std::string& key) {
+  std::ifstream f("/proc/self/status");
+  std::string k;
+  long v = 0;
+  while (f >> k) {
+    if (k == key) {
+      f >> v;
+      return v;
+    }
+  }
+  return 0;
+}
+
 int import_child(const ImportBenchArgs& a) {
   const auto t0 = Clock::now();
   if (a.child == "import") {
@@ -282,7 +297,10 @@ int import_child(const ImportBenchArgs& a) {
     throw std::invalid_argument("--child: expected import or export, got '" + a.child + "'");
   }
   const double s = seconds_since(t0);
-  std::cout << nlohmann::json{{"seconds", s}, {"bytes", dir_tensor_bytes(a.to)}, {"peak_rss_kb", peak_rss_kb()}}.dump()
+  // Before dir_tensor_bytes maps the output: the import / export's own footprint.
+  const long anon = status_kb("RssAnon:"), file = status_kb("RssFile:"), peak = peak_rss_kb();
+  std::cout << nlohmann::json{{"seconds", s}, {"bytes", dir_tensor_bytes(a.to)}, {"peak_rss_kb", peak},
+                              {"anon_kb", anon}, {"file_kb", file}}.dump()
             << "\n";
   return 0;
 }
@@ -321,8 +339,11 @@ int bench_import(const ImportBenchArgs& a) {
     const double got = j["bytes"].get<double>(), want = static_cast<double>(written.total_bytes);
     if (got < want || got > want * 1.001)
       throw std::runtime_error(fmt::format("{} wrote {} tensor bytes, expected {}", label, got, want));
-    fmt::print("{:<52} {:8.2f} s  {:6.2f} GB/s  peak RSS {:6.0f} MB\n", label, s, gb / s,
-               j["peak_rss_kb"].get<double>() / 1024);
+    fmt::print("{:<52} {:8.2f} s  {:6.2f} GB/s  peak RSS {:6.0f} MB{}\n", label, s, gb / s,
+               j["peak_rss_kb"].get<double>() / 1024,
+               j.contains("anon_kb") ? fmt::format("  (at exit: anon {:.0f} MB, file-backed {:.0f} MB)",
+                                                   j["anon_kb"].get<double>() / 1024, j["file_kb"].get<double>() / 1024)
+                                     : std::string());
     if (s < best.s) best = {s, j["peak_rss_kb"].get<long>()};
   };
   for (int r = 0; r < a.repeats; ++r) {

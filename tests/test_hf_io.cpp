@@ -277,6 +277,12 @@ TEST_CASE("import: missing and unexpected keys are listed by name", "[hf]") {
   CHECK_THAT(r.out, Contains("1 unexpected in the checkpoint"));
   CHECK_THAT(r.out, Contains("\n  model.layers.2.mlp.up_proj.weight"));
   CHECK_FALSE(r.out.find("inv_freq") != std::string::npos);  // recomputable buffers are not problems
+  // --allow-unexpected drops the extra name; the missing one is still an error.
+  const auto r2 = run_owl2("import --allow-unexpected --from " + dir + " --to " + dir + "/../out");
+  INFO(r2.out);
+  CHECK(r2.rc == 1);
+  CHECK_THAT(r2.out, Contains("lm_head.weight [48, 32]"));
+  CHECK_FALSE(r2.out.find("up_proj") != std::string::npos);
 }
 
 TEST_CASE("export config.json: the reference fields of spec 2.3, readable by load_config", "[hf]") {
