@@ -218,10 +218,17 @@ const std::vector<std::string> kGqaFiles = {"testdev_balanced_questions.json"};
 
 std::vector<BenchItem> read_gqa(const std::string& dir) {
   const std::string file = find_file(dir, kGqaFiles);
-  const json root = read_json(file);
+  // Parsed keeping the file's order of the questions (json's object would sort the ids).
+  ojson root;
+  try {
+    root = ojson::parse(read_text(file));
+  } catch (const json::parse_error& e) {
+    throw std::invalid_argument(fmt::format("{}: invalid JSON: {}", file, e.what()));
+  }
   if (!root.is_object()) throw std::invalid_argument(fmt::format("{}: expected an object of questions keyed by id", file));
   std::vector<BenchItem> out;
-  for (const auto& [qid, q] : root.items()) {
+  for (const auto& [qid, oq] : root.items()) {
+    const json q = oq;
     const std::string where = "question " + qid;
     const std::string image = need_id(file, where, q, "imageId");
     const std::string question = need_str(file, where, q, "question");

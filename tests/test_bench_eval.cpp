@@ -89,9 +89,9 @@ TEST_CASE("bench readers: VQAv2, OK-VQA, VizWiz and TextVQA prompts as evaluate_
 TEST_CASE("bench readers: GQA, ScienceQA-IMG, POPE, MME", "[eval][bench]") {
   const auto gqa = read_bench("gqa");
   REQUIRE(gqa.size() == 2);
-  CHECK(gqa[0].id == "201307251");
-  CHECK(gqa[0].prompt == "USER: <|image|>Is it an outdoors scene?\n" + kShort + " ASSISTANT: ");
-  CHECK(gqa[0].images[0].path == fixture("gqa") + "/images/n161313.jpg");
+  CHECK(gqa[0].id == "20843034");  // file order, not sorted
+  CHECK(gqa[1].prompt == "USER: <|image|>Is it an outdoors scene?\n" + kShort + " ASSISTANT: ");
+  CHECK(gqa[1].images[0].path == fixture("gqa") + "/images/n161313.jpg");
   CHECK(ev::find_bench("gqa").postprocess("Black.") == "black");
 
   // Test split, image problems only: 4 and 9 (5 has no image, 11 is train).
@@ -389,6 +389,31 @@ TEST_CASE("prediction cache: shards cover every question once, merge, resume, co
   std::ofstream(ev::rank_cache_path(dir, 1)) << "{\"id\": 3, \"prediction\": \"x\"}\n";
   CHECK(error_of([&] { ev::read_prediction_cache(dir); }) ==
         ev::rank_cache_path(dir, 1) + ": line 1: 'id' must be a string, found number 3");
+}
+
+TEST_CASE("owl2 data synth-bench: the public layouts, readable by the benchmark readers, byte-identical per seed",
+          "[eval][bench][synth]") {
+  const std::string a = temp_dir("owl2_synth_bench_a"), b = temp_dir("owl2_synth_bench_b");
+  for (const auto& dir : {a, b}) {
+    const auto r = run_owl2("data synth-bench --out " + dir + " --images 3 --seed 5");
+    INFO(r.out);
+    REQUIRE(r.rc == 0);
+  }
+  size_t files = 0;
+  for (const auto& e : fs::recursive_directory_iterator(a)) {
+    if (!e.is_regular_file()) continue;
+    ++files;
+    const std::string rel = fs::relative(e.path(), a).string();
+    CHECK(read_text(e.path().string()) == read_text(b + "/" + rel));
+  }
+  CHECK(files == 34);  // vqav2 3 + 2 JSON, pope 3 + 3 splits, mme 3 tasks x 3 x (png + txt), mmbench 1, coco 3 + 1
+  CHECK(read_bench("vqav2", a + "/vqav2").size() == 9);
+  CHECK(read_bench("pope", a + "/pope").size() == 18);
+  CHECK(read_bench("mme", a + "/mme").size() == 18);
+  CHECK(read_bench("mmbench", a + "/mmbench").size() == 12);  // 3 questions x 4 circular copies, all in the TSV
+  CHECK(read_bench("coco", a + "/coco").size() == 3);
+  const auto png = read_text(a + "/vqav2/val2014/COCO_val2014_000000000001.png");
+  CHECK(read_bench("mmbench", a + "/mmbench")[0].images[0].bytes == png);  // the base64 column round-trips
 }
 
 namespace {
