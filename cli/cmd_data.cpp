@@ -1,5 +1,5 @@
-// `owl2 data synth|verify|bench-loader`: write the synthetic dataset, scan a dataset and count bad
-// input, or time the loader (read + decode) with several thread counts.
+// `owl2 data synth|synth-bench|verify|bench-loader`: write the synthetic dataset or benchmark folders, scan a
+// dataset and count bad input, or time the loader (read + decode) with several thread counts.
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
@@ -82,6 +82,22 @@ void add_data_commands(CLI::App& app, Action& run) {
       std::cout << "wrote " << synth_opts->out_dir << ": " << s.pretrain_pairs << " pretraining pairs in "
                 << s.pretrain_shards << " shards, " << s.instruct_samples << " instruction samples, "
                 << s.heldout_questions << " held-out questions (" << s.files.size() << " files)\n";
+      return 0;
+    };
+  });
+
+  auto bench_opts = std::make_shared<data::SynthBenchOptions>();
+  auto* sbench = data->add_subcommand("synth-bench",
+                                      "Write small benchmark folders in the public formats (vqav2, pope, mme, mmbench, coco)");
+  sbench->add_option("--out", bench_opts->out_dir, "Output directory")->required();
+  sbench->add_option("--seed", bench_opts->seed, "Seed (same seed -> byte-identical files)");
+  sbench->add_option("--image-size", bench_opts->image_size, "Image side in pixels")->check(CLI::Range(16, 1024));
+  sbench->add_option("--images", bench_opts->images, "Scenes per benchmark")->check(CLI::Range(2, 100000));
+  sbench->callback([&run, bench_opts] {
+    run = [bench_opts] {
+      const auto files = data::write_synth_bench(*bench_opts);
+      std::cout << "wrote " << bench_opts->out_dir << ": vqav2, pope, mme, mmbench, coco (" << files.size()
+                << " files)\n";
       return 0;
     };
   });

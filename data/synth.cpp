@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <array>
 #include <filesystem>
+#include <map>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <opencv2/core.hpp>
@@ -396,6 +397,179 @@ SynthSummary write_synth_dataset(const SynthOptions& o) {
   summary.files.push_back("manifest.json");
   std::sort(summary.files.begin(), summary.files.end());
   return summary;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Synthetic benchmarks in the public formats
+
+namespace {
+
+std::string base64_encode(const std::string& bytes) {
+  static const char* const kAlphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string out;
+  size_t i = 0;
+  for (; i + 2 < bytes.size(); i += 3) {
+    const uint32_t v = (uint32_t(uint8_t(bytes[i])) << 16) | (uint32_t(uint8_t(bytes[i + 1])) << 8) | uint8_t(bytes[i + 2]);
+    for (int k = 3; k >= 0; --k) out += kAlphabet[(v >> (6 * k)) & 63];
+  }
+  if (i < bytes.size()) {
+    uint32_t v = uint32_t(uint8_t(bytes[i])) << 16;
+    if (i + 1 < bytes.size()) v |= uint32_t(uint8_t(bytes[i + 1])) << 8;
+    out += kAlphabet[(v >> 18) & 63];
+    out += kAlphabet[(v >> 12) & 63];
+    out += i + 1 < bytes.size() ? kAlphabet[(v >> 6) & 63] : '=';
+    out += '=';
+  }
+  return out;
+}
+
+// Another value of the palette than `not_this`, picked by `rng`.
+template <size_t N>
+std::string other(const std::array<const char*, N>& a, const std::string& not_this, Rng& rng) {
+  std::string v = not_this;
+  while (v == not_this) v = pick(a, rng);
+  return v;
+}
+
+}  // namespace
+
+std::vector<std::string> write_synth_bench(const SynthBenchOptions& o) {
+  if (o.out_dir.empty()) throw std::invalid_argument("synth-bench: --out is required");
+  if (o.images < 2) throw std::invalid_argument(fmt::format("synth-bench: need at least 2 images, got {}", o.images));
+  const fs::path root(o.out_dir);
+  std::vector<std::string> files;
+  auto put = [&](const std::string& rel, const std::string& bytes) {
+    fs::create_directories((root / rel).parent_path());
+    write_file(root / rel, bytes);
+    files.push_back(rel);
+  };
+  std::vector<Scene> scenes;
+  std::vector<std::string> pngs;
+  for (int64_t i = 0; i < o.images; ++i) {
+    scenes.push_back(make_scene(o.seed, "heldout", i));
+    pngs.push_back(render_scene_png(scenes.back(), o.image_size));
+  }
+  auto coco_name = [](int64_t image_id) { return fmt::format("COCO_val2014_{:012d}.png", image_id); };
+
+  // VQAv2: three questions per image, ten answer records each.
+  ojson questions = ojson::array(), annotations = ojson::array();
+  for (int64_t i = 0; i < o.images; ++i) {
+    const Scene& s = scenes[static_cast<size_t>(i)];
+    const int64_t image_id = i + 1;
+    put("vqav2/val2014/" + coco_name(image_id), pngs[static_cast<size_t>(i)]);
+    const std::vector<Question> qs{ask_color(s), ask_shape(s), ask_count(s)};
+    for (size_t k = 0; k < qs.size(); ++k) {
+      const int64_t qid = image_id * 10 + static_cast<int64_t>(k);
+      questions.push_back({{"image_id", image_id}, {"question", qs[k].question}, {"question_id", qid}});
+      ojson answers = ojson::array();
+      for (int a = 1; a <= 10; ++a)
+        answers.push_back({{"answer", qs[k].answer}, {"answer_confidence", "yes"}, {"answer_id", a}});
+      const std::string qtype = k == 0 ? "what color is the" : k == 1 ? "what shape is" : "how many";
+      annotations.push_back({{"question_type", qtype},
+                             {"multiple_choice_answer", qs[k].answer},
+                             {"answers", answers},
+                             {"image_id", image_id},
+                             {"answer_type", k == 2 ? "number" : "other"},
+                             {"question_id", qid}});
+    }
+  }
+  put("vqav2/v2_OpenEnded_mscoco_val2014_questions.json",
+      ojson{{"info", {{"description", "owl2 synthetic VQAv2-format benchmark"}}},
+            {"task_type", "Open-Ended"},
+            {"data_type", "mscoco"},
+            {"data_subtype", "val2014"},
+            {"questions", questions}}
+          .dump(1));
+  put("vqav2/v2_mscoco_val2014_annotations.json",
+      ojson{{"info", {{"description", "owl2 synthetic VQAv2-format benchmark"}}},
+            {"data_type", "mscoco"},
+            {"data_subtype", "val2014"},
+            {"annotations", annotations}}
+          .dump(1));
+
+  // POPE: per image one present object and one absent one; the absent one differs by colour and shape
+  // (random), by colour only (popular) or by shape only (adversarial).
+  for (const char* split : {"adversarial", "popular", "random"}) {
+    std::string lines;
+    int64_t qid = 1;
+    for (int64_t i = 0; i < o.images; ++i) {
+      const Scene& s = scenes[static_cast<size_t>(i)];
+      Rng rng(mix_seed(o.seed, 31, static_cast<uint64_t>(i)));
+      std::string color = s.color, shape = s.shape;
+      if (std::string(split) != "adversarial") color = other(kColors, s.color, rng);
+      if (std::string(split) != "popular") shape = other(kShapes, s.shape, rng);
+      const std::string image = coco_name(i + 1);
+      lines += ojson{{"question_id", qid++}, {"image", image}, {"text", fmt::format("Is there a {} {} in the image?", s.color, s.shape)}, {"label", "yes"}}.dump() + "\n";
+      lines += ojson{{"question_id", qid++}, {"image", image}, {"text", fmt::format("Is there a {} {} in the image?", color, shape)}, {"label", "no"}}.dump() + "\n";
+    }
+    put(fmt::format("pope/coco_pope_{}.json", split), lines);
+  }
+  for (int64_t i = 0; i < o.images; ++i) put("pope/val2014/" + coco_name(i + 1), pngs[static_cast<size_t>(i)]);
+
+  // MME: three perception tasks, images and their question files side by side (a Yes and a No question).
+  for (int64_t i = 0; i < o.images; ++i) {
+    const Scene& s = scenes[static_cast<size_t>(i)];
+    Rng rng(mix_seed(o.seed, 32, static_cast<uint64_t>(i)));
+    const std::string stem = fmt::format("{:04d}", i);
+    const char* suffix = " Please answer yes or no.";
+    const std::string other_shape = other(kShapes, s.shape, rng), other_color = other(kColors, s.color, rng);
+    const int other_count = s.count % 3 + 1;
+    const std::map<std::string, std::string> tasks = {
+        {"existence", fmt::format("Is there a {} in this image?{}\tYes\nIs there a {} in this image?{}\tNo\n", s.shape,
+                                  suffix, other_shape, suffix)},
+        {"color", fmt::format("Is the {} {} in the image?{}\tYes\nIs the {} {} in the image?{}\tNo\n", plural(s),
+                              s.color, suffix, plural(s), other_color, suffix)},
+        {"count", fmt::format("Are there {} shapes in the image?{}\tYes\nAre there {} shapes in the image?{}\tNo\n",
+                              s.count, suffix, other_count, suffix)}};
+    for (const auto& [task, text] : tasks) {
+      put(fmt::format("mme/{}/{}.png", task, stem), pngs[static_cast<size_t>(i)]);
+      put(fmt::format("mme/{}/{}.txt", task, stem), text);
+    }
+  }
+
+  // MMBench: a colour question per image with the four colours as options, and the circular copies as
+  // rows of the TSV (index + n * 1,000,000, options rotated by n), as in the official dev file.
+  std::string tsv = "index\tquestion\thint\tA\tB\tC\tD\tanswer\tcategory\tl2-category\tsplit\timage\tsource\tcomment\n";
+  std::string copies;
+  for (int64_t i = 0; i < o.images; ++i) {
+    const Scene& s = scenes[static_cast<size_t>(i)];
+    Rng rng(mix_seed(o.seed, 33, static_cast<uint64_t>(i)));
+    const auto order = permutation(kColors.size(), rng);
+    std::vector<std::string> opts;
+    size_t answer = 0;
+    for (size_t k = 0; k < order.size(); ++k) {
+      opts.push_back(kColors[order[k]]);
+      if (opts.back() == s.color) answer = k;
+    }
+    const std::string question = fmt::format("What color {} the {}?", s.count == 1 ? "is" : "are", plural(s));
+    const std::string hint = i % 2 ? "The image shows coloured shapes on a black background." : "nan";
+    const std::string b64 = base64_encode(pngs[static_cast<size_t>(i)]);
+    for (size_t n = 0; n < opts.size(); ++n) {
+      std::string row = fmt::format("{}\t{}\t{}", i + static_cast<int64_t>(n) * 1000000, question, hint);
+      for (size_t k = 0; k < opts.size(); ++k) row += "\t" + opts[(k + n) % opts.size()];
+      row += fmt::format("\t{}\tcolor_attribute\tattribute_reasoning\tdev\t{}\tsynthetic\tnan\n",
+                         static_cast<char>('A' + (answer + opts.size() - n) % opts.size()), b64);
+      (n == 0 ? tsv : copies) += row;
+    }
+  }
+  put("mmbench/mmbench_dev_20230712.tsv", tsv + copies);
+
+  // COCO captions (Karpathy-test style): two references per image.
+  ojson images = ojson::array(), caps = ojson::array();
+  int64_t ann_id = 1;
+  for (int64_t i = 0; i < o.images; ++i) {
+    const Scene& s = scenes[static_cast<size_t>(i)];
+    const std::string rel = fmt::format("images/{:06d}.png", i);
+    put("coco/" + rel, pngs[static_cast<size_t>(i)]);
+    images.push_back({{"id", i + 1}, {"file_name", rel}});
+    caps.push_back({{"image_id", i + 1}, {"id", ann_id++}, {"caption", s.caption}});
+    caps.push_back({{"image_id", i + 1}, {"id", ann_id++}, {"caption", fmt::format("{} {} {} on a black background",
+                                                                                  kCountWords[static_cast<size_t>(s.count)],
+                                                                                  s.color, plural(s))}});
+  }
+  put("coco/coco_karpathy_test.json", ojson{{"images", images}, {"annotations", caps}}.dump(1));
+  std::sort(files.begin(), files.end());
+  return files;
 }
 
 }  // namespace owl2::data

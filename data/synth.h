@@ -60,6 +60,20 @@ struct SynthSummary {
 // Same options -> byte-identical files.
 SynthSummary write_synth_dataset(const SynthOptions& options);
 
+// Small benchmark folders in the public formats of the paper's benchmarks, built from held-out scenes, so that
+// `owl2 eval --bench` runs end to end in CI (docs/eval.md): vqav2/ (VQAv2 questions + annotations JSON),
+// pope/ (coco_pope_{random,popular,adversarial}.json), mme/ (existence, count, color task folders),
+// mmbench/ (mmbench_dev_20230712.tsv with base64 images and the circular copies) and coco/ (Karpathy-style
+// caption annotations). Images are PNG files (named .png where the public files use .jpg).
+struct SynthBenchOptions {
+  std::string out_dir;
+  uint64_t seed = 0;
+  int image_size = 32;
+  int64_t images = 12;  // scenes per benchmark, >= 2
+};
+// Same options -> byte-identical files. Returns every file written, relative to out_dir, sorted.
+std::vector<std::string> write_synth_bench(const SynthBenchOptions& options);
+
 // The VQA-style instruction suffixes (spec §4.1: LLaVA-1.5 prompts).
 extern const char* const kShortAnswerPrompt;  // "\nAnswer the question using a single word or phrase."
 extern const char* const kMultipleChoicePrompt;  // "\nAnswer with the option’s letter from the given choices directly."

@@ -1,6 +1,8 @@
 // Public-format readers for POPE, MME, MMBench and ScienceQA (eval_metrics.md §2).
 #include "eval/bench_files.h"
 
+#include "eval/bench_suite.h"
+
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
@@ -392,6 +394,159 @@ SeedReport score_seed_files(const std::string& benchmark_path, const std::string
   rep.image = frac(by_data["image"].first, by_data["image"].second);
   rep.video = frac(by_data["video"].first, by_data["video"].second);
   for (const auto& [t, p] : by_type) rep.per_type[t] = frac(p.first, p.second);
+  return rep;
+}
+
+TsvFile read_tsv(const std::string& path) {
+  const std::string text = read_file(path);
+  TsvFile out;
+  size_t pos = 0;
+  if (!next_tsv_row(text, pos, out.header)) throw std::invalid_argument(fmt::format("{}: empty file", path));
+  std::vector<std::string> row;
+  for (size_t line = 2; next_tsv_row(text, pos, row); ++line) {
+    if (row.size() == 1 && row[0].empty()) continue;
+    out.rows.emplace_back(line, row);
+  }
+  return out;
+}
+
+QbenchReport score_qbench_files(const std::string& questions_path, const std::string& preds_path) {
+  const json root = read_json_file(questions_path);
+  if (!root.is_array()) throw std::invalid_argument(fmt::format("{}: expected a JSON array of questions", questions_path));
+  const auto preds = read_predictions(preds_path, "id", {"prediction", "text"});
+  std::map<std::string, bool> known;
+  QbenchReport rep;
+  std::map<std::string, std::pair<size_t, size_t>> by_type, by_concern;
+  for (size_t i = 0; i < root.size(); ++i) {
+    const Record r{root[i], fmt::format("entry {}", i)};
+    const std::string id = std::to_string(i);
+    known[id] = true;
+    const json& cands = need(questions_path, r, "candidates");
+    if (!cands.is_array()) throw std::invalid_argument(fmt::format("{}: entry {}: 'candidates' must be an array", questions_path, i));
+    const std::string correct = need_string(questions_path, r, "correct_ans");
+    const auto it = preds.find(id);
+    if (it == preds.end()) continue;  // not evaluated (--limit)
+    std::map<char, std::string> options;
+    for (size_t k = 0; k < cands.size() && k < 26; ++k) {
+      if (!cands[k].is_string())
+        throw std::invalid_argument(fmt::format("{}: entry {}: candidates[{}] must be a string", questions_path, i, k));
+      options[static_cast<char>('A' + k)] = cands[k].get<std::string>();
+    }
+    const auto letter = mmbench_infer(it->second, options);
+    const bool ok = letter && options[*letter] == correct;
+    ++rep.questions;
+    rep.correct += ok;
+    rep.unresolved += !letter;
+    auto tally = [&](std::map<std::string, std::pair<size_t, size_t>>& m, const char* key) {
+      const std::string k = root[i].contains(key) && root[i][key].is_string() ? root[i][key].get<std::string>() : "unknown";
+      m[k].first += ok;
+      ++m[k].second;
+    };
+    tally(by_type, "type");
+    tally(by_concern, "concern");
+  }
+  check_no_extra(preds_path, preds, known, "id", questions_path);
+  rep.accuracy = frac(rep.correct, rep.questions);
+  for (const auto& [k, p] : by_type) rep.per_type[k] = frac(p.first, p.second);
+  for (const auto& [k, p] : by_concern) rep.per_concern[k] = frac(p.first, p.second);
+  return rep;
+}
+
+// Defined in bench_suite.cpp: a record's options (a JSON list or the dataset's Python list text).
+std::vector<std::string> mmmu_options(const std::string& file, const std::string& where, const nlohmann::json& rec);
+
+MmmuReport score_mmmu_files(const std::string& questions_path, const std::string& preds_path) {
+  const auto preds = read_predictions(preds_path, "id", {"prediction", "text"});
+  std::map<std::string, bool> known;
+  MmmuReport rep;
+  std::map<std::string, std::pair<size_t, size_t>> by_subject;
+  for (const auto& r : read_records(questions_path)) {
+    const std::string id = need_string(questions_path, r, "id");
+    if (known.count(id)) throw std::invalid_argument(fmt::format("{}: {}: duplicate id {}", questions_path, r.where, id));
+    known[id] = true;
+    const std::string type = need_string(questions_path, r, "question_type");
+    const json& answer = need(questions_path, r, "answer");
+    const auto it = preds.find(id);
+    if (it == preds.end()) continue;
+    bool ok = false;
+    if (type == "multiple-choice") {
+      if (!answer.is_string())
+        throw std::invalid_argument(fmt::format("{}: {}: 'answer' must be a letter string, found {}", questions_path, r.where, answer.dump()));
+      const auto opts = mmmu_options(questions_path, r.where, r.value);
+      std::map<char, std::string> options;
+      for (size_t k = 0; k < opts.size() && k < 26; ++k) options[static_cast<char>('A' + k)] = opts[k];
+      const auto letter = mmmu_parse_multi_choice(it->second, options);
+      rep.unparsed += !letter;
+      ok = letter && std::string(1, *letter) == answer.get<std::string>();
+    } else if (type == "open") {
+      std::vector<std::string> gold;
+      if (answer.is_array()) {
+        for (const auto& a : answer) {
+          if (!a.is_string()) throw std::invalid_argument(fmt::format("{}: {}: answers must be strings", questions_path, r.where));
+          gold.push_back(a.get<std::string>());
+        }
+      } else if (answer.is_string()) {
+        gold.push_back(answer.get<std::string>());
+      } else {
+        throw std::invalid_argument(fmt::format("{}: {}: 'answer' must be a string or a list, found {}", questions_path, r.where, answer.dump()));
+      }
+      ok = mmmu_eval_open(gold, mmmu_parse_open(it->second));
+    } else {
+      throw std::invalid_argument(fmt::format("{}: {}: question_type '{}' is not multiple-choice/open", questions_path, r.where, type));
+    }
+    // "validation_Art_Theory_12" -> "Art_Theory"
+    std::string subject = id;
+    const size_t a = subject.find('_'), b = subject.rfind('_');
+    if (a != std::string::npos && b > a) subject = subject.substr(a + 1, b - a - 1);
+    ++rep.questions;
+    rep.correct += ok;
+    by_subject[subject].first += ok;
+    ++by_subject[subject].second;
+  }
+  check_no_extra(preds_path, preds, known, "id", questions_path);
+  rep.accuracy = frac(rep.correct, rep.questions);
+  for (const auto& [k, p] : by_subject) rep.per_subject[k] = frac(p.first, p.second);
+  return rep;
+}
+
+MmluReport score_mmlu_files(const std::string& data_dir, const std::string& preds_path) {
+  namespace fs = std::filesystem;
+  const auto preds = read_predictions(preds_path, "question_id", {"prediction", "text"});
+  std::map<std::string, std::vector<std::vector<std::string>>> tests;  // subject -> rows
+  std::map<std::string, std::pair<size_t, size_t>> by_subject;
+  MmluReport rep;
+  for (const auto& [id, pred] : preds) {
+    const size_t slash = id.rfind('/');
+    const std::string subject = slash == std::string::npos ? "" : id.substr(0, slash);
+    size_t row = 0;
+    try {
+      size_t used = 0;
+      row = std::stoul(id.substr(slash + 1), &used);
+      if (slash == std::string::npos || used != id.size() - slash - 1) throw std::invalid_argument("bad");
+    } catch (const std::exception&) {
+      throw std::invalid_argument(fmt::format("{}: question_id '{}' is not '<subject>/<row>'", preds_path, id));
+    }
+    const std::string file = (fs::path(data_dir) / "test" / (subject + "_test.csv")).string();
+    if (!tests.count(subject)) {
+      if (!fs::exists(file)) throw std::invalid_argument(fmt::format("{}: question_id {}: no file {}", preds_path, id, file));
+      tests[subject] = read_csv(file);
+    }
+    const auto& rows = tests[subject];
+    if (row >= rows.size())
+      throw std::invalid_argument(fmt::format("{}: question_id {}: {} has {} rows", preds_path, id, file, rows.size()));
+    if (rows[row].size() != 6 || rows[row][5].size() != 1 || rows[row][5][0] < 'A' || rows[row][5][0] > 'D')
+      throw std::invalid_argument(fmt::format("{}: row {}: expected question, A, B, C, D and an answer letter A-D", file, row + 1));
+    const auto letter = parse_choice_letter(pred, 4);
+    const bool ok = letter && *letter == rows[row][5][0];
+    ++rep.questions;
+    rep.correct += ok;
+    by_subject[subject].first += ok;
+    ++by_subject[subject].second;
+  }
+  rep.micro = frac(rep.correct, rep.questions);
+  double sum = 0;
+  for (const auto& [k, p] : by_subject) sum += rep.per_subject[k] = frac(p.first, p.second);
+  rep.macro = by_subject.empty() ? 0.0 : sum / static_cast<double>(by_subject.size());
   return rep;
 }
 

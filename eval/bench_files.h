@@ -50,4 +50,42 @@ struct SeedReport {
 };
 SeedReport score_seed_files(const std::string& benchmark_path, const std::string& preds_path);
 
+// Q-Bench (§2.8, offline approximation): llvisionqa_{dev,test}.json ([{img_path, question, candidates,
+// correct_ans, type, concern}]) and predictions {id: position in the list, prediction}. The letter comes from
+// MMBench's offline matching (mmbench_infer); unmatched answers count as wrong and are reported.
+struct QbenchReport {
+  size_t questions = 0, correct = 0, unresolved = 0;
+  double accuracy = 0;  // in [0, 1]
+  std::map<std::string, double> per_type, per_concern;
+};
+QbenchReport score_qbench_files(const std::string& questions_path, const std::string& preds_path);
+
+// MMMU: the question file (JSON lines {id, question_type "multiple-choice"|"open", options, answer, ...};
+// docs/eval.md) and predictions {id, prediction}. Multiple choice: mmmu_parse_multi_choice; an unparsable
+// answer counts as wrong and is reported (the official script draws a random letter). Open: mmmu_parse_open +
+// mmmu_eval_open. Accuracy overall and per subject (the id's middle part, "validation_Art_12" -> "Art").
+struct MmmuReport {
+  size_t questions = 0, correct = 0, unparsed = 0;
+  double accuracy = 0;  // in [0, 1]
+  std::map<std::string, double> per_subject;
+};
+MmmuReport score_mmmu_files(const std::string& questions_path, const std::string& preds_path);
+
+// MMLU-style multiple choice (§4): the Hendrycks layout (refs = the data folder with test/<subject>_test.csv,
+// rows question, A, B, C, D, answer) and predictions {question_id: "<subject>/<row>", prediction}. The letter
+// comes from parse_choice_letter. micro = over questions (Hendrycks), macro = mean of subjects (OpenCompass).
+struct MmluReport {
+  size_t questions = 0, correct = 0;
+  double micro = 0, macro = 0;  // in [0, 1]
+  std::map<std::string, double> per_subject;
+};
+MmluReport score_mmlu_files(const std::string& data_dir, const std::string& preds_path);
+
+// A tab-separated file with pandas-style quoting: the header and the rows, each with its 1-based line number.
+struct TsvFile {
+  std::vector<std::string> header;
+  std::vector<std::pair<size_t, std::vector<std::string>>> rows;
+};
+TsvFile read_tsv(const std::string& path);
+
 }  // namespace owl2::eval

@@ -2,6 +2,10 @@
 #include "eval/benchmarks.h"
 
 #include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <regex>
 #include <set>
 #include <stdexcept>
 
@@ -352,6 +356,126 @@ std::optional<char> mmmu_parse_multi_choice(const std::string& prediction, const
     }
   }
   return best;
+}
+
+// ---- MMMU open questions ----
+
+namespace {
+
+std::string py_strip(const std::string& s) {
+  size_t b = 0, e = s.size();
+  while (b < e && is_space(s[b])) ++b;
+  while (e > b && is_space(s[e - 1])) --e;
+  return s.substr(b, e - b);
+}
+
+size_t code_points(const std::string& s) {
+  size_t n = 0;
+  for (unsigned char c : s) n += (c & 0xC0) != 0x80;
+  return n;
+}
+
+// check_is_number: Python's float() after removing commas (decimal, exponent, inf, nan).
+bool parse_py_float(const std::string& text, double& out) {
+  std::string s;
+  for (char c : text)
+    if (c != ',') s += c;
+  static const std::regex number(R"(^[+-]?((\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?|inf|infinity|nan)$)",
+                                 std::regex::icase);
+  if (!std::regex_match(s, number)) return false;
+  out = std::strtod(s.c_str(), nullptr);
+  return true;
+}
+
+// Python's round(x, 2): correctly rounded from the binary value, as printf's %.2f is.
+double round2_py(double x) {
+  if (!std::isfinite(x)) return x;
+  char buf[512];
+  std::snprintf(buf, sizeof buf, "%.2f", x);
+  return std::strtod(buf, nullptr);
+}
+
+std::vector<std::string> mmmu_extract_numbers(const std::string& s) {
+  static const std::regex commas(R"(-?\b\d{1,3}(?:,\d{3})+\b)");
+  static const std::regex scientific(R"(-?\d+(?:\.\d+)?[eE][+-]?\d+)");
+  static const std::regex simple(R"(-?(?:\d+\.\d+|\.\d+|\d+\b)(?![eE][+-]?\d+)(?![,\d]))");
+  std::vector<std::string> out;
+  for (const std::regex* re : {&commas, &scientific, &simple})
+    for (auto it = std::sregex_iterator(s.begin(), s.end(), *re); it != std::sregex_iterator(); ++it)
+      out.push_back(it->str());
+  return out;
+}
+
+}  // namespace
+
+std::vector<MmmuValue> mmmu_normalize(const std::string& answer) {
+  const std::string s = py_strip(answer);
+  double x;
+  if (parse_py_float(s, x)) {
+    MmmuValue v;
+    v.is_number = true;
+    v.number = round2_py(x);
+    return {v};
+  }
+  const std::string lower = lower_utf8(s);
+  if (code_points(lower) == 1) return {MmmuValue{false, 0, " " + lower}, MmmuValue{false, 0, lower + " "}};
+  return {MmmuValue{false, 0, lower}};
+}
+
+std::vector<MmmuValue> mmmu_parse_open(const std::string& response) {
+  // get_key_subresponses: strip, strip('.'), lower. The reference's split pattern '\.\s(?=[A-Z])|\n' runs on
+  // lower-cased text, so only the newlines split.
+  std::string r = py_strip(response);
+  {
+    size_t b = 0, e = r.size();
+    while (b < e && r[b] == '.') ++b;
+    while (e > b && r[e - 1] == '.') --e;
+    r = lower_utf8(r.substr(b, e - b));
+  }
+  const std::vector<std::string> lines = split_on(r, '\n');
+  std::vector<std::string> indicators = {"could be ", "so ", "is ", "thus ", "therefore ", "final ", "answer ",
+                                         "result "};
+  std::vector<std::string> keys;
+  for (size_t i = 0; i < lines.size(); ++i) {
+    if (i + 1 == lines.size()) indicators.push_back("=");
+    const std::string& line = lines[i];
+    std::string shortest;  // empty counts as "none yet", as the reference's truth test does
+    for (const auto& ind : indicators) {
+      const size_t pos = line.rfind(ind);
+      if (pos == std::string::npos) continue;
+      const std::string tail = py_strip(line.substr(pos + ind.size()));
+      if (shortest.empty() || code_points(tail) < code_points(shortest)) shortest = tail;
+    }
+    static const std::set<std::string> trivial = {":", ",", ".", "!", "?", ";", "'"};
+    if (!shortest.empty() && !trivial.count(py_strip(shortest))) keys.push_back(shortest);
+  }
+  if (keys.empty()) keys.push_back(r);
+  std::vector<std::string> all = keys;
+  for (const auto& k : keys) {
+    const auto nums = mmmu_extract_numbers(k);
+    all.insert(all.end(), nums.begin(), nums.end());
+  }
+  std::vector<MmmuValue> out;
+  for (const auto& s : all)
+    for (const auto& v : mmmu_normalize(s))
+      if (std::find(out.begin(), out.end(), v) == out.end()) out.push_back(v);
+  return out;
+}
+
+bool mmmu_eval_open(const std::vector<std::string>& gold, const std::vector<MmmuValue>& parsed) {
+  std::vector<MmmuValue> norm;
+  for (const auto& g : gold) {
+    const auto v = mmmu_normalize(g);
+    norm.insert(norm.end(), v.begin(), v.end());
+  }
+  for (const auto& p : parsed) {
+    for (const auto& n : norm) {
+      if (p.is_number ? (n.is_number && n.number == p.number)
+                      : (!n.is_number && p.text.find(n.text) != std::string::npos))
+        return true;
+    }
+  }
+  return false;
 }
 
 }  // namespace owl2::eval

@@ -85,4 +85,22 @@ std::optional<char> parse_choice_letter(const std::string& prediction, size_t nu
 // then picks a random option).
 std::optional<char> mmmu_parse_multi_choice(const std::string& prediction, const std::map<char, std::string>& options);
 
+// MMMU's open-question parsing (parse_open_response): the tails after "could be ", "so ", "is ", "thus ",
+// "therefore ", "final ", "answer ", "result " (and "=" on the last line), the shortest per line, or the whole
+// lower-cased response; plus every number in them; each normalized (normalize_str: numbers -> rounded to 2
+// decimals, one-character strings -> " x" and "x "). Duplicates removed.
+struct MmmuValue {
+  bool is_number = false;
+  double number = 0;
+  std::string text;
+  bool operator==(const MmmuValue& o) const {
+    return is_number == o.is_number && (is_number ? number == o.number : text == o.text);
+  }
+};
+std::vector<MmmuValue> mmmu_parse_open(const std::string& response);
+// normalize_str of one gold answer.
+std::vector<MmmuValue> mmmu_normalize(const std::string& answer);
+// eval_open: a string prediction is right if it contains a normalized string answer; a number if it equals one.
+bool mmmu_eval_open(const std::vector<std::string>& gold, const std::vector<MmmuValue>& parsed);
+
 }  // namespace owl2::eval

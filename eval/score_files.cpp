@@ -277,7 +277,7 @@ CaptionSet tokenize_captions(const CaptionSet& raw) {
 const std::vector<std::string>& score_metric_names() {
   static const std::vector<std::string> names = {"cider", "bleu",    "rouge_l", "captions",  "vqa", "vqa_official",
                                                  "textvqa", "pope", "mme",     "mmbench", "scienceqa",
-                                                 "gqa",     "seed"};
+                                                 "gqa",     "seed",    "qbench",  "mmmu",      "mmlu"};
   return names;
 }
 
@@ -380,6 +380,31 @@ nlohmann::ordered_json score_files(const std::string& metric, const std::string&
     out["image"] = r.image;
     out["video"] = r.video;
     out["per_type"] = r.per_type;
+    return out;
+  }
+  if (metric == "qbench") {
+    const QbenchReport r = score_qbench_files(refs_path, preds_path);
+    out["questions"] = r.questions;
+    out["accuracy"] = r.accuracy;
+    out["unresolved"] = r.unresolved;
+    out["per_type"] = r.per_type;
+    out["per_concern"] = r.per_concern;
+    return out;
+  }
+  if (metric == "mmmu") {
+    const MmmuReport r = score_mmmu_files(refs_path, preds_path);
+    out["questions"] = r.questions;
+    out["accuracy"] = r.accuracy;
+    out["unparsed"] = r.unparsed;
+    out["per_subject"] = r.per_subject;
+    return out;
+  }
+  if (metric == "mmlu") {
+    const MmluReport r = score_mmlu_files(refs_path, preds_path);
+    out["questions"] = r.questions;
+    out["micro"] = r.micro;
+    out["macro"] = r.macro;
+    out["per_subject"] = r.per_subject;
     return out;
   }
   std::string names;
