@@ -3,6 +3,7 @@
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
+#include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
 #include <cmath>
@@ -178,6 +179,7 @@ KeyReport check_model_keys(const TensorSource& source, const ModelConfig& cfg, c
 }
 
 KeyReport import_hf(const std::string& hf_dir, const std::string& out_dir, const ImportOptions& options) {
+  if (!fs::is_directory(hf_dir)) throw std::invalid_argument(hf_dir + ": no such directory");
   const std::string config = options.config.empty() ? hf_dir + "/config.json" : options.config;
   if (!fs::is_regular_file(config))
     throw std::invalid_argument(fmt::format("{}: no config.json; pass --config FILE", hf_dir));
