@@ -246,6 +246,20 @@ TEST_CASE("init: a CLIP whose width differs from the config names the key and bo
   CHECK_FALSE(fs::exists(root + "/m/config.yaml"));  // nothing that looks like a model directory
 }
 
+TEST_CASE("init: a CLIP head count other than the config's is refused (the interleave depends on it)", "[hf]") {
+  const auto root = temp_dir("owl2_hf_heads");
+  std::string yaml = read_text(hf_fixture("tiny.yaml"));
+  const std::string from = "num_hidden_layers: 2, num_attention_heads: 2, num_channels: 3";
+  REQUIRE(yaml.find(from) != std::string::npos);
+  yaml.replace(yaml.find(from), from.size(), "num_hidden_layers: 2, num_attention_heads: 4, num_channels: 3");
+  std::ofstream(root + "/heads.yaml") << yaml;
+  const auto r = run_owl2("init --vision " + hf_fixture("clip") + " --llm " + hf_fixture("llama") + " --config " +
+                          root + "/heads.yaml --out " + root + "/m");
+  INFO(r.out);
+  CHECK(r.rc == 2);
+  CHECK_THAT(r.out, Contains("clip/config.json: num_attention_heads 2 but the config's vision.num_attention_heads is 4"));
+}
+
 TEST_CASE("import: a wrong shape names the key, the file and both shapes", "[hf]") {
   const auto ref = reference_copy();
   auto j = read_json(ref + "/config.json");

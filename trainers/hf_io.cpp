@@ -3,6 +3,7 @@
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
+#include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
 #include <cmath>
@@ -178,6 +179,7 @@ KeyReport check_model_keys(const TensorSource& source, const ModelConfig& cfg, c
 }
 
 KeyReport import_hf(const std::string& hf_dir, const std::string& out_dir, const ImportOptions& options) {
+  if (!fs::is_directory(hf_dir)) throw std::invalid_argument(hf_dir + ": no such directory");
   const std::string config = options.config.empty() ? hf_dir + "/config.json" : options.config;
   if (!fs::is_regular_file(config))
     throw std::invalid_argument(fmt::format("{}: no config.json; pass --config FILE", hf_dir));
@@ -387,6 +389,11 @@ std::string init_from_pretrained(const InitOptions& opt) {
     if (vj.contains("hidden_act") && vj["hidden_act"] != "quick_gelu")
       throw std::invalid_argument(fmt::format("{}/config.json: hidden_act {} but owl2's ViT uses quick_gelu (spec §1.1)",
                                               opt.vision_dir, vj["hidden_act"].dump()));
+    // Heads do not show in the weight shapes but decide the q/k/v interleave.
+    if (vj.contains("num_attention_heads") && vj["num_attention_heads"].get<int64_t>() != mc.vision.num_attention_heads)
+      throw std::invalid_argument(fmt::format("{}/config.json: num_attention_heads {} but the config's "
+                                              "vision.num_attention_heads is {}", opt.vision_dir,
+                                              vj["num_attention_heads"].get<int64_t>(), mc.vision.num_attention_heads));
     if (vj.contains("layer_norm_eps") && vj["layer_norm_eps"].get<double>() != mc.vision.layer_norm_eps)
       notes.push_back(fmt::format("CLIP layer_norm_eps {} replaced by the config's vision.layer_norm_eps {}",
                                   vj["layer_norm_eps"].get<double>(), mc.vision.layer_norm_eps));
@@ -395,6 +402,13 @@ std::string init_from_pretrained(const InitOptions& opt) {
     if (lj->contains("hidden_act") && (*lj)["hidden_act"] != "silu")
       throw std::invalid_argument(fmt::format("{}/config.json: hidden_act {} but the decoder uses silu (spec §1.3)",
                                               opt.llm_dir, (*lj)["hidden_act"].dump()));
+    if (lj->contains("num_attention_heads") && (*lj)["num_attention_heads"].get<int64_t>() != mc.decoder.num_attention_heads)
+      throw std::invalid_argument(fmt::format("{}/config.json: num_attention_heads {} but the config's "
+                                              "decoder.num_attention_heads is {}", opt.llm_dir,
+                                              (*lj)["num_attention_heads"].get<int64_t>(), mc.decoder.num_attention_heads));
+    if (lj->contains("rope_theta") && (*lj)["rope_theta"].get<double>() != mc.decoder.rope_theta)
+      notes.push_back(fmt::format("LLaMA rope_theta {} replaced by the config's decoder.rope_theta {}",
+                                  (*lj)["rope_theta"].get<double>(), mc.decoder.rope_theta));
     if (lj->contains("rms_norm_eps") && (*lj)["rms_norm_eps"].get<double>() != mc.decoder.rms_norm_eps)
       notes.push_back(fmt::format("LLaMA rms_norm_eps {} replaced by the config's decoder.rms_norm_eps {}",
                                   (*lj)["rms_norm_eps"].get<double>(), mc.decoder.rms_norm_eps));
