@@ -111,7 +111,7 @@ void fsync_path(const std::string& path) {
   if (rc != 0) throw std::runtime_error(fmt::format("{}: fsync failed: {}", path, err));
 }
 
-AtomicFile::AtomicFile(std::string path) : path_(std::move(path)) {
+AtomicFile::AtomicFile(std::string path, bool checksum) : path_(std::move(path)), checksum_(checksum) {
   tmp_ = fmt::format("{}.tmp.{}", path_, ::getpid());
   fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd_ < 0) throw std::runtime_error(fmt::format("{}: cannot create: {}", tmp_, errno_text()));
@@ -126,7 +126,7 @@ AtomicFile::~AtomicFile() {
 
 void AtomicFile::write(const void* data, size_t n) {
   if (fd_ < 0) throw std::logic_error(fmt::format("{}: write after commit", path_));
-  crc_ = crc32_update(crc_, data, n);
+  if (checksum_) crc_ = crc32_update(crc_, data, n);
   const auto* p = static_cast<const char*>(data);
   while (n > 0) {
     const ssize_t w = ::write(fd_, p, std::min<size_t>(n, size_t{1} << 30));

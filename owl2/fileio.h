@@ -32,7 +32,8 @@ class MappedFile {
 // parent directory fsync'd. The callback receives the open descriptor; write with write_all.
 class AtomicFile {
  public:
-  explicit AtomicFile(std::string path);
+  // checksum = false skips the CRC32 (crc32() then stays 0) for writers whose files carry no manifest.
+  explicit AtomicFile(std::string path, bool checksum = true);
   ~AtomicFile();  // removes the temporary file unless commit() succeeded
   AtomicFile(const AtomicFile&) = delete;
   AtomicFile& operator=(const AtomicFile&) = delete;
@@ -47,6 +48,7 @@ class AtomicFile {
   int fd_ = -1;
   uint64_t written_ = 0;
   uint32_t crc_ = 0;
+  bool checksum_ = true;
 };
 
 void write_file_atomic(const std::string& path, const std::string& contents);

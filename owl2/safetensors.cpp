@@ -255,7 +255,8 @@ torch::Tensor SafetensorsFile::get_copy(const std::string& name) const {
 }
 
 uint32_t save_safetensors(const std::string& path, const NamedTensors& tensors,
-                          const std::map<std::string, std::string>& metadata, std::optional<torch::Dtype> cast) {
+                          const std::map<std::string, std::string>& metadata, std::optional<torch::Dtype> cast,
+                          bool checksum) {
   std::set<std::string> seen;
   std::vector<size_t> order(tensors.size());
   for (size_t i = 0; i < tensors.size(); ++i) {
@@ -288,7 +289,7 @@ uint32_t save_safetensors(const std::string& path, const NamedTensors& tensors,
   text.append((8 - (8 + text.size()) % 8) % 8, ' ');  // the data buffer starts 8-byte aligned
   const uint64_t n = text.size();
 
-  AtomicFile out(path);
+  AtomicFile out(path, checksum);
   out.write(&n, 8);
   out.write(text.data(), text.size());
   for (size_t i : order) {
@@ -372,7 +373,7 @@ ShardedWriteResult save_safetensors_sharded(const std::string& dir, const NamedT
   const std::string index_path = fmt::format("{}/{}.safetensors.index.json", dir, stem);
   if (plan.size() == 1) {
     const std::string name = stem + ".safetensors";
-    save_safetensors(dir + "/" + name, tensors, metadata, cast);
+    save_safetensors(dir + "/" + name, tensors, metadata, cast, /*checksum=*/false);
     std::remove(index_path.c_str());  // a stale index would shadow the single file
     result.files.push_back(name);
     return result;
@@ -385,7 +386,7 @@ ShardedWriteResult save_safetensors_sharded(const std::string& dir, const NamedT
       shard.push_back(tensors[order[k]]);
       weight_map[tensors[order[k]].first] = name;
     }
-    save_safetensors(dir + "/" + name, shard, metadata, cast);
+    save_safetensors(dir + "/" + name, shard, metadata, cast, /*checksum=*/false);
     result.files.push_back(name);
   }
   write_safetensors_index(dir, stem, weight_map, result.total_bytes);  // last: never names a missing shard

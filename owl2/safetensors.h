@@ -66,10 +66,12 @@ using NamedTensors = std::vector<std::pair<std::string, torch::Tensor>>;
 // Writes one file atomically (temp file, fsync, rename, fsync dir). Names must be unique; tensors may be
 // on any device and non-contiguous (each is made contiguous on the CPU in turn). The data is laid out by
 // element size (largest first) then name, so every tensor is aligned for its dtype when mapped. Returns
-// the CRC32 of the file. `cast` converts floating-point tensors while writing, one at a time.
+// the CRC32 of the file, or 0 when `checksum` is false (the sharded writers: nothing reads a CRC of an HF
+// export, and computing it costs a core at about 1 GB/s). `cast` converts floating-point tensors while
+// writing, one at a time.
 uint32_t save_safetensors(const std::string& path, const NamedTensors& tensors,
                           const std::map<std::string, std::string>& metadata = {},
-                          std::optional<torch::Dtype> cast = std::nullopt);
+                          std::optional<torch::Dtype> cast = std::nullopt, bool checksum = true);
 
 struct ShardedWriteResult {
   std::vector<std::string> files;  // file names written, relative to the directory
