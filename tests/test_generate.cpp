@@ -458,3 +458,15 @@ TEST_CASE("owl2 chat on piped stdin: two turns with history, a missing /image fi
   CHECK(g.rc == 0);
   CHECK(g.out == first + "\n");
 }
+
+TEST_CASE("owl2 bench generate: owl2 and the Python reference with its own KV cache pick the same tokens",
+          "[generate][cli]") {
+  // The reference side (scripts/bench_generate_reference.py) is an independent cache implementation over the
+  // reference layers; its greedy tokens must equal owl2's at batch 1 and 2 on the same weights and prompts.
+  const auto r = owl2::test::run_owl2("bench generate --config " + owl2::test::source_path("configs/model/tiny.yaml") +
+                                      " --threads 1 --iters 1 --batches 1 2 --new-tokens 6 --text-tokens 8");
+  INFO(r.out);
+  REQUIRE(r.rc == 0);
+  CHECK(count_of(r.out, "tokens identical") == 2);
+  CHECK(count_of(r.out, "DIFFER") == 0);
+}
