@@ -2,6 +2,7 @@
 // batch invariance of greedy, sampling and beam search, the logits processors on hand-computed cases, beam
 // search on a hand-made distribution, stops, and `owl2 chat` on piped stdin.
 #include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
 
 #include <cmath>
 #include <filesystem>
@@ -469,4 +470,49 @@ TEST_CASE("owl2 bench generate: owl2 and the Python reference with its own KV ca
   REQUIRE(r.rc == 0);
   CHECK(count_of(r.out, "tokens identical") == 2);
   CHECK(count_of(r.out, "DIFFER") == 0);
+}
+
+TEST_CASE("beam search equals HF transformers' beam search on a toy model (scripts/make_generate_golden.py)",
+          "[generate][golden]") {
+  // A next-token table that depends on the last token only, 72 settings: 2-4 beams, length penalty 1, 0, 2,
+  // -0.5, early stopping False / True / "never", with and without min_new_tokens.
+  const auto j = nlohmann::json::parse(owl2::test::read_text(owl2::test::source_path("tests/golden/generate_beam.json")));
+  std::vector<torch::Tensor> rows;
+  for (const auto& r : j.at("table")) rows.push_back(torch::tensor(r.get<std::vector<double>>(), torch::kFloat32));
+  const auto logp_VV = torch::stack(rows);
+  struct TableSource : TokenSource {
+    torch::Tensor logp_VV;
+    int64_t n = 1;
+    int64_t rows() const override { return n; }
+    torch::Tensor step(const std::vector<int64_t>& tokens_R) override {
+      return logp_VV.index_select(0, torch::tensor(tokens_R, torch::kInt64));
+    }
+    void select_rows(const std::vector<int64_t>& rows_R) override { n = static_cast<int64_t>(rows_R.size()); }
+  };
+  int checked = 0, ended_by_eos = 0;
+  for (const auto& c : j.at("cases")) {
+    GenerateOptions o;
+    o.eos_id = j.at("eos").get<int64_t>();
+    o.num_beams = c.at("num_beams").get<int64_t>();
+    o.length_penalty = c.at("length_penalty").get<double>();
+    o.min_new_tokens = c.at("min_new_tokens").get<int64_t>();
+    o.max_new_tokens = c.at("max_new_tokens").get<int64_t>();
+    const auto& es = c.at("early_stopping");
+    o.early_stopping = es.is_string() ? EarlyStopping::kNever : es.get<bool>() ? EarlyStopping::kAlways : EarlyStopping::kHeuristic;
+    TableSource src;
+    src.logp_VV = logp_VV;
+    const int64_t start = c.at("start").get<int64_t>();
+    const auto got = generate_from(src, logp_VV.narrow(0, start, 1), {{start}}, o)[0];
+    auto expected = c.at("tokens").get<Ids>();
+    const bool eos = !expected.empty() && expected.back() == o.eos_id;
+    if (eos) expected.pop_back();
+    INFO("case " << c.dump());
+    CHECK(got.tokens == expected);
+    CHECK(got.finish == (eos ? FinishReason::kEos : FinishReason::kLength));
+    CHECK(std::abs(got.score - c.at("score").get<double>()) < 1e-5);
+    ++checked;
+    ended_by_eos += eos;
+  }
+  CHECK(checked == 72);
+  CHECK(ended_by_eos > 10);  // the cases exercise finished hypotheses, not only max length
 }
