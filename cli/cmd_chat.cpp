@@ -91,6 +91,7 @@ void add_chat_commands(CLI::App& app, Action& run) {
         turns.push_back({Role::kHuman, human});
         try {
           const auto prompt = l.tokenizer->encode_with_images(generation_prompt(tmpl, turns, true));
+          go.max_new_tokens = fit_context(l.cfg.model, prompt, args->decoding.max_new_tokens);
           std::cout << "ASSISTANT: " << std::flush;
           const auto out = generate(l.model, {prompt}, images.empty() ? torch::Tensor() : torch::stack(images), go);
           streamer.finish(out[0].text);

@@ -42,6 +42,7 @@ void add_generate_commands(CLI::App& app, Action& run) {
       const auto prompt = l.tokenizer->encode_with_images(
           generation_prompt(chat_template(l.cfg.data.chat_template), {{Role::kHuman, human}}, true));
       auto go = args->decoding.options(*l.tokenizer);
+      go.max_new_tokens = fit_context(l.cfg.model, prompt, go.max_new_tokens);
       TextStreamer streamer(*l.tokenizer, go.stop_strings, std::cout);
       if (!args->decoding.no_stream) go.on_token = [&streamer](int64_t, int64_t token) { streamer.push(token); };
       const auto out = generate(l.model, {prompt}, images, go);

@@ -3,8 +3,11 @@
 #pragma once
 #include <CLI/CLI.hpp>
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <cstdint>
+#include <stdexcept>
 #include <ostream>
 #include <string>
 #include <vector>
@@ -67,6 +70,20 @@ struct DecodingArgs {
     return o;
   }
 };
+
+// The reference's model worker caps the new tokens at the context left after the prompt, visual tokens counted
+// (spec §6); a prompt that leaves no room is an error.
+inline int64_t fit_context(const ModelConfig& cfg, const std::vector<int64_t>& prompt, int64_t requested) {
+  const int64_t images = std::count(prompt.begin(), prompt.end(), kImageTokenIndex);
+  const int64_t used = static_cast<int64_t>(prompt.size()) + (cfg.visual_tokens_per_image() - 1) * images;
+  const int64_t context = cfg.decoder.max_position_embeddings;
+  if (used >= context) {
+    throw std::invalid_argument(fmt::format(
+        "the prompt takes {} positions ({} tokens, {} images) and the context is {} (max_position_embeddings); "
+        "/reset or shorten it", used, prompt.size(), images, context));
+  }
+  return std::min(requested, context - used);
+}
 
 // Prints the text of a growing token list. Text that could still become a stop string (a suffix that is a
 // prefix of one) or an unfinished UTF-8 character is held back until the next token decides it.

@@ -424,8 +424,11 @@ size_t count_of(const std::string& text, const std::string& piece) {
 TEST_CASE("owl2 chat on piped stdin: two turns with history, a missing /image file, /reset", "[generate][cli]") {
   const auto dir = tiny_model_dir();
   const auto image = owl2::test::source_path("tests/fixtures/image/logo2.png");
+  std::string too_long;
+  for (int i = 0; i < 300; ++i) too_long += "word ";
   std::ofstream(dir + "/input.txt") << "Hello\n/image " << dir << "/missing.png\n/image " << image
-                                    << "\nWhat is in the picture?\n/reset\nHello\n/quit\nnot read\n";
+                                    << "\nWhat is in the picture?\n" << too_long
+                                    << "\n/reset\nHello\n/quit\nnot read\n";
   const auto r = owl2::test::run_owl2("chat --model " + dir + " --max-new-tokens 4 < " + dir + "/input.txt");
   INFO(r.out);
   REQUIRE(r.rc == 0);
@@ -453,6 +456,7 @@ TEST_CASE("owl2 chat on piped stdin: two turns with history, a missing /image fi
   CHECK_THAT(r.out, Contains("error: image " + dir + "/missing.png"));
   CHECK_THAT(r.out, Contains("[image attached: " + image + "]"));
   CHECK_THAT(r.out, Contains("[conversation reset]"));
+  CHECK_THAT(r.out, Contains("and the context is 256 (max_position_embeddings)"));  // tiny.yaml; the chat goes on
 
   // `owl2 generate` streams the same answer as the chat's first turn.
   const auto g = owl2::test::run_owl2("generate --model " + dir + " --prompt Hello --max-new-tokens 4");
