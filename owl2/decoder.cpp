@@ -5,6 +5,8 @@
 #include <ATen/ops/scaled_dot_product_attention.h>
 #include <torch/nn/init.h>
 
+#include <tuple>
+
 namespace owl2 {
 namespace nn = torch::nn;
 
@@ -97,11 +99,14 @@ DecoderAttentionImpl::DecoderAttentionImpl(const DecoderConfig& cfg)
 }
 
 torch::Tensor DecoderAttentionImpl::forward(const torch::Tensor& x_BSD, const Rotary& rope,
-                                            const torch::Tensor& mask_B1SS, const ModalityRouting& routing) {
+                                            const torch::Tensor& mask_B1SS, const ModalityRouting& routing,
+                                            LayerKV* kv) {
   const int64_t B = x_BSD.size(0), S = x_BSD.size(1);
   const auto q_BHSK = apply_rotary(q_proj(x_BSD).view({B, S, num_heads, head_dim}).transpose(1, 2), rope);
-  const auto k_BGSK = apply_rotary(k_proj(x_BSD, routing).view({B, S, num_kv_heads, head_dim}).transpose(1, 2), rope);
-  const auto v_BGSK = v_proj(x_BSD, routing).view({B, S, num_kv_heads, head_dim}).transpose(1, 2);
+  auto k_BGSK = apply_rotary(k_proj(x_BSD, routing).view({B, S, num_kv_heads, head_dim}).transpose(1, 2), rope);
+  auto v_BGSK = v_proj(x_BSD, routing).view({B, S, num_kv_heads, head_dim}).transpose(1, 2);
+  // Cached keys / values are post-RoPE and keep the copy (text or image) that produced them (spec §1.4).
+  if (kv != nullptr) std::tie(k_BGSK, v_BGSK) = kv->append(k_BGSK, v_BGSK);
   const auto ctx_BHSK = decoder_attention(q_BHSK, k_BGSK, v_BGSK, mask_B1SS);
   return o_proj(ctx_BHSK.transpose(1, 2).reshape({B, S, num_heads * head_dim}));
 }
@@ -126,8 +131,8 @@ DecoderLayerImpl::DecoderLayerImpl(const DecoderConfig& cfg) {
 }
 
 torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x_BSD, const Rotary& rope, const torch::Tensor& mask_B1SS,
-                                        const ModalityRouting& routing) {
-  const auto h_BSD = x_BSD + self_attn(input_layernorm(x_BSD, routing), rope, mask_B1SS, routing);
+                                        const ModalityRouting& routing, LayerKV* kv) {
+  const auto h_BSD = x_BSD + self_attn(input_layernorm(x_BSD, routing), rope, mask_B1SS, routing, kv);
   return h_BSD + mlp(post_attention_layernorm(h_BSD, routing));
 }
 

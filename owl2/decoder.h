@@ -10,6 +10,7 @@
 #include <memory>
 
 #include "owl2/config.h"
+#include "owl2/kv_cache.h"
 
 namespace owl2 {
 
@@ -63,9 +64,10 @@ torch::Tensor decoder_attention(const torch::Tensor& q_BHSK, const torch::Tensor
 class DecoderAttentionImpl : public torch::nn::Module {
  public:
   explicit DecoderAttentionImpl(const DecoderConfig& cfg);
-  // x: normalized hidden states; returns o_proj(attention) [B,S,D].
+  // x: normalized hidden states; returns o_proj(attention) [B,S,D]. With `kv`, the new post-RoPE keys and
+  // values are appended to that layer's cache and the queries attend over the whole cache (mask [B,1,S,L+S]).
   torch::Tensor forward(const torch::Tensor& x_BSD, const Rotary& rope, const torch::Tensor& mask_B1SS,
-                        const ModalityRouting& routing);
+                        const ModalityRouting& routing, LayerKV* kv = nullptr);
 
   int64_t num_heads, num_kv_heads, head_dim;
   torch::nn::Linear q_proj{nullptr}, o_proj{nullptr};
@@ -86,7 +88,7 @@ class DecoderLayerImpl : public torch::nn::Module {
  public:
   explicit DecoderLayerImpl(const DecoderConfig& cfg);
   torch::Tensor forward(const torch::Tensor& x_BSD, const Rotary& rope, const torch::Tensor& mask_B1SS,
-                        const ModalityRouting& routing);
+                        const ModalityRouting& routing, LayerKV* kv = nullptr);
 
   Multiway input_layernorm{nullptr}, post_attention_layernorm{nullptr};
   DecoderAttention self_attn{nullptr};

@@ -85,7 +85,7 @@ SplicedBatch MPLUGOwl2ForCausalLMImpl::splice_inputs(const ModelInputs& in) {
 
   // Left padding (some sample starts with padding) keeps every sample aligned to the right edge, as
   // generation needs; otherwise samples are aligned left and padded right, as the reference does.
-  bool left_padded = false;
+  bool left_padded = in.pad_left;
   for (int64_t b = 0; b < B && T > 0; ++b) left_padded |= !mask[b * T];
   int64_t S = 0;
   for (int64_t b = 0; b < B; ++b) S = std::max(S, T + (V - 1) * images_per_sample[b]);
@@ -167,6 +167,21 @@ torch::Tensor MPLUGOwl2ForCausalLMImpl::decode(const torch::Tensor& inputs_embed
                       },
                       {x_BSD});
   }
+  return model->norm(x_BSD);
+}
+
+torch::Tensor MPLUGOwl2ForCausalLMImpl::decode_cached(const torch::Tensor& inputs_embeds_BSD,
+                                                      const torch::Tensor& valid_BS,
+                                                      const torch::Tensor& position_ids_BS,
+                                                      const ModalityRouting& routing, KVCache& cache) {
+  const auto mask_B1SL = cache.attention_mask(valid_BS);
+  const auto rope = rotary_tables(position_ids_BS, cfg.decoder.head_dim(), cfg.decoder.rope_theta,
+                                  inputs_embeds_BSD.scalar_type());
+  auto x_BSD = inputs_embeds_BSD;
+  for (int64_t i = 0; i < static_cast<int64_t>(model->layers->size()); ++i) {
+    x_BSD = model->layers->ptr<DecoderLayerImpl>(i)->forward(x_BSD, rope, mask_B1SL, routing, &cache.layer(i));
+  }
+  cache.advance(valid_BS);
   return model->norm(x_BSD);
 }
 

@@ -26,6 +26,8 @@ struct ModelInputs {
   torch::Tensor attention_mask;  // [B,T] bool or int, 1 = real token; undefined = all real; left OR right padding
   torch::Tensor images;          // [N,C,H,W] float: all images of the batch in reading order; undefined if none
   torch::Tensor labels;          // [B,T] int64, -100 = ignore; undefined = no loss
+  bool pad_left = false;         // align every spliced sample to the right edge even when input_ids has no
+                                 // padding (generation: prompts of one length with different image counts)
 };
 
 struct ModelOutput {
@@ -76,6 +78,11 @@ class MPLUGOwl2ForCausalLMImpl : public torch::nn::Module {
   // no padding anywhere (plain causal attention).
   torch::Tensor decode(const torch::Tensor& inputs_embeds_BSD, const torch::Tensor& attention_mask_BS,
                        const torch::Tensor& position_ids_BS, const ModalityRouting& routing);
+  // The decoder over S new positions with a KV cache (spec §1.4, §6): their keys / values are appended to
+  // `cache` and they attend to every valid cached position. valid_BS marks real new tokens (left padding of a
+  // prefill is false). Returns final-norm hidden states [B,S,D]; the training path (decode) is untouched.
+  torch::Tensor decode_cached(const torch::Tensor& inputs_embeds_BSD, const torch::Tensor& valid_BS,
+                              const torch::Tensor& position_ids_BS, const ModalityRouting& routing, KVCache& cache);
   DecoderLayer decoder_layer(int64_t i) const { return DecoderLayer(model->layers->ptr<DecoderLayerImpl>(i)); }
 
   // The documented init: normal(0, 0.02) for linear / embedding / conv weights, learnable queries, class token,

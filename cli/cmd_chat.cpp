@@ -1,0 +1,115 @@
+// `owl2 chat`: a multi-turn conversation on stdin with the model's chat template (spec §3.4, §6): the whole
+// conversation is re-encoded every turn, as the reference CLI does; `/image PATH` attaches an image to the next
+// message, `/reset` starts over, `/quit` (or end of input) leaves. Works with stdin not a terminal.
+#include <CLI/CLI.hpp>
+#include <unistd.h>
+
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "cli/commands.h"
+#include "cli/generate_args.h"
+#include "data/image.h"
+#include "data/template.h"
+#include "data/tokenizer.h"
+#include "owl2/generate.h"
+#include "trainers/model_dir.h"
+
+namespace owl2::cli {
+namespace {
+
+std::string trim(const std::string& s) {
+  const auto b = s.find_first_not_of(" \t\r\n");
+  if (b == std::string::npos) return "";
+  return s.substr(b, s.find_last_not_of(" \t\r\n") - b + 1);
+}
+
+void add_chat_commands(CLI::App& app, Action& run) {
+  struct Args {
+    std::string model, tokenizer, image, mode;
+    DecodingArgs decoding;
+  };
+  auto args = std::make_shared<Args>();
+
+  auto* chat = app.add_subcommand("chat", "Talk to a saved model on stdin (/image PATH, /reset, /quit)");
+  chat->add_option("--model", args->model, "Model directory (a run's final/ folder)")->required();
+  chat->add_option("--image", args->image, "Image attached to the first message");
+  chat->add_option("--tokenizer", args->tokenizer, "SentencePiece model (default: the run's data.tokenizer)");
+  chat->add_option("--image-mode", args->mode, "resize | pad | crop (default: the run's data.image_mode)");
+  args->decoding.add_to(chat);
+  chat->callback([&run, args] {
+    run = [args] {
+      auto l = owl2::load_model_dir(args->model, args->tokenizer);
+      ImageConfig ic;
+      ic.size = l.cfg.model.vision.image_size;
+      ic.mode = parse_image_mode(args->mode.empty() ? l.cfg.data.image_mode : args->mode);
+      const auto tmpl = chat_template(l.cfg.data.chat_template);
+      const bool interactive = isatty(STDIN_FILENO) != 0;
+
+      std::vector<Turn> turns;
+      std::vector<torch::Tensor> images;  // every image of the conversation, in order
+      int64_t pending = 0;                // images attached to the next message
+      auto attach = [&](const std::string& path) {
+        images.push_back(preprocess_image(load_image(path), ic));  // throws naming the file
+        ++pending;
+        std::cout << "[image attached: " << path << "]\n" << std::flush;
+      };
+      if (!args->image.empty()) attach(args->image);
+
+      auto go = args->decoding.options(*l.tokenizer);
+      TextStreamer streamer(*l.tokenizer, go.stop_strings, std::cout);
+      if (!args->decoding.no_stream) go.on_token = [&streamer](int64_t, int64_t token) { streamer.push(token); };
+
+      std::string line;
+      while (true) {
+        if (interactive) std::cout << "USER: " << std::flush;
+        if (!std::getline(std::cin, line)) break;
+        const auto msg = trim(line);
+        if (msg.empty()) continue;
+        if (msg == "/quit" || msg == "/exit") break;
+        if (msg == "/reset") {
+          turns.clear();
+          images.clear();
+          pending = 0;
+          std::cout << "[conversation reset]\n" << std::flush;
+          continue;
+        }
+        if (msg.rfind("/image", 0) == 0) {
+          const auto path = trim(msg.substr(6));
+          try {
+            if (path.empty()) throw std::invalid_argument("/image needs a path: /image PATH");
+            attach(path);
+          } catch (const std::exception& e) {
+            std::cout << "error: " << e.what() << "\n" << std::flush;  // the conversation goes on
+          }
+          continue;
+        }
+        std::string human;
+        for (int64_t i = 0; i < pending; ++i) human += kImagePlaceholder;
+        human += pending > 0 ? "\n" + msg : msg;
+        turns.push_back({Role::kHuman, human});
+        try {
+          const auto prompt = l.tokenizer->encode_with_images(generation_prompt(tmpl, turns, true));
+          go.max_new_tokens = fit_context(l.cfg.model, prompt, args->decoding.max_new_tokens);
+          std::cout << "ASSISTANT: " << std::flush;
+          const auto out = generate(l.model, {prompt}, images.empty() ? torch::Tensor() : torch::stack(images), go);
+          streamer.finish(out[0].text);
+          turns.push_back({Role::kGpt, out[0].text});
+          pending = 0;
+        } catch (const std::exception& e) {
+          turns.pop_back();
+          streamer.finish("");
+          std::cout << "error: " << e.what() << "\n" << std::flush;
+        }
+      }
+      return 0;
+    };
+  });
+}
+
+}  // namespace
+
+OWL2_REGISTER_COMMANDS(add_chat_commands);
+
+}  // namespace owl2::cli
