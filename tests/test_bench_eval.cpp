@@ -2,6 +2,7 @@
 // (tests/fixtures/bench), errors for malformed files, MMBench's rotation and circular scoring, the prediction
 // cache (sharding, merging, resume), and the whole path through the binary on the synthetic benchmarks.
 #include <catch2/catch.hpp>
+#include <stdlib.h>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
@@ -425,6 +426,9 @@ namespace {
 const std::string& e2e_root(const std::string& name = "") {
   static const std::string root = [&] {
     const std::string r = "build/test_bench_" + name;
+    // One intra-op thread per owl2 process: with CTest running tests in parallel on a small machine, torch's
+    // default pool oversubscribes the cores (measured: 6 answers in 0.9 s with one thread, 14 s without).
+    setenv("OMP_NUM_THREADS", "1", 1);
     fs::remove_all(r);
     auto run = [](const std::string& args) {
       const auto res = run_owl2(args);
@@ -432,7 +436,7 @@ const std::string& e2e_root(const std::string& name = "") {
       REQUIRE(res.rc == 0);
     };
     run("data synth --out " + r + "/data --train 24 --heldout 2 --train-text 8 --heldout-text 2");
-    run("data synth-bench --out " + r + "/bench --images 4");
+    run("data synth-bench --out " + r + "/bench --images 2");
     run("tokenizer train --text " + r + "/data/corpus.txt --vocab-size 256 --out " + r + "/tok");
     std::ofstream(r + "/run.yaml") << "include: " << source_path("configs/model/tiny.yaml") << "\n"
                                    << "model: {decoder: {vocab_size: 256}}\n"
@@ -485,8 +489,8 @@ TEST_CASE("owl2 eval --bench vqav2 end to end: rescoring, batch size 1 vs 4, res
   const std::string out = temp_dir("owl2_bench_e2e");
   const auto one = eval_bench("vqav2", out + "/b1", "--batch-size 1");
   const auto four = eval_bench("vqav2", out + "/b4", "--batch-size 4");
-  CHECK(one["questions"] == 12);
-  CHECK(one["generated"] == 12);
+  CHECK(one["questions"] == 6);
+  CHECK(one["generated"] == 6);
   CHECK(one["cached"] == 0);
   check_rescore(one, out + "/b1/vqav2");
   CHECK(cached(out + "/b1/vqav2") == cached(out + "/b4/vqav2"));
@@ -509,8 +513,8 @@ TEST_CASE("owl2 eval --bench vqav2 end to end: rescoring, batch size 1 vs 4, res
   }
   std::ofstream(cache) << kept;
   const auto again = eval_bench("vqav2", out + "/b4", "--batch-size 4");
-  CHECK(again["generated"] == 6);
-  CHECK(again["cached"] == 6);
+  CHECK(again["generated"] == 3);
+  CHECK(again["cached"] == 3);
   const auto after = cached(out + "/b4/vqav2");
   const auto fresh = cached(out + "/b1/vqav2");
   for (const auto& [id, pred] : after) CHECK(pred == (planted.count(id) ? planted[id] : fresh.at(id)));
@@ -535,7 +539,7 @@ TEST_CASE("owl2 eval --bench pope, mme, mmbench, coco end to end on the syntheti
     check_rescore(m, out + "/" + bench);
   }
   const auto pope = nlohmann::json::parse(read_text(out + "/pope/metrics.json"));
-  CHECK(pope["questions"] == 24);
+  CHECK(pope["questions"] == 12);
   CHECK(pope["files"].size() == 3);
   const auto mme = nlohmann::json::parse(read_text(out + "/mme/metrics.json"));
   CHECK(mme["questions"] == 4);  // two images of the existence task, two questions each
@@ -548,7 +552,7 @@ TEST_CASE("owl2 eval --bench pope, mme, mmbench, coco end to end on the syntheti
 }
 
 TEST_CASE("owl2 eval --bench under torchrun: 2 ranks answer their shards, rank 0 merges and scores as 1 process",
-          "[eval][bench][cli][dist][slow]") {
+          "[eval][bench][cli][dist]") {
   const std::string& r = e2e_root("dist");
   const std::string out = temp_dir("owl2_bench_dist");
   const auto single = eval_bench("vqav2", out + "/one", "--batch-size 3");
@@ -560,7 +564,7 @@ TEST_CASE("owl2 eval --bench under torchrun: 2 ranks answer their shards, rank 0
   INFO(read_text(out + "/two.log"));
   REQUIRE(rc == 0);
   const auto two = nlohmann::json::parse(read_text(out + "/two/vqav2/metrics.json"));
-  CHECK(two["generated"] == 12);
+  CHECK(two["generated"] == 6);
   CHECK(two["scores"] == single["scores"]);
   CHECK(cached(out + "/two/vqav2") == cached(out + "/one/vqav2"));
   CHECK_FALSE(fs::exists(ev::rank_cache_path(out + "/two/vqav2", 1)));  // merged into the cache file
