@@ -11,6 +11,7 @@
 #include "eval/bench_suite.h"
 #include "eval/benchmarks.h"
 #include "eval/score_files.h"
+#include "eval/vqa_accuracy.h"
 
 namespace owl2::eval {
 namespace {
@@ -63,10 +64,33 @@ std::string options_block(const std::vector<std::string>& options) {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// VQAv2 / OK-VQA (eval_metrics.md §1.1): questions JSON + annotations JSON + COCO images.
+// VQAv2 / OK-VQA (eval_metrics.md §1.1): questions JSON + annotations JSON + COCO images. Test-dev has no
+// annotations: its answers go through the EvalAI processor into the upload file (§1.4).
+
+// The upload file of a server-scored split: every answer through EvalAIAnswerProcessor, as the converters do.
+BenchScore write_upload(const std::vector<BenchItem>& items, const std::vector<std::string>& preds, const char* id_key,
+                        const std::string& out) {
+  json res = json::array();
+  for (size_t i = 0; i < items.size(); ++i)
+    res.push_back({{id_key, items[i].meta.at(id_key)}, {"answer", evalai_process_answer(preds[i])}});
+  const std::string upload = out + "/results_evalai.json";
+  write_text(upload, res.dump());
+  BenchScore s;
+  s.has_score = false;
+  s.headline_name = "no annotations: scored by the EvalAI server";
+  s.extra = {{"upload", upload}};
+  return s;
+}
+
+bool any_exists(const std::string& dir, const std::vector<std::string>& names) {
+  for (const auto& n : names)
+    if (fs::exists(fs::path(dir) / n)) return true;
+  return false;
+}
 
 std::vector<BenchItem> read_coco_vqa(const std::string& dir, const std::vector<std::string>& question_names) {
   const std::string qfile = find_file(dir, question_names);
+  const bool test = fs::path(qfile).filename().string().find("test") != std::string::npos;
   const json root = read_json(qfile);
   const json& qs = need_array(qfile, root, "questions");
   UniqueIds ids(qfile, "question_id");
@@ -81,7 +105,9 @@ std::vector<BenchItem> read_coco_vqa(const std::string& dir, const std::vector<s
     it.id = it.group = std::to_string(qid);
     // evaluate_vqa.py: a space, not "\n", before the instruction (spec §5.2).
     it.prompt = owl2_eval_prompt(question + " " + kShortAnswerInstruction, 1);
-    it.images.push_back({image_path(fs::path(dir) / "val2014" / fmt::format("COCO_val2014_{:012d}.jpg", image_id)), ""});
+    const std::string image = test ? fmt::format("test2015/COCO_test2015_{:012d}.jpg", image_id)
+                                   : fmt::format("val2014/COCO_val2014_{:012d}.jpg", image_id);
+    it.images.push_back({image_path(fs::path(dir) / image), ""});
     it.meta = {{"question_id", qid}};
     out.push_back(std::move(it));
   }
@@ -91,6 +117,7 @@ std::vector<BenchItem> read_coco_vqa(const std::string& dir, const std::vector<s
 BenchScore score_coco_vqa(const std::string& dir, const std::vector<std::string>& ann_names,
                           const std::vector<BenchItem>& items, const std::vector<std::string>& preds,
                           const std::string& out) {
+  if (!any_exists(dir, ann_names)) return write_upload(items, preds, "question_id", out);
   json res = json::array();
   for (size_t i = 0; i < items.size(); ++i) res.push_back({{"question_id", items[i].meta.at("question_id")}, {"answer", preds[i]}});
   const std::string results = out + "/results.json";
@@ -105,16 +132,21 @@ BenchScore score_coco_vqa(const std::string& dir, const std::vector<std::string>
   return s;
 }
 
-const std::vector<std::string> kVqav2Questions = {"v2_OpenEnded_mscoco_val2014_questions.json"};
+const std::vector<std::string> kVqav2Questions = {"v2_OpenEnded_mscoco_val2014_questions.json",
+                                                  "v2_OpenEnded_mscoco_test-dev2015_questions.json"};
 const std::vector<std::string> kVqav2Annotations = {"v2_mscoco_val2014_annotations.json"};
 const std::vector<std::string> kOkvqaQuestions = {"OpenEnded_mscoco_val2014_questions.json"};
 const std::vector<std::string> kOkvqaAnnotations = {"mscoco_val2014_annotations.json"};
 
 // ---------------------------------------------------------------------------------------------------------
 // VizWiz (§1.1, §1.2): val.json [{image, question, answers}] + val/ images; results [{image, answer}].
+// test.json (no answers) + test/ gives the upload file.
+
+const std::vector<std::string> kVizwizFiles = {"val.json", "test.json"};
 
 std::vector<BenchItem> read_vizwiz(const std::string& dir) {
-  const std::string file = find_file(dir, {"val.json"});
+  const std::string file = find_file(dir, kVizwizFiles);
+  const std::string split = fs::path(file).stem().string();
   const json root = read_json(file);
   if (!root.is_array()) throw std::invalid_argument(fmt::format("{}: expected a JSON array of questions", file));
   UniqueIds ids(file, "image");
@@ -129,7 +161,7 @@ std::vector<BenchItem> read_vizwiz(const std::string& dir) {
     // LLaVA-1.5's VizWiz prompt (no mPLUG-Owl2 script): the "Unanswerable" line before the instruction.
     it.prompt = owl2_eval_prompt(question + "\nWhen the provided information is insufficient, respond with 'Unanswerable'.\n" +
                                      kShortAnswerInstruction, 1);
-    it.images.push_back({(fs::path(dir) / "val" / image).string(), ""});
+    it.images.push_back({(fs::path(dir) / split / image).string(), ""});
     it.meta = {{"image", image}};
     out.push_back(std::move(it));
   }
@@ -138,6 +170,7 @@ std::vector<BenchItem> read_vizwiz(const std::string& dir) {
 
 BenchScore score_vizwiz(const std::string& dir, const std::vector<BenchItem>& items, const std::vector<std::string>& preds,
                         const std::string& out) {
+  if (fs::path(find_file(dir, kVizwizFiles)).filename() == "test.json") return write_upload(items, preds, "image", out);
   json res = json::array();
   for (size_t i = 0; i < items.size(); ++i) res.push_back({{"image", items[i].meta.at("image")}, {"answer", preds[i]}});
   const std::string results = out + "/results.json";
@@ -948,12 +981,12 @@ const std::vector<BenchDef>& bench_defs() {
   using std::placeholders::_4;
   const BenchDecoding vqa{10, 1};  // evaluate_vqa/mme/mmbench.py (spec §5.2)
   static const std::vector<BenchDef> defs = {
-      {"vqav2", "VQAv2 val: open-ended VQA accuracy (VQAEval as mPLUG-Owl2)", vqa,
+      {"vqav2", "VQAv2 val: open-ended VQA accuracy (VQAEval as mPLUG-Owl2); test-dev: the EvalAI upload file", vqa,
        [](const std::string& d) { return read_coco_vqa(d, kVqav2Questions); }, identity,
        std::bind(score_coco_vqa, _1, kVqav2Annotations, _2, _3, _4)},
       {"okvqa", "OK-VQA val: VQA accuracy", vqa, [](const std::string& d) { return read_coco_vqa(d, kOkvqaQuestions); },
        identity, std::bind(score_coco_vqa, _1, kOkvqaAnnotations, _2, _3, _4)},
-      {"vizwiz", "VizWiz val: VQA accuracy (LLaVA-1.5 prompt)", vqa, read_vizwiz, identity, score_vizwiz},
+      {"vizwiz", "VizWiz val: VQA accuracy (LLaVA-1.5 prompt); test: the EvalAI upload file", vqa, read_vizwiz, identity, score_vizwiz},
       {"textvqa", "TextVQA val without OCR tokens: VQAEval accuracy", vqa,
        [](const std::string& d) { return read_textvqa(d, false); }, identity, std::bind(score_textvqa, _1, false, _2, _3, _4)},
       {"textvqa_ocr", "TextVQA val with OCR tokens in the prompt: m4c accuracy", vqa,

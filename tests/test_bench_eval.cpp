@@ -65,6 +65,17 @@ TEST_CASE("bench readers: VQAv2, OK-VQA, VizWiz and TextVQA prompts as evaluate_
   CHECK(vqa[0].images[0].path == fixture("vqav2") + "/val2014/COCO_val2014_000000000042.jpg");
   CHECK(vqa[2].meta["question_id"] == 70);
 
+  // Test-dev: its own image folder, and no annotations: the upload file gets the EvalAI-processed answers.
+  const auto dev = read_bench("vqav2", fixture("vqav2_testdev"));
+  REQUIRE(dev.size() == 2);
+  CHECK(dev[1].images[0].path == fixture("vqav2_testdev") + "/test2015/COCO_test2015_000000262144.jpg");
+  const std::string up = temp_dir("owl2_bench_upload");
+  const auto s = ev::score_bench(ev::find_bench("vqav2"), fixture("vqav2_testdev"), dev, {"It's a dog.", "Two"}, up);
+  CHECK_FALSE(s.has_score);
+  CHECK(s.files.empty());
+  CHECK(read_text(up + "/results_evalai.json") ==
+        R"([{"answer":"it 's dog","question_id":262144000},{"answer":"2","question_id":262144001}])");
+
   const auto ok = read_bench("okvqa");
   REQUIRE(ok.size() == 1);
   CHECK(ok[0].prompt == "USER: <|image|>What sport can you use this for? " + kShort + " ASSISTANT: ");

@@ -43,8 +43,8 @@ std::string summary_table(const eval::BenchDef& def, const eval::BenchScore& s, 
                           int64_t generated_total) {
   std::string t = fmt::format("{:<12} {:>9} {:>9} {:>7}  {}\n", "benchmark", "questions", "generated", "cached",
                               s.headline_name);
-  t += fmt::format("{:<12} {:>9} {:>9} {:>7}  {:.2f}\n", def.name, r.questions, generated_total,
-                   r.questions - generated_total, s.headline);
+  t += fmt::format("{:<12} {:>9} {:>9} {:>7}  {}\n", def.name, r.questions, generated_total,
+                   r.questions - generated_total, s.has_score ? fmt::format("{:.2f}", s.headline) : "-");
   return t;
 }
 
@@ -113,7 +113,7 @@ BenchRunResult run_benchmark(MPLUGOwl2ForCausalLM& model, const Tokenizer& token
   m["cached"] = res.questions - generated_total;
   m["decoding"] = {{"max_new_tokens", def.decoding.max_new_tokens},
                    {"min_new_tokens", HasMinNewTokens<GenerateOptions>::value ? def.decoding.min_new_tokens : 0}};
-  m["headline"] = {{"name", score.headline_name}, {"value", score.headline}};
+  m["headline"] = {{"name", score.headline_name}, {"value", score.has_score ? nlohmann::ordered_json(score.headline) : nullptr}};
   if (!score.extra.is_null()) m["aggregate"] = score.extra;
   m["scores"] = score.scores;
   nlohmann::ordered_json files = nlohmann::ordered_json::array();
