@@ -47,11 +47,11 @@ struct ScoredFiles {
 
 struct BenchScore {
   std::vector<ScoredFiles> files;
-  nlohmann::ordered_json scores;   // name -> what score_files returned for those files
-  std::string headline_name;       // e.g. "accuracy", "perception", "CIDEr x100"
-  double headline = 0;             // the number the paper reports, on the paper's scale
-  bool has_score = true;           // false for server-scored splits (only an upload file is written)
-  nlohmann::ordered_json extra;    // benchmark-level aggregates (POPE's split means)
+  nlohmann::ordered_json scores;  // name -> what score_files returned for those files
+  std::string headline_name;      // e.g. "accuracy", "perception", "CIDEr x100"
+  double headline = 0;            // the number the paper reports, on the paper's scale
+  bool has_score = true;          // false for server-scored splits (only an upload file is written)
+  nlohmann::ordered_json extra;   // benchmark-level aggregates (POPE's split means)
 };
 
 struct BenchDef {
