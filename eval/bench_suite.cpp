@@ -183,7 +183,7 @@ std::vector<MmbenchTsvRow> mmbench_expand_circular(const std::vector<MmbenchTsvR
   std::vector<MmbenchTsvRow> out;
   for (const auto& r : rows) {
     out.push_back(r);
-    if (r.index >= 1000000 || copies[r.index] != 1) continue;
+    if (r.index >= 1000000 || copies[r.index] != 1 || r.answer.empty()) continue;
     std::vector<std::string> texts;
     for (const auto& kv : r.options) texts.push_back(kv.second);
     const int k = static_cast<int>(texts.size());

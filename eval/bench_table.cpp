@@ -572,7 +572,7 @@ std::vector<MmbenchTsvRow> read_mmbench_rows(const std::string& file) {
     }
     return it - tsv.header.begin();
   };
-  const long c_index = col("index", true), c_question = col("question", true), c_answer = col("answer", true);
+  const long c_index = col("index", true), c_question = col("question", true), c_answer = col("answer", false);
   const long c_image = col("image", false), c_hint = col("hint", false), c_cat = col("category", false);
   const long c_l2 = col("l2-category", false), c_split = col("split", false);
   std::vector<MmbenchTsvRow> rows;
@@ -592,8 +592,9 @@ std::vector<MmbenchTsvRow> read_mmbench_rows(const std::string& file) {
     if (!seen.insert(r.index).second)
       throw std::invalid_argument(fmt::format("{}: row {}: duplicate index {}", file, line, r.index));
     r.question = f[c_question];
-    r.answer = f[c_answer];
-    if (r.answer.size() != 1 || r.answer[0] < 'A' || r.answer[0] > 'E')
+    // The test split has no answer column: its predictions go to the evaluation server.
+    r.answer = c_answer >= 0 ? f[c_answer] : "";
+    if (c_answer >= 0 && (r.answer.size() != 1 || r.answer[0] < 'A' || r.answer[0] > 'E'))
       throw std::invalid_argument(
           fmt::format("{}: row {} (index {}): answer '{}' is not a letter A-E", file, line, r.index, r.answer));
     auto opt = [&](long c) { return c >= 0 && f[c] != "nan" ? f[c] : std::string(); };
@@ -603,7 +604,7 @@ std::vector<MmbenchTsvRow> read_mmbench_rows(const std::string& file) {
     r.split = opt(c_split);
     for (char L : std::string("ABCDE"))
       if (const long c = col(std::string(1, L).c_str(), false); c >= 0 && !opt(c).empty()) r.options[L] = f[c];
-    if (!r.options.count(r.answer[0]))
+    if (c_answer >= 0 && !r.options.count(r.answer[0]))
       throw std::invalid_argument(
           fmt::format("{}: row {} (index {}): answer {} has no option text", file, line, r.index, r.answer));
     if (c_image >= 0) r.image_b64 = f[c_image];
@@ -648,6 +649,26 @@ std::vector<BenchItem> read_mmbench(const std::string& dir) {
 
 BenchScore score_mmbench(const std::string&, const std::vector<BenchItem>& items, const std::vector<std::string>& preds,
                          const std::string& out) {
+  if (!items.empty() && items[0].meta.at("answer").get<std::string>().empty()) {
+    // No answers (the test split): the submission the server scores, as the reference's xlsx but tab-separated.
+    std::string tsv = "index\tquestion\thint\tA\tB\tC\tD\tE\tprediction\tcategory\tl2-category\tsplit\n";
+    for (size_t i = 0; i < items.size(); ++i) {
+      const auto& m = items[i].meta;
+      tsv += std::to_string(m.at("index").get<int64_t>());
+      for (const char* k : {"question", "hint"}) tsv += "\t" + tsv_field(m.at(k).get<std::string>());
+      for (const char* L : {"A", "B", "C", "D", "E"})
+        tsv += "\t" + tsv_field(m.at("options").contains(L) ? m.at("options").at(L).get<std::string>() : "");
+      tsv += "\t" + tsv_field(preds[i]);
+      for (const char* k : {"category", "l2-category", "split"}) tsv += "\t" + tsv_field(m.at(k).get<std::string>());
+      tsv += "\n";
+    }
+    BenchScore s;
+    s.has_score = false;
+    s.headline_name = "no answers: scored by the MMBench server";
+    s.extra = {{"submission", out + "/submission.tsv"}};
+    write_text(out + "/submission.tsv", tsv);
+    return s;
+  }
   // The evaluated rows (added copies included, images left out) as the refs of `owl2 score --metric mmbench`.
   std::string tsv = "index\tquestion\thint\tA\tB\tC\tD\tE\tanswer\tcategory\tl2-category\tsplit\n";
   std::string lines;

@@ -166,6 +166,19 @@ TEST_CASE("bench readers: MMBench, SEED, Q-Bench, MMMU, captions, MMLU", "[eval]
   CHECK(mmb[2].images[0].bytes == "y");  // an added copy shows its main row's image
   CHECK(ev::limit_groups(mmb, 1).size() == 4);
 
+  // The test split has no answer column: no copies are added, the submission file gets the predictions.
+  const auto mmb_test = read_bench("mmbench", fixture("mmbench_test"));
+  REQUIRE(mmb_test.size() == 2);
+  const std::string sub = temp_dir("owl2_bench_mmb_test");
+  const auto s = ev::score_bench(ev::find_bench("mmbench"), fixture("mmbench_test"), mmb_test, {"A", "B\tx"}, sub);
+  CHECK_FALSE(s.has_score);
+  CHECK(read_text(sub + "/submission.tsv") ==
+        "index\tquestion\thint\tA\tB\tC\tD\tE\tprediction\tcategory\tl2-category\tsplit\n"
+        "5\tWhich object is on the table?\t\ta cup\ta book\t\t\t\tA\tobject_localization\t"
+        "finegrained_perception (instance-level)\ttest\n"
+        "1000005\tWhich object is on the table?\t\ta book\ta cup\t\t\t\t\"B\tx\"\tobject_localization\t"
+        "finegrained_perception (instance-level)\ttest\n");
+
   const auto seed = read_bench("seed");
   REQUIRE(seed.size() == 2);  // the video question is left out
   CHECK(seed[0].prompt == "USER: <|image|>How many towels are in the image?\nA. One\nB. Two\nC. Three\nD. Four\n" +
