@@ -48,7 +48,8 @@ int run_heldout(const std::string& model, const std::string& tokenizer, const st
   return 0;
 }
 
-int run_bench(const std::string& model, const std::string& tokenizer, BenchRunOptions bo, const std::string& image_mode) {
+int run_bench(const std::string& model, const std::string& tokenizer, BenchRunOptions bo,
+              const std::string& image_mode) {
   eval::find_bench(bo.bench);  // an unknown name fails before the model loads
   auto l = owl2::load_model_dir(model, tokenizer);
   bo.image.size = l.cfg.model.vision.image_size;
@@ -88,13 +89,15 @@ void add_eval_commands(CLI::App& app, Action& run) {
       ->check(CLI::PositiveNumber);
   ev->add_option("--limit", args->limit, "First N questions only (--bench: MME images, MMBench questions)")
       ->check(CLI::NonNegativeNumber);
-  ev->add_option("--max-new-tokens", args->max_new_tokens, "--heldout: tokens to generate at most (--bench: the spec's)")
+  ev->add_option("--max-new-tokens", args->max_new_tokens,
+                 "--heldout: tokens to generate at most (--bench: the spec's)")
       ->check(CLI::PositiveNumber);
   ev->add_option("--predictions", args->out, "--heldout: write the predictions here (JSONL)");
   ev->callback([&run, args] {
     run = [args] {
       if (!args->bench.empty()) {
-        if (args->data.empty()) throw std::invalid_argument("owl2 eval --bench needs --data DIR (the benchmark's files)");
+        if (args->data.empty())
+          throw std::invalid_argument("owl2 eval --bench needs --data DIR (the benchmark's files)");
         BenchRunOptions bo;
         bo.bench = args->bench;
         bo.data_dir = args->data;
@@ -103,7 +106,8 @@ void add_eval_commands(CLI::App& app, Action& run) {
         bo.limit = args->limit;
         return run_bench(args->model, args->tokenizer, bo, args->image_mode);
       }
-      if (args->heldout.empty()) throw std::invalid_argument("owl2 eval needs --heldout FILE or --bench NAME --data DIR");
+      if (args->heldout.empty())
+        throw std::invalid_argument("owl2 eval needs --heldout FILE or --bench NAME --data DIR");
       return run_heldout(args->model, args->tokenizer, args->heldout, args->out, args->batch_size, args->limit,
                          args->max_new_tokens);
     };

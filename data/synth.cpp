@@ -409,7 +409,8 @@ std::string base64_encode(const std::string& bytes) {
   std::string out;
   size_t i = 0;
   for (; i + 2 < bytes.size(); i += 3) {
-    const uint32_t v = (uint32_t(uint8_t(bytes[i])) << 16) | (uint32_t(uint8_t(bytes[i + 1])) << 8) | uint8_t(bytes[i + 2]);
+    const uint32_t v =
+        (uint32_t(uint8_t(bytes[i])) << 16) | (uint32_t(uint8_t(bytes[i + 1])) << 8) | uint8_t(bytes[i + 2]);
     for (int k = 3; k >= 0; --k) out += kAlphabet[(v >> (6 * k)) & 63];
   }
   if (i < bytes.size()) {
@@ -499,8 +500,18 @@ std::vector<std::string> write_synth_bench(const SynthBenchOptions& o) {
       if (std::string(split) != "adversarial") color = other(kColors, s.color, rng);
       if (std::string(split) != "popular") shape = other(kShapes, s.shape, rng);
       const std::string image = coco_name(i + 1);
-      lines += ojson{{"question_id", qid++}, {"image", image}, {"text", fmt::format("Is there a {} {} in the image?", s.color, s.shape)}, {"label", "yes"}}.dump() + "\n";
-      lines += ojson{{"question_id", qid++}, {"image", image}, {"text", fmt::format("Is there a {} {} in the image?", color, shape)}, {"label", "no"}}.dump() + "\n";
+      lines += ojson{{"question_id", qid++},
+                     {"image", image},
+                     {"text", fmt::format("Is there a {} {} in the image?", s.color, s.shape)},
+                     {"label", "yes"}}
+                   .dump() +
+               "\n";
+      lines += ojson{{"question_id", qid++},
+                     {"image", image},
+                     {"text", fmt::format("Is there a {} {} in the image?", color, shape)},
+                     {"label", "no"}}
+                   .dump() +
+               "\n";
     }
     put(fmt::format("pope/coco_pope_{}.json", split), lines);
   }
@@ -563,9 +574,10 @@ std::vector<std::string> write_synth_bench(const SynthBenchOptions& o) {
     put("coco/" + rel, pngs[static_cast<size_t>(i)]);
     images.push_back({{"id", i + 1}, {"file_name", rel}});
     caps.push_back({{"image_id", i + 1}, {"id", ann_id++}, {"caption", s.caption}});
-    caps.push_back({{"image_id", i + 1}, {"id", ann_id++}, {"caption", fmt::format("{} {} {} on a black background",
-                                                                                  kCountWords[static_cast<size_t>(s.count)],
-                                                                                  s.color, plural(s))}});
+    caps.push_back({{"image_id", i + 1},
+                    {"id", ann_id++},
+                    {"caption", fmt::format("{} {} {} on a black background", kCountWords[static_cast<size_t>(s.count)],
+                                            s.color, plural(s))}});
   }
   put("coco/coco_karpathy_test.json", ojson{{"images", images}, {"annotations", caps}}.dump(1));
   std::sort(files.begin(), files.end());

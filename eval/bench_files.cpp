@@ -412,7 +412,8 @@ TsvFile read_tsv(const std::string& path) {
 
 QbenchReport score_qbench_files(const std::string& questions_path, const std::string& preds_path) {
   const json root = read_json_file(questions_path);
-  if (!root.is_array()) throw std::invalid_argument(fmt::format("{}: expected a JSON array of questions", questions_path));
+  if (!root.is_array())
+    throw std::invalid_argument(fmt::format("{}: expected a JSON array of questions", questions_path));
   const auto preds = read_predictions(preds_path, "id", {"prediction", "text"});
   std::map<std::string, bool> known;
   QbenchReport rep;
@@ -422,7 +423,8 @@ QbenchReport score_qbench_files(const std::string& questions_path, const std::st
     const std::string id = std::to_string(i);
     known[id] = true;
     const json& cands = need(questions_path, r, "candidates");
-    if (!cands.is_array()) throw std::invalid_argument(fmt::format("{}: entry {}: 'candidates' must be an array", questions_path, i));
+    if (!cands.is_array())
+      throw std::invalid_argument(fmt::format("{}: entry {}: 'candidates' must be an array", questions_path, i));
     const std::string correct = need_string(questions_path, r, "correct_ans");
     const auto it = preds.find(id);
     if (it == preds.end()) continue;  // not evaluated (--limit)
@@ -438,7 +440,8 @@ QbenchReport score_qbench_files(const std::string& questions_path, const std::st
     rep.correct += ok;
     rep.unresolved += !letter;
     auto tally = [&](std::map<std::string, std::pair<size_t, size_t>>& m, const char* key) {
-      const std::string k = root[i].contains(key) && root[i][key].is_string() ? root[i][key].get<std::string>() : "unknown";
+      const std::string k =
+          root[i].contains(key) && root[i][key].is_string() ? root[i][key].get<std::string>() : "unknown";
       m[k].first += ok;
       ++m[k].second;
     };
@@ -462,7 +465,8 @@ MmmuReport score_mmmu_files(const std::string& questions_path, const std::string
   std::map<std::string, std::pair<size_t, size_t>> by_subject;
   for (const auto& r : read_records(questions_path)) {
     const std::string id = need_string(questions_path, r, "id");
-    if (known.count(id)) throw std::invalid_argument(fmt::format("{}: {}: duplicate id {}", questions_path, r.where, id));
+    if (known.count(id))
+      throw std::invalid_argument(fmt::format("{}: {}: duplicate id {}", questions_path, r.where, id));
     known[id] = true;
     const std::string type = need_string(questions_path, r, "question_type");
     const json& answer = need(questions_path, r, "answer");
@@ -471,7 +475,8 @@ MmmuReport score_mmmu_files(const std::string& questions_path, const std::string
     bool ok = false;
     if (type == "multiple-choice") {
       if (!answer.is_string())
-        throw std::invalid_argument(fmt::format("{}: {}: 'answer' must be a letter string, found {}", questions_path, r.where, answer.dump()));
+        throw std::invalid_argument(
+            fmt::format("{}: {}: 'answer' must be a letter string, found {}", questions_path, r.where, answer.dump()));
       const auto opts = mmmu_options(questions_path, r.where, r.value);
       std::map<char, std::string> options;
       for (size_t k = 0; k < opts.size() && k < 26; ++k) options[static_cast<char>('A' + k)] = opts[k];
@@ -482,17 +487,20 @@ MmmuReport score_mmmu_files(const std::string& questions_path, const std::string
       std::vector<std::string> gold;
       if (answer.is_array()) {
         for (const auto& a : answer) {
-          if (!a.is_string()) throw std::invalid_argument(fmt::format("{}: {}: answers must be strings", questions_path, r.where));
+          if (!a.is_string())
+            throw std::invalid_argument(fmt::format("{}: {}: answers must be strings", questions_path, r.where));
           gold.push_back(a.get<std::string>());
         }
       } else if (answer.is_string()) {
         gold.push_back(answer.get<std::string>());
       } else {
-        throw std::invalid_argument(fmt::format("{}: {}: 'answer' must be a string or a list, found {}", questions_path, r.where, answer.dump()));
+        throw std::invalid_argument(fmt::format("{}: {}: 'answer' must be a string or a list, found {}", questions_path,
+                                                r.where, answer.dump()));
       }
       ok = mmmu_eval_open(gold, mmmu_parse_open(it->second));
     } else {
-      throw std::invalid_argument(fmt::format("{}: {}: question_type '{}' is not multiple-choice/open", questions_path, r.where, type));
+      throw std::invalid_argument(
+          fmt::format("{}: {}: question_type '{}' is not multiple-choice/open", questions_path, r.where, type));
     }
     // "validation_Art_Theory_12" -> "Art_Theory"
     std::string subject = id;
@@ -528,14 +536,16 @@ MmluReport score_mmlu_files(const std::string& data_dir, const std::string& pred
     }
     const std::string file = (fs::path(data_dir) / "test" / (subject + "_test.csv")).string();
     if (!tests.count(subject)) {
-      if (!fs::exists(file)) throw std::invalid_argument(fmt::format("{}: question_id {}: no file {}", preds_path, id, file));
+      if (!fs::exists(file))
+        throw std::invalid_argument(fmt::format("{}: question_id {}: no file {}", preds_path, id, file));
       tests[subject] = read_csv(file);
     }
     const auto& rows = tests[subject];
     if (row >= rows.size())
       throw std::invalid_argument(fmt::format("{}: question_id {}: {} has {} rows", preds_path, id, file, rows.size()));
     if (rows[row].size() != 6 || rows[row][5].size() != 1 || rows[row][5][0] < 'A' || rows[row][5][0] > 'D')
-      throw std::invalid_argument(fmt::format("{}: row {}: expected question, A, B, C, D and an answer letter A-D", file, row + 1));
+      throw std::invalid_argument(
+          fmt::format("{}: row {}: expected question, A, B, C, D and an answer letter A-D", file, row + 1));
     const auto letter = parse_choice_letter(pred, 4);
     const bool ok = letter && *letter == rows[row][5][0];
     ++rep.questions;

@@ -91,7 +91,8 @@ inline std::string need_id(const std::string& file, const std::string& where, co
 }
 inline const json& need_array(const std::string& file, const json& root, const char* key) {
   const json& v = need(file, "top level", root, key);
-  if (!v.is_array()) throw std::invalid_argument(fmt::format("{}: '{}' must be an array, found {}", file, key, v.type_name()));
+  if (!v.is_array())
+    throw std::invalid_argument(fmt::format("{}: '{}' must be an array, found {}", file, key, v.type_name()));
   return v;
 }
 
@@ -102,7 +103,8 @@ class UniqueIds {
   void add(const std::string& id, const std::string& where) {
     const auto [it, fresh] = seen_.emplace(id, where);
     if (!fresh)
-      throw std::invalid_argument(fmt::format("{}: {}: duplicate {} {} (first at {})", file_, where, what_, id, it->second));
+      throw std::invalid_argument(
+          fmt::format("{}: {}: duplicate {} {} (first at {})", file_, where, what_, id, it->second));
   }
 
  private:

@@ -183,7 +183,7 @@ std::vector<MmbenchTsvRow> mmbench_expand_circular(const std::vector<MmbenchTsvR
   std::vector<MmbenchTsvRow> out;
   for (const auto& r : rows) {
     out.push_back(r);
-    if (r.index >= 1000000 || copies[r.index] != 1) continue;
+    if (r.index >= 1000000 || copies[r.index] != 1 || r.answer.empty()) continue;
     std::vector<std::string> texts;
     for (const auto& kv : r.options) texts.push_back(kv.second);
     const int k = static_cast<int>(texts.size());
@@ -203,7 +203,8 @@ std::vector<MmbenchTsvRow> mmbench_expand_circular(const std::vector<MmbenchTsvR
 std::string mmbench_prompt_body(const MmbenchTsvRow& row) {
   std::string opts;
   for (const auto& [L, t] : row.options) opts += fmt::format("{}{}. {}", opts.empty() ? "" : "\n", L, t);
-  return (row.hint.empty() ? std::string("N/A") : row.hint) + "\n" + row.question + "\n" + opts + "\n" + kOptionInstruction;
+  return (row.hint.empty() ? std::string("N/A") : row.hint) + "\n" + row.question + "\n" + opts + "\n" +
+         kOptionInstruction;
 }
 
 // ---- helpers ----
@@ -286,4 +287,3 @@ std::vector<std::vector<std::string>> read_csv(const std::string& path) {
 }
 
 }  // namespace owl2::eval
-

@@ -47,10 +47,11 @@ struct ScoredFiles {
 
 struct BenchScore {
   std::vector<ScoredFiles> files;
-  nlohmann::ordered_json scores;   // name -> what score_files returned for those files
-  std::string headline_name;       // e.g. "accuracy", "perception", "CIDEr x100"
-  double headline = 0;             // the number the paper reports, on the paper's scale
-  nlohmann::ordered_json extra;    // benchmark-level aggregates (POPE's split means)
+  nlohmann::ordered_json scores;  // name -> what score_files returned for those files
+  std::string headline_name;      // e.g. "accuracy", "perception", "CIDEr x100"
+  double headline = 0;            // the number the paper reports, on the paper's scale
+  bool has_score = true;          // false for server-scored splits (only an upload file is written)
+  nlohmann::ordered_json extra;   // benchmark-level aggregates (POPE's split means)
 };
 
 struct BenchDef {
@@ -110,7 +111,8 @@ struct MmbenchTsvRow {
 };
 // The official TSVs already hold the rotated copies (index + n * 1,000,000). For a question that has only its
 // main row, the k-1 copies are added: copy n shows original option (i + n) mod k at letter i, and its answer
-// letter moves accordingly. Rows keep their order; added copies follow their main row.
+// letter moves accordingly. Rows keep their order; added copies follow their main row. Rows without an answer
+// (the test split) are left as they are.
 std::vector<MmbenchTsvRow> mmbench_expand_circular(const std::vector<MmbenchTsvRow>& rows);
 // The owl2 MMBench prompt (without the template): hint or "N/A", question, "A. opt" lines, instruction.
 std::string mmbench_prompt_body(const MmbenchTsvRow& row);

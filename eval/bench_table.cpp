@@ -11,6 +11,7 @@
 #include "eval/bench_suite.h"
 #include "eval/benchmarks.h"
 #include "eval/score_files.h"
+#include "eval/vqa_accuracy.h"
 
 namespace owl2::eval {
 namespace {
@@ -47,7 +48,8 @@ std::string subset_array(const std::string& src, const char* key, const char* id
   return subset;
 }
 
-ScoredFiles scored(const std::string& name, const std::string& metric, const std::string& refs, const std::string& preds) {
+ScoredFiles scored(const std::string& name, const std::string& metric, const std::string& refs,
+                   const std::string& preds) {
   return {name, metric, refs, preds};
 }
 
@@ -58,15 +60,39 @@ void run_scorers(BenchScore& score) {
 
 std::string options_block(const std::vector<std::string>& options) {
   std::string s;
-  for (size_t i = 0; i < options.size(); ++i) s += fmt::format("{}{}. {}", i ? "\n" : "", static_cast<char>('A' + i), options[i]);
+  for (size_t i = 0; i < options.size(); ++i)
+    s += fmt::format("{}{}. {}", i ? "\n" : "", static_cast<char>('A' + i), options[i]);
   return s;
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// VQAv2 / OK-VQA (eval_metrics.md §1.1): questions JSON + annotations JSON + COCO images.
+// VQAv2 / OK-VQA (eval_metrics.md §1.1): questions JSON + annotations JSON + COCO images. Test-dev has no
+// annotations: its answers go through the EvalAI processor into the upload file (§1.4).
+
+// The upload file of a server-scored split: every answer through EvalAIAnswerProcessor, as the converters do.
+BenchScore write_upload(const std::vector<BenchItem>& items, const std::vector<std::string>& preds, const char* id_key,
+                        const std::string& out) {
+  json res = json::array();
+  for (size_t i = 0; i < items.size(); ++i)
+    res.push_back({{id_key, items[i].meta.at(id_key)}, {"answer", evalai_process_answer(preds[i])}});
+  const std::string upload = out + "/results_evalai.json";
+  write_text(upload, res.dump());
+  BenchScore s;
+  s.has_score = false;
+  s.headline_name = "no annotations: scored by the EvalAI server";
+  s.extra = {{"upload", upload}};
+  return s;
+}
+
+bool any_exists(const std::string& dir, const std::vector<std::string>& names) {
+  for (const auto& n : names)
+    if (fs::exists(fs::path(dir) / n)) return true;
+  return false;
+}
 
 std::vector<BenchItem> read_coco_vqa(const std::string& dir, const std::vector<std::string>& question_names) {
   const std::string qfile = find_file(dir, question_names);
+  const bool test = fs::path(qfile).filename().string().find("test") != std::string::npos;
   const json root = read_json(qfile);
   const json& qs = need_array(qfile, root, "questions");
   UniqueIds ids(qfile, "question_id");
@@ -81,7 +107,9 @@ std::vector<BenchItem> read_coco_vqa(const std::string& dir, const std::vector<s
     it.id = it.group = std::to_string(qid);
     // evaluate_vqa.py: a space, not "\n", before the instruction (spec §5.2).
     it.prompt = owl2_eval_prompt(question + " " + kShortAnswerInstruction, 1);
-    it.images.push_back({image_path(fs::path(dir) / "val2014" / fmt::format("COCO_val2014_{:012d}.jpg", image_id)), ""});
+    const std::string image = test ? fmt::format("test2015/COCO_test2015_{:012d}.jpg", image_id)
+                                   : fmt::format("val2014/COCO_val2014_{:012d}.jpg", image_id);
+    it.images.push_back({image_path(fs::path(dir) / image), ""});
     it.meta = {{"question_id", qid}};
     out.push_back(std::move(it));
   }
@@ -91,12 +119,14 @@ std::vector<BenchItem> read_coco_vqa(const std::string& dir, const std::vector<s
 BenchScore score_coco_vqa(const std::string& dir, const std::vector<std::string>& ann_names,
                           const std::vector<BenchItem>& items, const std::vector<std::string>& preds,
                           const std::string& out) {
+  if (!any_exists(dir, ann_names)) return write_upload(items, preds, "question_id", out);
   json res = json::array();
-  for (size_t i = 0; i < items.size(); ++i) res.push_back({{"question_id", items[i].meta.at("question_id")}, {"answer", preds[i]}});
+  for (size_t i = 0; i < items.size(); ++i)
+    res.push_back({{"question_id", items[i].meta.at("question_id")}, {"answer", preds[i]}});
   const std::string results = out + "/results.json";
   write_text(results, res.dump());
-  const std::string refs =
-      subset_array(find_file(dir, ann_names), "annotations", "question_id", ids_of(items, "question_id"), out + "/annotations_subset.json");
+  const std::string refs = subset_array(find_file(dir, ann_names), "annotations", "question_id",
+                                        ids_of(items, "question_id"), out + "/annotations_subset.json");
   BenchScore s;
   s.files = {scored("vqa", "vqa", refs, results)};
   run_scorers(s);
@@ -105,16 +135,21 @@ BenchScore score_coco_vqa(const std::string& dir, const std::vector<std::string>
   return s;
 }
 
-const std::vector<std::string> kVqav2Questions = {"v2_OpenEnded_mscoco_val2014_questions.json"};
+const std::vector<std::string> kVqav2Questions = {"v2_OpenEnded_mscoco_val2014_questions.json",
+                                                  "v2_OpenEnded_mscoco_test-dev2015_questions.json"};
 const std::vector<std::string> kVqav2Annotations = {"v2_mscoco_val2014_annotations.json"};
 const std::vector<std::string> kOkvqaQuestions = {"OpenEnded_mscoco_val2014_questions.json"};
 const std::vector<std::string> kOkvqaAnnotations = {"mscoco_val2014_annotations.json"};
 
 // ---------------------------------------------------------------------------------------------------------
 // VizWiz (§1.1, §1.2): val.json [{image, question, answers}] + val/ images; results [{image, answer}].
+// test.json (no answers) + test/ gives the upload file.
+
+const std::vector<std::string> kVizwizFiles = {"val.json", "test.json"};
 
 std::vector<BenchItem> read_vizwiz(const std::string& dir) {
-  const std::string file = find_file(dir, {"val.json"});
+  const std::string file = find_file(dir, kVizwizFiles);
+  const std::string split = fs::path(file).stem().string();
   const json root = read_json(file);
   if (!root.is_array()) throw std::invalid_argument(fmt::format("{}: expected a JSON array of questions", file));
   UniqueIds ids(file, "image");
@@ -127,22 +162,26 @@ std::vector<BenchItem> read_vizwiz(const std::string& dir) {
     BenchItem it;
     it.id = it.group = image;
     // LLaVA-1.5's VizWiz prompt (no mPLUG-Owl2 script): the "Unanswerable" line before the instruction.
-    it.prompt = owl2_eval_prompt(question + "\nWhen the provided information is insufficient, respond with 'Unanswerable'.\n" +
-                                     kShortAnswerInstruction, 1);
-    it.images.push_back({(fs::path(dir) / "val" / image).string(), ""});
+    it.prompt =
+        owl2_eval_prompt(question + "\nWhen the provided information is insufficient, respond with 'Unanswerable'.\n" +
+                             kShortAnswerInstruction,
+                         1);
+    it.images.push_back({(fs::path(dir) / split / image).string(), ""});
     it.meta = {{"image", image}};
     out.push_back(std::move(it));
   }
   return out;
 }
 
-BenchScore score_vizwiz(const std::string& dir, const std::vector<BenchItem>& items, const std::vector<std::string>& preds,
-                        const std::string& out) {
+BenchScore score_vizwiz(const std::string& dir, const std::vector<BenchItem>& items,
+                        const std::vector<std::string>& preds, const std::string& out) {
+  if (fs::path(find_file(dir, kVizwizFiles)).filename() == "test.json") return write_upload(items, preds, "image", out);
   json res = json::array();
   for (size_t i = 0; i < items.size(); ++i) res.push_back({{"image", items[i].meta.at("image")}, {"answer", preds[i]}});
   const std::string results = out + "/results.json";
   write_text(results, res.dump());
-  const std::string refs = subset_array(find_file(dir, {"val.json"}), "", "image", ids_of(items, "image"), out + "/val_subset.json");
+  const std::string refs =
+      subset_array(find_file(dir, {"val.json"}), "", "image", ids_of(items, "image"), out + "/val_subset.json");
   BenchScore s;
   s.files = {scored("vqa", "vqa", refs, results)};
   run_scorers(s);
@@ -173,10 +212,12 @@ std::vector<BenchItem> read_textvqa(const std::string& dir, bool ocr) {
       std::string tokens;
       if (data[i].contains("ocr_tokens")) {
         const json& t = data[i]["ocr_tokens"];
-        if (!t.is_array()) throw std::invalid_argument(fmt::format("{}: {}: 'ocr_tokens' must be an array", file, where));
+        if (!t.is_array())
+          throw std::invalid_argument(fmt::format("{}: {}: 'ocr_tokens' must be an array", file, where));
         for (size_t k = 0; k < t.size(); ++k) {
           if (!t[k].is_string())
-            throw std::invalid_argument(fmt::format("{}: {}: ocr_tokens[{}] must be a string, found {}", file, where, k, t[k].dump()));
+            throw std::invalid_argument(
+                fmt::format("{}: {}: ocr_tokens[{}] must be a string, found {}", file, where, k, t[k].dump()));
           tokens += (k ? ", " : "") + t[k].get<std::string>();
         }
       }
@@ -196,7 +237,8 @@ std::vector<BenchItem> read_textvqa(const std::string& dir, bool ocr) {
 BenchScore score_textvqa(const std::string& dir, bool ocr, const std::vector<BenchItem>& items,
                          const std::vector<std::string>& preds, const std::string& out) {
   json res = json::array();
-  for (size_t i = 0; i < items.size(); ++i) res.push_back({{"question_id", items[i].meta.at("question_id")}, {"answer", preds[i]}});
+  for (size_t i = 0; i < items.size(); ++i)
+    res.push_back({{"question_id", items[i].meta.at("question_id")}, {"answer", preds[i]}});
   const std::string results = out + "/results.json";
   write_text(results, res.dump());
   const std::string refs = subset_array(find_file(dir, {"TextVQA_0.5.1_val.json"}), "data", "question_id",
@@ -225,7 +267,8 @@ std::vector<BenchItem> read_gqa(const std::string& dir) {
   } catch (const json::parse_error& e) {
     throw std::invalid_argument(fmt::format("{}: invalid JSON: {}", file, e.what()));
   }
-  if (!root.is_object()) throw std::invalid_argument(fmt::format("{}: expected an object of questions keyed by id", file));
+  if (!root.is_object())
+    throw std::invalid_argument(fmt::format("{}: expected an object of questions keyed by id", file));
   std::vector<BenchItem> out;
   for (const auto& [qid, oq] : root.items()) {
     const json q = oq;
@@ -274,28 +317,35 @@ std::vector<BenchItem> read_scienceqa(const std::string& dir) {
   const std::string sfile = find_file(dir, {"pid_splits.json"});
   const json problems = read_json(pfile);
   const json splits = read_json(sfile);
-  if (!problems.is_object()) throw std::invalid_argument(fmt::format("{}: expected an object of problems keyed by id", pfile));
+  if (!problems.is_object())
+    throw std::invalid_argument(fmt::format("{}: expected an object of problems keyed by id", pfile));
   const json& test = need(sfile, "top level", splits, "test");
   if (!test.is_array()) throw std::invalid_argument(fmt::format("{}: 'test' must be an array of problem ids", sfile));
   UniqueIds ids(sfile, "pid");
   std::vector<BenchItem> out;
   for (size_t i = 0; i < test.size(); ++i) {
     const std::string where = fmt::format("test[{}]", i);
-    if (!test[i].is_string()) throw std::invalid_argument(fmt::format("{}: {}: a pid must be a string, found {}", sfile, where, test[i].dump()));
+    if (!test[i].is_string())
+      throw std::invalid_argument(
+          fmt::format("{}: {}: a pid must be a string, found {}", sfile, where, test[i].dump()));
     const std::string pid = test[i].get<std::string>();
     ids.add(pid, where);
-    if (!problems.contains(pid)) throw std::invalid_argument(fmt::format("{}: {}: pid {} is not in {}", sfile, where, pid, pfile));
+    if (!problems.contains(pid))
+      throw std::invalid_argument(fmt::format("{}: {}: pid {} is not in {}", sfile, where, pid, pfile));
     const json& p = problems[pid];
     const std::string pw = "problem " + pid;
     const json& image = need(pfile, pw, p, "image");
     if (image.is_null()) continue;  // the IMG subset only
-    if (!image.is_string()) throw std::invalid_argument(fmt::format("{}: {}: 'image' must be a string or null", pfile, pw));
+    if (!image.is_string())
+      throw std::invalid_argument(fmt::format("{}: {}: 'image' must be a string or null", pfile, pw));
     const std::string question = need_str(pfile, pw, p, "question");
     const json& choices = need(pfile, pw, p, "choices");
-    if (!choices.is_array() || choices.empty()) throw std::invalid_argument(fmt::format("{}: {}: 'choices' must be a non-empty array", pfile, pw));
+    if (!choices.is_array() || choices.empty())
+      throw std::invalid_argument(fmt::format("{}: {}: 'choices' must be a non-empty array", pfile, pw));
     std::vector<std::string> opts;
     for (const auto& c : choices) {
-      if (!c.is_string()) throw std::invalid_argument(fmt::format("{}: {}: a choice must be a string, found {}", pfile, pw, c.dump()));
+      if (!c.is_string())
+        throw std::invalid_argument(fmt::format("{}: {}: a choice must be a string, found {}", pfile, pw, c.dump()));
       opts.push_back(c.get<std::string>());
     }
     const std::string hint = p.contains("hint") && p["hint"].is_string() ? p["hint"].get<std::string>() : "";
@@ -312,10 +362,11 @@ std::vector<BenchItem> read_scienceqa(const std::string& dir) {
   return out;
 }
 
-BenchScore score_scienceqa(const std::string& dir, const std::vector<BenchItem>& items, const std::vector<std::string>& preds,
-                           const std::string& out) {
+BenchScore score_scienceqa(const std::string& dir, const std::vector<BenchItem>& items,
+                           const std::vector<std::string>& preds, const std::string& out) {
   std::string lines;
-  for (size_t i = 0; i < items.size(); ++i) lines += json{{"question_id", items[i].id}, {"text", preds[i]}}.dump() + "\n";
+  for (size_t i = 0; i < items.size(); ++i)
+    lines += json{{"question_id", items[i].id}, {"text", preds[i]}}.dump() + "\n";
   const std::string answers = out + "/answers.jsonl";
   write_text(answers, lines);
   BenchScore s;
@@ -365,13 +416,15 @@ std::vector<BenchItem> read_pope(const std::string& dir) {
     }
   }
   if (out.empty())
-    throw std::invalid_argument(fmt::format("{}: no POPE question file (coco_pope_adversarial.json, coco_pope_popular.json, "
-                                            "coco_pope_random.json)", dir));
+    throw std::invalid_argument(
+        fmt::format("{}: no POPE question file (coco_pope_adversarial.json, coco_pope_popular.json, "
+                    "coco_pope_random.json)",
+                    dir));
   return out;
 }
 
-BenchScore score_pope(const std::string& dir, const std::vector<BenchItem>& items, const std::vector<std::string>& preds,
-                      const std::string& out) {
+BenchScore score_pope(const std::string& dir, const std::vector<BenchItem>& items,
+                      const std::vector<std::string>& preds, const std::string& out) {
   BenchScore s;
   for (const auto& split : kPopeSplits) {
     std::string answers, questions;
@@ -436,7 +489,8 @@ std::vector<BenchItem> read_mme(const std::string& dir) {
           break;
         }
       if (image.empty())
-        throw std::invalid_argument(fmt::format("{}: no image {}.jpg/.png in {}", txt.string(), txt.stem().string(), idir.string()));
+        throw std::invalid_argument(
+            fmt::format("{}: no image {}.jpg/.png in {}", txt.string(), txt.stem().string(), idir.string()));
       const auto lines = lines_of(txt.string());
       for (size_t n = 0; n < lines.size(); ++n) {
         if (lines[n].empty()) continue;
@@ -450,7 +504,8 @@ std::vector<BenchItem> read_mme(const std::string& dir) {
         it.id = fmt::format("{}/{}/{}", task, image, n + 1);
         it.group = task + "/" + image;
         // evaluate_mme.py removes "Please answer yes or no." from the formatted prompt (a space stays).
-        it.prompt = replace_all(owl2_eval_prompt(question + "\n" + kShortAnswerInstruction, 1), "Please answer yes or no.", "");
+        it.prompt =
+            replace_all(owl2_eval_prompt(question + "\n" + kShortAnswerInstruction, 1), "Please answer yes or no.", "");
         it.images.push_back({(idir / image).string(), ""});
         it.meta = {{"task", task}, {"image", image}, {"question", question}, {"gt", gt}};
         out.push_back(std::move(it));
@@ -458,7 +513,8 @@ std::vector<BenchItem> read_mme(const std::string& dir) {
     }
   }
   if (out.empty())
-    throw std::invalid_argument(fmt::format("{}: no MME task folders (existence/, count/, ..., OCR/, code_reasoning/)", dir));
+    throw std::invalid_argument(
+        fmt::format("{}: no MME task folders (existence/, count/, ..., OCR/, code_reasoning/)", dir));
   return out;
 }
 
@@ -475,9 +531,9 @@ BenchScore score_mme(const std::string&, const std::vector<BenchItem>& items, co
   std::map<std::string, std::string> files;
   for (size_t i = 0; i < items.size(); ++i) {
     const auto& m = items[i].meta;
-    files[m.at("task").get<std::string>()] += fmt::format("{}\t{}\t{}\t{}\n", m.at("image").get<std::string>(),
-                                                          m.at("question").get<std::string>(), m.at("gt").get<std::string>(),
-                                                          one_line(preds[i]));
+    files[m.at("task").get<std::string>()] +=
+        fmt::format("{}\t{}\t{}\t{}\n", m.at("image").get<std::string>(), m.at("question").get<std::string>(),
+                    m.at("gt").get<std::string>(), one_line(preds[i]));
   }
   const std::string rdir = out + "/results";
   fs::remove_all(rdir);
@@ -494,13 +550,15 @@ BenchScore score_mme(const std::string&, const std::vector<BenchItem>& items, co
 // MMBench (§2.5): one TSV with base64 images; circular copies as rows.
 
 std::string find_mmbench_tsv(const std::string& dir) {
-  if (fs::exists(fs::path(dir) / "mmbench_dev_20230712.tsv")) return (fs::path(dir) / "mmbench_dev_20230712.tsv").string();
+  if (fs::exists(fs::path(dir) / "mmbench_dev_20230712.tsv"))
+    return (fs::path(dir) / "mmbench_dev_20230712.tsv").string();
   std::vector<std::string> tsvs;
   if (fs::is_directory(dir))
     for (const auto& e : fs::directory_iterator(dir))
       if (e.path().extension() == ".tsv") tsvs.push_back(e.path().string());
   if (tsvs.size() != 1)
-    throw std::invalid_argument(fmt::format("{}: expected mmbench_dev_20230712.tsv or exactly one .tsv file, found {}", dir, tsvs.size()));
+    throw std::invalid_argument(
+        fmt::format("{}: expected mmbench_dev_20230712.tsv or exactly one .tsv file, found {}", dir, tsvs.size()));
   return tsvs[0];
 }
 
@@ -514,14 +572,15 @@ std::vector<MmbenchTsvRow> read_mmbench_rows(const std::string& file) {
     }
     return it - tsv.header.begin();
   };
-  const long c_index = col("index", true), c_question = col("question", true), c_answer = col("answer", true);
+  const long c_index = col("index", true), c_question = col("question", true), c_answer = col("answer", false);
   const long c_image = col("image", false), c_hint = col("hint", false), c_cat = col("category", false);
   const long c_l2 = col("l2-category", false), c_split = col("split", false);
   std::vector<MmbenchTsvRow> rows;
   std::set<int64_t> seen;
   for (const auto& [line, f] : tsv.rows) {
     if (f.size() != tsv.header.size())
-      throw std::invalid_argument(fmt::format("{}: row {}: {} fields, the header has {}", file, line, f.size(), tsv.header.size()));
+      throw std::invalid_argument(
+          fmt::format("{}: row {}: {} fields, the header has {}", file, line, f.size(), tsv.header.size()));
     MmbenchTsvRow r;
     try {
       size_t used = 0;
@@ -530,11 +589,14 @@ std::vector<MmbenchTsvRow> read_mmbench_rows(const std::string& file) {
     } catch (const std::exception&) {
       throw std::invalid_argument(fmt::format("{}: row {}: index '{}' is not an integer", file, line, f[c_index]));
     }
-    if (!seen.insert(r.index).second) throw std::invalid_argument(fmt::format("{}: row {}: duplicate index {}", file, line, r.index));
+    if (!seen.insert(r.index).second)
+      throw std::invalid_argument(fmt::format("{}: row {}: duplicate index {}", file, line, r.index));
     r.question = f[c_question];
-    r.answer = f[c_answer];
-    if (r.answer.size() != 1 || r.answer[0] < 'A' || r.answer[0] > 'E')
-      throw std::invalid_argument(fmt::format("{}: row {} (index {}): answer '{}' is not a letter A-E", file, line, r.index, r.answer));
+    // The test split has no answer column: its predictions go to the evaluation server.
+    r.answer = c_answer >= 0 ? f[c_answer] : "";
+    if (c_answer >= 0 && (r.answer.size() != 1 || r.answer[0] < 'A' || r.answer[0] > 'E'))
+      throw std::invalid_argument(
+          fmt::format("{}: row {} (index {}): answer '{}' is not a letter A-E", file, line, r.index, r.answer));
     auto opt = [&](long c) { return c >= 0 && f[c] != "nan" ? f[c] : std::string(); };
     r.hint = opt(c_hint);
     r.category = opt(c_cat);
@@ -542,8 +604,9 @@ std::vector<MmbenchTsvRow> read_mmbench_rows(const std::string& file) {
     r.split = opt(c_split);
     for (char L : std::string("ABCDE"))
       if (const long c = col(std::string(1, L).c_str(), false); c >= 0 && !opt(c).empty()) r.options[L] = f[c];
-    if (!r.options.count(r.answer[0]))
-      throw std::invalid_argument(fmt::format("{}: row {} (index {}): answer {} has no option text", file, line, r.index, r.answer));
+    if (c_answer >= 0 && !r.options.count(r.answer[0]))
+      throw std::invalid_argument(
+          fmt::format("{}: row {} (index {}): answer {} has no option text", file, line, r.index, r.answer));
     if (c_image >= 0) r.image_b64 = f[c_image];
     rows.push_back(std::move(r));
   }
@@ -573,9 +636,8 @@ std::vector<BenchItem> read_mmbench(const std::string& dir) {
     const std::string where = fmt::format("{}: index {}: image", file, r.index);
     if (b64.empty()) throw std::invalid_argument(where + ": empty");
     it.images.push_back({where, base64_decode(b64, where)});
-    ojson row = {{"index", r.index},    {"question", r.question}, {"hint", r.hint},
-                 {"answer", r.answer},  {"category", r.category}, {"l2-category", r.l2_category},
-                 {"split", r.split}};
+    ojson row = {{"index", r.index},       {"question", r.question},       {"hint", r.hint},  {"answer", r.answer},
+                 {"category", r.category}, {"l2-category", r.l2_category}, {"split", r.split}};
     ojson opts = ojson::object();
     for (const auto& [L, t] : r.options) opts[std::string(1, L)] = t;
     row["options"] = opts;
@@ -587,6 +649,26 @@ std::vector<BenchItem> read_mmbench(const std::string& dir) {
 
 BenchScore score_mmbench(const std::string&, const std::vector<BenchItem>& items, const std::vector<std::string>& preds,
                          const std::string& out) {
+  if (!items.empty() && items[0].meta.at("answer").get<std::string>().empty()) {
+    // No answers (the test split): the submission the server scores, as the reference's xlsx but tab-separated.
+    std::string tsv = "index\tquestion\thint\tA\tB\tC\tD\tE\tprediction\tcategory\tl2-category\tsplit\n";
+    for (size_t i = 0; i < items.size(); ++i) {
+      const auto& m = items[i].meta;
+      tsv += std::to_string(m.at("index").get<int64_t>());
+      for (const char* k : {"question", "hint"}) tsv += "\t" + tsv_field(m.at(k).get<std::string>());
+      for (const char* L : {"A", "B", "C", "D", "E"})
+        tsv += "\t" + tsv_field(m.at("options").contains(L) ? m.at("options").at(L).get<std::string>() : "");
+      tsv += "\t" + tsv_field(preds[i]);
+      for (const char* k : {"category", "l2-category", "split"}) tsv += "\t" + tsv_field(m.at(k).get<std::string>());
+      tsv += "\n";
+    }
+    BenchScore s;
+    s.has_score = false;
+    s.headline_name = "no answers: scored by the MMBench server";
+    s.extra = {{"submission", out + "/submission.tsv"}};
+    write_text(out + "/submission.tsv", tsv);
+    return s;
+  }
   // The evaluated rows (added copies included, images left out) as the refs of `owl2 score --metric mmbench`.
   std::string tsv = "index\tquestion\thint\tA\tB\tC\tD\tE\tanswer\tcategory\tl2-category\tsplit\n";
   std::string lines;
@@ -596,7 +678,8 @@ BenchScore score_mmbench(const std::string&, const std::vector<BenchItem>& items
     for (const char* k : {"question", "hint"}) tsv += "\t" + tsv_field(m.at(k).get<std::string>());
     for (const char* L : {"A", "B", "C", "D", "E"})
       tsv += "\t" + tsv_field(m.at("options").contains(L) ? m.at("options").at(L).get<std::string>() : "");
-    for (const char* k : {"answer", "category", "l2-category", "split"}) tsv += "\t" + tsv_field(m.at(k).get<std::string>());
+    for (const char* k : {"answer", "category", "l2-category", "split"})
+      tsv += "\t" + tsv_field(m.at(k).get<std::string>());
     tsv += "\n";
     lines += json{{"index", m.at("index")}, {"prediction", preds[i]}}.dump() + "\n";
   }
@@ -626,11 +709,13 @@ std::vector<BenchItem> read_seed(const std::string& dir) {
     ids.add(qid, where);
     if (qs[i].value("data_type", "image") != "image") continue;  // the video part needs frames
     std::vector<std::string> opts;
-    for (const char* k : {"choice_a", "choice_b", "choice_c", "choice_d"}) opts.push_back(need_str(file, where, qs[i], k));
+    for (const char* k : {"choice_a", "choice_b", "choice_c", "choice_d"})
+      opts.push_back(need_str(file, where, qs[i], k));
     BenchItem it;
     it.id = it.group = qid;
     // The MMBench-style multiple-choice prompt the maintainer says SEED was run with (spec §5.2, issue #185).
-    it.prompt = owl2_eval_prompt(need_str(file, where, qs[i], "question") + "\n" + options_block(opts) + "\n" + kOptionInstruction, 1);
+    it.prompt = owl2_eval_prompt(
+        need_str(file, where, qs[i], "question") + "\n" + options_block(opts) + "\n" + kOptionInstruction, 1);
     it.images.push_back({(fs::path(dir) / "SEED-Bench-image" / need_str(file, where, qs[i], "data_id")).string(), ""});
     it.meta = {{"question_id", qs[i].at("question_id")}};
     out.push_back(std::move(it));
@@ -638,10 +723,11 @@ std::vector<BenchItem> read_seed(const std::string& dir) {
   return out;
 }
 
-BenchScore score_seed(const std::string& dir, const std::vector<BenchItem>& items, const std::vector<std::string>& preds,
-                      const std::string& out) {
+BenchScore score_seed(const std::string& dir, const std::vector<BenchItem>& items,
+                      const std::vector<std::string>& preds, const std::string& out) {
   std::string lines;
-  for (size_t i = 0; i < items.size(); ++i) lines += json{{"question_id", items[i].meta.at("question_id")}, {"prediction", preds[i]}}.dump() + "\n";
+  for (size_t i = 0; i < items.size(); ++i)
+    lines += json{{"question_id", items[i].meta.at("question_id")}, {"prediction", preds[i]}}.dump() + "\n";
   const std::string predictions = out + "/predictions.jsonl";
   write_text(predictions, lines);
   BenchScore s;
@@ -665,16 +751,20 @@ std::vector<BenchItem> read_qbench(const std::string& dir) {
   for (size_t i = 0; i < root.size(); ++i) {
     const std::string where = fmt::format("entry {}", i);
     const json& cands = need(file, where, root[i], "candidates");
-    if (!cands.is_array() || cands.empty()) throw std::invalid_argument(fmt::format("{}: {}: 'candidates' must be a non-empty array", file, where));
+    if (!cands.is_array() || cands.empty())
+      throw std::invalid_argument(fmt::format("{}: {}: 'candidates' must be a non-empty array", file, where));
     std::vector<std::string> opts;
     for (const auto& c : cands) {
-      if (!c.is_string()) throw std::invalid_argument(fmt::format("{}: {}: a candidate must be a string, found {}", file, where, c.dump()));
+      if (!c.is_string())
+        throw std::invalid_argument(
+            fmt::format("{}: {}: a candidate must be a string, found {}", file, where, c.dump()));
       opts.push_back(c.get<std::string>());
     }
     need_str(file, where, root[i], "correct_ans");
     BenchItem it;
     it.id = it.group = std::to_string(i);
-    it.prompt = owl2_eval_prompt(need_str(file, where, root[i], "question") + "\n" + options_block(opts) + "\n" + kOptionInstruction, 1);
+    it.prompt = owl2_eval_prompt(
+        need_str(file, where, root[i], "question") + "\n" + options_block(opts) + "\n" + kOptionInstruction, 1);
     it.images.push_back({(fs::path(dir) / "images" / need_str(file, where, root[i], "img_path")).string(), ""});
     it.meta = {{"id", static_cast<int64_t>(i)}};
     out.push_back(std::move(it));
@@ -682,10 +772,11 @@ std::vector<BenchItem> read_qbench(const std::string& dir) {
   return out;
 }
 
-BenchScore score_qbench(const std::string& dir, const std::vector<BenchItem>& items, const std::vector<std::string>& preds,
-                        const std::string& out) {
+BenchScore score_qbench(const std::string& dir, const std::vector<BenchItem>& items,
+                        const std::vector<std::string>& preds, const std::string& out) {
   std::string lines;
-  for (size_t i = 0; i < items.size(); ++i) lines += json{{"id", items[i].meta.at("id")}, {"prediction", preds[i]}}.dump() + "\n";
+  for (size_t i = 0; i < items.size(); ++i)
+    lines += json{{"id", items[i].meta.at("id")}, {"prediction", preds[i]}}.dump() + "\n";
   const std::string predictions = out + "/predictions.jsonl";
   write_text(predictions, lines);
   BenchScore s;
@@ -703,7 +794,9 @@ BenchScore score_qbench(const std::string& dir, const std::vector<BenchItem>& it
 bool parse_py_list(const std::string& s, std::vector<std::string>& out) {
   out.clear();
   size_t i = 0;
-  auto ws = [&] { while (i < s.size() && (s[i] == ' ' || s[i] == '\n' || s[i] == '\t')) ++i; };
+  auto ws = [&] {
+    while (i < s.size() && (s[i] == ' ' || s[i] == '\n' || s[i] == '\t')) ++i;
+  };
   ws();
   if (i >= s.size() || s[i] != '[') return false;
   ++i;
@@ -727,7 +820,12 @@ bool parse_py_list(const std::string& s, std::vector<std::string>& out) {
     ++i;
     out.push_back(item);
     ws();
-    if (i < s.size() && s[i] == ',') { ++i; ws(); if (i < s.size() && s[i] == ']') return true; continue; }
+    if (i < s.size() && s[i] == ',') {
+      ++i;
+      ws();
+      if (i < s.size() && s[i] == ']') return true;
+      continue;
+    }
     if (i < s.size() && s[i] == ']') return true;
     return false;
   }
@@ -745,13 +843,15 @@ std::vector<std::string> mmmu_options(const std::string& file, const std::string
   std::vector<std::string> out;
   if (o.is_array()) {
     for (const auto& x : o) {
-      if (!x.is_string()) throw std::invalid_argument(fmt::format("{}: {}: an option must be a string, found {}", file, where, x.dump()));
+      if (!x.is_string())
+        throw std::invalid_argument(fmt::format("{}: {}: an option must be a string, found {}", file, where, x.dump()));
       out.push_back(x.get<std::string>());
     }
     return out;
   }
   if (o.is_string() && parse_py_list(o.get<std::string>(), out)) return out;
-  throw std::invalid_argument(fmt::format("{}: {}: 'options' must be a list of strings (or its Python text), found {}", file, where, o.dump()));
+  throw std::invalid_argument(
+      fmt::format("{}: {}: 'options' must be a list of strings (or its Python text), found {}", file, where, o.dump()));
 }
 
 namespace {
@@ -774,11 +874,14 @@ std::vector<BenchItem> read_mmmu(const std::string& dir) {
     ids.add(id, where);
     const std::string type = need_str(file, where, r, "question_type");
     if (type != "multiple-choice" && type != "open")
-      throw std::invalid_argument(fmt::format("{}: {}: question_type '{}' is not multiple-choice/open", file, where, type));
+      throw std::invalid_argument(
+          fmt::format("{}: {}: question_type '{}' is not multiple-choice/open", file, where, type));
     std::string body = need_str(file, where, r, "question");
     const auto opts = mmmu_options(file, where, r);
-    if (type == "multiple-choice") body += "\n" + options_block(opts) + "\n" + kOptionInstruction;
-    else body += "\n" + std::string(kShortAnswerInstruction);
+    if (type == "multiple-choice")
+      body += "\n" + options_block(opts) + "\n" + kOptionInstruction;
+    else
+      body += "\n" + std::string(kShortAnswerInstruction);
     // evaluate_mmmu.py: every "<image k>" becomes "<|image|>"; images in the order of their markers.
     BenchItem it;
     it.id = it.group = id;
@@ -804,8 +907,8 @@ std::vector<BenchItem> read_mmmu(const std::string& dir) {
   return out;
 }
 
-BenchScore score_mmmu(const std::string& dir, const std::vector<BenchItem>& items, const std::vector<std::string>& preds,
-                      const std::string& out) {
+BenchScore score_mmmu(const std::string& dir, const std::vector<BenchItem>& items,
+                      const std::vector<std::string>& preds, const std::string& out) {
   std::string lines;
   for (size_t i = 0; i < items.size(); ++i) lines += json{{"id", items[i].id}, {"prediction", preds[i]}}.dump() + "\n";
   const std::string predictions = out + "/predictions.jsonl";
@@ -842,10 +945,12 @@ std::vector<BenchItem> read_captions(const std::string& dir, const std::vector<s
   return out;
 }
 
-BenchScore score_captions(const std::string& dir, const std::vector<std::string>& names, const std::vector<BenchItem>& items,
-                          const std::vector<std::string>& preds, const std::string& out) {
+BenchScore score_captions(const std::string& dir, const std::vector<std::string>& names,
+                          const std::vector<BenchItem>& items, const std::vector<std::string>& preds,
+                          const std::string& out) {
   json res = json::array();
-  for (size_t i = 0; i < items.size(); ++i) res.push_back({{"image_id", items[i].meta.at("image_id")}, {"caption", preds[i]}});
+  for (size_t i = 0; i < items.size(); ++i)
+    res.push_back({{"image_id", items[i].meta.at("image_id")}, {"caption", preds[i]}});
   const std::string results = out + "/results.json";
   write_text(results, res.dump());
   const std::string src = find_file(dir, names);
@@ -854,8 +959,10 @@ BenchScore score_captions(const std::string& dir, const std::vector<std::string>
   const auto keep = ids_of(items, "image_id");
   if (root.at("images").size() != keep.size()) {
     json imgs = json::array(), anns = json::array();
-    for (const auto& e : root["images"]) if (keep.count(id_text(e.at("id")))) imgs.push_back(e);
-    for (const auto& e : root.at("annotations")) if (keep.count(id_text(e.at("image_id")))) anns.push_back(e);
+    for (const auto& e : root["images"])
+      if (keep.count(id_text(e.at("id")))) imgs.push_back(e);
+    for (const auto& e : root.at("annotations"))
+      if (keep.count(id_text(e.at("image_id")))) anns.push_back(e);
     root["images"] = imgs;
     root["annotations"] = anns;
     refs = out + "/annotations_subset.json";
@@ -889,7 +996,8 @@ std::vector<std::pair<std::string, std::string>> csv_files(const fs::path& dir, 
 
 std::string mmlu_example(const std::string& file, size_t row, const std::vector<std::string>& f, bool with_answer) {
   if (f.size() != 6)
-    throw std::invalid_argument(fmt::format("{}: row {}: expected 6 fields (question, A, B, C, D, answer), found {}", file, row, f.size()));
+    throw std::invalid_argument(
+        fmt::format("{}: row {}: expected 6 fields (question, A, B, C, D, answer), found {}", file, row, f.size()));
   std::string s = f[0];
   for (int k = 0; k < 4; ++k) s += fmt::format("\n{}. {}", static_cast<char>('A' + k), f[1 + k]);
   s += "\nAnswer:";
@@ -903,7 +1011,8 @@ std::vector<BenchItem> read_mmlu(const std::string& dir) {
   std::vector<BenchItem> out;
   for (const auto& [subject, tpath] : tests) {
     // The 5-shot header of the original MMLU evaluation (the first five dev rows).
-    std::string head = "The following are multiple choice questions (with answers) about " + replace_all(subject, "_", " ") + ".\n\n";
+    std::string head =
+        "The following are multiple choice questions (with answers) about " + replace_all(subject, "_", " ") + ".\n\n";
     const fs::path dev = fs::path(dir) / "dev" / (subject + "_dev.csv");
     if (fs::exists(dev)) {
       const auto rows = read_csv(dev.string());
@@ -921,10 +1030,11 @@ std::vector<BenchItem> read_mmlu(const std::string& dir) {
   return out;
 }
 
-BenchScore score_mmlu(const std::string& dir, const std::vector<BenchItem>& items, const std::vector<std::string>& preds,
-                      const std::string& out) {
+BenchScore score_mmlu(const std::string& dir, const std::vector<BenchItem>& items,
+                      const std::vector<std::string>& preds, const std::string& out) {
   std::string lines;
-  for (size_t i = 0; i < items.size(); ++i) lines += json{{"question_id", items[i].id}, {"prediction", preds[i]}}.dump() + "\n";
+  for (size_t i = 0; i < items.size(); ++i)
+    lines += json{{"question_id", items[i].id}, {"prediction", preds[i]}}.dump() + "\n";
   const std::string predictions = out + "/predictions.jsonl";
   write_text(predictions, lines);
   BenchScore s;
@@ -948,16 +1058,19 @@ const std::vector<BenchDef>& bench_defs() {
   using std::placeholders::_4;
   const BenchDecoding vqa{10, 1};  // evaluate_vqa/mme/mmbench.py (spec §5.2)
   static const std::vector<BenchDef> defs = {
-      {"vqav2", "VQAv2 val: open-ended VQA accuracy (VQAEval as mPLUG-Owl2)", vqa,
+      {"vqav2", "VQAv2 val: open-ended VQA accuracy (VQAEval as mPLUG-Owl2); test-dev: the EvalAI upload file", vqa,
        [](const std::string& d) { return read_coco_vqa(d, kVqav2Questions); }, identity,
        std::bind(score_coco_vqa, _1, kVqav2Annotations, _2, _3, _4)},
       {"okvqa", "OK-VQA val: VQA accuracy", vqa, [](const std::string& d) { return read_coco_vqa(d, kOkvqaQuestions); },
        identity, std::bind(score_coco_vqa, _1, kOkvqaAnnotations, _2, _3, _4)},
-      {"vizwiz", "VizWiz val: VQA accuracy (LLaVA-1.5 prompt)", vqa, read_vizwiz, identity, score_vizwiz},
+      {"vizwiz", "VizWiz val: VQA accuracy (LLaVA-1.5 prompt); test: the EvalAI upload file", vqa, read_vizwiz,
+       identity, score_vizwiz},
       {"textvqa", "TextVQA val without OCR tokens: VQAEval accuracy", vqa,
-       [](const std::string& d) { return read_textvqa(d, false); }, identity, std::bind(score_textvqa, _1, false, _2, _3, _4)},
+       [](const std::string& d) { return read_textvqa(d, false); }, identity,
+       std::bind(score_textvqa, _1, false, _2, _3, _4)},
       {"textvqa_ocr", "TextVQA val with OCR tokens in the prompt: m4c accuracy", vqa,
-       [](const std::string& d) { return read_textvqa(d, true); }, identity, std::bind(score_textvqa, _1, true, _2, _3, _4)},
+       [](const std::string& d) { return read_textvqa(d, true); }, identity,
+       std::bind(score_textvqa, _1, true, _2, _3, _4)},
       {"gqa", "GQA test-dev balanced: exact match", vqa, read_gqa, gqa_post, score_gqa},
       {"scienceqa", "ScienceQA test, IMG subset: letter accuracy", vqa, read_scienceqa, identity, score_scienceqa},
       {"pope", "POPE adversarial / popular / random: F1, accuracy, ...", vqa, read_pope, identity, score_pope},
@@ -965,17 +1078,18 @@ const std::vector<BenchDef>& bench_defs() {
       {"mmbench", "MMBench: circular accuracy, offline matching", vqa, read_mmbench, identity, score_mmbench},
       {"seed", "SEED-Bench, image questions: exact match", vqa, read_seed, identity, score_seed},
       {"qbench", "Q-Bench LLVisionQA: letter accuracy (offline matching)", vqa, read_qbench, identity, score_qbench},
-      {"mmmu", "MMMU: official multiple-choice and open parsing", BenchDecoding{20, 1}, read_mmmu, identity, score_mmmu},
+      {"mmmu", "MMMU: official multiple-choice and open parsing", BenchDecoding{20, 1}, read_mmmu, identity,
+       score_mmmu},
       {"coco", "COCO Karpathy test captions: CIDEr", BenchDecoding{60, 8},
        [](const std::string& d) { return read_captions(d, kCocoCaptionFiles); }, identity,
        std::bind(score_captions, _1, kCocoCaptionFiles, _2, _3, _4)},
       {"flickr30k", "Flickr30K Karpathy test captions: CIDEr", BenchDecoding{60, 8},
        [](const std::string& d) { return read_captions(d, kFlickrCaptionFiles); }, identity,
        std::bind(score_captions, _1, kFlickrCaptionFiles, _2, _3, _4)},
-      {"mmlu", "MMLU-style text multiple choice, 5-shot: letter accuracy", BenchDecoding{5, 1}, read_mmlu, identity, score_mmlu},
+      {"mmlu", "MMLU-style text multiple choice, 5-shot: letter accuracy", BenchDecoding{5, 1}, read_mmlu, identity,
+       score_mmlu},
   };
   return defs;
 }
-
 
 }  // namespace owl2::eval

@@ -380,8 +380,7 @@ bool parse_py_float(const std::string& text, double& out) {
   std::string s;
   for (char c : text)
     if (c != ',') s += c;
-  static const std::regex number(R"(^[+-]?((\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?|inf|infinity|nan)$)",
-                                 std::regex::icase);
+  static const std::regex number(R"(^[+-]?((\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?|inf|infinity|nan)$)", std::regex::icase);
   if (!std::regex_match(s, number)) return false;
   out = std::strtod(s.c_str(), nullptr);
   return true;
@@ -433,8 +432,8 @@ std::vector<MmmuValue> mmmu_parse_open(const std::string& response) {
     r = lower_utf8(r.substr(b, e - b));
   }
   const std::vector<std::string> lines = split_on(r, '\n');
-  std::vector<std::string> indicators = {"could be ", "so ", "is ", "thus ", "therefore ", "final ", "answer ",
-                                         "result "};
+  std::vector<std::string> indicators = {"could be ",  "so ",    "is ",     "thus ",
+                                         "therefore ", "final ", "answer ", "result "};
   std::vector<std::string> keys;
   for (size_t i = 0; i < lines.size(); ++i) {
     if (i + 1 == lines.size()) indicators.push_back("=");

@@ -275,9 +275,9 @@ CaptionSet tokenize_captions(const CaptionSet& raw) {
 }
 
 const std::vector<std::string>& score_metric_names() {
-  static const std::vector<std::string> names = {"cider", "bleu",    "rouge_l", "captions",  "vqa", "vqa_official",
-                                                 "textvqa", "pope", "mme",     "mmbench", "scienceqa",
-                                                 "gqa",     "seed",    "qbench",  "mmmu",      "mmlu"};
+  static const std::vector<std::string> names = {
+      "cider", "bleu",    "rouge_l",   "captions", "vqa",  "vqa_official", "textvqa", "pope",
+      "mme",   "mmbench", "scienceqa", "gqa",      "seed", "qbench",       "mmmu",    "mmlu"};
   return names;
 }
 

@@ -2,6 +2,7 @@
 // (tests/fixtures/bench), errors for malformed files, MMBench's rotation and circular scoring, the prediction
 // cache (sharding, merging, resume), and the whole path through the binary on the synthetic benchmarks.
 #include <catch2/catch.hpp>
+#include <stdlib.h>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
@@ -64,6 +65,17 @@ TEST_CASE("bench readers: VQAv2, OK-VQA, VizWiz and TextVQA prompts as evaluate_
   CHECK(vqa[0].images[0].path == fixture("vqav2") + "/val2014/COCO_val2014_000000000042.jpg");
   CHECK(vqa[2].meta["question_id"] == 70);
 
+  // Test-dev: its own image folder, and no annotations: the upload file gets the EvalAI-processed answers.
+  const auto dev = read_bench("vqav2", fixture("vqav2_testdev"));
+  REQUIRE(dev.size() == 2);
+  CHECK(dev[1].images[0].path == fixture("vqav2_testdev") + "/test2015/COCO_test2015_000000262144.jpg");
+  const std::string up = temp_dir("owl2_bench_upload");
+  const auto s = ev::score_bench(ev::find_bench("vqav2"), fixture("vqav2_testdev"), dev, {"It's a dog.", "Two"}, up);
+  CHECK_FALSE(s.has_score);
+  CHECK(s.files.empty());
+  CHECK(read_text(up + "/results_evalai.json") ==
+        R"([{"answer":"it 's dog","question_id":262144000},{"answer":"2","question_id":262144001}])");
+
   const auto ok = read_bench("okvqa");
   REQUIRE(ok.size() == 1);
   CHECK(ok[0].prompt == "USER: <|image|>What sport can you use this for? " + kShort + " ASSISTANT: ");
@@ -71,8 +83,10 @@ TEST_CASE("bench readers: VQAv2, OK-VQA, VizWiz and TextVQA prompts as evaluate_
   const auto viz = read_bench("vizwiz");
   REQUIRE(viz.size() == 2);
   CHECK(viz[1].id == "VizWiz_val_00000001.jpg");
-  CHECK(viz[1].prompt == "USER: <|image|>What is this?\nWhen the provided information is insufficient, respond with "
-                         "'Unanswerable'.\n" + kShort + " ASSISTANT: ");
+  CHECK(viz[1].prompt ==
+        "USER: <|image|>What is this?\nWhen the provided information is insufficient, respond with "
+        "'Unanswerable'.\n" +
+            kShort + " ASSISTANT: ");
   CHECK(viz[1].images[0].path == fixture("vizwiz") + "/val/VizWiz_val_00000001.jpg");
 
   const auto tv = read_bench("textvqa", fixture("textvqa"));
@@ -80,8 +94,10 @@ TEST_CASE("bench readers: VQAv2, OK-VQA, VizWiz and TextVQA prompts as evaluate_
   REQUIRE(tv.size() == 2);
   REQUIRE(tv_ocr.size() == 2);
   CHECK(tv[0].prompt == "USER: <|image|>what is the brand of this camera? " + kShort + " ASSISTANT: ");
-  CHECK(tv_ocr[0].prompt == "USER: <|image|>what is the brand of this camera?\nReference OCR token: DAKOTA, DIGITAL, "
-                            "Single-Use\n" + kShort + " ASSISTANT: ");
+  CHECK(tv_ocr[0].prompt ==
+        "USER: <|image|>what is the brand of this camera?\nReference OCR token: DAKOTA, DIGITAL, "
+        "Single-Use\n" +
+            kShort + " ASSISTANT: ");
   CHECK(tv_ocr[1].prompt == "USER: <|image|>what does the small white text spell?\n" + kShort + " ASSISTANT: ");
   CHECK(tv[0].images[0].path == fixture("textvqa") + "/train_images/003a8ae2ef43b901.jpg");
 }
@@ -98,13 +114,15 @@ TEST_CASE("bench readers: GQA, ScienceQA-IMG, POPE, MME", "[eval][bench]") {
   const auto sqa = read_bench("scienceqa");
   REQUIRE(sqa.size() == 2);
   CHECK(sqa[0].id == "4");
-  CHECK(sqa[0].prompt == "USER: <|image|>Which of these states is farthest north?\nA. West Virginia\nB. Louisiana\n"
-                         "C. Arizona\nD. Oklahoma\nAnswer with the option's letter from the given choices directly. "
-                         "ASSISTANT: ");
-  CHECK(sqa[1].prompt == "USER: <|image|>Context: People can use the engineering-design process to develop solutions "
-                         "to problems.\nIdentify the question that Tom's experiment can best answer.\nA. Do ping pong "
-                         "balls stop rolling?\nB. Do ping pong balls travel farther?\nAnswer with the option's letter "
-                         "from the given choices directly. ASSISTANT: ");
+  CHECK(sqa[0].prompt ==
+        "USER: <|image|>Which of these states is farthest north?\nA. West Virginia\nB. Louisiana\n"
+        "C. Arizona\nD. Oklahoma\nAnswer with the option's letter from the given choices directly. "
+        "ASSISTANT: ");
+  CHECK(sqa[1].prompt ==
+        "USER: <|image|>Context: People can use the engineering-design process to develop solutions "
+        "to problems.\nIdentify the question that Tom's experiment can best answer.\nA. Do ping pong "
+        "balls stop rolling?\nB. Do ping pong balls travel farther?\nAnswer with the option's letter "
+        "from the given choices directly. ASSISTANT: ");
   CHECK(sqa[0].images[0].path == fixture("scienceqa") + "/images/test/4/image.png");
 
   // Splits in the order adversarial, popular, random; popular is absent.
@@ -132,16 +150,34 @@ TEST_CASE("bench readers: MMBench, SEED, Q-Bench, MMMU, captions, MMLU", "[eval]
   const auto mmb = read_bench("mmbench");
   // 4 rows of question 0 (copies in the file), 1 + 2 added copies of question 1, 1 + 1 of question 2.
   REQUIRE(mmb.size() == 9);
-  CHECK(mmb[0].prompt == "USER: <|image|>The picture was taken at night.\nWhat is the main color of the car?\n"
-                         "A. red\nB. blue\nC. green\nD. white\n" + kOption + " ASSISTANT: ");
-  CHECK(mmb[1].prompt == "USER: <|image|>N/A\nWhich animal is shown?\nA. cat\nB. dog\nC. bird\n" + kOption + " ASSISTANT: ");
+  CHECK(mmb[0].prompt ==
+        "USER: <|image|>The picture was taken at night.\nWhat is the main color of the car?\n"
+        "A. red\nB. blue\nC. green\nD. white\n" +
+            kOption + " ASSISTANT: ");
+  CHECK(mmb[1].prompt ==
+        "USER: <|image|>N/A\nWhich animal is shown?\nA. cat\nB. dog\nC. bird\n" + kOption + " ASSISTANT: ");
   CHECK(mmb[2].id == "1000001");
-  CHECK(mmb[2].prompt == "USER: <|image|>N/A\nWhich animal is shown?\nA. dog\nB. bird\nC. cat\n" + kOption + " ASSISTANT: ");
-  CHECK(mmb[4].prompt == "USER: <|image|>N/A\nIs the sign \"open\"?\nA. yes, it is\nB. no\n" + kOption + " ASSISTANT: ");
+  CHECK(mmb[2].prompt ==
+        "USER: <|image|>N/A\nWhich animal is shown?\nA. dog\nB. bird\nC. cat\n" + kOption + " ASSISTANT: ");
+  CHECK(mmb[4].prompt ==
+        "USER: <|image|>N/A\nIs the sign \"open\"?\nA. yes, it is\nB. no\n" + kOption + " ASSISTANT: ");
   CHECK(mmb[0].images[0].bytes == "x");
   CHECK(mmb[1].images[0].bytes == "y");
   CHECK(mmb[2].images[0].bytes == "y");  // an added copy shows its main row's image
   CHECK(ev::limit_groups(mmb, 1).size() == 4);
+
+  // The test split has no answer column: no copies are added, the submission file gets the predictions.
+  const auto mmb_test = read_bench("mmbench", fixture("mmbench_test"));
+  REQUIRE(mmb_test.size() == 2);
+  const std::string sub = temp_dir("owl2_bench_mmb_test");
+  const auto s = ev::score_bench(ev::find_bench("mmbench"), fixture("mmbench_test"), mmb_test, {"A", "B\tx"}, sub);
+  CHECK_FALSE(s.has_score);
+  CHECK(read_text(sub + "/submission.tsv") ==
+        "index\tquestion\thint\tA\tB\tC\tD\tE\tprediction\tcategory\tl2-category\tsplit\n"
+        "5\tWhich object is on the table?\t\ta cup\ta book\t\t\t\tA\tobject_localization\t"
+        "finegrained_perception (instance-level)\ttest\n"
+        "1000005\tWhich object is on the table?\t\ta book\ta cup\t\t\t\t\"B\tx\"\tobject_localization\t"
+        "finegrained_perception (instance-level)\ttest\n");
 
   const auto seed = read_bench("seed");
   REQUIRE(seed.size() == 2);  // the video question is left out
@@ -151,15 +187,17 @@ TEST_CASE("bench readers: MMBench, SEED, Q-Bench, MMMU, captions, MMLU", "[eval]
 
   const auto qb = read_bench("qbench");
   REQUIRE(qb.size() == 3);
-  CHECK(qb[1].prompt == "USER: <|image|>How is the lighting of the image?\nA. Dim\nB. Bright\nC. Normal\n" + kOption +
-                            " ASSISTANT: ");
+  CHECK(qb[1].prompt ==
+        "USER: <|image|>How is the lighting of the image?\nA. Dim\nB. Bright\nC. Normal\n" + kOption + " ASSISTANT: ");
   CHECK(qb[1].images[0].path == fixture("qbench") + "/images/spaq_koniq/10004.jpg");
 
   // MMMU: each "<image k>" (question and options) becomes "<|image|>", images in marker order.
   const auto mmmu = read_bench("mmmu");
   REQUIRE(mmmu.size() == 3);
-  CHECK(mmmu[0].prompt == "USER: <|image|> and <|image|> show two paintings. Which one is older?\nA. <|image|>\n"
-                          "B. <|image|>\nC. Same age\n" + kOption + " ASSISTANT: ");
+  CHECK(mmmu[0].prompt ==
+        "USER: <|image|> and <|image|> show two paintings. Which one is older?\nA. <|image|>\n"
+        "B. <|image|>\nC. Same age\n" +
+            kOption + " ASSISTANT: ");
   REQUIRE(mmmu[0].images.size() == 4);
   CHECK(mmmu[0].images[0].path == fixture("mmmu") + "/images/art1.png");
   CHECK(mmmu[0].images[3].path == fixture("mmmu") + "/images/art2.png");
@@ -181,15 +219,16 @@ TEST_CASE("bench readers: MMBench, SEED, Q-Bench, MMMU, captions, MMLU", "[eval]
   REQUIRE(mmlu.size() == 2);
   CHECK(mmlu[0].id == "astronomy/0");
   CHECK(mmlu[0].images.empty());
-  CHECK(mmlu[0].prompt ==
-        "The following are multiple choice questions (with answers) about astronomy.\n\n"
-        "You are pushing a truck along a road. Would it be easier to accelerate this truck on Mars? Why?\nA. Yes\nB. No\n"
-        "C. Maybe\nD. Never\nAnswer: A\n\n"
-        "Where do most short-period comets come from, and how do we know?\nA. The Kuiper belt\nB. The asteroid belt\n"
-        "C. The Oort cloud\nD. The Sun\nAnswer: A\n\n"
-        "What is true for a type-Ia (\"type one-a\") supernova?\nA. This type occurs in binary systems.\n"
-        "B. This type occurs in young galaxies.\nC. This type produces gamma-ray bursts.\n"
-        "D. This type produces high amounts of X-rays.\nAnswer:");
+  CHECK(
+      mmlu[0].prompt ==
+      "The following are multiple choice questions (with answers) about astronomy.\n\n"
+      "You are pushing a truck along a road. Would it be easier to accelerate this truck on Mars? Why?\nA. Yes\nB. No\n"
+      "C. Maybe\nD. Never\nAnswer: A\n\n"
+      "Where do most short-period comets come from, and how do we know?\nA. The Kuiper belt\nB. The asteroid belt\n"
+      "C. The Oort cloud\nD. The Sun\nAnswer: A\n\n"
+      "What is true for a type-Ia (\"type one-a\") supernova?\nA. This type occurs in binary systems.\n"
+      "B. This type occurs in young galaxies.\nC. This type produces gamma-ray bursts.\n"
+      "D. This type produces high amounts of X-rays.\nAnswer:");
 }
 
 TEST_CASE("bench readers: malformed annotation files name the file and the entry", "[eval][bench]") {
@@ -200,23 +239,26 @@ TEST_CASE("bench readers: malformed annotation files name the file and the entry
   CHECK(error_of([&] { read_bench("vqav2", dir); }) ==
         q + ": questions[1]: duplicate question_id 7 (first at questions[0])");
   write_file(q, R"({"questions": [{"image_id": 1, "question": "a?", "question_id": "7"}]})");
-  CHECK(error_of([&] { read_bench("vqav2", dir); }) == q + ": questions[0]: 'question_id' must be an integer, found string \"7\"");
+  CHECK(error_of([&] { read_bench("vqav2", dir); }) ==
+        q + ": questions[0]: 'question_id' must be an integer, found string \"7\"");
   write_file(q, R"({"questions": [{"image_id": 1, "question_id": 7}]})");
   CHECK(error_of([&] { read_bench("vqav2", dir); }) == q + ": questions[0]: missing key 'question'");
   CHECK_THAT(error_of([&] { read_bench("okvqa", dir); }),
              Contains("no annotation file found (expected one of: OpenEnded_mscoco_val2014_questions.json)"));
 
-  const std::string pope = write_file(dir + "/coco_pope_random.json",
-                                      "{\"question_id\": 1, \"image\": \"a.jpg\", \"text\": \"Is there a cat?\", \"label\": \"yes\"}\n"
-                                      "{\"question_id\": 1, \"image\": \"a.jpg\", \"text\": \"Is there a dog?\", \"label\": \"no\"}\n");
+  const std::string pope =
+      write_file(dir + "/coco_pope_random.json",
+                 "{\"question_id\": 1, \"image\": \"a.jpg\", \"text\": \"Is there a cat?\", \"label\": \"yes\"}\n"
+                 "{\"question_id\": 1, \"image\": \"a.jpg\", \"text\": \"Is there a dog?\", \"label\": \"no\"}\n");
   CHECK(error_of([&] { read_bench("pope", dir); }) == pope + ": line 2: duplicate question_id 1 (first at line 1)");
 
-  const std::string tsv = write_file(dir + "/mmbench_dev_20230712.tsv",
-                                     "index\tquestion\tA\tB\tanswer\timage\n0\tq?\tx\ty\tC\teA==\n");
+  const std::string tsv =
+      write_file(dir + "/mmbench_dev_20230712.tsv", "index\tquestion\tA\tB\tanswer\timage\n0\tq?\tx\ty\tC\teA==\n");
   CHECK(error_of([&] { read_bench("mmbench", dir); }) == tsv + ": row 2 (index 0): answer C has no option text");
 
-  const std::string mmmu = write_file(dir + "/MMMU_validation.jsonl",
-                                      R"({"id": "validation_Art_1", "question": "q", "options": 5, "answer": "A", "question_type": "multiple-choice"})");
+  const std::string mmmu = write_file(
+      dir + "/MMMU_validation.jsonl",
+      R"({"id": "validation_Art_1", "question": "q", "options": 5, "answer": "A", "question_type": "multiple-choice"})");
   CHECK(error_of([&] { read_bench("mmmu", dir); }) ==
         mmmu + ": line 1: 'options' must be a list of strings (or its Python text), found 5");
 
@@ -226,21 +268,25 @@ TEST_CASE("bench readers: malformed annotation files name the file and the entry
   CHECK(error_of([&] { read_bench("mme", dir + "/mme"); }) == mme_txt + ": line 1: answer 'Maybe' is not Yes/No");
 
   // Prediction files of the new scorers: duplicates, unknown ids, wrong types.
-  const std::string dup = write_file(dir + "/mmmu_preds.jsonl", "{\"id\": \"validation_Math_3\", \"prediction\": \"1\"}\n"
-                                                               "{\"id\": \"validation_Math_3\", \"prediction\": \"2\"}\n");
+  const std::string dup = write_file(dir + "/mmmu_preds.jsonl",
+                                     "{\"id\": \"validation_Math_3\", \"prediction\": \"1\"}\n"
+                                     "{\"id\": \"validation_Math_3\", \"prediction\": \"2\"}\n");
   CHECK(error_of([&] { ev::score_files("mmmu", fixture("mmmu") + "/MMMU_validation.jsonl", dup); }) ==
         dup + ": line 2: duplicate id validation_Math_3 (first at line 1)");
   const std::string unknown = write_file(dir + "/qb_preds.jsonl", "{\"id\": 7, \"prediction\": \"A\"}\n");
   CHECK(error_of([&] { ev::score_files("qbench", fixture("qbench") + "/llvisionqa_dev.json", unknown); }) ==
         unknown + ": id 7 is not in " + fixture("qbench") + "/llvisionqa_dev.json");
-  const std::string typed = write_file(dir + "/mmlu_preds.jsonl", "{\"question_id\": \"astronomy/0\", \"prediction\": 3}\n");
+  const std::string typed =
+      write_file(dir + "/mmlu_preds.jsonl", "{\"question_id\": \"astronomy/0\", \"prediction\": 3}\n");
   CHECK(error_of([&] { ev::score_files("mmlu", fixture("mmlu"), typed); }) ==
         typed + ": line 1: 'prediction' must be a string, found number 3");
-  const std::string bad_id = write_file(dir + "/mmlu_preds2.jsonl", "{\"question_id\": \"astronomy/9\", \"prediction\": \"A\"}\n");
+  const std::string bad_id =
+      write_file(dir + "/mmlu_preds2.jsonl", "{\"question_id\": \"astronomy/9\", \"prediction\": \"A\"}\n");
   CHECK(error_of([&] { ev::score_files("mmlu", fixture("mmlu"), bad_id); }) ==
         bad_id + ": question_id astronomy/9: " + fixture("mmlu") + "/test/astronomy_test.csv has 2 rows");
 
-  CHECK_THAT(error_of([] { ev::find_bench("vqa3"); }), Contains("unknown benchmark 'vqa3': expected one of vqav2, okvqa"));
+  CHECK_THAT(error_of([] { ev::find_bench("vqa3"); }),
+             Contains("unknown benchmark 'vqa3': expected one of vqav2, okvqa"));
 }
 
 TEST_CASE("MMBench: rotated copies and circular scoring with unresolved answers", "[eval][bench][mmbench]") {
@@ -257,9 +303,9 @@ TEST_CASE("MMBench: rotated copies and circular scoring with unresolved answers"
   // Question 0: every copy right -> hit. Question 1: one copy cannot be matched offline -> 0, unresolved.
   // Question 2: one copy picks the wrong option -> 0, not unresolved.
   const std::map<std::string, std::string> said = {
-      {"0", "B"},       {"1000000", "A."},         {"2000000", "(D)"}, {"3000000", "The answer is C"},
-      {"1", "C"},       {"1000001", "I am unsure"}, {"2000001", "A"},
-      {"2", "yes, it is"}, {"1000002", "A"}};
+      {"0", "B"},      {"1000000", "A."},          {"2000000", "(D)"}, {"3000000", "The answer is C"},
+      {"1", "C"},      {"1000001", "I am unsure"}, {"2000001", "A"},   {"2", "yes, it is"},
+      {"1000002", "A"}};
   std::vector<std::string> preds;
   for (const auto& it : items) preds.push_back(said.at(it.id));
   const std::string out = temp_dir("owl2_bench_mmb");
@@ -272,7 +318,8 @@ TEST_CASE("MMBench: rotated copies and circular scoring with unresolved answers"
   CHECK(m["accuracy"].get<double>() == Approx(1.0 / 3));
   CHECK(s.headline == Approx(100.0 / 3));
   // The refs written for `owl2 score` hold the added copies.
-  CHECK_THAT(read_text(out + "/mmbench_circular.tsv"), Contains("1000001\tWhich animal is shown?\t\tdog\tbird\tcat\t\t\tB\t"));
+  CHECK_THAT(read_text(out + "/mmbench_circular.tsv"),
+             Contains("1000001\tWhich animal is shown?\t\tdog\tbird\tcat\t\t\tB\t"));
 }
 
 TEST_CASE("bench scoring: the results files of VQAv2, POPE and MME score as the scorers say", "[eval][bench]") {
@@ -374,7 +421,8 @@ TEST_CASE("prediction cache: shards cover every question once, merge, resume, co
   // The resumed rank appends after cutting the fragment off.
   ev::append_predictions(ev::rank_cache_path(dir, 0), {{"q4", "a4"}});
   CHECK(read_text(ev::rank_cache_path(dir, 0)) ==
-        "{\"id\":\"q0\",\"prediction\":\"a0\"}\n{\"id\":\"q2\",\"prediction\":\"a2\"}\n{\"id\":\"q4\",\"prediction\":\"a4\"}\n");
+        "{\"id\":\"q0\",\"prediction\":\"a0\"}\n{\"id\":\"q2\",\"prediction\":\"a2\"}\n{\"id\":\"q4\",\"prediction\":"
+        "\"a4\"}\n");
   const auto merged = ev::merge_prediction_cache(dir, items);
   CHECK(merged == std::vector<std::string>{"a0", "a1", "a2", "a3", "a4"});
   CHECK_FALSE(fs::exists(ev::rank_cache_path(dir, 1)));
@@ -382,9 +430,9 @@ TEST_CASE("prediction cache: shards cover every question once, merge, resume, co
 
   // The same id with two different answers is an error naming both places.
   ev::append_predictions(ev::rank_cache_path(dir, 1), {{"q3", "other"}});
-  CHECK(error_of([&] { ev::read_prediction_cache(dir); }) ==
-        ev::rank_cache_path(dir, 1) + ": line 1: id q3 has a different prediction than at " +
-            ev::merged_cache_path(dir) + ": line 4");
+  CHECK(error_of([&] { ev::read_prediction_cache(dir); }) == ev::rank_cache_path(dir, 1) +
+                                                                 ": line 1: id q3 has a different prediction than at " +
+                                                                 ev::merged_cache_path(dir) + ": line 4");
   fs::remove(ev::rank_cache_path(dir, 1));
   std::ofstream(ev::rank_cache_path(dir, 1)) << "{\"id\": 3, \"prediction\": \"x\"}\n";
   CHECK(error_of([&] { ev::read_prediction_cache(dir); }) ==
@@ -425,6 +473,9 @@ namespace {
 const std::string& e2e_root(const std::string& name = "") {
   static const std::string root = [&] {
     const std::string r = "build/test_bench_" + name;
+    // One intra-op thread per owl2 process: with CTest running tests in parallel on a small machine, torch's
+    // default pool oversubscribes the cores (measured: 6 answers in 0.9 s with one thread, 14 s without).
+    setenv("OMP_NUM_THREADS", "1", 1);
     fs::remove_all(r);
     auto run = [](const std::string& args) {
       const auto res = run_owl2(args);
@@ -432,7 +483,7 @@ const std::string& e2e_root(const std::string& name = "") {
       REQUIRE(res.rc == 0);
     };
     run("data synth --out " + r + "/data --train 24 --heldout 2 --train-text 8 --heldout-text 2");
-    run("data synth-bench --out " + r + "/bench --images 4");
+    run("data synth-bench --out " + r + "/bench --images 2");
     run("tokenizer train --text " + r + "/data/corpus.txt --vocab-size 256 --out " + r + "/tok");
     std::ofstream(r + "/run.yaml") << "include: " << source_path("configs/model/tiny.yaml") << "\n"
                                    << "model: {decoder: {vocab_size: 256}}\n"
@@ -485,8 +536,8 @@ TEST_CASE("owl2 eval --bench vqav2 end to end: rescoring, batch size 1 vs 4, res
   const std::string out = temp_dir("owl2_bench_e2e");
   const auto one = eval_bench("vqav2", out + "/b1", "--batch-size 1");
   const auto four = eval_bench("vqav2", out + "/b4", "--batch-size 4");
-  CHECK(one["questions"] == 12);
-  CHECK(one["generated"] == 12);
+  CHECK(one["questions"] == 6);
+  CHECK(one["generated"] == 6);
   CHECK(one["cached"] == 0);
   check_rescore(one, out + "/b1/vqav2");
   CHECK(cached(out + "/b1/vqav2") == cached(out + "/b4/vqav2"));
@@ -509,8 +560,8 @@ TEST_CASE("owl2 eval --bench vqav2 end to end: rescoring, batch size 1 vs 4, res
   }
   std::ofstream(cache) << kept;
   const auto again = eval_bench("vqav2", out + "/b4", "--batch-size 4");
-  CHECK(again["generated"] == 6);
-  CHECK(again["cached"] == 6);
+  CHECK(again["generated"] == 3);
+  CHECK(again["cached"] == 3);
   const auto after = cached(out + "/b4/vqav2");
   const auto fresh = cached(out + "/b1/vqav2");
   for (const auto& [id, pred] : after) CHECK(pred == (planted.count(id) ? planted[id] : fresh.at(id)));
@@ -526,8 +577,8 @@ TEST_CASE("owl2 eval --bench vqav2 end to end: rescoring, batch size 1 vs 4, res
 TEST_CASE("owl2 eval --bench pope, mme, mmbench, coco end to end on the synthetic benchmarks", "[eval][bench][cli]") {
   e2e_root("others");
   const std::string out = temp_dir("owl2_bench_e2e2");
-  const std::map<std::string, std::string> limits = {{"pope", ""}, {"mme", "--limit 2"}, {"mmbench", "--limit 2"},
-                                                     {"coco", "--limit 2"}};
+  const std::map<std::string, std::string> limits = {
+      {"pope", ""}, {"mme", "--limit 2"}, {"mmbench", "--limit 2"}, {"coco", "--limit 2"}};
   for (const auto& [bench, limit] : limits) {
     INFO(bench);
     const auto m = eval_bench(bench, out, "--batch-size 8 " + limit);
@@ -535,7 +586,7 @@ TEST_CASE("owl2 eval --bench pope, mme, mmbench, coco end to end on the syntheti
     check_rescore(m, out + "/" + bench);
   }
   const auto pope = nlohmann::json::parse(read_text(out + "/pope/metrics.json"));
-  CHECK(pope["questions"] == 24);
+  CHECK(pope["questions"] == 12);
   CHECK(pope["files"].size() == 3);
   const auto mme = nlohmann::json::parse(read_text(out + "/mme/metrics.json"));
   CHECK(mme["questions"] == 4);  // two images of the existence task, two questions each
@@ -548,7 +599,7 @@ TEST_CASE("owl2 eval --bench pope, mme, mmbench, coco end to end on the syntheti
 }
 
 TEST_CASE("owl2 eval --bench under torchrun: 2 ranks answer their shards, rank 0 merges and scores as 1 process",
-          "[eval][bench][cli][dist][slow]") {
+          "[eval][bench][cli][dist]") {
   const std::string& r = e2e_root("dist");
   const std::string out = temp_dir("owl2_bench_dist");
   const auto single = eval_bench("vqav2", out + "/one", "--batch-size 3");
@@ -560,7 +611,7 @@ TEST_CASE("owl2 eval --bench under torchrun: 2 ranks answer their shards, rank 0
   INFO(read_text(out + "/two.log"));
   REQUIRE(rc == 0);
   const auto two = nlohmann::json::parse(read_text(out + "/two/vqav2/metrics.json"));
-  CHECK(two["generated"] == 12);
+  CHECK(two["generated"] == 6);
   CHECK(two["scores"] == single["scores"]);
   CHECK(cached(out + "/two/vqav2") == cached(out + "/one/vqav2"));
   CHECK_FALSE(fs::exists(ev::rank_cache_path(out + "/two/vqav2", 1)));  // merged into the cache file

@@ -41,10 +41,10 @@ torch::Tensor load_item_image(const eval::BenchImage& img, const ImageConfig& cf
 
 std::string summary_table(const eval::BenchDef& def, const eval::BenchScore& s, const BenchRunResult& r,
                           int64_t generated_total) {
-  std::string t = fmt::format("{:<12} {:>9} {:>9} {:>7}  {}\n", "benchmark", "questions", "generated", "cached",
-                              s.headline_name);
-  t += fmt::format("{:<12} {:>9} {:>9} {:>7}  {:.2f}\n", def.name, r.questions, generated_total,
-                   r.questions - generated_total, s.headline);
+  std::string t =
+      fmt::format("{:<12} {:>9} {:>9} {:>7}  {}\n", "benchmark", "questions", "generated", "cached", s.headline_name);
+  t += fmt::format("{:<12} {:>9} {:>9} {:>7}  {}\n", def.name, r.questions, generated_total,
+                   r.questions - generated_total, s.has_score ? fmt::format("{:.2f}", s.headline) : "-");
   return t;
 }
 
@@ -63,8 +63,10 @@ BenchRunResult run_benchmark(MPLUGOwl2ForCausalLM& model, const Tokenizer& token
   const auto cache = eval::read_prediction_cache(dir);
   std::vector<size_t> todo;
   for (size_t i : eval::shard_indices(items.size(), rank, world)) {
-    if (cache.count(items[i].id)) ++res.cached;
-    else todo.push_back(i);
+    if (cache.count(items[i].id))
+      ++res.cached;
+    else
+      todo.push_back(i);
   }
 
   const bool was_training = model->is_training();
@@ -113,11 +115,13 @@ BenchRunResult run_benchmark(MPLUGOwl2ForCausalLM& model, const Tokenizer& token
   m["cached"] = res.questions - generated_total;
   m["decoding"] = {{"max_new_tokens", def.decoding.max_new_tokens},
                    {"min_new_tokens", HasMinNewTokens<GenerateOptions>::value ? def.decoding.min_new_tokens : 0}};
-  m["headline"] = {{"name", score.headline_name}, {"value", score.headline}};
+  m["headline"] = {{"name", score.headline_name},
+                   {"value", score.has_score ? nlohmann::ordered_json(score.headline) : nullptr}};
   if (!score.extra.is_null()) m["aggregate"] = score.extra;
   m["scores"] = score.scores;
   nlohmann::ordered_json files = nlohmann::ordered_json::array();
-  for (const auto& f : score.files) files.push_back({{"name", f.name}, {"metric", f.metric}, {"refs", f.refs}, {"preds", f.preds}});
+  for (const auto& f : score.files)
+    files.push_back({{"name", f.name}, {"metric", f.metric}, {"refs", f.refs}, {"preds", f.preds}});
   m["files"] = files;
   {
     std::ofstream f(dir + "/metrics.json");
