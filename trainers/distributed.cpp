@@ -340,9 +340,11 @@ void DataParallel::finish() {
     seen_[k] = 1;
     ++b.ready;
   }
+  const auto t0 = std::chrono::steady_clock::now();
   launch_ready_in_order();
   comm_->allreduce_sum(used, "allreduce used-parameter flags");
   for (size_t i = 0; i < buckets_.size(); ++i) comm_->wait(buckets_[i].work, fmt::format("allreduce gradient bucket {}", i));
+  wait_s_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   auto used_any = used.accessor<int, 1>();
   for (size_t k = 0; k < params_.size(); ++k) {
     if (!used_any[static_cast<int64_t>(k)]) continue;

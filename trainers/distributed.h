@@ -97,6 +97,9 @@ class DataParallel {
   // Seconds one blocking all-reduce of every bucket took at construction: the communication time of a
   // step without any overlap, against which the exposed wait in finish() gives the overlap achieved.
   double unoverlapped_comm_seconds() const { return calibration_s_; }
+  // Seconds the last finish() waited for the gradient buckets: the part of their all-reduce that backward
+  // did not hide (it also includes waiting for a slower rank to finish its backward).
+  double wait_seconds() const { return wait_s_; }
 
  private:
   struct Bucket {
@@ -118,6 +121,7 @@ class DataParallel {
   size_t next_launch_ = 0;
   bool armed_ = false;
   double calibration_s_ = 0;
+  double wait_s_ = 0;
 };
 
 }  // namespace owl2

@@ -246,7 +246,10 @@ int run_training(const RunConfig& cfg, const RunOptions& options) {
     const auto counters = loader.counters();
     m.skipped_samples = counters.transform_errors + counters.dropped_too_long;
     m.peak_memory_bytes = peak_rss_bytes();
-    m.extra["comm_wait_s"] = r.comm_wait_s;  // blocked in collectives: the communication not overlapped
+    if (env.world_size > 1) {  // blocked in collectives: the communication not hidden behind compute
+      m.extra["comm_wait_s"] = r.comm_wait_s;
+      m.extra["grad_wait_s"] = r.grad_wait_s;
+    }
     const int64_t step = trainer.step_count();
     const bool last = step == t.steps;
     if (!heldout.empty() && ((cfg.eval.every > 0 && step % cfg.eval.every == 0) || last) && lead) {

@@ -71,11 +71,13 @@ StepResult Trainer::step(const std::vector<Batch>& micro_batches) {
   if (dp_) {
     if (micro_batches.empty()) dp_->arm();
     dp_->finish();
+    r.grad_wait_s = dp_->wait_seconds();
   }
   const double max_norm = o.grad_clip > 0 ? o.grad_clip : std::numeric_limits<double>::infinity();
   if (zero_) {  // the global norm over all shards; clipping happens inside the sharded step
     if (micro_batches.empty()) zero_->arm();
     r.grad_norm = zero_->finish();
+    r.grad_wait_s = zero_->reduce_wait_seconds();
   }
   // After the gradient reductions: every rank must issue its collectives in the same order, and a bucket
   // that waited for an unused parameter is only launched in finish().

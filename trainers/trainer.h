@@ -32,6 +32,7 @@ struct StepResult {
   int64_t samples = 0;      // over all ranks
   bool skipped = false;     // non-finite gradients, or no supervised token
   double comm_wait_s = 0;   // wall time this rank was blocked in collectives during the step
+  double grad_wait_s = 0;   // of which waiting for the gradient reduction after backward
 };
 
 class Trainer {
