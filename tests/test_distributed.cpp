@@ -186,6 +186,10 @@ TEST_CASE("environment: torchrun and Slurm variables, with clear errors", "[dist
   CHECK(e.local_rank == 1);
   CHECK(e.master_addr == "10.1.2.3");
   CHECK(e.master_port == 1234);
+  CHECK(e.restart_count == 0);
+  setenv("TORCHELASTIC_RESTART_COUNT", "2", 1);  // each torchrun attempt joins under its own store prefix
+  CHECK(DistEnv::from_environment().restart_count == 2);
+  unsetenv("TORCHELASTIC_RESTART_COUNT");
   setenv("RANK", "4", 1);
   REQUIRE_THROWS_WITH(DistEnv::from_environment(), Contains("RANK 4 is outside [0, WORLD_SIZE = 4)"));
   setenv("RANK", "x", 1);
