@@ -51,7 +51,7 @@ TEST_CASE("an unknown key names its full path, file and line, and the closest va
   REQUIRE_THROWS_WITH(load_config(fixture("base.yaml"), {"optim.lrr=1"}),
                       Contains("--set optim.lrr") && Contains("did you mean 'optim.lr'?"));
   REQUIRE_THROWS_WITH(parse_config_text("zzzzzz: 1"), Contains("unknown key 'zzzzzz'") &&
-                                                          Contains("valid keys under '<top>': model, optim, train, data, init, eval, freeze, param_groups"));
+                                                          Contains("valid keys under '<top>': model, optim, train, data, init, eval, distributed, freeze, param_groups"));
 }
 
 TEST_CASE("a wrong type names the path, the expected type and the value", "[config]") {

@@ -1,27 +1,38 @@
-// Data parallelism on c10d/Gloo under torchrun: 2 ranks x B equals 1 rank x 2B; a stalled rank is named.
+// Data parallelism and ZeRO on c10d/Gloo under torchrun: 2 ranks x B equals 1 rank x 2B (replicated, ZeRO 1
+// and 2); ZeRO checkpoints reshard 2 -> 1, 1 -> 2, 2 -> 3; a stalled rank is named; a rank killed under
+// torchrun --max-restarts resumes to the same final loss.
 #include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
 #include <torch/serialize.h>
 #include <torch/torch.h>
 
 #include <chrono>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
+#include <map>
+#include <sstream>
 #include <thread>
 
+#include "data/loader.h"
+#include "owl2/state_dict.h"
 #include "tests/helpers.h"
 #include "tests/toy_lm.h"
+#include "trainers/checkpoint.h"
 #include "trainers/trainer.h"
+#include "trainers/zero.h"
 
 using Catch::Matchers::Contains;
 using namespace owl2;
 using namespace owl2::test;
+namespace fs = std::filesystem;
 
 namespace {
 
 constexpr int kSteps = 4;
 
 // Global batch of step s: 4 rows with uneven supervision; rank r of w takes rows [r*4/w, (r+1)*4/w) as one
-// micro-batch per row (so accumulation and communication are both exercised).
+// micro-batch per row (so accumulation and communication are both exercised; 3 ranks get 1, 1 and 2 rows).
 std::vector<Batch> shard(int64_t step, int64_t rank, int64_t world) {
   Batch global = make_batch(4, 6, 100 + step, /*masked=*/step % 3);
   std::vector<Batch> out;
@@ -37,20 +48,72 @@ std::vector<Batch> shard(int64_t step, int64_t rank, int64_t world) {
   return out;
 }
 
-std::vector<torch::Tensor> train(int64_t rank, int64_t world, std::shared_ptr<Comm> comm, int stall_rank = -1) {
+// The toy run: a clip small enough to act on every step (so the global norm across shards matters), and
+// 600-byte buckets, which put each of the 4 float64 parameters in its own bucket; their sizes 128, 64,
+// 128 and 8 do not divide by 3 ranks (padded, uneven shards).
+RunConfig run_config(int zero_stage) {
+  RunConfig cfg = toy_config();
+  cfg.optim.grad_clip = 0.05;
+  cfg.distributed.zero_stage = zero_stage;
+  cfg.distributed.bucket_mb = 600.0 / (1 << 20);
+  return cfg;
+}
+
+struct ToyRun {
+  int zero_stage = 0;
+  int from = 0, to = kSteps;  // steps trained
+  std::string resume_dir;     // load the newest checkpoint here first
+  std::string save_dir;       // save a checkpoint after the last step
+  int stall_rank = -1;
+};
+
+std::vector<torch::Tensor> train(int64_t rank, int64_t world, std::shared_ptr<Comm> comm, const ToyRun& run,
+                                 std::vector<StepResult>* results = nullptr) {
   auto m = std::make_shared<ToyLM>(/*dropout=*/0.0);
   if (rank != 0) {  // rank 0's weights must win through the broadcast
     torch::NoGradGuard g;
     for (auto& p : m->parameters()) p.add_(1.0);
   }
-  Trainer t(*m, [&](const Batch& b) { return m->loss_sum(b); }, toy_config(), comm);
-  for (int s = 0; s < kSteps; ++s) {
-    if (rank == stall_rank && s == 2) std::this_thread::sleep_for(std::chrono::seconds(30));
-    t.step(shard(s, rank, world));
+  Trainer t(*m, [&](const Batch& b) { return m->loss_sum(b); }, run_config(run.zero_stage), comm);
+  if (!run.resume_dir.empty()) {
+    const auto res = CheckpointManager(run.resume_dir, 2).resume();
+    REQUIRE(res.checkpoint);
+    const auto& ck = *res.checkpoint;
+    std::map<std::string, torch::Tensor> model(ck.tensors.at("model").begin(), ck.tensors.at("model").end());
+    torch::NoGradGuard g;
+    for (auto& item : m->named_parameters()) item.value().copy_(model.at(item.key()));
+    t.load_optimizer_from(ck);
+    t.set_counters(ck.step, 0);
+  }
+  for (int s = run.from; s < run.to; ++s) {
+    if (rank == run.stall_rank && s == 2) std::this_thread::sleep_for(std::chrono::seconds(30));
+    const auto r = t.step(shard(s, rank, world));
+    if (results) results->push_back(r);
+  }
+  if (!run.save_dir.empty()) {
+    TrainingCheckpoint ck;
+    ck.step = t.step_count();
+    if (rank == 0) ck.tensors["model"] = module_state(*m);
+    if (t.zero()) {
+      ck.rank_tensors[zero_shard_group(rank)] = t.optimizer_state();
+      ck.extra["zero"] = t.optimizer_manifest();
+    } else if (rank == 0) {
+      ck.tensors["optimizer"] = t.optimizer_state();
+    }
+    CheckpointManager(run.save_dir, 2).save(ck, SaveGroup{rank, world, [&](const std::string& what) {
+                                              comm->barrier(what);
+                                            }});
   }
   std::vector<torch::Tensor> out;
   for (auto& p : m->parameters()) out.push_back(p.detach().clone());
   return out;
+}
+
+double max_diff(const std::vector<torch::Tensor>& a, const std::vector<torch::Tensor>& b) {
+  REQUIRE(a.size() == b.size());
+  double d = 0;
+  for (size_t i = 0; i < a.size(); ++i) d = std::max(d, (a[i] - b[i]).abs().max().item<double>());
+  return d;
 }
 
 std::string torchrun() {
@@ -58,18 +121,57 @@ std::string torchrun() {
   return py.substr(0, py.rfind('/')) + "/torchrun";
 }
 
+std::string tests_binary() {
+  const std::string bin = OWL2_BINARY;
+  return bin.substr(0, bin.rfind('/')) + "/owl2_tests";
+}
+
+std::string env_or(const char* name, const std::string& fallback) {
+  const char* v = std::getenv(name);
+  return v ? v : fallback;
+}
+
+// Runs the worker below under torchrun with `env` ("K=V ..."); REQUIREs success and returns the log.
+std::string run_workers(int world, const std::string& env, const std::string& log) {
+  const std::string cmd = env + " timeout 120 " + torchrun() + " --standalone --nproc-per-node " + std::to_string(world) +
+                          " --no-python " + tests_binary() + " '[.dp-worker]' > " + log + " 2>&1";
+  INFO(cmd);
+  const int rc = std::system(cmd.c_str());
+  const std::string text = read_text(log);
+  INFO(text);
+  REQUIRE(rc == 0);
+  return text;
+}
+
+std::vector<torch::Tensor> read_params(const std::string& path) {
+  const std::string data = read_text(path);
+  REQUIRE(!data.empty());
+  return torch::pickle_load(std::vector<char>(data.begin(), data.end())).toTensorList().vec();
+}
+
 }  // namespace
 
-// Runs under torchrun (see the tests below); hidden from the default run.
+// Runs under torchrun (see the tests below); hidden from the default run. For each ZeRO stage in
+// OWL2_TEST_STAGES (default "0") it trains steps [OWL2_TEST_FROM, OWL2_TEST_TO) of the toy run, resuming
+// from OWL2_TEST_RESUME-zero<stage> and saving to OWL2_TEST_SAVE-zero<stage> when set, and writes the
+// parameters to OWL2_TEST_OUT.zero<stage>.<rank>.
 TEST_CASE("dp worker", "[.dp-worker]") {
   const auto env = DistEnv::from_environment();
-  const char* timeout = std::getenv("OWL2_TEST_TIMEOUT_S");
-  auto comm = std::make_shared<Comm>(env, std::chrono::seconds(timeout ? std::atoi(timeout) : 60), false);
-  const char* stall = std::getenv("OWL2_TEST_STALL_RANK");
-  const auto params = train(env.rank, env.world_size, comm, stall ? std::atoi(stall) : -1);
-  const std::string out = std::string(std::getenv("OWL2_TEST_OUT")) + "." + std::to_string(env.rank);
-  const auto bytes = torch::pickle_save(c10::IValue(c10::List<torch::Tensor>(params)));
-  std::ofstream(out, std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  auto comm = std::make_shared<Comm>(env, std::chrono::seconds(std::stoi(env_or("OWL2_TEST_TIMEOUT_S", "60"))), false);
+  std::stringstream stages(env_or("OWL2_TEST_STAGES", "0"));
+  for (std::string stage; std::getline(stages, stage, ',');) {
+    ToyRun run;
+    run.zero_stage = std::stoi(stage);
+    run.from = std::stoi(env_or("OWL2_TEST_FROM", "0"));
+    run.to = std::stoi(env_or("OWL2_TEST_TO", std::to_string(kSteps)));
+    run.stall_rank = std::stoi(env_or("OWL2_TEST_STALL_RANK", "-1"));
+    if (std::getenv("OWL2_TEST_RESUME")) run.resume_dir = env_or("OWL2_TEST_RESUME", "") + "-zero" + stage;
+    if (std::getenv("OWL2_TEST_SAVE")) run.save_dir = env_or("OWL2_TEST_SAVE", "") + "-zero" + stage;
+    const auto params = train(env.rank, env.world_size, comm, run);
+    const std::string out = env_or("OWL2_TEST_OUT", "build/test_dp") + ".zero" + stage + "." + std::to_string(env.rank);
+    const auto bytes = torch::pickle_save(c10::IValue(c10::List<torch::Tensor>(params)));
+    std::ofstream(out, std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  }
 }
 
 TEST_CASE("environment: torchrun and Slurm variables, with clear errors", "[dist]") {
@@ -84,6 +186,10 @@ TEST_CASE("environment: torchrun and Slurm variables, with clear errors", "[dist
   CHECK(e.local_rank == 1);
   CHECK(e.master_addr == "10.1.2.3");
   CHECK(e.master_port == 1234);
+  CHECK(e.restart_count == 0);
+  setenv("TORCHELASTIC_RESTART_COUNT", "2", 1);  // each torchrun attempt joins under its own store prefix
+  CHECK(DistEnv::from_environment().restart_count == 2);
+  unsetenv("TORCHELASTIC_RESTART_COUNT");
   setenv("RANK", "4", 1);
   REQUIRE_THROWS_WITH(DistEnv::from_environment(), Contains("RANK 4 is outside [0, WORLD_SIZE = 4)"));
   setenv("RANK", "x", 1);
@@ -102,33 +208,136 @@ TEST_CASE("environment: torchrun and Slurm variables, with clear errors", "[dist
   CHECK(e.world_size == 1);
 }
 
-TEST_CASE("2 ranks x batch B under torchrun equal 1 rank x batch 2B", "[dist][slow]") {
-  const auto reference = train(0, 1, nullptr);
+TEST_CASE("ZeRO 1 and 2 on one rank equal torch AdamW with the same global-norm clipping", "[dist][zero]") {
+  std::vector<StepResult> ref_steps;
+  const auto reference = train(0, 1, nullptr, ToyRun{}, &ref_steps);
+  REQUIRE(ref_steps[0].grad_norm > 0.05);  // clipping is active
+  for (int stage : {1, 2}) {
+    INFO("ZeRO stage " << stage);
+    std::vector<StepResult> steps;
+    ToyRun run;
+    run.zero_stage = stage;
+    const auto params = train(0, 1, nullptr, run, &steps);
+    for (size_t s = 0; s < steps.size(); ++s) {
+      CHECK(steps[s].loss == Approx(ref_steps[s].loss).epsilon(1e-13));
+      CHECK(steps[s].grad_norm == Approx(ref_steps[s].grad_norm).epsilon(1e-12));
+    }
+    CHECK(max_diff(params, reference) < 1e-12);
+  }
+}
+
+TEST_CASE("ZeRO layout: padded bucket slices, uneven over 3 ranks, cover every element once", "[dist][zero]") {
+  const std::vector<int64_t> numels = {8, 128, 64, 128};  // proj.bias, embed, proj.weight, lm_head as trained
+  std::vector<int64_t> owned(numels.size(), 0);
+  for (int64_t r = 0; r < 3; ++r) {
+    const ZeroLayout l(numels, 8, 3, r, 600);
+    REQUIRE(l.buckets.size() == 4);  // 1024 + 512 bytes exceed 600: one parameter per bucket
+    CHECK(l.buckets[0].params == std::vector<int64_t>{3});  // reverse order: lm_head first
+    CHECK(l.buckets[3].params == std::vector<int64_t>{0});
+    CHECK(l.buckets[0].padded_numel == 129);
+    CHECK(l.buckets[1].padded_numel == 66);
+    CHECK(l.buckets[3].padded_numel == 9);
+    CHECK(l.shard_numel == 43 + 22 + 43 + 3);
+    for (const auto& s : l.segments) owned[s.param] += s.length;
+  }
+  CHECK(owned == numels);
+}
+
+TEST_CASE("2 ranks x batch B under torchrun equal 1 rank x batch 2B, replicated and ZeRO 1 and 2", "[dist][slow]") {
+  const auto reference = train(0, 1, nullptr, ToyRun{});
   const std::string out = "build/test_dp_params";
-  const std::string bin = OWL2_BINARY;
-  const std::string tests_bin = bin.substr(0, bin.rfind('/')) + "/owl2_tests";
-  const std::string run = "OWL2_TEST_OUT=" + out + " " + torchrun() + " --standalone --nproc-per-node 2 --no-python " +
-                          tests_bin + " '[.dp-worker]' > " + out + ".log 2>&1";
-  INFO(run);
-  const int rc = std::system(run.c_str());
-  INFO(read_text(out + ".log"));
-  REQUIRE(rc == 0);
-  for (int r = 0; r < 2; ++r) {
-    const std::string data = read_text(out + "." + std::to_string(r));
-    auto params = torch::pickle_load(std::vector<char>(data.begin(), data.end())).toTensorList().vec();
-    REQUIRE(params.size() == reference.size());
-    for (size_t i = 0; i < params.size(); ++i) {
-      CHECK((params[i] - reference[i]).abs().max().item<double>() < 1e-10);
+  run_workers(2, "OWL2_TEST_STAGES=0,1,2 OWL2_TEST_OUT=" + out, out + ".log");
+  for (int stage : {0, 1, 2}) {
+    for (int r = 0; r < 2; ++r) {
+      INFO("ZeRO stage " << stage << ", rank " << r);
+      CHECK(max_diff(read_params(out + ".zero" + std::to_string(stage) + "." + std::to_string(r)), reference) < 1e-10);
     }
   }
 }
 
+TEST_CASE("ZeRO checkpoints reshard: 2 to 1, 1 to 2, 2 to 3 ranks and across stages", "[dist][slow]") {
+  constexpr int kSaveAt = 2;
+  const auto reference = train(0, 1, nullptr, ToyRun{});
+  const std::string root = "build/test_zero_reshard";
+  fs::remove_all(root);
+  fs::create_directories(root);
+  // Steps [0, 2) at 2 ranks for stages 1 and 2, saved per rank.
+  run_workers(2, "OWL2_TEST_STAGES=1,2 OWL2_TEST_TO=2 OWL2_TEST_SAVE=" + root + "/w2 OWL2_TEST_OUT=" + root + "/a",
+              root + "/save2.log");
+  for (int stage : {1, 2}) {
+    const std::string w2 = root + "/w2-zero" + std::to_string(stage);
+    const auto state = nlohmann::json::parse(read_text(w2 + "/step-000000002/state.json"));
+    CHECK(state["files"].contains("optimizer.rank-00000.safetensors"));
+    CHECK(state["files"].contains("optimizer.rank-00001.safetensors"));
+    CHECK(state["extra"]["zero"]["world_size"] == 2);
+    // 2 -> 1, same stage.
+    ToyRun run;
+    run.zero_stage = stage;
+    run.from = kSaveAt;
+    run.resume_dir = w2;
+    INFO("2 -> 1, ZeRO stage " << stage);
+    CHECK(max_diff(train(0, 1, nullptr, run), reference) < 1e-10);
+    // 1 rank, saved for the 1 -> 2 launch below.
+    ToyRun first;
+    first.zero_stage = stage;
+    first.to = kSaveAt;
+    first.save_dir = root + "/w1-zero" + std::to_string(stage);
+    train(0, 1, nullptr, first);
+  }
+  // Across stages: the ZeRO-2 shards of 2 ranks into replicated AdamW, and replicated AdamW into ZeRO 2.
+  {
+    ToyRun run;
+    run.from = kSaveAt;
+    run.resume_dir = root + "/w2-zero2";
+    CHECK(max_diff(train(0, 1, nullptr, run), reference) < 1e-10);
+    ToyRun first;
+    first.to = kSaveAt;
+    first.save_dir = root + "/w1-zero0";
+    train(0, 1, nullptr, first);
+    run.zero_stage = 2;
+    run.resume_dir = root + "/w1-zero0";
+    CHECK(max_diff(train(0, 1, nullptr, run), reference) < 1e-10);
+  }
+  // 1 -> 2 and 2 -> 3 (padded, uneven shards) under torchrun.
+  run_workers(2, "OWL2_TEST_STAGES=1,2 OWL2_TEST_FROM=2 OWL2_TEST_RESUME=" + root + "/w1 OWL2_TEST_OUT=" + root + "/b",
+              root + "/resume2.log");
+  run_workers(3, "OWL2_TEST_STAGES=1,2 OWL2_TEST_FROM=2 OWL2_TEST_RESUME=" + root + "/w2 OWL2_TEST_OUT=" + root + "/c",
+              root + "/resume3.log");
+  for (int stage : {1, 2}) {
+    for (int r = 0; r < 3; ++r) {
+      const std::string suffix = ".zero" + std::to_string(stage) + "." + std::to_string(r);
+      INFO("ZeRO stage " << stage << ", rank " << r);
+      if (r < 2) CHECK(max_diff(read_params(root + "/b" + suffix), reference) < 1e-10);
+      CHECK(max_diff(read_params(root + "/c" + suffix), reference) < 1e-10);
+    }
+  }
+  // A manifest that does not match the trained parameters is refused with the names.
+  auto res = CheckpointManager(root + "/w2-zero1", 2).resume();
+  REQUIRE(res.checkpoint);
+  res.checkpoint->extra["zero"]["params"][0][0] = "model.other";
+  auto m = std::make_shared<ToyLM>(0.0);
+  Trainer t(*m, [&](const Batch& b) { return m->loss_sum(b); }, run_config(1), nullptr);
+  REQUIRE_THROWS_WITH(t.load_optimizer_from(*res.checkpoint),
+                      Contains("list parameter 0 as 'model.other' (8 elements), this run trains 'model.proj.bias'"));
+}
+
+TEST_CASE("a loader position reshards between world sizes, and the distributed keys are validated", "[dist]") {
+  data::LoaderState s{7, 1, 6};
+  CHECK(reshard_loader_state(s, 2, 3).position == 4);
+  CHECK(reshard_loader_state(s, 2, 1).position == 12);
+  CHECK(reshard_loader_state(s, 2, 1).epoch == 1);
+  REQUIRE_THROWS_WITH(reshard_loader_state(s, 2, 5), Contains("12 batches read at world size 2 do not split over 5 ranks"));
+  CHECK(parse_config_text("distributed: {zero_stage: 2, bucket_mb: 4}").distributed.zero_stage == 2);
+  REQUIRE_THROWS_WITH(parse_config_text("distributed: {zero_stage: 5}"),
+                      Contains("distributed.zero_stage") && Contains("must be 0, 1 or 2, got 5"));
+  REQUIRE_THROWS_WITH(parse_config_text("distributed: {zero_stage: 3}"), Contains("3 (parameters sharded and gathered"));
+  REQUIRE_THROWS_WITH(parse_config_text("distributed: {bucket_mb: 0}"), Contains("distributed.bucket_mb"));
+}
+
 TEST_CASE("a stalled rank makes the others fail within the timeout, naming it", "[dist][slow]") {
-  const std::string bin = OWL2_BINARY;
-  const std::string tests_bin = bin.substr(0, bin.rfind('/')) + "/owl2_tests";
   const std::string out = "build/test_dp_stall";
   const std::string run = "OWL2_TEST_OUT=" + out + " OWL2_TEST_STALL_RANK=1 OWL2_TEST_TIMEOUT_S=3 timeout 60 " +
-                          torchrun() + " --standalone --nproc-per-node 2 --no-python " + tests_bin +
+                          torchrun() + " --standalone --nproc-per-node 2 --no-python " + tests_binary() +
                           " '[.dp-worker]' > " + out + ".log 2>&1";
   const auto t0 = std::chrono::steady_clock::now();
   const int rc = std::system(run.c_str());
@@ -138,4 +347,73 @@ TEST_CASE("a stalled rank makes the others fail within the timeout, naming it", 
   CHECK(rc != 0);
   CHECK(secs < 30);  // the stalled rank sleeps 30 s; the failure must come from the 3 s timeout
   CHECK_THAT(log, Contains("rank 0 of 2, step 2: collective") && Contains("rank 1 is behind, at step 1"));
+}
+
+namespace {
+
+// step -> loss of a run directory (a re-run step keeps its last value).
+std::map<int64_t, double> losses(const std::string& run) {
+  std::map<int64_t, double> out;
+  std::ifstream f(run + "/metrics.jsonl");
+  for (std::string line; std::getline(f, line);) {
+    if (!line.empty()) out[nlohmann::json::parse(line).at("step").get<int64_t>()] = nlohmann::json::parse(line).at("loss");
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("owl2 train: a rank SIGKILLed under torchrun --max-restarts 1 resumes to the uninterrupted loss", "[dist][slow]") {
+  const std::string root = "build/test_dist_restart";
+  fs::remove_all(root);
+  REQUIRE(run_owl2("data synth --out " + root + "/data --train 32 --heldout 2 --train-text 8 --heldout-text 2").rc == 0);
+  REQUIRE(run_owl2("tokenizer train --text " + root + "/data/corpus.txt --vocab-size 256 --out " + root + "/tok").rc == 0);
+  std::ofstream(root + "/run.yaml") << "include: " << source_path("configs/model/tiny.yaml") << "\n"
+                                    << "optim: {lr: 2.0e-3, warmup_steps: 2}\n"
+                                    << "train: {steps: 5, global_batch_size: 4, micro_batch_size: 1, max_length: 256,"
+                                    << " save_every: 2, keep_last: 3, log_every: 1}\n"
+                                    << "data: {tokenizer: " << root << "/tok.model, sources: [{path: " << root
+                                    << "/data/llava_train.json}], num_workers: 0}\n"
+                                    << "distributed: {zero_stage: 2, timeout_s: 60}\n";
+  const auto launch = [&](const std::string& env, const std::string& out, const std::string& flags) {
+    const std::string cmd = env + " timeout 300 " + torchrun() + " --standalone --nproc-per-node 2 " + flags +
+                            " --no-python " + OWL2_BINARY + " train --config " + root + "/run.yaml --set train.out_dir=" +
+                            root + "/" + out + " > " + root + "/" + out + ".log 2>&1";
+    INFO(cmd);
+    const int rc = std::system(cmd.c_str());
+    INFO(read_text(root + "/" + out + ".log"));
+    REQUIRE(rc == 0);
+    return read_text(root + "/" + out + ".log");
+  };
+  launch("", "full", "");
+  const auto reference = losses(root + "/full");
+  REQUIRE(reference.size() == 5);
+
+  // Rank 1 dies before step 3 (the newest checkpoint is step 2); torchrun restarts both ranks once.
+  const auto log = launch("OWL2_TEST_KILL_AT_STEP=3 OWL2_TEST_KILL_RANK=1", "killed", "--max-restarts 1");
+  CHECK_THAT(log, Contains("failed (exitcode: -9) local_rank: 1"));  // torchrun saw the SIGKILL
+  CHECK_THAT(log, Contains("rank 0 of 2, step 3: collective") && Contains("rank 1 is behind, at step 2"));
+  CHECK_THAT(log, Contains("resumed from " + root + "/killed/checkpoints/step-000000002 at step 2"));
+  const auto killed = losses(root + "/killed");
+  REQUIRE(killed.size() == 5);
+  for (const auto& [step, loss] : reference) {
+    INFO("step " << step);
+    CHECK(killed.at(step) == loss);
+  }
+
+  // The 2-rank ZeRO-2 checkpoint of step 2 continues at 1 rank (optimizer shards and loader position
+  // reshard): the same losses up to float32 summation order.
+  fs::create_directories(root + "/one/checkpoints");
+  fs::copy(root + "/full/checkpoints/step-000000002", root + "/one/checkpoints/step-000000002",
+           fs::copy_options::recursive);
+  std::ofstream(root + "/one/checkpoints/latest") << "step-000000002\n";
+  const auto one = run_owl2("train --config " + root + "/run.yaml --set train.out_dir=" + root + "/one");
+  INFO(one.out);
+  REQUIRE(one.rc == 0);
+  CHECK_THAT(one.out, Contains("resumed from " + root + "/one/checkpoints/step-000000002 at step 2"));
+  const auto resumed = losses(root + "/one");
+  for (int64_t step = 2; step < 5; ++step) {
+    INFO("step " << step);
+    CHECK(resumed.at(step) == Approx(reference.at(step)).epsilon(1e-5));
+  }
 }

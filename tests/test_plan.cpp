@@ -48,3 +48,16 @@ TEST_CASE("plan: impossible inputs are errors with the numbers", "[plan]") {
   REQUIRE_THROWS_WITH(make_plan(cfg, kParams, {1, 4}), Contains("ZeRO stage must be 0, 1, 2 or 3, got 4"));
   REQUIRE_THROWS_WITH(make_plan(cfg, kParams, {0, 0}), Contains("world size must be >= 1, got 0"));
 }
+
+TEST_CASE("plan: the ZeRO stage comes from distributed.zero_stage unless given", "[plan]") {
+  auto cfg = tiny_run();
+  cfg.distributed.zero_stage = 2;
+  const auto from_config = make_plan(cfg, kParams, {2});  // zero_stage -1: the config's
+  CHECK(from_config.optimizer_bytes == 400);
+  CHECK(from_config.grads_bytes == 200);
+  CHECK(from_config.weights_bytes == 4000);
+  CHECK_THAT(from_config.report, Contains("ZeRO stage 2"));
+  const auto given = make_plan(cfg, kParams, {2, 0});
+  CHECK(given.optimizer_bytes == 800);
+  CHECK(given.grads_bytes == 400);
+}

@@ -1,5 +1,5 @@
 // Training checkpoints: round trip, pruning, skipping corrupt ones, SIGKILL at every stage and at random
-// times during saves, RNG restore, and AdamW resume equal to an uninterrupted run.
+// times during saves, several ranks writing one checkpoint, RNG restore, and AdamW resume equal to an uninterrupted run.
 #include <catch2/catch.hpp>
 
 #include <signal.h>
@@ -8,10 +8,15 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
+#include <condition_variable>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <random>
 #include <thread>
+
+#include <fmt/format.h>
 
 #include "owl2/fileio.h"
 #include "tests/helpers.h"
@@ -52,6 +57,65 @@ void check_consistent(const TrainingCheckpoint& ck) {
   CHECK(ck.scheduler["step"] == s);
   CHECK(ck.data_position["index"] == 10 * s);
   CHECK(ck.config_text == "train:\n  seed: 1\n");
+}
+
+// A barrier for writer threads that stands in for the ranks' collective; a rank that leaves (abandon) or
+// a 5 s wait breaks it for everyone, as a collective timeout would.
+struct ThreadBarrier {
+  explicit ThreadBarrier(int n) : n(n) {}
+  void wait(const std::string& what) {
+    std::unique_lock<std::mutex> lock(m);
+    const int g = generation;
+    if (++count == n) {
+      count = 0;
+      ++generation;
+      cv.notify_all();
+      return;
+    }
+    if (!cv.wait_for(lock, std::chrono::seconds(5), [&] { return generation != g || broken; }) || broken) {
+      broken = true;
+      cv.notify_all();
+      throw std::runtime_error("barrier '" + what + "' broken: a rank is gone");
+    }
+  }
+  void abandon() {
+    std::lock_guard<std::mutex> lock(m);
+    broken = true;
+    cv.notify_all();
+  }
+  std::mutex m;
+  std::condition_variable cv;
+  int n, count = 0, generation = 0;
+  bool broken = false;
+};
+
+// Two writer threads save step s together: rank 0 the shared groups, each rank its optimizer shard (all
+// values r + s). Returns what each rank's save threw ("" if nothing). `rank1_stage`: rank 1 throws there.
+std::vector<std::string> save_two_ranks(const std::string& root, int64_t s, const std::string& rank1_stage = "") {
+  ThreadBarrier barrier(2);
+  std::vector<std::string> errors(2);
+  std::vector<std::thread> ranks;
+  for (int64_t r = 0; r < 2; ++r) {
+    ranks.emplace_back([&, r] {
+      CheckpointManager mgr(root, 2);
+      if (r == 1 && !rank1_stage.empty()) {
+        mgr.on_stage = [&](const std::string& st) {
+          if (st == rank1_stage) throw std::runtime_error("rank 1 dies at " + st);
+        };
+      }
+      TrainingCheckpoint ck = r == 0 ? make_checkpoint(s) : TrainingCheckpoint{};
+      ck.step = s;
+      ck.rank_tensors[fmt::format("optimizer.rank-{:05d}", r)] = {{"exp_avg", torch::full({100}, float(r + s))}};
+      try {
+        mgr.save(ck, owl2::SaveGroup{r, 2, [&](const std::string& what) { barrier.wait(what); }});
+      } catch (const std::exception& e) {
+        errors[static_cast<size_t>(r)] = e.what();
+        barrier.abandon();
+      }
+    });
+  }
+  for (auto& t : ranks) t.join();
+  return errors;
 }
 
 // Runs `body` in a child process; returns its wait status.
@@ -294,4 +358,39 @@ TEST_CASE("owl2 checkpoint resume-info reports the checkpoint a resume takes and
   CHECK(WEXITSTATUS(pclose(p)) == 0);
   CHECK_THAT(out, Contains("resuming from " + root + "/step-000000001 (step 1)") &&
                       Contains("skipped " + root + "/step-000000002: missing state.json"));
+}
+
+TEST_CASE("several ranks write one checkpoint: every shard is CRC-checked, a dead rank leaves no checkpoint", "[checkpoint][dist]") {
+  const auto root = temp_dir();
+  REQUIRE(save_two_ranks(root, 4) == std::vector<std::string>{"", ""});
+  REQUIRE(save_two_ranks(root, 5) == std::vector<std::string>{"", ""});
+  CheckpointManager mgr(root, 2);
+  auto r = mgr.resume();
+  REQUIRE(r.checkpoint);
+  CHECK(r.checkpoint->step == 5);
+  check_consistent(*r.checkpoint);
+  for (int64_t rank = 0; rank < 2; ++rank) {
+    const auto& shard = r.checkpoint->tensors.at(fmt::format("optimizer.rank-{:05d}", rank));
+    CHECK(torch::equal(shard.at(0).second, torch::full({100}, float(rank + 5))));
+  }
+  r.checkpoint.reset();
+
+  // Rank 1 dies after writing its shard, before listing it: rank 0's barrier fails, nothing is committed.
+  const auto errors = save_two_ranks(root, 6, "file:optimizer.rank-00001");
+  CHECK_THAT(errors[0], Contains("barrier 'barrier after writing checkpoint step 6' broken"));
+  CHECK_THAT(errors[1], Contains("rank 1 dies at file:optimizer.rank-00001"));
+  r = mgr.resume();
+  REQUIRE(r.checkpoint);
+  CHECK(r.checkpoint->step == 5);
+  REQUIRE(r.skipped.size() == 1);
+  CHECK(r.skipped[0].dir == root + "/.tmp-step-000000006-w2");
+  CHECK(r.skipped[0].reason == "incomplete save (temporary directory)");
+  r.checkpoint.reset();
+
+  // A corrupt shard of rank 1 is caught by the merged manifest: resume falls back to step 4.
+  flip_byte(root + "/step-000000005/optimizer.rank-00001.safetensors", 200);
+  r = mgr.resume();
+  REQUIRE(r.checkpoint);
+  CHECK(r.checkpoint->step == 4);
+  CHECK_THAT(r.summary(), Contains("optimizer.rank-00001.safetensors checksum mismatch"));
 }

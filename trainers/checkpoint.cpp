@@ -109,26 +109,81 @@ std::string CheckpointManager::latest() const {
   return s;
 }
 
-std::string CheckpointManager::save(const TrainingCheckpoint& ckpt) {
-  if (ckpt.step < 0) throw std::invalid_argument(fmt::format("checkpoint step must be >= 0, got {}", ckpt.step));
+void CheckpointManager::clean_leftovers() const {
   make_dir(root_);
   for (const auto& n : list_dir(root_))  // leftovers of a save or prune that was killed
     if (n.rfind(".tmp-", 0) == 0 || n.rfind(".trash-", 0) == 0) remove_tree(root_ + "/" + n);
-  stage("begin");
+}
 
-  const std::string name = step_dir_name(ckpt.step);
-  const std::string tmp = fmt::format("{}/.tmp-{}-{}", root_, name, ::getpid());
-  make_dir(tmp);
-  json files = json::object();
-  for (const auto& [group, tensors] : ckpt.tensors) {
+namespace {
+// Writes each group as <group>.safetensors into `dir` and records bytes and CRC32 in `files`.
+void write_groups(const std::string& dir, const std::map<std::string, NamedTensors>& groups, json& files,
+                  const std::function<void(const std::string&)>& after) {
+  for (const auto& [group, tensors] : groups) {
     if (!valid_group_name(group)) throw std::invalid_argument(fmt::format("bad checkpoint tensor group name '{}'", group));
     const std::string file = group + ".safetensors";
-    const uint32_t crc = save_safetensors(tmp + "/" + file, tensors);
+    if (files.contains(file)) throw std::invalid_argument(fmt::format("checkpoint tensor group '{}' is written twice", group));
+    const uint32_t crc = save_safetensors(dir + "/" + file, tensors);
     struct stat st {};
-    ::stat((tmp + "/" + file).c_str(), &st);
+    ::stat((dir + "/" + file).c_str(), &st);
     files[file] = {{"bytes", static_cast<uint64_t>(st.st_size)}, {"crc32", crc}};
-    stage("file:" + group);
+    after("file:" + group);
   }
+}
+}  // namespace
+
+std::string CheckpointManager::save(const TrainingCheckpoint& ckpt) {
+  if (ckpt.step < 0) throw std::invalid_argument(fmt::format("checkpoint step must be >= 0, got {}", ckpt.step));
+  clean_leftovers();
+  stage("begin");
+  const std::string tmp = fmt::format("{}/.tmp-{}-{}", root_, step_dir_name(ckpt.step), ::getpid());
+  make_dir(tmp);
+  json files = json::object();
+  const auto after = [this](const std::string& s) { stage(s); };
+  write_groups(tmp, ckpt.tensors, files, after);
+  write_groups(tmp, ckpt.rank_tensors, files, after);
+  return commit(tmp, ckpt, files);
+}
+
+std::string CheckpointManager::save(const TrainingCheckpoint& ckpt, const SaveGroup& group) {
+  if (group.world_size == 1) return save(ckpt);
+  if (ckpt.step < 0) throw std::invalid_argument(fmt::format("checkpoint step must be >= 0, got {}", ckpt.step));
+  const bool lead = group.rank == 0;
+  // One name for all ranks (no pid): rank 0 removes any leftover of it before anyone writes.
+  const std::string tmp = fmt::format("{}/.tmp-{}-w{}", root_, step_dir_name(ckpt.step), group.world_size);
+  if (lead) {
+    clean_leftovers();
+    make_dir(tmp);
+  }
+  stage("begin");
+  group.barrier(fmt::format("barrier before writing checkpoint step {}", ckpt.step));
+  json files = json::object();
+  const auto after = [this](const std::string& s) { stage(s); };
+  if (lead) write_groups(tmp, ckpt.tensors, files, after);
+  write_groups(tmp, ckpt.rank_tensors, files, after);
+  write_file_atomic(fmt::format("{}/rank-{}.json", tmp, group.rank), files.dump(1) + "\n");
+  stage("rank-files");
+  group.barrier(fmt::format("barrier after writing checkpoint step {}", ckpt.step));
+  std::string final_dir = root_ + "/" + step_dir_name(ckpt.step);
+  if (lead) {
+    for (int64_t r = 1; r < group.world_size; ++r) {
+      const std::string path = fmt::format("{}/rank-{}.json", tmp, r);
+      if (!exists(path)) throw std::runtime_error(fmt::format("{}: rank {} did not list its checkpoint files", path, r));
+      const json theirs = json::parse(read_file_text(path));
+      for (auto it = theirs.begin(); it != theirs.end(); ++it) {
+        if (files.contains(it.key()))
+          throw std::runtime_error(fmt::format("checkpoint file {} is written by two ranks", it.key()));
+        files[it.key()] = *it;
+      }
+    }
+    final_dir = commit(tmp, ckpt, files);
+  }
+  group.barrier(fmt::format("barrier after committing checkpoint step {}", ckpt.step));
+  return final_dir;
+}
+
+std::string CheckpointManager::commit(const std::string& tmp, const TrainingCheckpoint& ckpt, const json& files) {
+  const std::string name = step_dir_name(ckpt.step);
   const json state = {{"format_version", kCheckpointFormatVersion},
                       {"step", ckpt.step},
                       {"scheduler", ckpt.scheduler},

@@ -28,6 +28,16 @@ struct TrainingCheckpoint {
   nlohmann::json data_position = nlohmann::json::object();
   nlohmann::json extra = nlohmann::json::object();
   std::string config_text;  // the resolved config, as the run printed it
+  // This rank's own groups (ZeRO optimizer shards, "optimizer.rank-00001"): every rank passes its own to
+  // save(); on resume they appear in `tensors` with the shared groups. Names must differ across ranks.
+  std::map<std::string, NamedTensors> rank_tensors;
+};
+
+// The ranks of a job that save one checkpoint together. barrier(what) must be a collective over all of them.
+struct SaveGroup {
+  int64_t rank = 0;
+  int64_t world_size = 1;
+  std::function<void(const std::string& what)> barrier;
 };
 
 struct SkippedCheckpoint {
@@ -51,6 +61,12 @@ class CheckpointManager {
   // root, updates `latest` atomically, then removes all but the newest keep_last checkpoints. Returns the
   // checkpoint directory.
   std::string save(const TrainingCheckpoint& ckpt);
+  // The same with several writers (a shared filesystem): rank 0 prepares root/.tmp-step-N/; after a
+  // barrier every rank writes its rank_tensors there (rank 0 also the shared groups) and lists them with
+  // their CRC32 in rank-<r>.json; after a second barrier rank 0 merges the lists into state.json and
+  // renames, updates `latest` and prunes as save() does; a third barrier lets no rank run ahead of it.
+  // A rank killed at any point leaves only a .tmp- directory, which resume() skips. All ranks call it.
+  std::string save(const TrainingCheckpoint& ckpt, const SaveGroup& group);
 
   // The newest checkpoint that passes validate(); the ones skipped (newer, incomplete, corrupt) with reasons.
   ResumeResult resume(bool verify_checksums = true) const;
@@ -69,6 +85,9 @@ class CheckpointManager {
   void stage(const std::string& name) const {
     if (on_stage) on_stage(name);
   }
+  void clean_leftovers() const;
+  // Writes state.json into the finished temporary directory and commits it (rename, latest, prune).
+  std::string commit(const std::string& tmp, const TrainingCheckpoint& ckpt, const nlohmann::json& files);
   std::string root_;
   int keep_last_;
 };

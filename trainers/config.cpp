@@ -121,6 +121,12 @@ template <class V> void fields(V& v, EvalConfig& c) {
   v("max_new_tokens", c.max_new_tokens);
 }
 
+template <class V> void fields(V& v, DistributedConfig& c) {
+  v("zero_stage", c.zero_stage);
+  v("bucket_mb", c.bucket_mb);
+  v("timeout_s", c.timeout_s);
+}
+
 template <class V> void fields(V& v, FreezeRule& c) {
   v("pattern", c.pattern);
   v("trainable", c.trainable);
@@ -140,6 +146,7 @@ template <class V> void fields(V& v, RunConfig& c) {
   v("data", c.data);
   v("init", c.init);
   v("eval", c.eval);
+  v("distributed", c.distributed);
   v("freeze", c.freeze);
   v("param_groups", c.param_groups);
 }
@@ -508,6 +515,14 @@ void validate_run(const RunConfig& c, const Reader& r) {
   if (d.max_bad_fraction < 0 || d.max_bad_fraction > 1) {
     r.fail("data.max_bad_fraction", fmt::format("must be in [0, 1], got {}", d.max_bad_fraction));
   }
+  const auto& dist = c.distributed;
+  if (dist.zero_stage == 3) {
+    r.fail("distributed.zero_stage", "3 (parameters sharded and gathered per block) is not implemented yet; use 0, 1 or 2");
+  } else if (dist.zero_stage < 0 || dist.zero_stage > 2) {
+    r.fail("distributed.zero_stage", fmt::format("must be 0, 1 or 2, got {}", dist.zero_stage));
+  }
+  if (!(dist.bucket_mb > 0)) r.fail("distributed.bucket_mb", fmt::format("must be positive, got {}", dist.bucket_mb));
+  if (dist.timeout_s <= 0) r.fail("distributed.timeout_s", fmt::format("must be positive, got {}", dist.timeout_s));
   const auto& e = c.eval;
   if (e.every < 0) r.fail("eval.every", fmt::format("must be >= 0, got {}", e.every));
   if (e.limit < 0) r.fail("eval.limit", fmt::format("must be >= 0, got {}", e.limit));

@@ -50,6 +50,13 @@ struct TrainConfig {
   int64_t keep_last = 2;            // training checkpoints kept
 };
 
+// Data parallelism across ranks (torchrun/Slurm); docs/distributed.md.
+struct DistributedConfig {
+  int64_t zero_stage = 0;     // 0 replicated, 1 AdamW state sharded, 2 + gradients sharded (reduce-scatter)
+  double bucket_mb = 25;      // gradient bucket size: one collective per bucket, launched during backward
+  int64_t timeout_s = 600;    // a collective that takes longer fails, naming the rank, step and collective
+};
+
 struct DataSource {
   std::string path;     // tar shards (a folder or .tar), JSONL, or LLaVA JSON
   double weight = 1.0;  // share in the mixture
@@ -104,6 +111,7 @@ struct RunConfig {
   DataConfig data;
   InitConfig init;
   EvalConfig eval;
+  DistributedConfig distributed;
   std::vector<FreezeRule> freeze{{"*", true}};
   // No weight decay on biases and norms (the reference trainer's rule); everything else in one group.
   std::vector<ParamGroupRule> param_groups{{"no_decay", "*.bias", 1.0, 0.0},

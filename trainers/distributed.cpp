@@ -2,6 +2,7 @@
 #include "trainers/distributed.h"
 
 #include <fmt/format.h>
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #include <torch/csrc/distributed/c10d/Types.hpp>
@@ -10,8 +11,11 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
+#include <chrono>
 #include <cstdlib>
 #include <stdexcept>
+
+#include "data/loader.h"
 
 namespace owl2 {
 namespace {
@@ -40,6 +44,7 @@ DistEnv DistEnv::from_environment() {
     e.local_rank = env_int("LOCAL_RANK", 0);
     e.master_addr = env_or("MASTER_ADDR", "127.0.0.1");
     e.master_port = env_int("MASTER_PORT", 29500);
+    e.restart_count = env_int("TORCHELASTIC_RESTART_COUNT", 0);
   } else if (std::getenv("SLURM_NTASKS")) {
     e.rank = env_int("SLURM_PROCID", 0);
     e.world_size = env_int("SLURM_NTASKS", 1);
@@ -57,6 +62,20 @@ DistEnv DistEnv::from_environment() {
   return e;
 }
 
+data::LoaderState reshard_loader_state(const data::LoaderState& state, int64_t from_world, int64_t to_world) {
+  if (from_world < 1 || to_world < 1) {
+    throw std::invalid_argument(fmt::format("loader state: world sizes must be >= 1, got {} -> {}", from_world, to_world));
+  }
+  const int64_t global = state.position * from_world;
+  if (global % to_world != 0) {
+    throw std::invalid_argument(fmt::format("loader state: {} batches read at world size {} do not split over {} ranks",
+                                            global, from_world, to_world));
+  }
+  data::LoaderState out = state;
+  out.position = global / to_world;
+  return out;
+}
+
 Comm::Comm(const DistEnv& env, std::chrono::milliseconds timeout, bool cuda) : env_(env) {
   if (env_.world_size == 1) return;
   c10d::TCPStoreOptions so;
@@ -66,7 +85,8 @@ Comm::Comm(const DistEnv& env, std::chrono::milliseconds timeout, bool cuda) : e
   so.waitWorkers = true;
   so.timeout = timeout;
   try {
-    auto store = c10::make_intrusive<c10d::TCPStore>(env_.master_addr, so);
+    auto store = c10::make_intrusive<c10d::PrefixStore>(
+        fmt::format("owl2/attempt-{}", env_.restart_count), c10::make_intrusive<c10d::TCPStore>(env_.master_addr, so));
     store_ = store;
     if (cuda) {
 #ifdef OWL2_WITH_NCCL
@@ -135,7 +155,26 @@ c10::intrusive_ptr<c10d::Work> Comm::allreduce_sum_async(at::Tensor& t) {
   return backend_->allreduce(v, c10d::AllreduceOptions{});
 }
 
+c10::intrusive_ptr<c10d::Work> Comm::reduce_scatter_sum_async(at::Tensor& out_chunk, at::Tensor& in_full) {
+  return backend_->_reduce_scatter_base(out_chunk, in_full, c10d::ReduceScatterOptions{});
+}
+
+c10::intrusive_ptr<c10d::Work> Comm::allgather_async(at::Tensor& out_full, at::Tensor& in_chunk) {
+  return backend_->_allgather_base(out_full, in_chunk, c10d::AllgatherOptions{});
+}
+
+namespace {
+// Adds the wall time of its scope to a counter.
+struct BlockedTimer {
+  explicit BlockedTimer(double& total) : total(total), t0(std::chrono::steady_clock::now()) {}
+  ~BlockedTimer() { total += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); }
+  double& total;
+  std::chrono::steady_clock::time_point t0;
+};
+}  // namespace
+
 void Comm::wait(const c10::intrusive_ptr<c10d::Work>& work, const std::string& what) {
+  BlockedTimer timer(blocked_s_);
   try {
     work->wait();
   } catch (const std::exception& e) {
@@ -145,6 +184,7 @@ void Comm::wait(const c10::intrusive_ptr<c10d::Work>& work, const std::string& w
 
 void Comm::allreduce_sum(at::Tensor& t, const std::string& what) {
   if (!backend_) return;
+  BlockedTimer timer(blocked_s_);
   try {
     allreduce_sum_async(t)->wait();
   } catch (const std::exception& e) {
@@ -168,6 +208,7 @@ double Comm::sum(double value, const std::string& what) {
 
 void Comm::broadcast(at::Tensor& t, int64_t root, const std::string& what) {
   if (!backend_) return;
+  BlockedTimer timer(blocked_s_);
   try {
     std::vector<at::Tensor> v{t};
     c10d::BroadcastOptions opts;
@@ -180,6 +221,7 @@ void Comm::broadcast(at::Tensor& t, int64_t root, const std::string& what) {
 
 void Comm::barrier(const std::string& what) {
   if (!backend_) return;
+  BlockedTimer timer(blocked_s_);
   try {
     backend_->barrier()->wait();
   } catch (const std::exception& e) {
@@ -218,6 +260,16 @@ DataParallel::DataParallel(std::shared_ptr<Comm> comm, torch::nn::Module& model,
     b.params.push_back(k);
     b.flat = at::empty({b.flat.numel() + p.numel()}, p.options());
     bytes += nbytes;
+  }
+  if (comm_->world_size() > 1) {
+    const auto t0 = std::chrono::steady_clock::now();
+    std::vector<c10::intrusive_ptr<c10d::Work>> works;
+    for (auto& b : buckets_) {
+      b.flat.zero_();
+      works.push_back(comm_->allreduce_sum_async(b.flat));
+    }
+    for (size_t i = 0; i < works.size(); ++i) comm_->wait(works[i], fmt::format("calibration allreduce bucket {}", i));
+    calibration_s_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
   for (size_t k = 0; k < params_.size(); ++k) {
     params_[k].register_hook([this, k](const at::Tensor& grad) {
@@ -288,9 +340,11 @@ void DataParallel::finish() {
     seen_[k] = 1;
     ++b.ready;
   }
+  const auto t0 = std::chrono::steady_clock::now();
   launch_ready_in_order();
   comm_->allreduce_sum(used, "allreduce used-parameter flags");
   for (size_t i = 0; i < buckets_.size(); ++i) comm_->wait(buckets_[i].work, fmt::format("allreduce gradient bucket {}", i));
+  wait_s_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   auto used_any = used.accessor<int, 1>();
   for (size_t k = 0; k < params_.size(); ++k) {
     if (!used_any[static_cast<int64_t>(k)]) continue;

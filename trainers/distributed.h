@@ -16,6 +16,14 @@
 #include <torch/csrc/distributed/c10d/Work.hpp>
 
 namespace owl2 {
+namespace data {
+struct LoaderState;
+}
+
+// A loader position saved at `from_world` ranks, for `to_world` ranks: rank r of W reads global batches
+// r, r + W, ... of the same epoch list, so `position` per rank is global / W. Throws if the global position
+// does not split evenly (it always does between optimizer steps: a step takes global/micro batches).
+data::LoaderState reshard_loader_state(const data::LoaderState& state, int64_t from_world, int64_t to_world);
 
 // RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT (torchrun); else SLURM_PROCID, SLURM_NTASKS,
 // SLURM_LOCALID with MASTER_ADDR (default: SLURM_LAUNCH_NODE_IPADDR) and MASTER_PORT (default 29500);
@@ -26,6 +34,9 @@ struct DistEnv {
   int64_t local_rank = 0;
   std::string master_addr = "127.0.0.1";
   int64_t master_port = 29500;
+  // TORCHELASTIC_RESTART_COUNT: torchrun's agent store outlives a restart, so each attempt joins under its
+  // own key prefix (the old attempt's Gloo addresses would be read otherwise).
+  int64_t restart_count = 0;
   static DistEnv from_environment();
 };
 
@@ -50,12 +61,21 @@ class Comm {
   double sum(double value, const std::string& what);
   void broadcast(at::Tensor& t, int64_t root, const std::string& what);
   void barrier(const std::string& what);
+  // Flat collectives for ZeRO: `in` has world_size() equal chunks; rank r receives (the sum of) chunk r.
+  // Gloo implements both on CPU in this LibTorch, so no all-reduce emulation is needed.
+  c10::intrusive_ptr<c10d::Work> reduce_scatter_sum_async(at::Tensor& out_chunk, at::Tensor& in_full);
+  c10::intrusive_ptr<c10d::Work> allgather_async(at::Tensor& out_full, at::Tensor& in_chunk);
+
+  // Wall time this process spent blocked in collectives (waits and synchronous calls), for the
+  // communication/compute split in the metrics.
+  double blocked_seconds() const { return blocked_s_; }
 
  private:
   [[noreturn]] void fail(const std::string& what, const std::exception& e) const;
   std::string laggards() const;
   DistEnv env_;
   int64_t step_ = -1;
+  double blocked_s_ = 0;
   c10::intrusive_ptr<c10d::Store> store_;
   c10::intrusive_ptr<c10d::Backend> backend_;
 };
@@ -74,6 +94,12 @@ class DataParallel {
   const Comm& comm() const { return *comm_; }
   Comm& comm() { return *comm_; }
   size_t num_buckets() const { return buckets_.size(); }
+  // Seconds one blocking all-reduce of every bucket took at construction: the communication time of a
+  // step without any overlap, against which the exposed wait in finish() gives the overlap achieved.
+  double unoverlapped_comm_seconds() const { return calibration_s_; }
+  // Seconds the last finish() waited for the gradient buckets: the part of their all-reduce that backward
+  // did not hide (it also includes waiting for a slower rank to finish its backward).
+  double wait_seconds() const { return wait_s_; }
 
  private:
   struct Bucket {
@@ -94,6 +120,8 @@ class DataParallel {
   std::vector<Bucket> buckets_;
   size_t next_launch_ = 0;
   bool armed_ = false;
+  double calibration_s_ = 0;
+  double wait_s_ = 0;
 };
 
 }  // namespace owl2

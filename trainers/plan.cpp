@@ -39,7 +39,9 @@ struct Stack {
 
 }  // namespace
 
-Plan make_plan(const RunConfig& cfg, const NamedSizes& params, const PlanInputs& in) {
+Plan make_plan(const RunConfig& cfg, const NamedSizes& params, const PlanInputs& inputs) {
+  PlanInputs in = inputs;
+  if (in.zero_stage == -1) in.zero_stage = static_cast<int>(cfg.distributed.zero_stage);
   if (in.world_size < 1) throw std::invalid_argument(fmt::format("world size must be >= 1, got {}", in.world_size));
   if (in.zero_stage < 0 || in.zero_stage > 3) {
     throw std::invalid_argument(fmt::format("ZeRO stage must be 0, 1, 2 or 3, got {}", in.zero_stage));

@@ -23,7 +23,8 @@ using NamedSizes = std::vector<std::pair<std::string, int64_t>>;
 
 struct PlanInputs {
   int64_t world_size = 1;
-  int zero_stage = 0;        // 0 plain data parallel, 1 optimizer state, 2 + gradients, 3 + weights sharded
+  int zero_stage = -1;       // 0 plain data parallel, 1 optimizer state, 2 + gradients, 3 + weights sharded;
+                             // -1: the config's distributed.zero_stage
   int64_t text_tokens = 0;   // per sample (0: train.max_length minus the visual tokens)
   int64_t images_per_sample = 1;
 };

@@ -3,7 +3,10 @@
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
+#include <signal.h>
 #include <unistd.h>
+
+#include <cstdlib>
 
 #include <chrono>
 #include <filesystem>
@@ -23,6 +26,7 @@
 #include "trainers/metrics.h"
 #include "trainers/plan.h"
 #include "trainers/trainer.h"
+#include "trainers/zero.h"
 
 namespace owl2 {
 namespace fs = std::filesystem;
@@ -49,6 +53,17 @@ std::shared_ptr<const data::Dataset> open_sources(const DataConfig& d, uint64_t 
 }
 
 // Model FLOPs of one sample-token mix, from the planner's formula, for the MFU column.
+// Test hook for the restart test (docs/distributed.md): OWL2_TEST_KILL_AT_STEP=k and OWL2_TEST_KILL_RANK=r
+// make rank r SIGKILL itself before step k, on the first attempt only (TORCHELASTIC_RESTART_COUNT unset
+// or 0), so that the restarted job runs through. -1 when not set.
+int64_t test_kill_step(int64_t rank) {
+  const char* step = std::getenv("OWL2_TEST_KILL_AT_STEP");
+  const char* who = std::getenv("OWL2_TEST_KILL_RANK");
+  const char* restarts = std::getenv("TORCHELASTIC_RESTART_COUNT");
+  if (!step || !who || (restarts && std::string(restarts) != "0")) return -1;
+  return std::atoll(who) == rank ? std::atoll(step) : -1;
+}
+
 double step_flops(const RunConfig& cfg, MPLUGOwl2ForCausalLM& model, int64_t world) {
   NamedSizes sizes;
   for (const auto& item : model->named_parameters()) sizes.emplace_back(item.key(), item.value().numel());
@@ -66,7 +81,7 @@ int run_training(const RunConfig& cfg, const RunOptions& options) {
                       t.precision + "'");
   }
   const DistEnv env = DistEnv::from_environment();
-  auto comm = std::make_shared<Comm>(env, std::chrono::minutes(10), /*cuda=*/false);
+  auto comm = std::make_shared<Comm>(env, std::chrono::seconds(cfg.distributed.timeout_s), /*cuda=*/false);
   const bool lead = env.rank == 0;
   const fs::path run_dir = t.out_dir;
   fs::create_directories(run_dir);
@@ -145,25 +160,36 @@ int run_training(const RunConfig& cfg, const RunOptions& options) {
         throw std::runtime_error(fmt::format("cannot resume from {}: its model does not match this config: {}", res.dir,
                                              e.what()));
       }
-      trainer.load_optimizer_state(c.tensors.at("optimizer"));
+      trainer.load_optimizer_from(c);  // any world size and ZeRO stage: the state reshards
       restore_rng_states(c.tensors.at("rng"));
       trainer.set_counters(c.scheduler.at("step").get<int64_t>(), c.scheduler.value("nonfinite_in_a_row", 0));
-      loader.load_state(data::state_from_json(c.data_position.dump()));
+      loader.load_state(reshard_loader_state(data::state_from_json(c.data_position.dump()),
+                                             c.scheduler.value("world_size", int64_t{1}), env.world_size));
       if (lead) std::cerr << "resumed from " << res.dir << " at step " << trainer.step_count() << "\n";
     }
   }
 
+  // Rank 0 writes the replicated model, RNG and records; with ZeRO every rank adds its optimizer shard
+  // (docs/distributed.md, "Checkpoints").
   auto save = [&]() {
     TrainingCheckpoint c;
     c.step = trainer.step_count();
-    c.tensors["model"] = module_state(*model);
-    c.tensors["optimizer"] = trainer.optimizer_state();
-    c.tensors["rng"] = capture_rng_states();
-    c.scheduler = {{"step", trainer.step_count()}, {"nonfinite_in_a_row", trainer.nonfinite_in_a_row()}};
+    if (lead) {
+      c.tensors["model"] = module_state(*model);
+      c.tensors["rng"] = capture_rng_states();
+    }
+    if (trainer.zero()) {
+      c.rank_tensors[zero_shard_group(env.rank)] = trainer.optimizer_state();
+      c.extra["zero"] = trainer.optimizer_manifest();
+    } else if (lead) {
+      c.tensors["optimizer"] = trainer.optimizer_state();
+    }
+    c.scheduler = {{"step", trainer.step_count()},
+                   {"nonfinite_in_a_row", trainer.nonfinite_in_a_row()},
+                   {"world_size", env.world_size}};
     c.data_position = nlohmann::json::parse(data::state_to_json(loader.state()));
     c.config_text = options.config_text;
-    if (lead) return ckpts.save(c);  // single writer: the model is replicated (plain data parallel)
-    return std::string();
+    return ckpts.save(c, SaveGroup{env.rank, env.world_size, [&](const std::string& what) { comm->barrier(what); }});
   };
 
   std::vector<HeldoutQuestion> heldout;
@@ -182,8 +208,14 @@ int run_training(const RunConfig& cfg, const RunOptions& options) {
                     t.steps, peak_flops_for_device(), lead && isatty(STDERR_FILENO), stderr,
                     lead ? t.log_every : t.steps + 1);
   const double flops = step_flops(cfg, model, env.world_size);
+  if (trainer.data_parallel() && lead) {
+    log.note(fmt::format("gradient all-reduce without overlap (calibration): {:.4f} s",
+                         trainer.data_parallel()->unoverlapped_comm_seconds()));
+  }
+  const int64_t kill_at = test_kill_step(env.rank);
   int64_t done_here = 0;
   while (trainer.step_count() < t.steps) {
+    if (trainer.step_count() == kill_at) ::raise(SIGKILL);
     const auto t0 = Clock::now();
     std::vector<Batch> micro;
     int64_t input_tokens = 0;
@@ -214,6 +246,10 @@ int run_training(const RunConfig& cfg, const RunOptions& options) {
     const auto counters = loader.counters();
     m.skipped_samples = counters.transform_errors + counters.dropped_too_long;
     m.peak_memory_bytes = peak_rss_bytes();
+    if (env.world_size > 1) {  // blocked in collectives: the communication not hidden behind compute
+      m.extra["comm_wait_s"] = r.comm_wait_s;
+      m.extra["grad_wait_s"] = r.grad_wait_s;
+    }
     const int64_t step = trainer.step_count();
     const bool last = step == t.steps;
     if (!heldout.empty() && ((cfg.eval.every > 0 && step % cfg.eval.every == 0) || last) && lead) {

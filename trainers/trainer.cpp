@@ -26,7 +26,13 @@ Trainer::Trainer(torch::nn::Module& model, LossSumFn loss_sum, const RunConfig& 
     for (size_t i = 0; i < g.params.size(); ++i) trainable_.emplace_back(g.names[i], g.params[i]);
   }
   optim_ = std::make_unique<torch::optim::AdamW>(groups);
-  if (comm_ && comm_->world_size() > 1) dp_ = std::make_unique<DataParallel>(comm_, model_);
+  const auto bucket_bytes = static_cast<int64_t>(cfg_.distributed.bucket_mb * (1 << 20));
+  if (cfg_.distributed.zero_stage >= 1) {
+    zero_ = std::make_unique<ZeroOptimizer>(comm_, model_, groups_, cfg_.optim,
+                                            static_cast<int>(cfg_.distributed.zero_stage), bucket_bytes);
+  } else if (comm_ && comm_->world_size() > 1) {
+    dp_ = std::make_unique<DataParallel>(comm_, model_, bucket_bytes);
+  }
 }
 
 StepResult Trainer::step(const std::vector<Batch>& micro_batches) {
@@ -36,7 +42,9 @@ StepResult Trainer::step(const std::vector<Batch>& micro_batches) {
     r.tokens += mb.label_tokens();
     r.samples += mb.samples;
   }
-  if (dp_) {
+  const bool multi = comm_ && comm_->world_size() > 1;
+  const double blocked0 = comm_ ? comm_->blocked_seconds() : 0;
+  if (multi) {
     comm_->set_step(step_);
     r.tokens = comm_->sum(r.tokens, "allreduce supervised-token count");
     r.samples = comm_->sum(r.samples, "allreduce sample count");
@@ -52,7 +60,10 @@ StepResult Trainer::step(const std::vector<Batch>& micro_batches) {
   const double inv_tokens = 1.0 / double(r.tokens);
   double loss_sum = 0;
   for (size_t i = 0; i < micro_batches.size(); ++i) {
-    if (dp_ && i + 1 == micro_batches.size()) dp_->arm();  // communicate on the last micro-batch only
+    if (i + 1 == micro_batches.size()) {  // communicate on the last micro-batch only
+      if (dp_) dp_->arm();
+      if (zero_) zero_->arm();
+    }
     torch::Tensor loss = loss_sum_(micro_batches[i]) * inv_tokens;
     loss.backward();
     loss_sum += loss.item<double>();
@@ -60,14 +71,24 @@ StepResult Trainer::step(const std::vector<Batch>& micro_batches) {
   if (dp_) {
     if (micro_batches.empty()) dp_->arm();
     dp_->finish();
-    loss_sum = comm_->sum(loss_sum, "allreduce loss");
+    r.grad_wait_s = dp_->wait_seconds();
   }
-  r.loss = loss_sum;
-
-  std::vector<torch::Tensor> params;
-  for (const auto& g : groups_) params.insert(params.end(), g.params.begin(), g.params.end());
   const double max_norm = o.grad_clip > 0 ? o.grad_clip : std::numeric_limits<double>::infinity();
-  r.grad_norm = torch::nn::utils::clip_grad_norm_(params, max_norm);
+  if (zero_) {  // the global norm over all shards; clipping happens inside the sharded step
+    if (micro_batches.empty()) zero_->arm();
+    r.grad_norm = zero_->finish();
+    r.grad_wait_s = zero_->reduce_wait_seconds();
+  }
+  // After the gradient reductions: every rank must issue its collectives in the same order, and a bucket
+  // that waited for an unused parameter is only launched in finish().
+  if (multi) loss_sum = comm_->sum(loss_sum, "allreduce loss");
+  r.loss = loss_sum;
+  if (!zero_) {
+    std::vector<torch::Tensor> params;
+    for (const auto& g : groups_) params.insert(params.end(), g.params.begin(), g.params.end());
+    r.grad_norm = torch::nn::utils::clip_grad_norm_(params, max_norm);
+  }
+  if (comm_) r.comm_wait_s = comm_->blocked_seconds() - blocked0;
   if (!std::isfinite(r.grad_norm) || !std::isfinite(r.loss)) {
     optim_->zero_grad(/*set_to_none=*/true);
     r.skipped = true;
@@ -81,19 +102,42 @@ StepResult Trainer::step(const std::vector<Batch>& micro_batches) {
     return r;
   }
   nonfinite_in_a_row_ = 0;
-  for (size_t i = 0; i < groups_.size(); ++i) {
-    static_cast<torch::optim::AdamWOptions&>(optim_->param_groups()[i].options()).lr(r.lr * groups_[i].lr_scale);
+  if (zero_) {
+    zero_->step(r.lr, max_norm, r.grad_norm);
+    if (comm_) r.comm_wait_s = comm_->blocked_seconds() - blocked0;
+  } else {
+    for (size_t i = 0; i < groups_.size(); ++i) {
+      static_cast<torch::optim::AdamWOptions&>(optim_->param_groups()[i].options()).lr(r.lr * groups_[i].lr_scale);
+    }
+    optim_->step();
   }
-  optim_->step();
   ++step_;
   return r;
 }
 
-NamedTensors Trainer::optimizer_state() { return adamw_state_tensors(*optim_, trainable_); }
+NamedTensors Trainer::optimizer_state() {
+  return zero_ ? zero_->shard_state() : adamw_state_tensors(*optim_, trainable_);
+}
 
 void Trainer::load_optimizer_state(const NamedTensors& state) {
+  if (zero_) {
+    zero_->load_shard_state(state);
+    return;
+  }
   optim_->state().clear();
   load_adamw_state(*optim_, trainable_, state);
+}
+
+nlohmann::json Trainer::optimizer_manifest() const { return zero_ ? zero_->manifest() : nlohmann::json(); }
+
+void Trainer::load_optimizer_from(const TrainingCheckpoint& ck) {
+  const auto runs = adamw_state_runs(ck, trainable_);
+  if (zero_) {
+    zero_->load_runs(runs);
+    return;
+  }
+  optim_->state().clear();
+  load_adamw_state(*optim_, trainable_, adamw_runs_to_tensors(runs, trainable_));
 }
 
 void Trainer::set_counters(int64_t step, int64_t nonfinite_in_a_row) {

@@ -16,6 +16,7 @@
 #include "trainers/config.h"
 #include "trainers/distributed.h"
 #include "trainers/param_rules.h"
+#include "trainers/zero.h"
 
 namespace owl2 {
 
@@ -30,6 +31,8 @@ struct StepResult {
   int64_t tokens = 0;       // supervised tokens in the global batch (all ranks)
   int64_t samples = 0;      // over all ranks
   bool skipped = false;     // non-finite gradients, or no supervised token
+  double comm_wait_s = 0;   // wall time this rank was blocked in collectives during the step
+  double grad_wait_s = 0;   // of which waiting for the gradient reduction after backward
 };
 
 class Trainer {
@@ -37,6 +40,8 @@ class Trainer {
   // Applies cfg.freeze, resolves cfg.param_groups and builds AdamW with the paper's betas and epsilon.
   // With a multi-rank `comm`, parameters are broadcast from rank 0 and gradients are all-reduced (data
   // parallelism); the loss is normalized by the supervised tokens of the global batch over all ranks.
+  // cfg.distributed.zero_stage 1 or 2 shards the optimizer state (and gradients) over the ranks
+  // (ZeroOptimizer, also with one rank, so that its checkpoints reshard to any world size).
   Trainer(torch::nn::Module& model, LossSumFn loss_sum, const RunConfig& cfg, std::shared_ptr<Comm> comm = nullptr);
 
   // One optimizer step over the micro-batches of a global batch.
@@ -47,10 +52,17 @@ class Trainer {
   const std::string& freeze_table() const { return freeze_table_; }
   std::string groups_table() const { return describe_param_groups(groups_); }
 
-  // The optimizer's parameters by name, and its state as named tensors (for checkpoints).
+  // The optimizer's parameters by name, and its state as named tensors (for checkpoints): per parameter
+  // (adamw_state_tensors) when replicated; this rank's shard (ZeroOptimizer::shard_state) with ZeRO.
   const NamedTensors& trainable() const { return trainable_; }
   NamedTensors optimizer_state();
   void load_optimizer_state(const NamedTensors& state);
+  // ZeRO: the manifest that goes with the shards (checkpoint extra["zero"]); null when replicated.
+  nlohmann::json optimizer_manifest() const;
+  // Loads the optimizer state of a checkpoint saved at any world size and ZeRO stage (resharding).
+  void load_optimizer_from(const TrainingCheckpoint& ck);
+  const ZeroOptimizer* zero() const { return zero_.get(); }
+  const DataParallel* data_parallel() const { return dp_.get(); }
   // Step counters travel in the checkpoint's scheduler record.
   void set_counters(int64_t step, int64_t nonfinite_in_a_row);
 
@@ -69,6 +81,7 @@ class Trainer {
   std::unique_ptr<torch::optim::AdamW> optim_;
   std::shared_ptr<Comm> comm_;
   std::unique_ptr<DataParallel> dp_;
+  std::unique_ptr<ZeroOptimizer> zero_;
   std::string freeze_table_;
   int64_t step_ = 0;
   int64_t nonfinite_in_a_row_ = 0;
