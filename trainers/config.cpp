@@ -81,7 +81,7 @@ template <class V> void fields(V& v, TrainConfig& c) {
   v("global_batch_size", c.global_batch_size);
   v("micro_batch_size", c.micro_batch_size);
   v("seed", c.seed);
-  v.choice("precision", c.precision, {"fp32", "bf16"});
+  v.choice("precision", c.precision, {"fp32", "bf16", "bf16-autocast"});  // trainers/precision.h
   v("out_dir", c.out_dir);
   v("max_nonfinite_steps", c.max_nonfinite_steps);
   v("max_length", c.max_length);

@@ -18,6 +18,7 @@ Trainer::Trainer(torch::nn::Module& model, LossSumFn loss_sum, const RunConfig& 
   freeze_table_ = apply_freeze_rules(model_, cfg_.freeze);
   groups_ = resolve_param_groups(model_, cfg_.param_groups, cfg_.optim.weight_decay, cfg_.optim.vision_layer_decay,
                                  cfg_.model.vision.num_hidden_layers);
+  precision_ = std::make_unique<MixedPrecision>(parse_precision(cfg_.train.precision), model_, groups_);
   std::vector<torch::optim::OptimizerParamGroup> groups;
   for (const auto& g : groups_) {
     auto opts = std::make_unique<torch::optim::AdamWOptions>(cfg_.optim.lr * g.lr_scale);
@@ -53,7 +54,11 @@ StepResult Trainer::step(const std::vector<Batch>& micro_batches) {
   double loss_sum = 0;
   for (size_t i = 0; i < micro_batches.size(); ++i) {
     if (dp_ && i + 1 == micro_batches.size()) dp_->arm();  // communicate on the last micro-batch only
-    torch::Tensor loss = loss_sum_(micro_batches[i]) * inv_tokens;
+    torch::Tensor loss;
+    {
+      const auto autocast = precision_->forward_region();  // bf16-autocast: forward only, backward outside
+      loss = loss_sum_(micro_batches[i]) * inv_tokens;
+    }
     loss.backward();
     loss_sum += loss.item<double>();
   }
@@ -63,6 +68,7 @@ StepResult Trainer::step(const std::vector<Batch>& micro_batches) {
     loss_sum = comm_->sum(loss_sum, "allreduce loss");
   }
   r.loss = loss_sum;
+  precision_->grads_to_masters();  // bf16: the optimizer, clipping and the finite check see fp32 gradients
 
   std::vector<torch::Tensor> params;
   for (const auto& g : groups_) params.insert(params.end(), g.params.begin(), g.params.end());
@@ -85,6 +91,7 @@ StepResult Trainer::step(const std::vector<Batch>& micro_batches) {
     static_cast<torch::optim::AdamWOptions&>(optim_->param_groups()[i].options()).lr(r.lr * groups_[i].lr_scale);
   }
   optim_->step();
+  precision_->masters_to_model();
   ++step_;
   return r;
 }
@@ -103,7 +110,7 @@ void Trainer::set_counters(int64_t step, int64_t nonfinite_in_a_row) {
 
 std::map<std::string, torch::Tensor> Trainer::state() {
   std::map<std::string, torch::Tensor> out;
-  for (const auto& item : model_.named_parameters(/*recurse=*/true)) out["param." + item.key()] = item.value().detach();
+  for (const auto& [k, v] : precision_->model_state()) out["param." + k] = v.detach();  // bf16: fp32 masters
   for (const auto& [k, v] : optimizer_state()) out["adamw." + k] = v;
   for (const auto& [k, v] : capture_rng_states()) out["rng." + k] = v;
   out["trainer.step"] = torch::tensor(step_, torch::kInt64);
@@ -137,6 +144,7 @@ void Trainer::load_state(const std::map<std::string, torch::Tensor>& state) {
     }
     item.value().copy_(src);
   }
+  precision_->load_masters(state, "param.");
   load_optimizer_state(with_prefix(state, "adamw."));
   set_counters(need(state, "trainer.step").item<int64_t>(), need(state, "trainer.nonfinite").item<int64_t>());
   restore_rng_states(with_prefix(state, "rng."));
