@@ -65,9 +65,16 @@ struct Run {
   bool autocast_seen = false;  // autocast was on for the device inside the loss function
 };
 
-Run train_run(const std::string& precision, int steps, torch::Device device = torch::kCPU) {
+Run train_run(const std::string& precision, int steps, torch::Device device = torch::kCPU, double lr = 0,
+              bool checkpointing = false) {
   Setup s(precision);
+  if (lr > 0) s.cfg.optim.lr = lr;
   auto model = s.model();
+  if (checkpointing) {
+    model->model->vision_model->block_runner = checkpointing_runner();
+    model->model->visual_abstractor->block_runner = checkpointing_runner();
+    model->decoder_block_runner = checkpointing_runner();
+  }
   model->to(device);
   Batch b = s.batch;
   b.input_ids = b.input_ids.to(device);
@@ -175,16 +182,32 @@ TEST_CASE("bf16 and bf16-autocast runs resume from the training state bit-identi
 }
 
 TEST_CASE("bf16-autocast with activation checkpointing gives the losses of no checkpointing", "[train][precision]") {
-  // The recompute in backward runs under autocast outside the forward region: its cached bf16 weight copies
-  // must not leak into the next step's forward (they would be one optimizer step old).
-  const auto plain = train_losses("bf16-autocast", 4);
-  Setup s("bf16-autocast");
-  auto model = s.model();
-  model->model->vision_model->block_runner = checkpointing_runner();
-  model->model->visual_abstractor->block_runner = checkpointing_runner();
-  model->decoder_block_runner = checkpointing_runner();
-  Trainer t(*model, loss_of(model), s.cfg);
-  for (int i = 0; i < 4; ++i) CHECK(t.step({s.batch}).loss == plain[i]);
+  // The recompute in backward restores autocast outside the forward region; the steps must not notice (a
+  // large LR, so that every step moves the weights by more than bf16's spacing).
+  const auto plain = train_run("bf16-autocast", 4, torch::kCPU, 0.05).losses;
+  const auto ckpt = train_run("bf16-autocast", 4, torch::kCPU, 0.05, /*checkpointing=*/true).losses;
+  CHECK(ckpt == plain);
+
+  // Autocast caches the bf16 copy of a weight even outside a region (as in that recompute) and nothing clears
+  // it until a region ends; the optimizer then updates the weight in place. The region must not hand the
+  // next forward that stale copy (this part fails without the clear on entry in AutocastRegion).
+  auto w = torch::randn({8, 8}).requires_grad_(true);
+  const auto x = torch::randn({8, 8});
+  at::autocast::set_autocast_enabled(c10::kCPU, true);
+  at::autocast::set_autocast_dtype(c10::kCPU, torch::kBFloat16);
+  const auto before = torch::mm(x, w);  // caches bf16(w), as a checkpoint's recompute does
+  at::autocast::set_autocast_enabled(c10::kCPU, false);
+  {
+    torch::NoGradGuard no_grad;
+    w.add_(1.0);
+  }
+  torch::Tensor after;
+  {
+    AutocastRegion region(c10::kCPU, torch::kBFloat16);
+    after = torch::mm(x, w);
+  }
+  CHECK(torch::equal(after, torch::mm(x.to(torch::kBFloat16), w.detach().to(torch::kBFloat16))));
+  CHECK_FALSE(torch::equal(after, before));
 }
 
 TEST_CASE("RMSNorm and the loss are computed in fp32 for bf16 inputs and under autocast", "[train][precision]") {
