@@ -1,11 +1,11 @@
 // `owl2 bench train --config FILE`: the Trainer's step on synthetic full-length batches of a run config, on the
 // CPU or a CUDA device, with random weights: s/step, samples/s, tokens/s, model TFLOP/s, MFU and peak memory.
+#include <ATen/CPUGeneratorImpl.h>
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 #include <torch/cuda.h>
 #include <torch/utils.h>
-#include <ATen/CPUGeneratorImpl.h>
 
 #include <algorithm>
 #include <chrono>

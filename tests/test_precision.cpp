@@ -275,7 +275,7 @@ std::map<int64_t, double> metrics_losses(const std::string& run) {
 }
 }  // namespace
 
-TEST_CASE("owl2 train in bf16 resumes bit-identically and exports fp32 masters", "[train][precision][cli]") {
+TEST_CASE("owl2 train in bf16 resumes bit-identically and exports fp32 masters", "[train][precision][cli][slow]") {
   using owl2::test::run_owl2;
   const std::string root = owl2::test::temp_dir("owl2_bf16_train");
   REQUIRE(run_owl2("data synth --out " + root + "/data --train 24 --heldout 2 --train-text 8 --heldout-text 2").rc == 0);
