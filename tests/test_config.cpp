@@ -63,7 +63,7 @@ TEST_CASE("a wrong type names the path, the expected type and the value", "[conf
   REQUIRE_THROWS_WITH(parse_config_text("model: 3"), Contains("model: expected a mapping, got '3'"));
   REQUIRE_THROWS_WITH(parse_config_text("train: {steps: 1.5}"), Contains("expected an integer, got '1.5'"));
   REQUIRE_THROWS_WITH(parse_config_text("train: {precision: fp8}"),
-                      Contains("train.precision: expected one of fp32|bf16, got 'fp8'"));
+                      Contains("train.precision: expected one of fp32|bf16|bf16-autocast, got 'fp8'"));
 }
 
 TEST_CASE("values are validated once, with the numbers in the message", "[config]") {

@@ -121,9 +121,9 @@ TEST_CASE("owl2 train: a freeze rule that matches nothing and a resume with anot
   auto no_tok = run_owl2(train_cmd(kRoot + "/notok", "--no-resume --set data.tokenizer=" + kRoot + "/missing.model"));
   CHECK(no_tok.rc == 1);
   CHECK_THAT(no_tok.out, Contains("missing.model"));
-  auto bf16 = run_owl2(train_cmd(kRoot + "/bf16", "--no-resume --set train.precision=bf16"));
-  CHECK(bf16.rc == 2);
-  CHECK_THAT(bf16.out, Contains("train.precision: only fp32 training is implemented"));
+  auto fp16 = run_owl2(train_cmd(kRoot + "/fp16", "--no-resume --set train.precision=fp16"));
+  CHECK(fp16.rc == 2);
+  CHECK_THAT(fp16.out, Contains("train.precision: expected one of fp32|bf16|bf16-autocast, got 'fp16'"));
 }
 
 TEST_CASE("owl2 eval gives the same answers at any batch size, owl2 generate answers one prompt", "[train][cli][generate]") {

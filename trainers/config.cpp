@@ -81,7 +81,7 @@ template <class V> void fields(V& v, TrainConfig& c) {
   v("global_batch_size", c.global_batch_size);
   v("micro_batch_size", c.micro_batch_size);
   v("seed", c.seed);
-  v.choice("precision", c.precision, {"fp32", "bf16"});
+  v.choice("precision", c.precision, {"fp32", "bf16", "bf16-autocast"});  // trainers/precision.h
   v("out_dir", c.out_dir);
   v("max_nonfinite_steps", c.max_nonfinite_steps);
   v("max_length", c.max_length);
@@ -520,6 +520,11 @@ void validate_run(const RunConfig& c, const Reader& r) {
     r.fail("distributed.zero_stage", "3 (parameters sharded and gathered per block) is not implemented yet; use 0, 1 or 2");
   } else if (dist.zero_stage < 0 || dist.zero_stage > 2) {
     r.fail("distributed.zero_stage", fmt::format("must be 0, 1 or 2, got {}", dist.zero_stage));
+  }
+  if (dist.zero_stage >= 1 && t.precision == "bf16") {  // ZeRO's gradient hooks sit on the model, not the masters
+    r.fail("distributed.zero_stage",
+           fmt::format("{} cannot be combined with train.precision: bf16 (fp32 masters) yet; use bf16-autocast or "
+                       "zero_stage 0", dist.zero_stage));
   }
   if (!(dist.bucket_mb > 0)) r.fail("distributed.bucket_mb", fmt::format("must be positive, got {}", dist.bucket_mb));
   if (dist.timeout_s <= 0) r.fail("distributed.timeout_s", fmt::format("must be positive, got {}", dist.timeout_s));

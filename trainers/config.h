@@ -40,7 +40,7 @@ struct TrainConfig {
   int64_t global_batch_size = 256;
   int64_t micro_batch_size = 1;
   int64_t seed = 0;
-  std::string precision = "fp32";  // fp32 | bf16
+  std::string precision = "fp32";  // fp32 | bf16 (fp32 masters) | bf16-autocast
   std::string out_dir = "runs/default";
   int64_t max_nonfinite_steps = 3;  // stop after this many non-finite steps in a row (each is skipped)
   int64_t max_length = 2048;        // decoder tokens per sample after splicing the visual tokens

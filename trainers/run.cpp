@@ -76,10 +76,6 @@ double step_flops(const RunConfig& cfg, MPLUGOwl2ForCausalLM& model, int64_t wor
 
 int run_training(const RunConfig& cfg, const RunOptions& options) {
   const auto& t = cfg.train;
-  if (t.precision != "fp32") {
-    throw ConfigError("train.precision: only fp32 training is implemented so far (bf16 is planned for CUDA); got '" +
-                      t.precision + "'");
-  }
   const DistEnv env = DistEnv::from_environment();
   auto comm = std::make_shared<Comm>(env, std::chrono::seconds(cfg.distributed.timeout_s), /*cuda=*/false);
   const bool lead = env.rank == 0;
@@ -155,7 +151,7 @@ int run_training(const RunConfig& cfg, const RunOptions& options) {
       if (model_it == c.tensors.end()) throw std::runtime_error(res.dir + ": checkpoint has no model tensors");
       std::map<std::string, torch::Tensor> m(model_it->second.begin(), model_it->second.end());
       try {
-        load_state_dict(*model, MapSource(m, res.dir));
+        trainer.precision().load_model_state(m, res.dir);  // bf16: the fp32 masters too
       } catch (const std::exception& e) {
         throw std::runtime_error(fmt::format("cannot resume from {}: its model does not match this config: {}", res.dir,
                                              e.what()));
@@ -175,7 +171,7 @@ int run_training(const RunConfig& cfg, const RunOptions& options) {
     TrainingCheckpoint c;
     c.step = trainer.step_count();
     if (lead) {
-      c.tensors["model"] = module_state(*model);
+      c.tensors["model"] = trainer.precision().model_state();  // bf16: fp32 masters, for an exact resume
       c.tensors["rng"] = capture_rng_states();
     }
     if (trainer.zero()) {
@@ -283,6 +279,7 @@ int run_training(const RunConfig& cfg, const RunOptions& options) {
   }
   if (trainer.step_count() >= t.steps && lead) {
     const auto out = run_dir / "final";
+    trainer.precision().end_to_fp32();  // bf16: export the fp32 masters, not their rounding
     save_state_dict(*model, out.string());
     std::ofstream(out / "config.yaml") << options.config_text;
     std::cerr << "final weights: " << out.string() << "\n";

@@ -18,6 +18,7 @@ Trainer::Trainer(torch::nn::Module& model, LossSumFn loss_sum, const RunConfig& 
   freeze_table_ = apply_freeze_rules(model_, cfg_.freeze);
   groups_ = resolve_param_groups(model_, cfg_.param_groups, cfg_.optim.weight_decay, cfg_.optim.vision_layer_decay,
                                  cfg_.model.vision.num_hidden_layers);
+  precision_ = std::make_unique<MixedPrecision>(parse_precision(cfg_.train.precision), model_, groups_);
   std::vector<torch::optim::OptimizerParamGroup> groups;
   for (const auto& g : groups_) {
     auto opts = std::make_unique<torch::optim::AdamWOptions>(cfg_.optim.lr * g.lr_scale);
@@ -64,7 +65,11 @@ StepResult Trainer::step(const std::vector<Batch>& micro_batches) {
       if (dp_) dp_->arm();
       if (zero_) zero_->arm();
     }
-    torch::Tensor loss = loss_sum_(micro_batches[i]) * inv_tokens;
+    torch::Tensor loss;
+    {
+      const auto autocast = precision_->forward_region();  // bf16-autocast: forward only, backward outside
+      loss = loss_sum_(micro_batches[i]) * inv_tokens;
+    }
     loss.backward();
     loss_sum += loss.item<double>();
   }
@@ -73,6 +78,7 @@ StepResult Trainer::step(const std::vector<Batch>& micro_batches) {
     dp_->finish();
     r.grad_wait_s = dp_->wait_seconds();
   }
+  precision_->grads_to_masters();  // bf16: the optimizer, clipping and the finite check see fp32 gradients
   const double max_norm = o.grad_clip > 0 ? o.grad_clip : std::numeric_limits<double>::infinity();
   if (zero_) {  // the global norm over all shards; clipping happens inside the sharded step
     if (micro_batches.empty()) zero_->arm();
@@ -111,6 +117,7 @@ StepResult Trainer::step(const std::vector<Batch>& micro_batches) {
     }
     optim_->step();
   }
+  precision_->masters_to_model();
   ++step_;
   return r;
 }
@@ -147,7 +154,7 @@ void Trainer::set_counters(int64_t step, int64_t nonfinite_in_a_row) {
 
 std::map<std::string, torch::Tensor> Trainer::state() {
   std::map<std::string, torch::Tensor> out;
-  for (const auto& item : model_.named_parameters(/*recurse=*/true)) out["param." + item.key()] = item.value().detach();
+  for (const auto& [k, v] : precision_->model_state()) out["param." + k] = v.detach();  // bf16: fp32 masters
   for (const auto& [k, v] : optimizer_state()) out["adamw." + k] = v;
   for (const auto& [k, v] : capture_rng_states()) out["rng." + k] = v;
   out["trainer.step"] = torch::tensor(step_, torch::kInt64);
@@ -181,6 +188,7 @@ void Trainer::load_state(const std::map<std::string, torch::Tensor>& state) {
     }
     item.value().copy_(src);
   }
+  precision_->load_masters(state, "param.");
   load_optimizer_state(with_prefix(state, "adamw."));
   set_counters(need(state, "trainer.step").item<int64_t>(), need(state, "trainer.nonfinite").item<int64_t>());
   restore_rng_states(with_prefix(state, "rng."));

@@ -17,6 +17,7 @@
 #include "trainers/distributed.h"
 #include "trainers/param_rules.h"
 #include "trainers/zero.h"
+#include "trainers/precision.h"
 
 namespace owl2 {
 
@@ -46,6 +47,9 @@ class Trainer {
 
   // One optimizer step over the micro-batches of a global batch.
   StepResult step(const std::vector<Batch>& micro_batches);
+
+  // The dtype policy (train.precision); checkpoints take the model state from it (fp32 masters in bf16).
+  MixedPrecision& precision() { return *precision_; }
 
   int64_t step_count() const { return step_; }
   int64_t nonfinite_in_a_row() const { return nonfinite_in_a_row_; }
@@ -78,6 +82,7 @@ class Trainer {
   RunConfig cfg_;
   std::vector<ParamGroup> groups_;
   NamedTensors trainable_;
+  std::unique_ptr<MixedPrecision> precision_;  // before optim_: bf16 swaps the groups' tensors for fp32 masters
   std::unique_ptr<torch::optim::AdamW> optim_;
   std::shared_ptr<Comm> comm_;
   std::unique_ptr<DataParallel> dp_;

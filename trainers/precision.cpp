@@ -1,0 +1,136 @@
+// The training dtype policy; see precision.h.
+#include "trainers/precision.h"
+
+#include <ATen/autocast_mode.h>
+#include <fmt/format.h>
+
+#include <stdexcept>
+
+#include "owl2/state_dict.h"
+#include "owl2/tensor_source.h"
+
+namespace owl2 {
+
+Precision parse_precision(const std::string& value) {
+  if (value == "fp32") return Precision::kFp32;
+  if (value == "bf16") return Precision::kBf16;
+  if (value == "bf16-autocast") return Precision::kBf16Autocast;
+  throw std::invalid_argument("train.precision: expected one of fp32|bf16|bf16-autocast, got '" + value + "'");
+}
+
+const char* precision_name(Precision p) {
+  switch (p) {
+    case Precision::kFp32: return "fp32";
+    case Precision::kBf16: return "bf16";
+    case Precision::kBf16Autocast: return "bf16-autocast";
+  }
+  return "?";
+}
+
+AutocastRegion::AutocastRegion(c10::DeviceType device, c10::ScalarType dtype)
+    : device_(device),
+      was_enabled_(at::autocast::is_autocast_enabled(device)),
+      was_dtype_(at::autocast::get_autocast_dtype(device)) {
+  // Autocast caches the bf16 copy of each fp32 weight until the outermost region ends. Activation
+  // checkpointing replays blocks under autocast in backward, outside any region, and those copies would
+  // survive the optimizer step: clear on entry too, so a forward never sees last step's weights.
+  if (at::autocast::increment_nesting() == 1) at::autocast::clear_cache();
+  at::autocast::set_autocast_enabled(device, true);
+  at::autocast::set_autocast_dtype(device, dtype);
+}
+
+AutocastRegion::~AutocastRegion() {
+  at::autocast::set_autocast_enabled(device_, was_enabled_);
+  at::autocast::set_autocast_dtype(device_, was_dtype_);
+  if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+}
+
+MixedPrecision::MixedPrecision(Precision mode, torch::nn::Module& model, std::vector<ParamGroup>& groups)
+    : mode_(mode), model_(model) {
+  for (const auto& p : model_.parameters()) {
+    device_ = p.device().type();
+    break;
+  }
+  if (mode_ != Precision::kBf16) return;
+  torch::NoGradGuard no_grad;
+  for (auto& g : groups) {
+    for (size_t i = 0; i < g.params.size(); ++i) {
+      auto& p = g.params[i];
+      if (p.scalar_type() != torch::kFloat32) {
+        throw std::invalid_argument(fmt::format("train.precision bf16: parameter '{}' is {}, expected float32 before the "
+                                                "cast (the masters are exact copies of float32 weights)",
+                                                g.names[i], c10::toString(p.scalar_type())));
+      }
+      auto master = p.detach().clone().requires_grad_(true);
+      pairs_.push_back({g.names[i], p, master});
+      p = master;  // the optimizer group now holds the master
+    }
+  }
+  // Module::to keeps each parameter's tensor object (set_data), so pairs_ and any hooks follow the cast.
+  model_.to(torch::kBFloat16);
+}
+
+std::optional<AutocastRegion> MixedPrecision::forward_region() const {
+  if (mode_ != Precision::kBf16Autocast) return std::nullopt;
+  return std::optional<AutocastRegion>(std::in_place, device_, torch::kBFloat16);
+}
+
+void MixedPrecision::grads_to_masters() {
+  for (auto& p : pairs_) {
+    auto& g = p.model.mutable_grad();
+    if (g.defined()) {
+      p.master.mutable_grad() = g.to(torch::kFloat32);  // exact: every bf16 value is a float32 value
+      g = at::Tensor();
+    } else {
+      p.master.mutable_grad() = at::Tensor();
+    }
+  }
+}
+
+void MixedPrecision::masters_to_model() {
+  torch::NoGradGuard no_grad;
+  for (auto& p : pairs_) p.model.copy_(p.master);  // float32 -> bfloat16, round to nearest even
+}
+
+void MixedPrecision::end_to_fp32() {
+  if (mode_ != Precision::kBf16) return;
+  torch::NoGradGuard no_grad;
+  model_.to(torch::kFloat32);
+  for (auto& p : pairs_) p.model.copy_(p.master);  // exact: same dtype
+}
+
+NamedTensors MixedPrecision::model_state() const {
+  NamedTensors state = module_state(model_);
+  if (pairs_.empty()) return state;
+  std::map<std::string, at::Tensor> masters;
+  for (const auto& p : pairs_) masters[p.name] = p.master.detach();
+  for (auto& [name, t] : state) {
+    auto it = masters.find(name);
+    if (it != masters.end()) t = it->second;
+  }
+  return state;
+}
+
+void MixedPrecision::load_model_state(const std::map<std::string, at::Tensor>& state, const std::string& origin) {
+  LoadOptions lo;
+  lo.convert_dtype = mode_ == Precision::kBf16;  // float32 masters into the bf16 model; the masters get them exactly
+  load_state_dict(model_, MapSource(state, origin), lo);
+  load_masters(state);
+}
+
+void MixedPrecision::load_masters(const std::map<std::string, at::Tensor>& state, const std::string& prefix) {
+  if (mode_ != Precision::kBf16) return;
+  torch::NoGradGuard no_grad;
+  for (auto& p : pairs_) {
+    auto it = state.find(prefix + p.name);
+    if (it == state.end()) throw std::invalid_argument("training state: missing master weight '" + prefix + p.name + "'");
+    if (it->second.sizes() != p.master.sizes()) {
+      throw std::invalid_argument(fmt::format("training state: '{}{}' has {} elements, the master expects {}", prefix,
+                                              p.name, it->second.numel(), p.master.numel()));
+    }
+    p.master.copy_(it->second);
+    p.model.copy_(p.master);
+  }
+}
+
+}  // namespace owl2

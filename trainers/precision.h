@@ -1,0 +1,88 @@
+// The training dtype policy (`train.precision`), applied to the model from outside: fp32; bf16 autocast over
+// fp32 weights; or bf16 compute weights with fp32 master weights that the optimizer steps.
+#pragma once
+#include <ATen/core/Tensor.h>
+#include <c10/core/DeviceType.h>
+#include <c10/core/ScalarType.h>
+#include <torch/nn/module.h>
+
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "owl2/safetensors.h"
+#include "trainers/param_rules.h"
+
+namespace owl2 {
+
+// fp32: everything in float32. bf16: the model holds bfloat16 weights (compute and activations in bf16, as the
+// reference's DeepSpeed bf16 runs, spec §4.2), the optimizer steps float32 masters. bf16-autocast: float32 weights,
+// the forward runs under autocast (matrix products in bf16, the rest as autocast's op lists decide).
+// In every mode RMSNorm statistics and the cross-entropy are float32 (the model upcasts; spec §1.3, §4).
+enum class Precision { kFp32, kBf16, kBf16Autocast };
+
+// Parses `train.precision`; throws std::invalid_argument naming the key and the allowed values.
+Precision parse_precision(const std::string& value);
+const char* precision_name(Precision p);
+
+// Autocast to `dtype` on `device` for a scope; restores the previous flag and dtype and, at the outermost
+// scope, clears autocast's cache of cast weights (they are stale after an optimizer step).
+class AutocastRegion {
+ public:
+  AutocastRegion(c10::DeviceType device, c10::ScalarType dtype);
+  ~AutocastRegion();
+  AutocastRegion(const AutocastRegion&) = delete;
+  AutocastRegion& operator=(const AutocastRegion&) = delete;
+
+ private:
+  c10::DeviceType device_;
+  bool was_enabled_;
+  c10::ScalarType was_dtype_;
+};
+
+// What the Trainer calls around its step. Fp32 and bf16-autocast keep the optimizer on the model's own
+// parameters; bf16 swaps every group's parameters for float32 masters, so the groups handed to the optimizer,
+// the clipping and the checkpoint's optimizer state all see float32 tensors.
+class MixedPrecision {
+ public:
+  // bf16: casts the model's floating parameters and buffers to bfloat16 in place (same tensor objects, so
+  // references held elsewhere stay valid) after copying the trainable ones, exactly, to float32 masters.
+  MixedPrecision(Precision mode, torch::nn::Module& model, std::vector<ParamGroup>& groups);
+
+  Precision mode() const { return mode_; }
+  // An autocast region for the forward in bf16-autocast mode (on the device of the model's parameters), else none.
+  std::optional<AutocastRegion> forward_region() const;
+  // bf16: master.grad = float32(model grad), and the model's grad is released. Call after backward and any
+  // gradient all-reduce, before clipping. A no-op otherwise.
+  void grads_to_masters();
+  // bf16: model parameter = bf16(master), round to nearest even. Call after the optimizer step.
+  void masters_to_model();
+  // bf16: casts the model back to float32 and gives it the masters' values, for the final export after the last
+  // step (the saved weights are the trained float32 ones, not their bf16 rounding). No-op otherwise.
+  void end_to_fp32();
+  // The model's state for checkpoints: module_state(model) with every trainable entry replaced by its float32
+  // master, so a bf16 run resumes exactly. Other modes: module_state(model).
+  NamedTensors model_state() const;
+  // Loads a model_state() (a checkpoint's "model" tensors) into the model and, in bf16, into the masters.
+  // Throws what load_state_dict throws; `origin` names the checkpoint in its messages.
+  void load_model_state(const std::map<std::string, at::Tensor>& state, const std::string& origin);
+  // After the model was loaded from such a state: masters = the float32 values of `state` (key prefix + name),
+  // then copied down to the model. Throws std::invalid_argument naming a missing entry. No-op other than bf16.
+  void load_masters(const std::map<std::string, at::Tensor>& state, const std::string& prefix = "");
+
+  // bf16: (name, model parameter, master) of every trainable parameter, in group order (tests).
+  struct Pair {
+    std::string name;
+    at::Tensor model, master;
+  };
+  const std::vector<Pair>& pairs() const { return pairs_; }
+
+ private:
+  Precision mode_;
+  torch::nn::Module& model_;
+  c10::DeviceType device_ = c10::kCPU;
+  std::vector<Pair> pairs_;
+};
+
+}  // namespace owl2
