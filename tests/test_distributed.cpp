@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "data/loader.h"
+#include "owl2/safetensors.h"
 #include "owl2/state_dict.h"
 #include "tests/helpers.h"
 #include "tests/toy_lm.h"
@@ -576,4 +577,50 @@ TEST_CASE("owl2 train: a rank SIGKILLed under torchrun --max-restarts 1 resumes 
     INFO("step " << step);
     CHECK(resumed.at(step) == Approx(reference.at(step)).epsilon(1e-5));
   }
+}
+
+TEST_CASE("owl2 train at ZeRO 3 on 2 ranks logs the ZeRO-2 losses, writes complete weights, resumes at 1 rank",
+          "[dist][slow]") {
+  const std::string root = "build/test_dist_zero3";
+  fs::remove_all(root);
+  REQUIRE(run_owl2("data synth --out " + root + "/data --train 16 --heldout 2 --train-text 4 --heldout-text 2").rc == 0);
+  REQUIRE(run_owl2("tokenizer train --text " + root + "/data/corpus.txt --vocab-size 256 --out " + root + "/tok").rc == 0);
+  for (int stage : {2, 3}) {
+    std::ofstream(root + "/zero" + std::to_string(stage) + ".yaml")
+        << "include: " << source_path("configs/model/tiny.yaml") << "\n"
+        << "optim: {lr: 2.0e-3, warmup_steps: 2}\n"
+        << "train: {steps: 4, global_batch_size: 4, micro_batch_size: 1, max_length: 256, save_every: 2, log_every: 1}\n"
+        << "data: {tokenizer: " << root << "/tok.model, sources: [{path: " << root
+        << "/data/llava_train.json}], num_workers: 0}\n"
+        << "distributed: {zero_stage: " << stage << ", timeout_s: 60}\n";
+    const std::string out = root + "/zero" + std::to_string(stage);
+    const std::string cmd = "timeout 300 " + torchrun() + " --standalone --nproc-per-node 2 --no-python " + OWL2_BINARY +
+                            " train --config " + out + ".yaml --set train.out_dir=" + out + " > " + out + ".log 2>&1";
+    INFO(cmd);
+    const int rc = std::system(cmd.c_str());
+    INFO(read_text(out + ".log"));
+    REQUIRE(rc == 0);
+  }
+  const auto two = losses(root + "/zero2"), three = losses(root + "/zero3");
+  REQUIRE(three.size() == 4);
+  for (int64_t step = 0; step < 4; ++step) CHECK(three.at(step) == Approx(two.at(step)).epsilon(1e-5));
+  // The final weights are the complete model (every decoder layer gathered), equal to ZeRO 2's up to float32.
+  const SafetensorsFile w2(root + "/zero2/final/model.safetensors"), w3(root + "/zero3/final/model.safetensors");
+  REQUIRE(w3.names() == w2.names());
+  for (const auto& name : w3.names()) {
+    INFO(name);
+    REQUIRE(w3.get(name).sizes() == w2.get(name).sizes());
+    CHECK((w3.get(name) - w2.get(name)).abs().max().item<double>() < 1e-4);
+  }
+  // The step-2 checkpoint of 2 ranks at ZeRO 3 continues at 1 rank at ZeRO 3 (shards and decoder layers reshard).
+  fs::create_directories(root + "/one/checkpoints");
+  fs::copy(root + "/zero3/checkpoints/step-000000002", root + "/one/checkpoints/step-000000002",
+           fs::copy_options::recursive);
+  std::ofstream(root + "/one/checkpoints/latest") << "step-000000002\n";
+  const auto one = run_owl2("train --config " + root + "/zero3.yaml --set train.out_dir=" + root + "/one");
+  INFO(one.out);
+  REQUIRE(one.rc == 0);
+  CHECK_THAT(one.out, Contains("at step 2"));
+  const auto resumed = losses(root + "/one");
+  for (int64_t step = 2; step < 4; ++step) CHECK(resumed.at(step) == Approx(three.at(step)).epsilon(1e-5));
 }
