@@ -1,5 +1,5 @@
-// Data parallelism and ZeRO on c10d/Gloo under torchrun: 2 ranks x B equals 1 rank x 2B (replicated, ZeRO 1
-// and 2); ZeRO checkpoints reshard 2 -> 1, 1 -> 2, 2 -> 3; a stalled rank is named; a rank killed under
+// Data parallelism and ZeRO on c10d/Gloo under torchrun: 2 ranks x B equals 1 rank x 2B (replicated, ZeRO 1,
+// 2 and 3); ZeRO checkpoints reshard 2 -> 1, 1 -> 2, 2 -> 3; a stalled rank is named; a rank killed under
 // torchrun --max-restarts resumes to the same final loss.
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
@@ -15,12 +15,14 @@
 #include <thread>
 
 #include "data/loader.h"
+#include "owl2/safetensors.h"
 #include "owl2/state_dict.h"
 #include "tests/helpers.h"
 #include "tests/toy_lm.h"
 #include "trainers/checkpoint.h"
 #include "trainers/trainer.h"
 #include "trainers/zero.h"
+#include "trainers/zero3.h"
 
 using Catch::Matchers::Contains;
 using namespace owl2;
@@ -59,8 +61,68 @@ RunConfig run_config(int zero_stage) {
   return cfg;
 }
 
+// ToyLM with a stack of 3 residual blocks run through a BlockRunner, for ZeRO 3: each block has 64 + 8 + 1 =
+// 73 parameters, which 2 ranks split into padded slices of 37.
+struct StackBlock : torch::nn::Module {
+  StackBlock() {
+    lin = register_module("lin", torch::nn::Linear(8, 8));
+    scale = register_parameter("scale", torch::full({1}, 0.5));
+  }
+  torch::Tensor forward(const torch::Tensor& x) { return x + scale * torch::tanh(lin(x)); }
+  torch::nn::Linear lin{nullptr};
+  torch::Tensor scale;
+};
+
+struct StackLM : torch::nn::Module {
+  static constexpr int64_t kBlocks = 3;
+  StackLM() {
+    torch::manual_seed(0);
+    auto model = register_module("model", std::make_shared<torch::nn::Module>());
+    embed = model->register_module("embed_tokens", torch::nn::Embedding(16, 8));
+    layers = model->register_module("layers", torch::nn::ModuleList());
+    for (int64_t i = 0; i < kBlocks; ++i) layers->push_back(std::make_shared<StackBlock>());
+    head = register_module("lm_head", torch::nn::Linear(torch::nn::LinearOptions(8, 16).bias(false)));
+    to(torch::kFloat64);
+  }
+  torch::Tensor loss_sum(const Batch& b) {
+    auto h = embed(b.input_ids);
+    for (int64_t i = 0; i < kBlocks; ++i) {
+      auto block = layers->ptr<StackBlock>(i);
+      h = run_block(runner, [block](const std::vector<torch::Tensor>& in) { return block->forward(in[0]); }, {h});
+    }
+    auto logits = head(h).slice(1, 0, -1);
+    return torch::nn::functional::cross_entropy(
+        logits.reshape({-1, 16}), b.labels.slice(1, 1).reshape({-1}),
+        torch::nn::functional::CrossEntropyFuncOptions().ignore_index(-100).reduction(torch::kSum));
+  }
+  ShardedStack stack() {
+    ShardedStack s{"layers", {}, &runner};
+    for (int64_t i = 0; i < kBlocks; ++i) s.blocks.push_back(layers->ptr(i));
+    return s;
+  }
+  torch::nn::Embedding embed{nullptr};
+  torch::nn::ModuleList layers{nullptr};
+  torch::nn::Linear head{nullptr};
+  BlockRunner runner;
+};
+
+// Between steps a ZeRO-3 rank holds no block parameter and only its slice of each block's bucket.
+void check_block_memory(StackLM& m, const ZeroOptimizer& z) {
+  REQUIRE(z.block_count() == StackLM::kBlocks);
+  const auto& l = z.layout();
+  for (int64_t i = 0; i < StackLM::kBlocks; ++i) {
+    for (const auto& p : m.layers->ptr(i)->parameters()) CHECK(p.numel() == 0);
+    const auto& bucket = l.buckets[static_cast<size_t>(l.plain_buckets + i)];
+    CHECK(bucket.padded_numel == (73 + l.world - 1) / l.world * l.world);
+    CHECK(l.slice(bucket) == (73 + l.world - 1) / l.world);
+  }
+  CHECK(z.param_shard_numel() == l.shard_numel);
+  CHECK(m.embed->weight.numel() == 128);  // outside the blocks: stage 2 (replicated parameters)
+}
+
 struct ToyRun {
   int zero_stage = 0;
+  bool blocks = false;        // StackLM instead of ToyLM
   int from = 0, to = kSteps;  // steps trained
   std::string resume_dir;     // load the newest checkpoint here first
   std::string save_dir;       // save a checkpoint after the last step
@@ -69,19 +131,36 @@ struct ToyRun {
 
 std::vector<torch::Tensor> train(int64_t rank, int64_t world, std::shared_ptr<Comm> comm, const ToyRun& run,
                                  std::vector<StepResult>* results = nullptr) {
-  auto m = std::make_shared<ToyLM>(/*dropout=*/0.0);
+  std::shared_ptr<torch::nn::Module> m;
+  LossSumFn loss;
+  std::vector<ShardedStack> stacks;
+  std::shared_ptr<StackLM> stack_lm;
+  if (run.blocks) {
+    stack_lm = std::make_shared<StackLM>();
+    m = stack_lm;
+    loss = [stack_lm](const Batch& b) { return stack_lm->loss_sum(b); };
+    stacks.push_back(stack_lm->stack());
+  } else {
+    auto toy = std::make_shared<ToyLM>(/*dropout=*/0.0);
+    m = toy;
+    loss = [toy](const Batch& b) { return toy->loss_sum(b); };
+  }
   if (rank != 0) {  // rank 0's weights must win through the broadcast
     torch::NoGradGuard g;
     for (auto& p : m->parameters()) p.add_(1.0);
   }
-  Trainer t(*m, [&](const Batch& b) { return m->loss_sum(b); }, run_config(run.zero_stage), comm);
+  Trainer t(*m, loss, run_config(run.zero_stage), comm, stacks);
   if (!run.resume_dir.empty()) {
     const auto res = CheckpointManager(run.resume_dir, 2).resume();
     REQUIRE(res.checkpoint);
     const auto& ck = *res.checkpoint;
     std::map<std::string, torch::Tensor> model(ck.tensors.at("model").begin(), ck.tensors.at("model").end());
-    torch::NoGradGuard g;
-    for (auto& item : m->named_parameters()) item.value().copy_(model.at(item.key()));
+    t.gather_parameters();  // ZeRO 3: full blocks to load into, resharded by the release
+    {
+      torch::NoGradGuard g;
+      for (auto& item : m->named_parameters()) item.value().copy_(model.at(item.key()));
+    }
+    t.release_parameters();
     t.load_optimizer_from(ck);
     t.set_counters(ck.step, 0);
   }
@@ -89,7 +168,9 @@ std::vector<torch::Tensor> train(int64_t rank, int64_t world, std::shared_ptr<Co
     if (rank == run.stall_rank && s == 2) std::this_thread::sleep_for(std::chrono::seconds(30));
     const auto r = t.step(shard(s, rank, world));
     if (results) results->push_back(r);
+    if (run.zero_stage == 3) check_block_memory(*stack_lm, *t.zero());
   }
+  t.gather_parameters();  // ZeRO 3: the full model for saving and for the comparison below
   if (!run.save_dir.empty()) {
     TrainingCheckpoint ck;
     ck.step = t.step_count();
@@ -162,6 +243,7 @@ TEST_CASE("dp worker", "[.dp-worker]") {
   for (std::string stage; std::getline(stages, stage, ',');) {
     ToyRun run;
     run.zero_stage = std::stoi(stage);
+    run.blocks = run.zero_stage == 3;
     run.from = std::stoi(env_or("OWL2_TEST_FROM", "0"));
     run.to = std::stoi(env_or("OWL2_TEST_TO", std::to_string(kSteps)));
     run.stall_rank = std::stoi(env_or("OWL2_TEST_STALL_RANK", "-1"));
@@ -226,6 +308,52 @@ TEST_CASE("ZeRO 1 and 2 on one rank equal torch AdamW with the same global-norm 
   }
 }
 
+TEST_CASE("ZeRO 3 on one rank equals torch AdamW, and between steps holds only its block slices", "[dist][zero]") {
+  ToyRun run;
+  run.blocks = true;
+  std::vector<StepResult> ref_steps, steps;
+  const auto reference = train(0, 1, nullptr, run, &ref_steps);
+  REQUIRE(ref_steps[0].grad_norm > 0.05);  // clipping is active
+  run.zero_stage = 3;  // train() also runs check_block_memory after every step
+  const auto params = train(0, 1, nullptr, run, &steps);
+  REQUIRE(steps.size() == ref_steps.size());
+  for (size_t s = 0; s < steps.size(); ++s) {
+    CHECK(steps[s].loss == Approx(ref_steps[s].loss).epsilon(1e-13));
+    CHECK(steps[s].grad_norm == Approx(ref_steps[s].grad_norm).epsilon(1e-12));
+  }
+  CHECK(max_diff(params, reference) < 1e-12);
+  // Without a stack there is nothing to shard.
+  auto m = std::make_shared<ToyLM>(0.0);
+  REQUIRE_THROWS_WITH(Trainer(*m, [&](const Batch& b) { return m->loss_sum(b); }, run_config(3), nullptr),
+                      Contains("ZeRO 3: the model has no block stack to shard"));
+}
+
+TEST_CASE("ZeRO layout: stage-3 blocks get one bucket each after the others", "[dist][zero]") {
+  // Parameters 1 and 3 form block 0, parameter 2 block 1; 0 and 4 stay in the size-bounded buckets.
+  const ZeroLayout l({8, 73, 5, 1, 16}, 8, 2, 1, 600, {-1, 0, 1, 0, -1});
+  REQUIRE(l.plain_buckets == 1);
+  REQUIRE(l.buckets.size() == 3);
+  CHECK(l.buckets[0].params == std::vector<int64_t>{4, 0});
+  CHECK(l.buckets[1].params == std::vector<int64_t>{1, 3});
+  CHECK(l.buckets[1].offsets == std::vector<int64_t>{0, 73});
+  CHECK(l.buckets[1].padded_numel == 74);
+  CHECK(l.buckets[2].padded_numel == 6);
+  CHECK(l.shard_numel == 12 + 37 + 3);
+  // Rank 1 owns elements [37, 74) of block 0: parameter 1's [37, 73) and parameter 3's only element.
+  // Segments: 2 in the plain bucket (parameters 4 and 0), 2 in block 0, parameter 2's [3, 5) in block 1.
+  REQUIRE(l.segments.size() == 5);
+  CHECK(l.segments[2].param == 1);
+  CHECK(l.segments[2].param_offset == 37);
+  CHECK(l.segments[2].length == 36);
+  CHECK(l.segments[2].shard_offset == 12);
+  CHECK(l.segments[3].param == 3);
+  CHECK(l.segments[3].length == 1);
+  CHECK(l.segments[3].shard_offset == 12 + 36);
+  CHECK(l.segments[4].param == 2);
+  CHECK(l.segments[4].param_offset == 3);
+  CHECK(l.segments[4].length == 2);
+}
+
 TEST_CASE("ZeRO layout: padded bucket slices, uneven over 3 ranks, cover every element once", "[dist][zero]") {
   const std::vector<int64_t> numels = {8, 128, 64, 128};  // proj.bias, embed, proj.weight, lm_head as trained
   std::vector<int64_t> owned(numels.size(), 0);
@@ -252,6 +380,39 @@ TEST_CASE("2 ranks x batch B under torchrun equal 1 rank x batch 2B, replicated 
       INFO("ZeRO stage " << stage << ", rank " << r);
       CHECK(max_diff(read_params(out + ".zero" + std::to_string(stage) + "." + std::to_string(r)), reference) < 1e-10);
     }
+  }
+}
+
+TEST_CASE("ZeRO 3 under torchrun: 2 ranks x B equal 1 rank x 2B; its checkpoints resume at 2 and 1 ranks", "[dist][slow]") {
+  constexpr int kSaveAt = 2;
+  ToyRun ref;
+  ref.blocks = true;
+  const auto reference = train(0, 1, nullptr, ref);
+  const std::string root = "build/test_zero3";
+  fs::remove_all(root);
+  fs::create_directories(root);
+  run_workers(2, "OWL2_TEST_STAGES=3 OWL2_TEST_OUT=" + root + "/full", root + "/full.log");
+  run_workers(2, "OWL2_TEST_STAGES=3 OWL2_TEST_TO=2 OWL2_TEST_SAVE=" + root + "/w2 OWL2_TEST_OUT=" + root + "/a",
+              root + "/save.log");
+  run_workers(2, "OWL2_TEST_STAGES=3 OWL2_TEST_FROM=2 OWL2_TEST_RESUME=" + root + "/w2 OWL2_TEST_OUT=" + root + "/b",
+              root + "/resume.log");
+  for (int r = 0; r < 2; ++r) {
+    INFO("rank " << r);
+    CHECK(max_diff(read_params(root + "/full.zero3." + std::to_string(r)), reference) < 1e-10);
+    CHECK(max_diff(read_params(root + "/b.zero3." + std::to_string(r)), reference) < 1e-10);
+  }
+  const auto state = nlohmann::json::parse(read_text(root + "/w2-zero3/step-000000002/state.json"));
+  CHECK(state["extra"]["zero"]["stage"] == 3);
+  CHECK(state["files"].contains("optimizer.rank-00001.safetensors"));
+  // 2 -> 1 at stage 3, and into stage 2 (the block buckets reshard into size-bounded ones).
+  for (int stage : {3, 2}) {
+    INFO("2 ranks at stage 3 -> 1 rank at stage " << stage);
+    ToyRun run;
+    run.blocks = true;
+    run.zero_stage = stage;
+    run.from = kSaveAt;
+    run.resume_dir = root + "/w2-zero3";
+    CHECK(max_diff(train(0, 1, nullptr, run), reference) < 1e-10);
   }
 }
 
@@ -328,9 +489,9 @@ TEST_CASE("a loader position reshards between world sizes, and the distributed k
   CHECK(reshard_loader_state(s, 2, 1).epoch == 1);
   REQUIRE_THROWS_WITH(reshard_loader_state(s, 2, 5), Contains("12 batches read at world size 2 do not split over 5 ranks"));
   CHECK(parse_config_text("distributed: {zero_stage: 2, bucket_mb: 4}").distributed.zero_stage == 2);
+  CHECK(parse_config_text("distributed: {zero_stage: 3}").distributed.zero_stage == 3);
   REQUIRE_THROWS_WITH(parse_config_text("distributed: {zero_stage: 5}"),
-                      Contains("distributed.zero_stage") && Contains("must be 0, 1 or 2, got 5"));
-  REQUIRE_THROWS_WITH(parse_config_text("distributed: {zero_stage: 3}"), Contains("3 (parameters sharded and gathered"));
+                      Contains("distributed.zero_stage") && Contains("must be 0, 1, 2 or 3, got 5"));
   REQUIRE_THROWS_WITH(parse_config_text("distributed: {bucket_mb: 0}"), Contains("distributed.bucket_mb"));
 }
 
@@ -416,4 +577,50 @@ TEST_CASE("owl2 train: a rank SIGKILLed under torchrun --max-restarts 1 resumes 
     INFO("step " << step);
     CHECK(resumed.at(step) == Approx(reference.at(step)).epsilon(1e-5));
   }
+}
+
+TEST_CASE("owl2 train at ZeRO 3 on 2 ranks logs the ZeRO-2 losses, writes complete weights, resumes at 1 rank",
+          "[dist][slow]") {
+  const std::string root = "build/test_dist_zero3";
+  fs::remove_all(root);
+  REQUIRE(run_owl2("data synth --out " + root + "/data --train 16 --heldout 2 --train-text 4 --heldout-text 2").rc == 0);
+  REQUIRE(run_owl2("tokenizer train --text " + root + "/data/corpus.txt --vocab-size 256 --out " + root + "/tok").rc == 0);
+  for (int stage : {2, 3}) {
+    std::ofstream(root + "/zero" + std::to_string(stage) + ".yaml")
+        << "include: " << source_path("configs/model/tiny.yaml") << "\n"
+        << "optim: {lr: 2.0e-3, warmup_steps: 2}\n"
+        << "train: {steps: 4, global_batch_size: 4, micro_batch_size: 1, max_length: 256, save_every: 2, log_every: 1}\n"
+        << "data: {tokenizer: " << root << "/tok.model, sources: [{path: " << root
+        << "/data/llava_train.json}], num_workers: 0}\n"
+        << "distributed: {zero_stage: " << stage << ", timeout_s: 60}\n";
+    const std::string out = root + "/zero" + std::to_string(stage);
+    const std::string cmd = "timeout 300 " + torchrun() + " --standalone --nproc-per-node 2 --no-python " + OWL2_BINARY +
+                            " train --config " + out + ".yaml --set train.out_dir=" + out + " > " + out + ".log 2>&1";
+    INFO(cmd);
+    const int rc = std::system(cmd.c_str());
+    INFO(read_text(out + ".log"));
+    REQUIRE(rc == 0);
+  }
+  const auto two = losses(root + "/zero2"), three = losses(root + "/zero3");
+  REQUIRE(three.size() == 4);
+  for (int64_t step = 0; step < 4; ++step) CHECK(three.at(step) == Approx(two.at(step)).epsilon(1e-5));
+  // The final weights are the complete model (every decoder layer gathered), equal to ZeRO 2's up to float32.
+  const SafetensorsFile w2(root + "/zero2/final/model.safetensors"), w3(root + "/zero3/final/model.safetensors");
+  REQUIRE(w3.names() == w2.names());
+  for (const auto& name : w3.names()) {
+    INFO(name);
+    REQUIRE(w3.get(name).sizes() == w2.get(name).sizes());
+    CHECK((w3.get(name) - w2.get(name)).abs().max().item<double>() < 1e-4);
+  }
+  // The step-2 checkpoint of 2 ranks at ZeRO 3 continues at 1 rank at ZeRO 3 (shards and decoder layers reshard).
+  fs::create_directories(root + "/one/checkpoints");
+  fs::copy(root + "/zero3/checkpoints/step-000000002", root + "/one/checkpoints/step-000000002",
+           fs::copy_options::recursive);
+  std::ofstream(root + "/one/checkpoints/latest") << "step-000000002\n";
+  const auto one = run_owl2("train --config " + root + "/zero3.yaml --set train.out_dir=" + root + "/one");
+  INFO(one.out);
+  REQUIRE(one.rc == 0);
+  CHECK_THAT(one.out, Contains("at step 2"));
+  const auto resumed = losses(root + "/one");
+  for (int64_t step = 2; step < 4; ++step) CHECK(resumed.at(step) == Approx(three.at(step)).epsilon(1e-5));
 }

@@ -21,6 +21,7 @@ using torch::autograd::variable_list;
 // State that the recompute must see exactly as the forward pass did.
 struct Replay : torch::CustomClassHolder {
   BlockFn fn;
+  CheckpointHooks hooks;
   at::Tensor cpu_rng;
   bool autocast_cuda = false, autocast_cpu = false;
   at::ScalarType autocast_cuda_dtype = at::kBFloat16, autocast_cpu_dtype = at::kBFloat16;
@@ -93,7 +94,10 @@ struct CheckpointFunction : torch::autograd::Function<CheckpointFunction> {
     ctx->saved_data["replay"] = c10::IValue::make_capsule(replay);
     ctx->save_for_backward(inputs.vec());
     at::NoGradGuard no_grad;
-    return replay->fn(variable_list(inputs.begin() + 1, inputs.end()));
+    if (replay->hooks.before) replay->hooks.before();
+    auto out = replay->fn(variable_list(inputs.begin() + 1, inputs.end()));
+    if (replay->hooks.after_forward) replay->hooks.after_forward();
+    return out;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
@@ -106,6 +110,7 @@ struct CheckpointFunction : torch::autograd::Function<CheckpointFunction> {
       inputs.push_back(x.defined() ? x.detach().requires_grad_(x.requires_grad()) : x);
     }
     at::Tensor out;
+    if (replay.hooks.before) replay.hooks.before();
     {
       RngScope rng(replay);
       AutocastScope autocast(replay);
@@ -113,6 +118,8 @@ struct CheckpointFunction : torch::autograd::Function<CheckpointFunction> {
       out = replay.fn(inputs);
     }
     if (out.requires_grad()) torch::autograd::backward({out}, {grad_out[0]});
+    out.reset();  // the recompute's graph goes before the hook releases what it used
+    if (replay.hooks.after_backward) replay.hooks.after_backward();
     variable_list grads{at::Tensor(), at::Tensor()};  // the replay capsule and the dummy
     for (const auto& x : inputs) grads.push_back(x.defined() && x.requires_grad() ? x.grad() : at::Tensor());
     return grads;
@@ -121,10 +128,16 @@ struct CheckpointFunction : torch::autograd::Function<CheckpointFunction> {
 
 }  // namespace
 
-at::Tensor checkpoint(const BlockFn& fn, const std::vector<at::Tensor>& inputs) {
-  if (!at::GradMode::is_enabled()) return fn(inputs);  // nothing to save in inference
+at::Tensor checkpoint(const BlockFn& fn, const std::vector<at::Tensor>& inputs, const CheckpointHooks& hooks) {
+  if (!at::GradMode::is_enabled()) {  // nothing to save in inference
+    if (hooks.before) hooks.before();
+    auto out = fn(inputs);
+    if (hooks.after_forward) hooks.after_forward();
+    return out;
+  }
   auto replay = c10::make_intrusive<Replay>();
   replay->fn = fn;
+  replay->hooks = hooks;
   variable_list all{at::empty({0}).requires_grad_(true)};
   all.insert(all.end(), inputs.begin(), inputs.end());
   return CheckpointFunction::apply(replay, at::TensorList(all));

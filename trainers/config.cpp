@@ -516,10 +516,8 @@ void validate_run(const RunConfig& c, const Reader& r) {
     r.fail("data.max_bad_fraction", fmt::format("must be in [0, 1], got {}", d.max_bad_fraction));
   }
   const auto& dist = c.distributed;
-  if (dist.zero_stage == 3) {
-    r.fail("distributed.zero_stage", "3 (parameters sharded and gathered per block) is not implemented yet; use 0, 1 or 2");
-  } else if (dist.zero_stage < 0 || dist.zero_stage > 2) {
-    r.fail("distributed.zero_stage", fmt::format("must be 0, 1 or 2, got {}", dist.zero_stage));
+  if (dist.zero_stage < 0 || dist.zero_stage > 3) {
+    r.fail("distributed.zero_stage", fmt::format("must be 0, 1, 2 or 3, got {}", dist.zero_stage));
   }
   if (dist.zero_stage >= 1 && t.precision == "bf16") {  // ZeRO's gradient hooks sit on the model, not the masters
     r.fail("distributed.zero_stage",

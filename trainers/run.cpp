@@ -134,10 +134,19 @@ int run_training(const RunConfig& cfg, const RunOptions& options) {
   ExampleLoader loader(dataset, lo, [builder](data::RawSample&& s) { return (*builder)(std::move(s)); },
                        [](std::vector<Example>&& ex) { return collate(std::move(ex)); }, hooks);
 
+  // ZeRO 3 shards the decoder layers only: the vision tower and the abstractor are skipped on text-only
+  // batches, which would leave ranks in different per-block collectives (docs/distributed.md, "ZeRO stage 3").
+  std::vector<ShardedStack> stacks;
+  if (cfg.distributed.zero_stage == 3) {
+    ShardedStack decoder{"decoder", {}, &model->decoder_block_runner};
+    for (size_t i = 0; i < model->model->layers->size(); ++i) decoder.blocks.push_back(model->model->layers->ptr(i));
+    stacks.push_back(decoder);
+  }
+  const double flops = step_flops(cfg, model, env.world_size);  // before ZeRO 3 empties the block parameters
   Trainer trainer(*model, [&](const Batch& b) {
     ModelInputs in{b.input_ids, b.attention_mask, b.images, b.labels};
     return model->forward(in).loss_sum;
-  }, cfg, comm);
+  }, cfg, comm, stacks);
   if (lead) std::cerr << "parameters:\n" << trainer.freeze_table() << "optimizer groups:\n" << trainer.groups_table();
 
   // Resume.
@@ -151,7 +160,9 @@ int run_training(const RunConfig& cfg, const RunOptions& options) {
       if (model_it == c.tensors.end()) throw std::runtime_error(res.dir + ": checkpoint has no model tensors");
       std::map<std::string, torch::Tensor> m(model_it->second.begin(), model_it->second.end());
       try {
+        trainer.gather_parameters();  // ZeRO 3: load into full blocks; the release reshards them
         trainer.precision().load_model_state(m, res.dir);  // bf16: the fp32 masters too
+        trainer.release_parameters();
       } catch (const std::exception& e) {
         throw std::runtime_error(fmt::format("cannot resume from {}: its model does not match this config: {}", res.dir,
                                              e.what()));
@@ -170,6 +181,7 @@ int run_training(const RunConfig& cfg, const RunOptions& options) {
   auto save = [&]() {
     TrainingCheckpoint c;
     c.step = trainer.step_count();
+    trainer.gather_parameters();  // ZeRO 3: every rank gathers, rank 0 writes the complete model
     if (lead) {
       c.tensors["model"] = trainer.precision().model_state();  // bf16: fp32 masters, for an exact resume
       c.tensors["rng"] = capture_rng_states();
@@ -185,7 +197,10 @@ int run_training(const RunConfig& cfg, const RunOptions& options) {
                    {"world_size", env.world_size}};
     c.data_position = nlohmann::json::parse(data::state_to_json(loader.state()));
     c.config_text = options.config_text;
-    return ckpts.save(c, SaveGroup{env.rank, env.world_size, [&](const std::string& what) { comm->barrier(what); }});
+    auto dir = ckpts.save(c, SaveGroup{env.rank, env.world_size, [&](const std::string& what) { comm->barrier(what); }});
+    c.tensors.clear();  // they alias the gathered parameters
+    trainer.release_parameters();
+    return dir;
   };
 
   std::vector<HeldoutQuestion> heldout;
@@ -203,7 +218,6 @@ int run_training(const RunConfig& cfg, const RunOptions& options) {
   MetricsLogger log((run_dir / fmt::format("metrics{}.jsonl", lead ? "" : "." + std::to_string(env.rank))).string(),
                     t.steps, peak_flops_for_device(), lead && isatty(STDERR_FILENO), stderr,
                     lead ? t.log_every : t.steps + 1);
-  const double flops = step_flops(cfg, model, env.world_size);
   if (trainer.data_parallel() && lead) {
     log.note(fmt::format("gradient all-reduce without overlap (calibration): {:.4f} s",
                          trainer.data_parallel()->unoverlapped_comm_seconds()));
@@ -248,7 +262,9 @@ int run_training(const RunConfig& cfg, const RunOptions& options) {
     }
     const int64_t step = trainer.step_count();
     const bool last = step == t.steps;
-    if (!heldout.empty() && ((cfg.eval.every > 0 && step % cfg.eval.every == 0) || last) && lead) {
+    const bool eval_now = !heldout.empty() && ((cfg.eval.every > 0 && step % cfg.eval.every == 0) || last);
+    if (eval_now) trainer.gather_parameters();  // ZeRO 3: rank 0 evaluates alone, so no per-block gathers
+    if (eval_now && lead) {
       const auto er = evaluate_heldout(model, *tokenizer, heldout, evo);
       m.extra["eval_short_answer_accuracy"] = er.short_answer_accuracy;
       for (const auto& [type, acc] : er.accuracy) m.extra["eval_" + type] = acc;
@@ -269,6 +285,7 @@ int run_training(const RunConfig& cfg, const RunOptions& options) {
         }
       }
     }
+    if (eval_now) trainer.release_parameters();
     log.log(m);
     ++done_here;
     if ((t.save_every > 0 && step % t.save_every == 0) || last) {
@@ -277,6 +294,7 @@ int run_training(const RunConfig& cfg, const RunOptions& options) {
     }
     if (options.stop_after > 0 && done_here >= options.stop_after) break;
   }
+  if (trainer.step_count() >= t.steps) trainer.gather_parameters();  // ZeRO 3: the complete model
   if (trainer.step_count() >= t.steps && lead) {
     const auto out = run_dir / "final";
     trainer.precision().end_to_fp32();  // bf16: export the fp32 masters, not their rounding

@@ -13,7 +13,8 @@
 
 namespace owl2 {
 
-Trainer::Trainer(torch::nn::Module& model, LossSumFn loss_sum, const RunConfig& cfg, std::shared_ptr<Comm> comm)
+Trainer::Trainer(torch::nn::Module& model, LossSumFn loss_sum, const RunConfig& cfg, std::shared_ptr<Comm> comm,
+                 const std::vector<ShardedStack>& stacks)
     : model_(model), loss_sum_(std::move(loss_sum)), cfg_(cfg), comm_(std::move(comm)) {
   freeze_table_ = apply_freeze_rules(model_, cfg_.freeze);
   groups_ = resolve_param_groups(model_, cfg_.param_groups, cfg_.optim.weight_decay, cfg_.optim.vision_layer_decay,
@@ -28,9 +29,12 @@ Trainer::Trainer(torch::nn::Module& model, LossSumFn loss_sum, const RunConfig& 
   }
   optim_ = std::make_unique<torch::optim::AdamW>(groups);
   const auto bucket_bytes = static_cast<int64_t>(cfg_.distributed.bucket_mb * (1 << 20));
-  if (cfg_.distributed.zero_stage >= 1) {
-    zero_ = std::make_unique<ZeroOptimizer>(comm_, model_, groups_, cfg_.optim,
-                                            static_cast<int>(cfg_.distributed.zero_stage), bucket_bytes);
+  const int stage = static_cast<int>(cfg_.distributed.zero_stage);
+  if (stage == 3 && stacks.empty()) throw std::invalid_argument("ZeRO 3: the model has no block stack to shard");
+  if (stage >= 1) {
+    zero_ = std::make_unique<ZeroOptimizer>(comm_, model_, groups_, cfg_.optim, stage, bucket_bytes,
+                                            stage == 3 ? stack_block_params(stacks) : std::vector<std::vector<at::Tensor>>{});
+    if (stage == 3) install_zero3_runners(*zero_, stacks);
   } else if (comm_ && comm_->world_size() > 1) {
     dp_ = std::make_unique<DataParallel>(comm_, model_, bucket_bytes);
   }
@@ -53,6 +57,7 @@ StepResult Trainer::step(const std::vector<Batch>& micro_batches) {
   const auto& o = cfg_.optim;
   r.lr = cosine_lr(step_, cfg_.train.steps, o.warmup_steps, o.lr, o.min_lr);
   optim_->zero_grad(/*set_to_none=*/true);
+  if (zero_) zero_->zero_grad();
   if (r.tokens == 0) {  // nothing supervised: an empty update would still decay weights
     r.skipped = true;
     ++step_;
@@ -137,8 +142,19 @@ void Trainer::load_optimizer_state(const NamedTensors& state) {
 
 nlohmann::json Trainer::optimizer_manifest() const { return zero_ ? zero_->manifest() : nlohmann::json(); }
 
+void Trainer::gather_parameters() {
+  if (zero_) zero_->gather_all();
+}
+
+void Trainer::release_parameters() {
+  if (zero_) zero_->release_all();
+}
+
 void Trainer::load_optimizer_from(const TrainingCheckpoint& ck) {
+  const bool gather = zero_ && zero_->block_count() > 0 && !zero_->all_gathered();
+  if (gather) zero_->gather_all();  // the checks below need the parameters' sizes
   const auto runs = adamw_state_runs(ck, trainable_);
+  if (gather) zero_->release_all();
   if (zero_) {
     zero_->load_runs(runs);
     return;

@@ -18,6 +18,7 @@
 #include "trainers/param_rules.h"
 #include "trainers/zero.h"
 #include "trainers/precision.h"
+#include "trainers/zero3.h"
 
 namespace owl2 {
 
@@ -42,8 +43,11 @@ class Trainer {
   // With a multi-rank `comm`, parameters are broadcast from rank 0 and gradients are all-reduced (data
   // parallelism); the loss is normalized by the supervised tokens of the global batch over all ranks.
   // cfg.distributed.zero_stage 1 or 2 shards the optimizer state (and gradients) over the ranks
-  // (ZeroOptimizer, also with one rank, so that its checkpoints reshard to any world size).
-  Trainer(torch::nn::Module& model, LossSumFn loss_sum, const RunConfig& cfg, std::shared_ptr<Comm> comm = nullptr);
+  // (ZeroOptimizer, also with one rank, so that its checkpoints reshard to any world size). Stage 3 also
+  // shards the parameters of the blocks of `stacks` and installs their runners (zero3.h); it needs at least
+  // one stack.
+  Trainer(torch::nn::Module& model, LossSumFn loss_sum, const RunConfig& cfg, std::shared_ptr<Comm> comm = nullptr,
+          const std::vector<ShardedStack>& stacks = {});
 
   // One optimizer step over the micro-batches of a global batch.
   StepResult step(const std::vector<Batch>& micro_batches);
@@ -66,6 +70,10 @@ class Trainer {
   // Loads the optimizer state of a checkpoint saved at any world size and ZeRO stage (resharding).
   void load_optimizer_from(const TrainingCheckpoint& ck);
   const ZeroOptimizer* zero() const { return zero_.get(); }
+  // ZeRO 3: every block's full parameters in the model (saving, evaluating, loading weights; collective),
+  // and back to the shards (taking over values loaded meanwhile). No-ops at other stages.
+  void gather_parameters();
+  void release_parameters();
   const DataParallel* data_parallel() const { return dp_.get(); }
   // Step counters travel in the checkpoint's scheduler record.
   void set_counters(int64_t step, int64_t nonfinite_in_a_row);

@@ -6,7 +6,9 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <functional>
 #include <map>
+#include <numeric>
 #include <stdexcept>
 
 #include "trainers/checkpoint.h"
@@ -23,25 +25,39 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 std::string zero_shard_group(int64_t rank) { return fmt::format("optimizer.rank-{:05d}", rank); }
 
 ZeroLayout::ZeroLayout(const std::vector<int64_t>& numels, int64_t element_size, int64_t world_, int64_t rank_,
-                       int64_t bucket_bytes)
+                       int64_t bucket_bytes, const std::vector<int64_t>& block_of)
     : world(world_), rank(rank_) {
   const int64_t n = static_cast<int64_t>(numels.size());
+  auto block = [&](int64_t k) { return block_of.empty() ? int64_t{-1} : block_of[k]; };
   bucket_of.assign(numels.size(), 0);
   std::vector<int64_t> used;  // real elements per bucket
+  auto add = [&](size_t b, int64_t k) {
+    buckets[b].params.push_back(k);
+    buckets[b].offsets.push_back(used[b]);
+    used[b] += numels[k];
+    bucket_of[k] = static_cast<int64_t>(b);
+  };
   int64_t bytes = 0;
   for (int64_t k = n - 1; k >= 0; --k) {
+    if (block(k) >= 0) continue;
     const int64_t nbytes = numels[k] * element_size;
     if (buckets.empty() || bytes + nbytes > bucket_bytes) {
       buckets.emplace_back();
       used.push_back(0);
       bytes = 0;
     }
-    auto& b = buckets.back();
-    b.params.push_back(k);
-    b.offsets.push_back(used.back());
-    used.back() += numels[k];
-    bucket_of[k] = static_cast<int64_t>(buckets.size()) - 1;
+    add(buckets.size() - 1, k);
     bytes += nbytes;
+  }
+  plain_buckets = static_cast<int64_t>(buckets.size());
+  for (int64_t k = 0; k < n; ++k) {  // one bucket per block, parameters in registration order
+    if (block(k) < 0) continue;
+    const auto b = static_cast<size_t>(plain_buckets + block(k));
+    while (buckets.size() <= b) {
+      buckets.emplace_back();
+      used.push_back(0);
+    }
+    add(b, k);
   }
   for (size_t i = 0; i < buckets.size(); ++i) {
     auto& b = buckets[i];
@@ -57,12 +73,14 @@ ZeroLayout::ZeroLayout(const std::vector<int64_t>& numels, int64_t element_size,
 }
 
 ZeroOptimizer::ZeroOptimizer(std::shared_ptr<Comm> comm, torch::nn::Module& model, const std::vector<ParamGroup>& groups,
-                             const OptimConfig& optim, int stage, int64_t bucket_bytes)
+                             const OptimConfig& optim, int stage, int64_t bucket_bytes,
+                             const std::vector<std::vector<at::Tensor>>& blocks)
     : comm_(std::move(comm)),
       stage_(stage),
       optim_(optim),
       layout_({}, 1, 1, 0, 1) {
-  if (stage_ != 1 && stage_ != 2) throw std::invalid_argument(fmt::format("ZeRO stage must be 1 or 2, got {}", stage_));
+  if (stage_ < 1 || stage_ > 3) throw std::invalid_argument(fmt::format("ZeRO stage must be 1, 2 or 3, got {}", stage_));
+  if (stage_ != 3 && !blocks.empty()) throw std::invalid_argument("ZeRO: parameter blocks are sharded at stage 3 only");
   if (comm_ && comm_->world_size() == 1) comm_.reset();
   at::NoGradGuard no_grad;
   if (comm_) {
@@ -85,12 +103,31 @@ ZeroOptimizer::ZeroOptimizer(std::shared_ptr<Comm> comm, torch::nn::Module& mode
       lr_scale_.push_back(g.lr_scale);
       weight_decay_.push_back(g.weight_decay);
       numels.push_back(p.numel());
+      sizes_.push_back(p.sizes().vec());
     }
   }
   if (params_.empty()) throw std::invalid_argument("ZeRO: no trainable parameter");
+  // Stage 3 blocks: their trainable parameters (frozen ones stay replicated), by tensor identity.
+  block_of_.assign(params_.size(), -1);
+  for (const auto& block : blocks) {
+    std::vector<int64_t> ks;
+    for (const auto& t : block) {
+      for (size_t k = 0; k < params_.size(); ++k) {
+        if (params_[k].second.unsafeGetTensorImpl() != t.unsafeGetTensorImpl()) continue;
+        if (block_of_[k] >= 0) {
+          throw std::invalid_argument(fmt::format("ZeRO 3: parameter '{}' is in two blocks", params_[k].first));
+        }
+        block_of_[k] = static_cast<int64_t>(block_params_.size());
+        ks.push_back(static_cast<int64_t>(k));
+      }
+    }
+    std::sort(ks.begin(), ks.end());
+    block_params_.push_back(ks);  // may be empty (a frozen block): it still counts for the runner
+  }
+  block_used_.assign(params_.size(), 0);
   const auto& p0 = params_[0].second;
   layout_ = ZeroLayout(numels, static_cast<int64_t>(p0.element_size()), comm_ ? comm_->world_size() : 1,
-                       comm_ ? comm_->rank() : 0, bucket_bytes);
+                       comm_ ? comm_->rank() : 0, bucket_bytes, block_of_);
   flat_.resize(layout_.buckets.size());
   ready_.assign(layout_.buckets.size(), 0);
   work_.resize(layout_.buckets.size());
@@ -100,8 +137,16 @@ ZeroOptimizer::ZeroOptimizer(std::shared_ptr<Comm> comm, torch::nn::Module& mode
   exp_avg_ = at::zeros({layout_.shard_numel}, p0.options());
   exp_avg_sq_ = at::zeros({layout_.shard_numel}, p0.options());
   steps_.assign(layout_.segments.size(), 0);
+  if (!block_params_.empty()) {  // the parameter shard: this rank's slice of every block; then free them
+    param_shard_ = at::zeros({layout_.shard_numel}, p0.options());
+    for (int64_t i = 0; i < block_count(); ++i) {
+      copy_own_slices_to_shard(i);
+      release_block(i);
+    }
+  }
   if (comm_) {
     for (size_t k = 0; k < params_.size(); ++k) {
+      if (block_of_[k] >= 0) continue;  // reduced by reduce_block(), not by the bucket hooks
       params_[k].second.register_hook([this, k](const at::Tensor& grad) {
         on_grad(k, grad);
         return at::Tensor();
@@ -115,7 +160,103 @@ at::Tensor ZeroOptimizer::slot(size_t k) {
   if (!flat_[b].defined()) flat_[b] = at::zeros({layout_.buckets[b].padded_numel}, params_[k].second.options());
   const auto& bucket = layout_.buckets[b];
   const auto j = std::find(bucket.params.begin(), bucket.params.end(), static_cast<int64_t>(k)) - bucket.params.begin();
-  return flat_[b].narrow(0, bucket.offsets[j], params_[k].second.numel()).view(params_[k].second.sizes());
+  const auto& sizes = sizes_[k];
+  const int64_t numel = std::accumulate(sizes.begin(), sizes.end(), int64_t{1}, std::multiplies<int64_t>());
+  return flat_[b].narrow(0, bucket.offsets[j], numel).view(sizes);
+}
+
+at::Tensor ZeroOptimizer::master(const ZeroLayout::Segment& s) {
+  if (block_of_[s.param] >= 0) return param_shard_.narrow(0, s.shard_offset, s.length);
+  return params_[s.param].second.detach().view({-1}).narrow(0, s.param_offset, s.length);
+}
+
+void ZeroOptimizer::copy_own_slices_to_shard(int64_t i) {
+  at::NoGradGuard no_grad;
+  const auto b = static_cast<size_t>(layout_.plain_buckets + i);
+  for (const auto& s : layout_.segments) {
+    if (layout_.bucket_of[s.param] != static_cast<int64_t>(b)) continue;
+    param_shard_.narrow(0, s.shard_offset, s.length)
+        .copy_(params_[s.param].second.detach().reshape({-1}).narrow(0, s.param_offset, s.length));
+  }
+}
+
+void ZeroOptimizer::gather_block(int64_t i) {
+  if (all_gathered_ || block_params_.at(i).empty()) return;
+  at::NoGradGuard no_grad;
+  const auto& bucket = layout_.buckets[static_cast<size_t>(layout_.plain_buckets + i)];
+  const int64_t s = layout_.slice(bucket);
+  auto own = param_shard_.narrow(0, bucket.shard_offset, s);
+  at::Tensor flat;
+  if (comm_) {
+    flat = at::empty({bucket.padded_numel}, param_shard_.options());
+    const auto t0 = std::chrono::steady_clock::now();
+    auto send = own.clone();
+    auto work = comm_->allgather_async(flat, send);
+    comm_->wait(work, fmt::format("allgather parameters of block {}", i));
+    gather_s_ += seconds_since(t0);
+  } else {
+    flat = own.clone();
+  }
+  for (size_t j = 0; j < bucket.params.size(); ++j) {
+    const auto k = static_cast<size_t>(bucket.params[j]);
+    const int64_t numel = std::accumulate(sizes_[k].begin(), sizes_[k].end(), int64_t{1}, std::multiplies<int64_t>());
+    params_[k].second.set_data(flat.narrow(0, bucket.offsets[j], numel).view(sizes_[k]));
+  }
+}
+
+void ZeroOptimizer::release_block(int64_t i) {
+  if (all_gathered_) return;
+  for (int64_t k : block_params_.at(i)) params_[k].second.set_data(at::empty({0}, param_shard_.options()));
+}
+
+void ZeroOptimizer::reduce_block(int64_t i) {
+  if (all_gathered_) throw std::logic_error("ZeRO 3: backward through a block while all blocks are gathered");
+  if (block_params_.at(i).empty()) return;
+  at::NoGradGuard no_grad;
+  const auto b = static_cast<size_t>(layout_.plain_buckets + i);
+  const auto& bucket = layout_.buckets[b];
+  auto flat = at::zeros({bucket.padded_numel}, param_shard_.options());
+  for (size_t j = 0; j < bucket.params.size(); ++j) {
+    auto& p = params_[bucket.params[j]].second;
+    if (!p.grad().defined()) continue;
+    flat.narrow(0, bucket.offsets[j], p.numel()).copy_(p.grad().reshape({-1}));
+    block_used_[bucket.params[j]] = 1;
+    p.mutable_grad().reset();
+  }
+  const int64_t s = layout_.slice(bucket);
+  auto own = grad_shard_.narrow(0, bucket.shard_offset, s);
+  if (comm_) {
+    auto out = at::empty({s}, flat.options());
+    const auto t0 = std::chrono::steady_clock::now();
+    auto work = comm_->reduce_scatter_sum_async(out, flat);
+    comm_->wait(work, fmt::format("reduce-scatter gradients of block {}", i));
+    reduce_wait_s_ += seconds_since(t0);
+    own.add_(out);
+  } else {
+    own.add_(flat);
+  }
+}
+
+void ZeroOptimizer::gather_all() {
+  for (int64_t i = 0; i < block_count(); ++i) gather_block(i);
+  all_gathered_ = true;
+}
+
+void ZeroOptimizer::release_all() {
+  if (!all_gathered_) return;
+  all_gathered_ = false;
+  for (int64_t i = 0; i < block_count(); ++i) {
+    if (block_params_[i].empty()) continue;
+    copy_own_slices_to_shard(i);
+    release_block(i);
+  }
+}
+
+void ZeroOptimizer::zero_grad() {
+  grad_shard_.zero_();
+  std::fill(block_used_.begin(), block_used_.end(), 0);
+  reduce_wait_s_ = 0;
+  gather_s_ = 0;
 }
 
 void ZeroOptimizer::arm() {
@@ -156,7 +297,7 @@ void ZeroOptimizer::launch(size_t b) {
 }
 
 void ZeroOptimizer::launch_ready_in_order() {
-  while (next_launch_ < layout_.buckets.size() &&
+  while (next_launch_ < static_cast<size_t>(layout_.plain_buckets) &&
          ready_[next_launch_] == static_cast<int64_t>(layout_.buckets[next_launch_].params.size())) {
     launch(next_launch_++);
   }
@@ -169,6 +310,10 @@ double ZeroOptimizer::finish() {
   // Gradients the hooks did not see (all of them on one rank; unused parameters; those accumulated on
   // earlier micro-batches only) go in now; unused ones contribute zeros, as in DataParallel::finish.
   for (size_t k = 0; k < params_.size(); ++k) {
+    if (block_of_[k] >= 0) {  // already in the shard gradient (reduce_block)
+      used_[k] = block_used_[k];
+      continue;
+    }
     const at::Tensor& g = params_[k].second.grad();
     used_[k] = seen_[k] || g.defined();
     if (seen_[k]) continue;
@@ -186,21 +331,21 @@ double ZeroOptimizer::finish() {
     launch_ready_in_order();
     auto used = at::tensor(std::vector<int32_t>(used_.begin(), used_.end()), at::kInt);
     comm_->allreduce_sum(used, "allreduce used-parameter flags");
-    for (size_t b = 0; b < work_.size(); ++b) {
+    for (size_t b = 0; b < static_cast<size_t>(layout_.plain_buckets); ++b) {
       comm_->wait(work_[b], fmt::format("{} gradient bucket {}", stage_ == 1 ? "allreduce" : "reduce-scatter", b));
     }
     auto acc = used.accessor<int32_t, 1>();
     for (size_t k = 0; k < used_.size(); ++k) used_[k] = acc[static_cast<int64_t>(k)] > 0;
   }
   if (!comm_ || stage_ == 1) {  // keep the own slice of the (summed) full bucket
-    for (size_t b = 0; b < flat_.size(); ++b) {
+    for (size_t b = 0; b < static_cast<size_t>(layout_.plain_buckets); ++b) {
       const auto& bucket = layout_.buckets[b];
       const int64_t s = layout_.slice(bucket);
       grad_shard_.narrow(0, bucket.shard_offset, s).copy_(flat_[b].narrow(0, layout_.rank * s, s));
     }
   }
-  reduce_wait_s_ = seconds_since(t0);
-  if (stage_ == 2) {  // nothing full-size outlives the reduction
+  reduce_wait_s_ += seconds_since(t0);
+  if (stage_ >= 2) {  // nothing full-size outlives the reduction
     for (auto& f : flat_) f.reset();
     for (auto& [name, p] : params_) p.mutable_grad().reset();
   }
@@ -218,7 +363,7 @@ void ZeroOptimizer::step(double lr, double max_norm, double grad_norm) {
   for (size_t i = 0; i < layout_.segments.size(); ++i) {
     const auto& s = layout_.segments[i];
     if (!used_[s.param]) continue;  // torch::optim::AdamW skips parameters without a gradient
-    auto p = params_[s.param].second.detach().view({-1}).narrow(0, s.param_offset, s.length);
+    auto p = master(s);
     auto g = grad_shard_.narrow(0, s.shard_offset, s.length);
     auto m = exp_avg_.narrow(0, s.shard_offset, s.length);
     auto v = exp_avg_sq_.narrow(0, s.shard_offset, s.length);
@@ -235,31 +380,34 @@ void ZeroOptimizer::step(double lr, double max_norm, double grad_norm) {
   }
   grad_shard_.zero_();
   if (!comm_) return;
-  // Every rank updated its slices: all-gather each bucket and copy it back into the parameters.
+  // Every rank updated its slices: all-gather each bucket and copy it back into the parameters (stage 3
+  // blocks: not now, the next forward gathers them).
   const auto t0 = std::chrono::steady_clock::now();
   const auto& opts = params_[0].second.options();
-  std::vector<at::Tensor> send(layout_.buckets.size());
-  for (size_t b = 0; b < layout_.buckets.size(); ++b) {
+  const auto plain = static_cast<size_t>(layout_.plain_buckets);
+  std::vector<at::Tensor> send(plain);
+  for (size_t b = 0; b < plain; ++b) {
     send[b] = at::zeros({layout_.slice(layout_.buckets[b])}, opts);
     if (!flat_[b].defined()) flat_[b] = at::empty({layout_.buckets[b].padded_numel}, opts);
   }
   for (const auto& s : layout_.segments) {
+    if (block_of_[s.param] >= 0) continue;
     const auto& bucket = layout_.buckets[layout_.bucket_of[s.param]];
     send[layout_.bucket_of[s.param]]
         .narrow(0, s.shard_offset - bucket.shard_offset, s.length)
         .copy_(params_[s.param].second.detach().view({-1}).narrow(0, s.param_offset, s.length));
   }
-  for (size_t b = 0; b < layout_.buckets.size(); ++b) work_[b] = comm_->allgather_async(flat_[b], send[b]);
-  for (size_t b = 0; b < layout_.buckets.size(); ++b) {
+  for (size_t b = 0; b < plain; ++b) work_[b] = comm_->allgather_async(flat_[b], send[b]);
+  for (size_t b = 0; b < plain; ++b) {
     comm_->wait(work_[b], fmt::format("allgather parameter bucket {}", b));
     const auto& bucket = layout_.buckets[b];
     for (size_t j = 0; j < bucket.params.size(); ++j) {
       auto& p = params_[bucket.params[j]].second;
       p.detach().view({-1}).copy_(flat_[b].narrow(0, bucket.offsets[j], p.numel()));
     }
-    if (stage_ == 2) flat_[b].reset();  // stage 1 keeps it: its padding is the gathered zero padding
+    if (stage_ >= 2) flat_[b].reset();  // stage 1 keeps it: its padding is the gathered zero padding
   }
-  gather_s_ = seconds_since(t0);
+  gather_s_ += seconds_since(t0);
 }
 
 NamedTensors ZeroOptimizer::shard_state() const {
@@ -279,7 +427,10 @@ NamedTensors ZeroOptimizer::shard_state() const {
 
 nlohmann::json ZeroOptimizer::manifest() const {
   nlohmann::json params = nlohmann::json::array();
-  for (const auto& [name, p] : params_) params.push_back({name, p.numel()});
+  for (size_t k = 0; k < params_.size(); ++k) {
+    params.push_back({params_[k].first, std::accumulate(sizes_[k].begin(), sizes_[k].end(), int64_t{1},
+                                                         std::multiplies<int64_t>())});
+  }
   return {{"stage", stage_}, {"world_size", layout_.world}, {"params", params}};
 }
 

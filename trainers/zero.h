@@ -1,6 +1,7 @@
-// ZeRO stages 1 and 2 on c10d: each rank keeps the AdamW state (stage 2: also the reduced gradients) of its
-// slice of every gradient bucket, updates only that slice and all-gathers the parameters; the optimizer
-// state is saved per rank and reshards to any world size on load. docs/distributed.md.
+// ZeRO stages 1, 2 and 3 on c10d: each rank keeps the AdamW state (stage 2: also the reduced gradients;
+// stage 3: also the parameters of the repeated blocks) of its slice of every gradient bucket, updates only
+// that slice and all-gathers the parameters (stage 3: a block's, just before it runs); the optimizer state
+// is saved per rank and reshards to any world size on load. docs/distributed.md.
 #pragma once
 #include <ATen/ATen.h>
 #include <torch/nn/module.h>
@@ -24,7 +25,9 @@ struct TrainingCheckpoint;
 // The flat layout of the trainable parameters: buckets of about bucket_bytes in reverse registration order
 // (the order backward finishes them), each padded with zeros to a multiple of the world size so that a
 // reduce-scatter gives every rank an equal slice; rank r owns slice r of every bucket. A segment is a run
-// of one parameter's elements inside this rank's shard (slices concatenated in bucket order).
+// of one parameter's elements inside this rank's shard (slices concatenated in bucket order). With
+// `block_of` (per parameter: the ZeRO-3 block it belongs to, or -1), the parameters outside blocks form the
+// first `plain_buckets` buckets as above, and block i is bucket plain_buckets + i whatever its size.
 struct ZeroLayout {
   struct Bucket {
     std::vector<int64_t> params;   // parameter indices in bucket order
@@ -36,7 +39,7 @@ struct ZeroLayout {
     int64_t param = 0, param_offset = 0, length = 0, shard_offset = 0;
   };
   ZeroLayout(const std::vector<int64_t>& numels, int64_t element_size, int64_t world, int64_t rank,
-             int64_t bucket_bytes);
+             int64_t bucket_bytes, const std::vector<int64_t>& block_of = {});
   int64_t slice(const Bucket& b) const { return b.padded_numel / world; }
 
   int64_t world = 1, rank = 0;
@@ -44,6 +47,7 @@ struct ZeroLayout {
   std::vector<int64_t> bucket_of;  // per parameter
   std::vector<Segment> segments;   // this rank's, in shard order
   int64_t shard_numel = 0;
+  int64_t plain_buckets = 0;       // buckets not belonging to a block
 };
 
 // A run of one parameter's AdamW state [offset, offset + length), read from a checkpoint in either layout.
@@ -64,13 +68,37 @@ NamedTensors adamw_runs_to_tensors(const std::vector<AdamWStateRun>& runs, const
 std::string zero_shard_group(int64_t rank);
 
 // Gradient reduction, global-norm clipping and AdamW for ZeRO stage 1 (all-reduce, then keep the own
-// slice) and stage 2 (reduce-scatter: only the own slice of the summed gradient is ever materialized in
-// the flat buffers). The math per element is torch::optim::AdamW's, so results equal the replicated run.
-// With a null or single-rank comm it runs the same code without collectives.
+// slice), stage 2 (reduce-scatter: only the own slice of the summed gradient is ever materialized in
+// the flat buffers) and stage 3 (stage 2, plus the trainable parameters of each block in `blocks` live only
+// as this rank's slice of the block's bucket: gather_block() before the block runs, release_block() after,
+// reduce_block() after its backward; see trainers/zero3.h). The math per element is torch::optim::AdamW's,
+// so results equal the replicated run. With a null or single-rank comm it runs the same code without
+// collectives.
 class ZeroOptimizer {
  public:
   ZeroOptimizer(std::shared_ptr<Comm> comm, torch::nn::Module& model, const std::vector<ParamGroup>& groups,
-                const OptimConfig& optim, int stage, int64_t bucket_bytes);
+                const OptimConfig& optim, int stage, int64_t bucket_bytes,
+                const std::vector<std::vector<at::Tensor>>& blocks = {});
+
+  // Stage 3. Every rank must make the same calls in the same order (they are collectives).
+  int64_t block_count() const { return static_cast<int64_t>(block_params_.size()); }
+  // All-gathers block i's parameters from the shards and points the parameters at them.
+  void gather_block(int64_t i);
+  // Points block i's parameters at empty storage (numel 0) again.
+  void release_block(int64_t i);
+  // After backward through block i: reduce-scatters its parameters' gradients, adds this rank's slice to
+  // the shard gradient (accumulating over micro-batches) and drops the full-size gradients.
+  void reduce_block(int64_t i);
+  // Every block gathered (checkpoint saving, evaluation on one rank, loading weights); block runners then
+  // run blocks as they are. release_all() first copies this rank's slices back into the shards (so weights
+  // loaded while gathered take effect).
+  void gather_all();
+  void release_all();
+  bool all_gathered() const { return all_gathered_; }
+  // Zeroes the shard gradient (before a step's first micro-batch: stage 3 accumulates into it).
+  void zero_grad();
+  // Elements of this rank's parameter shard (stage 3; 0 otherwise).
+  int64_t param_shard_numel() const { return param_shard_.defined() ? param_shard_.numel() : 0; }
 
   // Before the backward of the last micro-batch: hooks then launch each bucket's reduction when it is full.
   void arm();
@@ -101,6 +129,15 @@ class ZeroOptimizer {
   void launch_ready_in_order();
   void launch(size_t b);
   at::Tensor slot(size_t k);  // parameter k's place in its bucket's flat buffer
+  at::Tensor master(const ZeroLayout::Segment& s);  // the values a segment's AdamW update writes
+  void copy_own_slices_to_shard(int64_t i);
+
+  std::vector<std::vector<int64_t>> block_params_;  // per block, trainable parameter indices
+  std::vector<int64_t> block_of_;                   // per parameter, -1 outside blocks
+  std::vector<std::vector<int64_t>> sizes_;         // per parameter (block parameters lose theirs)
+  std::vector<uint8_t> block_used_;                 // per parameter: got a gradient this step
+  at::Tensor param_shard_;                          // stage 3: this rank's block parameter values
+  bool all_gathered_ = false;
 
   std::shared_ptr<Comm> comm_;
   int stage_;
