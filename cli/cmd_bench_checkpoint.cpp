@@ -19,6 +19,7 @@
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
+#include "cli/bench_common.h"
 #include "cli/commands.h"
 #include "owl2/fileio.h"
 #include "owl2/model.h"
@@ -374,13 +375,7 @@ int bench_import(const ImportBenchArgs& a) {
 }
 
 void add_bench_checkpoint(CLI::App& app, Action& run) {
-  CLI::App* bench = nullptr;
-  try {  // the `bench` group may already have been added by another cmd_bench_*.cpp
-    bench = app.get_subcommand("bench");
-  } catch (const CLI::OptionNotFound&) {
-    bench = app.add_subcommand("bench", "Benchmarks");
-    bench->require_subcommand(1);
-  }
+  CLI::App* bench = bench_group(app);
   auto args = std::make_shared<Args>();
   auto* cmd = bench->add_subcommand("checkpoint", "safetensors write/read throughput vs the Python safetensors package");
   cmd->add_option("--size-mb", args->size_mb, "Checkpoint size in MiB")->capture_default_str();

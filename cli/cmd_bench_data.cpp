@@ -17,6 +17,7 @@
 
 #include <unistd.h>
 
+#include "cli/bench_common.h"
 #include "cli/commands.h"
 #include "data/image.h"
 
@@ -219,9 +220,7 @@ int run_bench_data(int64_t size, const std::string& mode, int max_threads, int64
 
 void add_bench_data_commands(CLI::App& app, Action& run) {
   // `bench` is shared by several areas: reuse it if another file added it first.
-  auto found = app.get_subcommands([](CLI::App* s) { return s->get_name() == "bench"; });
-  CLI::App* bench = found.empty() ? app.add_subcommand("bench", "Benchmarks") : found.front();
-  bench->require_subcommand(1);
+  CLI::App* bench = bench_group(app);
 
   struct Args {
     int64_t size = 448;

@@ -15,6 +15,7 @@
 #include <thread>
 #include <time.h>
 
+#include "cli/bench_common.h"
 #include "cli/commands.h"
 #include "owl2/generate.h"
 #include "owl2/safetensors.h"
@@ -25,37 +26,6 @@ namespace owl2::cli {
 namespace {
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
-
-// The `owl2 bench model` configuration: ViT 6x384 at 224 px, abstractor 2 layers (65 visual tokens), decoder
-// 6x512 with the LLaMA vocabulary.
-ModelConfig bench_config() {
-  ModelConfig c;
-  c.vision = {384, 1536, 6, 6, 3, 224, 14, 1e-6};
-  c.abstractor = {64, 384, 2, 6, 1024, 384, 16, 1e-6, 1e-5};
-  c.decoder = {32000, 512, 1376, 6, 8, 8, 2048, 1e-6, 10000.0};
-  return c;
-}
-
-nlohmann::json to_json(const ModelConfig& c) {
-  const auto& v = c.vision;
-  const auto& a = c.abstractor;
-  const auto& d = c.decoder;
-  return {{"vision",
-           {{"hidden_size", v.hidden_size}, {"intermediate_size", v.intermediate_size},
-            {"num_hidden_layers", v.num_hidden_layers}, {"num_attention_heads", v.num_attention_heads},
-            {"num_channels", v.num_channels}, {"image_size", v.image_size}, {"patch_size", v.patch_size},
-            {"layer_norm_eps", v.layer_norm_eps}}},
-          {"abstractor",
-           {{"num_learnable_queries", a.num_learnable_queries}, {"hidden_size", a.hidden_size},
-            {"num_hidden_layers", a.num_hidden_layers}, {"num_attention_heads", a.num_attention_heads},
-            {"intermediate_size", a.intermediate_size}, {"encoder_hidden_size", a.encoder_hidden_size},
-            {"grid_size", a.grid_size}, {"layer_norm_eps", a.layer_norm_eps}, {"attn_norm_eps", a.attn_norm_eps}}},
-          {"decoder",
-           {{"vocab_size", d.vocab_size}, {"hidden_size", d.hidden_size}, {"intermediate_size", d.intermediate_size},
-            {"num_hidden_layers", d.num_hidden_layers}, {"num_attention_heads", d.num_attention_heads},
-            {"num_key_value_heads", d.num_key_value_heads}, {"max_position_embeddings", d.max_position_embeddings},
-            {"rms_norm_eps", d.rms_norm_eps}, {"rope_theta", d.rope_theta}}}};
-}
 
 fs::path source_root() {
   std::error_code ec;
@@ -108,13 +78,7 @@ Timing time_generate(MPLUGOwl2ForCausalLM& model, const std::vector<std::vector<
 }
 
 void add_bench_generate(CLI::App& app, Action& run) {
-  CLI::App* bench = nullptr;
-  try {
-    bench = app.get_subcommand("bench");
-  } catch (const CLI::OptionNotFound&) {
-    bench = app.add_subcommand("bench", "Benchmarks");
-    bench->require_subcommand(1);
-  }
+  CLI::App* bench = bench_group(app);
   struct Args {
     int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
     int iters = 3, text_tokens = 32, new_tokens = 32;
@@ -139,7 +103,7 @@ void add_bench_generate(CLI::App& app, Action& run) {
     run = [args] {
       torch::set_num_threads(args->threads);
       torch::manual_seed(0);
-      const auto cfg = args->config.empty() ? bench_config() : load_config(args->config).model;
+      const auto cfg = args->config.empty() ? small_bench_model() : load_config(args->config).model;
       MPLUGOwl2ForCausalLM model(cfg);
       model->eval();
       const int64_t max_batch = *std::max_element(args->batches.begin(), args->batches.end());
@@ -197,7 +161,7 @@ void add_bench_generate(CLI::App& app, Action& run) {
       save_safetensors((tmp / "inputs.safetensors").string(), {{"input_ids", ids}, {"images", images}});
       const auto root = source_root();
       const auto python = args->python.empty() ? (root / ".venv" / "bin" / "python").string() : args->python;
-      auto spec = to_json(cfg);
+      auto spec = model_config_json(cfg);
       spec["threads"] = args->threads;
       spec["iters"] = args->iters;
       spec["new_tokens"] = args->new_tokens;

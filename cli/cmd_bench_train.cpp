@@ -12,6 +12,7 @@
 #include <iostream>
 #include <thread>
 
+#include "cli/bench_common.h"
 #include "cli/commands.h"
 #include "owl2/constants.h"
 #include "owl2/model.h"
@@ -146,13 +147,7 @@ int run_bench_train(const BenchArgs& a) {
 }
 
 void add_bench_train(CLI::App& app, Action& run) {
-  CLI::App* bench = nullptr;
-  try {
-    bench = app.get_subcommand("bench");
-  } catch (const CLI::OptionNotFound&) {
-    bench = app.add_subcommand("bench", "Benchmarks");
-    bench->require_subcommand(1);
-  }
+  CLI::App* bench = bench_group(app);
   auto args = std::make_shared<BenchArgs>();
   auto* cmd = bench->add_subcommand(
       "train", "Trainer steps of a run config on synthetic full-length batches (random weights): throughput and MFU");

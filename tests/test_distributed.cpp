@@ -383,7 +383,7 @@ TEST_CASE("2 ranks x batch B under torchrun equal 1 rank x batch 2B, replicated 
   }
 }
 
-TEST_CASE("ZeRO 3 under torchrun: 2 ranks x B equal 1 rank x 2B; its checkpoints resume at 2 and 1 ranks", "[dist][slow]") {
+TEST_CASE("ZeRO 3 under torchrun: 2 ranks x B equal 1 rank x 2B, and its checkpoints resume at 2 and 1 ranks", "[dist][slow]") {
   constexpr int kSaveAt = 2;
   ToyRun ref;
   ref.blocks = true;
