@@ -58,6 +58,18 @@ void run_scorers(BenchScore& score) {
   for (const auto& f : score.files) score.scores[f.name] = score_files(f.metric, f.refs, f.preds);
 }
 
+// One results file scored by `metric`; the headline is one field of its scores, times `scale` (100 where the
+// scorer reports a fraction).
+BenchScore score_one(const std::string& metric, const std::string& refs, const std::string& preds,
+                     const std::string& headline_name, const std::string& field, double scale = 1.0) {
+  BenchScore s;
+  s.files = {scored(metric, metric, refs, preds)};
+  run_scorers(s);
+  s.headline_name = headline_name;
+  s.headline = scale * s.scores[metric][field].get<double>();
+  return s;
+}
+
 std::string options_block(const std::vector<std::string>& options) {
   std::string s;
   for (size_t i = 0; i < options.size(); ++i)
@@ -127,12 +139,7 @@ BenchScore score_coco_vqa(const std::string& dir, const std::vector<std::string>
   write_text(results, res.dump());
   const std::string refs = subset_array(find_file(dir, ann_names), "annotations", "question_id",
                                         ids_of(items, "question_id"), out + "/annotations_subset.json");
-  BenchScore s;
-  s.files = {scored("vqa", "vqa", refs, results)};
-  run_scorers(s);
-  s.headline_name = "accuracy";
-  s.headline = s.scores["vqa"]["accuracy"].get<double>();
-  return s;
+  return score_one("vqa", refs, results, "accuracy", "accuracy");
 }
 
 const std::vector<std::string> kVqav2Questions = {"v2_OpenEnded_mscoco_val2014_questions.json",
@@ -182,12 +189,7 @@ BenchScore score_vizwiz(const std::string& dir, const std::vector<BenchItem>& it
   write_text(results, res.dump());
   const std::string refs =
       subset_array(find_file(dir, {"val.json"}), "", "image", ids_of(items, "image"), out + "/val_subset.json");
-  BenchScore s;
-  s.files = {scored("vqa", "vqa", refs, results)};
-  run_scorers(s);
-  s.headline_name = "accuracy";
-  s.headline = s.scores["vqa"]["accuracy"].get<double>();
-  return s;
+  return score_one("vqa", refs, results, "accuracy", "accuracy");
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -245,12 +247,7 @@ BenchScore score_textvqa(const std::string& dir, bool ocr, const std::vector<Ben
                                         ids_of(items, "question_id"), out + "/val_subset.json");
   // mPLUG-Owl2's own textvqa_val goes through VQAEval (A); the 58.2* with OCR tokens is LLaVA's m4c evaluator.
   const std::string metric = ocr ? "textvqa" : "vqa";
-  BenchScore s;
-  s.files = {scored(metric, metric, refs, results)};
-  run_scorers(s);
-  s.headline_name = "accuracy";
-  s.headline = s.scores[metric]["accuracy"].get<double>();
-  return s;
+  return score_one(metric, refs, results, "accuracy", "accuracy");
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -300,12 +297,7 @@ BenchScore score_gqa(const std::string& dir, const std::vector<BenchItem>& items
     refs = out + "/questions_subset.json";
     write_text(refs, sub.dump());
   }
-  BenchScore s;
-  s.files = {scored("gqa", "gqa", refs, results)};
-  run_scorers(s);
-  s.headline_name = "accuracy";
-  s.headline = 100.0 * s.scores["gqa"]["accuracy"].get<double>();
-  return s;
+  return score_one("gqa", refs, results, "accuracy", "accuracy", 100.0);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -369,12 +361,7 @@ BenchScore score_scienceqa(const std::string& dir, const std::vector<BenchItem>&
     lines += json{{"question_id", items[i].id}, {"text", preds[i]}}.dump() + "\n";
   const std::string answers = out + "/answers.jsonl";
   write_text(answers, lines);
-  BenchScore s;
-  s.files = {scored("scienceqa", "scienceqa", find_file(dir, {"problems.json"}), answers)};
-  run_scorers(s);
-  s.headline_name = "IMG accuracy";
-  s.headline = s.scores["scienceqa"]["img_accuracy"].get<double>();
-  return s;
+  return score_one("scienceqa", find_file(dir, {"problems.json"}), answers, "IMG accuracy", "img_accuracy");
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -538,12 +525,7 @@ BenchScore score_mme(const std::string&, const std::vector<BenchItem>& items, co
   const std::string rdir = out + "/results";
   fs::remove_all(rdir);
   for (const auto& [task, text] : files) write_text(rdir + "/" + task + ".txt", text);
-  BenchScore s;
-  s.files = {scored("mme", "mme", "", rdir)};
-  run_scorers(s);
-  s.headline_name = "perception";
-  s.headline = s.scores["mme"]["perception"].get<double>();
-  return s;
+  return score_one("mme", "", rdir, "perception", "perception");
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -686,12 +668,7 @@ BenchScore score_mmbench(const std::string&, const std::vector<BenchItem>& items
   const std::string refs = out + "/mmbench_circular.tsv", predictions = out + "/predictions.jsonl";
   write_text(refs, tsv);
   write_text(predictions, lines);
-  BenchScore s;
-  s.files = {scored("mmbench", "mmbench", refs, predictions)};
-  run_scorers(s);
-  s.headline_name = "circular accuracy (%)";
-  s.headline = 100.0 * s.scores["mmbench"]["accuracy"].get<double>();
-  return s;
+  return score_one("mmbench", refs, predictions, "circular accuracy (%)", "accuracy", 100.0);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -730,12 +707,7 @@ BenchScore score_seed(const std::string& dir, const std::vector<BenchItem>& item
     lines += json{{"question_id", items[i].meta.at("question_id")}, {"prediction", preds[i]}}.dump() + "\n";
   const std::string predictions = out + "/predictions.jsonl";
   write_text(predictions, lines);
-  BenchScore s;
-  s.files = {scored("seed", "seed", find_file(dir, {"SEED-Bench.json"}), predictions)};
-  run_scorers(s);
-  s.headline_name = "image accuracy (%)";
-  s.headline = 100.0 * s.scores["seed"]["image"].get<double>();
-  return s;
+  return score_one("seed", find_file(dir, {"SEED-Bench.json"}), predictions, "image accuracy (%)", "image", 100.0);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -779,12 +751,7 @@ BenchScore score_qbench(const std::string& dir, const std::vector<BenchItem>& it
     lines += json{{"id", items[i].meta.at("id")}, {"prediction", preds[i]}}.dump() + "\n";
   const std::string predictions = out + "/predictions.jsonl";
   write_text(predictions, lines);
-  BenchScore s;
-  s.files = {scored("qbench", "qbench", find_file(dir, kQbenchFiles), predictions)};
-  run_scorers(s);
-  s.headline_name = "accuracy (%)";
-  s.headline = 100.0 * s.scores["qbench"]["accuracy"].get<double>();
-  return s;
+  return score_one("qbench", find_file(dir, kQbenchFiles), predictions, "accuracy (%)", "accuracy", 100.0);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -913,12 +880,8 @@ BenchScore score_mmmu(const std::string& dir, const std::vector<BenchItem>& item
   for (size_t i = 0; i < items.size(); ++i) lines += json{{"id", items[i].id}, {"prediction", preds[i]}}.dump() + "\n";
   const std::string predictions = out + "/predictions.jsonl";
   write_text(predictions, lines);
-  BenchScore s;
-  s.files = {scored("mmmu", "mmmu", find_file(dir, {"MMMU_validation.jsonl", "MMMU_dev.jsonl"}), predictions)};
-  run_scorers(s);
-  s.headline_name = "accuracy (%)";
-  s.headline = 100.0 * s.scores["mmmu"]["accuracy"].get<double>();
-  return s;
+  return score_one("mmmu", find_file(dir, {"MMMU_validation.jsonl", "MMMU_dev.jsonl"}), predictions, "accuracy (%)",
+                   "accuracy", 100.0);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -968,12 +931,7 @@ BenchScore score_captions(const std::string& dir, const std::vector<std::string>
     refs = out + "/annotations_subset.json";
     write_text(refs, root.dump());
   }
-  BenchScore s;
-  s.files = {scored("captions", "captions", refs, results)};
-  run_scorers(s);
-  s.headline_name = "CIDEr x100";
-  s.headline = 100.0 * s.scores["captions"]["CIDEr"].get<double>();
-  return s;
+  return score_one("captions", refs, results, "CIDEr x100", "CIDEr", 100.0);
 }
 
 const std::vector<std::string> kCocoCaptionFiles = {"coco_karpathy_test.json", "captions_karpathy_test.json"};
@@ -1037,12 +995,7 @@ BenchScore score_mmlu(const std::string& dir, const std::vector<BenchItem>& item
     lines += json{{"question_id", items[i].id}, {"prediction", preds[i]}}.dump() + "\n";
   const std::string predictions = out + "/predictions.jsonl";
   write_text(predictions, lines);
-  BenchScore s;
-  s.files = {scored("mmlu", "mmlu", dir, predictions)};
-  run_scorers(s);
-  s.headline_name = "accuracy (%, micro)";
-  s.headline = 100.0 * s.scores["mmlu"]["micro"].get<double>();
-  return s;
+  return score_one("mmlu", dir, predictions, "accuracy (%, micro)", "micro", 100.0);
 }
 
 std::string gqa_post(const std::string& s) { return gqa_postprocess(s); }
