@@ -13,8 +13,8 @@
 #include "data/image.h"
 #include "data/template.h"
 #include "data/tokenizer.h"
-#include "owl2/generate.h"
-#include "trainers/model_dir.h"
+#include "owl2/infer/generate.h"
+#include "trainers/io/model_dir.h"
 
 namespace owl2::cli {
 namespace {

@@ -8,7 +8,7 @@
 #include <fmt/ranges.h>
 
 #include "cli/commands.h"
-#include "owl2/state_dict.h"
+#include "owl2/io/state_dict.h"
 #include "trainers/checkpoint.h"
 
 namespace owl2::cli {

@@ -1,5 +1,5 @@
-// `owl2 eval`: a saved model directory (trainers/model_dir.h) on a held-out question file, or on one of the
-// paper's benchmarks read from its public files (`--bench`, trainers/bench_eval.h).
+// `owl2 eval`: a saved model directory (trainers/io/model_dir.h) on a held-out question file, or on one of the
+// paper's benchmarks read from its public files (`--bench`, trainers/infer/bench_eval.h).
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
@@ -11,10 +11,10 @@
 #include "cli/commands.h"
 #include "data/image.h"
 #include "eval/bench_suite.h"
-#include "trainers/bench_eval.h"
-#include "trainers/distributed.h"
-#include "trainers/evaluate.h"
-#include "trainers/model_dir.h"
+#include "trainers/infer/bench_eval.h"
+#include "trainers/parallel/distributed.h"
+#include "trainers/infer/evaluate.h"
+#include "trainers/io/model_dir.h"
 
 namespace owl2::cli {
 namespace {

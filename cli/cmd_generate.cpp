@@ -1,4 +1,4 @@
-// `owl2 generate`: one prompt, optionally with an image, on a saved model directory (trainers/model_dir.h),
+// `owl2 generate`: one prompt, optionally with an image, on a saved model directory (trainers/io/model_dir.h),
 // streamed to stdout token by token (spec §6 for the template, stop string and defaults).
 #include <CLI/CLI.hpp>
 
@@ -9,8 +9,8 @@
 #include "data/image.h"
 #include "data/template.h"
 #include "data/tokenizer.h"
-#include "owl2/generate.h"
-#include "trainers/model_dir.h"
+#include "owl2/infer/generate.h"
+#include "trainers/io/model_dir.h"
 
 namespace owl2::cli {
 namespace {

@@ -1,5 +1,5 @@
 // `owl2 import | export | init`: the reference checkpoint in, Hugging Face-format weights out, and the stage-1
-// starting point from HF CLIP + LLaMA checkpoints (trainers/hf_io.h does the work).
+// starting point from HF CLIP + LLaMA checkpoints (trainers/io/hf_io.h does the work).
 #include <CLI/CLI.hpp>
 
 #include <iostream>
@@ -8,8 +8,8 @@
 #include <fmt/ranges.h>
 
 #include "cli/commands.h"
-#include "owl2/safetensors.h"
-#include "trainers/hf_io.h"
+#include "owl2/io/safetensors.h"
+#include "trainers/io/hf_io.h"
 
 namespace owl2::cli {
 namespace {

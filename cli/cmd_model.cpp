@@ -8,7 +8,7 @@
 #include <set>
 
 #include "cli/commands.h"
-#include "owl2/model.h"
+#include "owl2/model/model.h"
 #include "trainers/config.h"
 
 namespace owl2::cli {

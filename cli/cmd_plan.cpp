@@ -4,7 +4,7 @@
 #include <iostream>
 
 #include "cli/commands.h"
-#include "owl2/model.h"
+#include "owl2/model/model.h"
 #include "trainers/config.h"
 #include "trainers/plan.h"
 

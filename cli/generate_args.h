@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "data/tokenizer.h"
-#include "owl2/generate.h"
+#include "owl2/infer/generate.h"
 
 namespace owl2::cli {
 

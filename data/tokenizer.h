@@ -1,6 +1,6 @@
 // The LLaMA SentencePiece tokenizer with mPLUG-Owl2's image placeholder (spec §3.2, §3.3).
 #pragma once
-#include "owl2/constants.h"
+#include "owl2/model/constants.h"
 #include <cstdint>
 #include <memory>
 #include <string>

@@ -6,7 +6,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "owl2/torch_bin.h"
+#include "owl2/io/torch_bin.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   try {

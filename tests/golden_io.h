@@ -10,7 +10,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "owl2/config.h"
+#include "owl2/model/config.h"
 #include "tests/helpers.h"
 
 namespace owl2::test {

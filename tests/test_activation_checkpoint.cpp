@@ -64,7 +64,7 @@ TEST_CASE("checkpointing still trains parameters when no input requires grad", "
   CHECK(blk->fc1->weight.grad().abs().sum().item<double>() > 0);
 }
 
-#include "owl2/model.h"
+#include "owl2/model/model.h"
 #include "tests/helpers.h"
 #include "trainers/config.h"
 

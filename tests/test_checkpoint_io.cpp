@@ -12,9 +12,9 @@
 
 #include <nlohmann/json.hpp>
 
-#include "owl2/safetensors.h"
-#include "owl2/state_dict.h"
-#include "owl2/torch_bin.h"
+#include "owl2/io/safetensors.h"
+#include "owl2/io/state_dict.h"
+#include "owl2/io/torch_bin.h"
 #include "tests/helpers.h"
 
 using namespace std::string_literals;

@@ -15,14 +15,14 @@
 #include <thread>
 
 #include "data/loader.h"
-#include "owl2/safetensors.h"
-#include "owl2/state_dict.h"
+#include "owl2/io/safetensors.h"
+#include "owl2/io/state_dict.h"
 #include "tests/helpers.h"
 #include "tests/toy_lm.h"
 #include "trainers/checkpoint.h"
 #include "trainers/trainer.h"
-#include "trainers/zero.h"
-#include "trainers/zero3.h"
+#include "trainers/parallel/zero.h"
+#include "trainers/parallel/zero3.h"
 
 using Catch::Matchers::Contains;
 using namespace owl2;

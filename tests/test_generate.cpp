@@ -1,4 +1,4 @@
-// Generation (owl2/generate.h, kv_cache.h, sampling.h): the KV cache against a full recomputation in float64,
+// Generation (owl2/infer/generate.h, kv_cache.h, sampling.h): the KV cache against a full recomputation in float64,
 // batch invariance of greedy, sampling and beam search, the logits processors on hand-computed cases, beam
 // search on a hand-made distribution, stops, and `owl2 chat` on piped stdin.
 #include <catch2/catch.hpp>
@@ -13,11 +13,11 @@
 #include "data/image.h"
 #include "data/template.h"
 #include "data/tokenizer.h"
-#include "owl2/generate.h"
-#include "owl2/sampling.h"
-#include "owl2/state_dict.h"
+#include "owl2/infer/generate.h"
+#include "owl2/infer/sampling.h"
+#include "owl2/io/state_dict.h"
 #include "trainers/config.h"
-#include "trainers/model_dir.h"
+#include "trainers/io/model_dir.h"
 #include "tests/golden_io.h"
 #include "tests/helpers.h"
 

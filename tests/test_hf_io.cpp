@@ -9,12 +9,12 @@
 
 #include <nlohmann/json.hpp>
 
-#include "owl2/safetensors.h"
-#include "owl2/state_dict.h"
+#include "owl2/io/safetensors.h"
+#include "owl2/io/state_dict.h"
 #include "tests/golden_io.h"
 #include "tests/helpers.h"
-#include "trainers/hf_io.h"
-#include "trainers/model_dir.h"
+#include "trainers/io/hf_io.h"
+#include "trainers/io/model_dir.h"
 
 using Catch::Matchers::Contains;
 using owl2::test::max_abs_diff;

@@ -1,7 +1,7 @@
 // Golden values: the C++ model against the Python reference (scripts/make_golden.py) in float64.
 #include <catch2/catch.hpp>
 
-#include "owl2/model.h"
+#include "owl2/model/model.h"
 #include "tests/golden_io.h"
 
 using namespace owl2;

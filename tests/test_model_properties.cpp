@@ -2,7 +2,7 @@
 // interleaved QKV layout, padding-side independence, reduced-precision softmax / norm, count mismatch errors.
 #include <catch2/catch.hpp>
 
-#include "owl2/model.h"
+#include "owl2/model/model.h"
 #include "tests/golden_io.h"
 
 using namespace owl2;

@@ -3,7 +3,7 @@
 
 #include <set>
 
-#include "owl2/model.h"
+#include "owl2/model/model.h"
 #include "tests/golden_io.h"
 #include "tests/helpers.h"
 #include "trainers/config.h"
@@ -60,7 +60,7 @@ TEST_CASE("reset_parameters applies the documented init scheme", "[model]") {
   CHECK(std::abs(p["lm_head.weight"].std().item<double>() - 0.02) < 0.003);
 }
 
-#include "owl2/weights.h"
+#include "owl2/io/weights.h"
 #include "trainers/config.h"
 
 TEST_CASE("stage hand-over: 16 px weights load into a 32 px model with interpolated ViT positions", "[model][checkpoint]") {

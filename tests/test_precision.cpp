@@ -9,9 +9,9 @@
 
 #include <ATen/autocast_mode.h>
 
-#include "owl2/decoder.h"
-#include "owl2/model.h"
-#include "owl2/safetensors.h"
+#include "owl2/model/decoder.h"
+#include "owl2/model/model.h"
+#include "owl2/io/safetensors.h"
 #include "tests/golden_io.h"
 #include "tests/helpers.h"
 #include "trainers/activation_checkpoint.h"

@@ -10,7 +10,7 @@
 #include <cstdlib>
 #include <fstream>
 
-#include "owl2/safetensors.h"
+#include "owl2/io/safetensors.h"
 #include "tests/helpers.h"
 
 using Catch::Matchers::Contains;

@@ -2,7 +2,7 @@
 // torch.optim.AdamW on the same batch (scripts/make_train_golden.py).
 #include <catch2/catch.hpp>
 
-#include "owl2/model.h"
+#include "owl2/model/model.h"
 #include "tests/golden_io.h"
 #include "trainers/trainer.h"
 

@@ -18,7 +18,7 @@
 
 #include <fmt/format.h>
 
-#include "owl2/fileio.h"
+#include "owl2/io/fileio.h"
 #include "tests/helpers.h"
 #include "trainers/checkpoint.h"
 

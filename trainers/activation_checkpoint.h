@@ -6,7 +6,7 @@
 #include <functional>
 #include <vector>
 
-#include "owl2/block_runner.h"
+#include "owl2/model/block_runner.h"
 
 namespace owl2 {
 

@@ -15,7 +15,7 @@
 #include <fmt/ranges.h>
 #include <torch/cuda.h>
 
-#include "owl2/fileio.h"
+#include "owl2/io/fileio.h"
 
 namespace owl2 {
 namespace {

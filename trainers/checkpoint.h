@@ -14,7 +14,7 @@
 #include <nlohmann/json.hpp>
 #include <torch/optim/adamw.h>
 
-#include "owl2/safetensors.h"
+#include "owl2/io/safetensors.h"
 
 namespace owl2 {
 

@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "owl2/config.h"
+#include "owl2/model/config.h"
 
 namespace owl2 {
 

@@ -6,8 +6,8 @@
 
 #include <stdexcept>
 
-#include "owl2/state_dict.h"
-#include "owl2/tensor_source.h"
+#include "owl2/io/state_dict.h"
+#include "owl2/io/tensor_source.h"
 
 namespace owl2 {
 

@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "owl2/safetensors.h"
+#include "owl2/io/safetensors.h"
 #include "trainers/param_rules.h"
 
 namespace owl2 {

@@ -16,17 +16,17 @@
 #include "data/dataset.h"
 #include "data/example.h"
 #include "data/loader.h"
-#include "owl2/model.h"
-#include "owl2/state_dict.h"
-#include "owl2/weights.h"
+#include "owl2/model/model.h"
+#include "owl2/io/state_dict.h"
+#include "owl2/io/weights.h"
 #include "trainers/activation_checkpoint.h"
 #include "trainers/checkpoint.h"
-#include "trainers/distributed.h"
-#include "trainers/evaluate.h"
+#include "trainers/parallel/distributed.h"
+#include "trainers/infer/evaluate.h"
 #include "trainers/metrics.h"
 #include "trainers/plan.h"
 #include "trainers/trainer.h"
-#include "trainers/zero.h"
+#include "trainers/parallel/zero.h"
 
 namespace owl2 {
 namespace fs = std::filesystem;

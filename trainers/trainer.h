@@ -12,13 +12,13 @@
 #include <vector>
 
 #include "data/batch.h"
-#include "owl2/safetensors.h"
+#include "owl2/io/safetensors.h"
 #include "trainers/config.h"
-#include "trainers/distributed.h"
+#include "trainers/parallel/distributed.h"
 #include "trainers/param_rules.h"
-#include "trainers/zero.h"
+#include "trainers/parallel/zero.h"
 #include "trainers/precision.h"
-#include "trainers/zero3.h"
+#include "trainers/parallel/zero3.h"
 
 namespace owl2 {
 

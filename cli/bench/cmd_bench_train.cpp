@@ -1,0 +1,167 @@
+// `owl2 bench train --config FILE`: the Trainer's step on synthetic full-length batches of a run config, on the
+// CPU or a CUDA device, with random weights: s/step, samples/s, tokens/s, model TFLOP/s, MFU and peak memory.
+#include <ATen/CPUGeneratorImpl.h>
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+#include <torch/cuda.h>
+#include <torch/utils.h>
+
+#include <algorithm>
+#include <chrono>
+#include <iostream>
+#include <thread>
+
+#include "cli/bench/bench_common.h"
+#include "cli/commands.h"
+#include "owl2/model/constants.h"
+#include "owl2/model/model.h"
+#include "trainers/activation_checkpoint.h"
+#include "trainers/config.h"
+#include "trainers/metrics.h"
+#include "trainers/plan.h"
+#include "trainers/trainer.h"
+
+#ifdef OWL2_WITH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
+
+namespace owl2::cli {
+namespace {
+
+struct BenchArgs {
+  std::string config;
+  std::vector<std::string> sets;
+  std::string device = "cpu";
+  int steps = 5, warmup = 2, threads = 0;
+};
+
+// One micro-batch of train.micro_batch_size samples, each one image and exactly train.max_length decoder tokens
+// after splicing (the planner's token count), every text token after the image supervised.
+Batch synthetic_batch(const RunConfig& cfg, torch::Device device, int64_t seed) {
+  const auto& m = cfg.model;
+  const int64_t B = cfg.train.micro_batch_size, V = m.visual_tokens_per_image();
+  const int64_t T = cfg.train.max_length - (V - 1);
+  if (T < 3) throw std::invalid_argument(fmt::format("bench train: train.max_length {} leaves no text after {} visual tokens",
+                                                     cfg.train.max_length, V));
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(seed));
+  Batch b;
+  b.input_ids = torch::randint(3, m.decoder.vocab_size, {B, T}, gen, torch::kInt64);
+  b.input_ids.select(1, 0).fill_(1);                  // <s>
+  b.input_ids.select(1, 1).fill_(kImageTokenIndex);   // the image's visual tokens go here
+  b.labels = b.input_ids.clone();
+  b.labels.slice(1, 0, 2).fill_(kIgnoreIndex);
+  b.attention_mask = torch::ones({B, T}, torch::kInt64);
+  b.images = torch::randn({B, m.vision.num_channels, m.vision.image_size, m.vision.image_size}, gen);
+  b.input_ids = b.input_ids.to(device);
+  b.labels = b.labels.to(device);
+  b.attention_mask = b.attention_mask.to(device);
+  b.images = b.images.to(device);
+  b.samples = B;
+  return b;
+}
+
+int run_bench_train(const BenchArgs& a) {
+  RunConfig cfg = load_config(a.config, a.sets);
+  if (a.threads > 0) torch::set_num_threads(a.threads);
+  const torch::Device device(a.device);
+  if (device.is_cuda() && !torch::cuda::is_available()) {
+    throw std::runtime_error("bench train: --device " + a.device + " but this LibTorch sees no CUDA device");
+  }
+  const int64_t accum = cfg.train.global_batch_size / cfg.train.micro_batch_size;
+  if (accum < 1 || cfg.train.global_batch_size % cfg.train.micro_batch_size != 0) {
+    throw std::invalid_argument(fmt::format("train.global_batch_size {} is not a multiple of train.micro_batch_size {}",
+                                            cfg.train.global_batch_size, cfg.train.micro_batch_size));
+  }
+  torch::manual_seed(static_cast<uint64_t>(cfg.train.seed));
+  MPLUGOwl2ForCausalLM model(cfg.model);
+  model->reset_parameters();  // random weights: throughput does not depend on the values
+  model->to(device);
+  model->train();
+  const auto& ac = cfg.train.activation_checkpointing;
+  if (ac.vision) model->model->vision_model->block_runner = checkpointing_runner();
+  if (ac.abstractor) model->model->visual_abstractor->block_runner = checkpointing_runner();
+  if (ac.decoder) model->decoder_block_runner = checkpointing_runner();
+  NamedSizes sizes;
+  for (const auto& item : model->named_parameters()) sizes.emplace_back(item.key(), item.value().numel());
+  const Plan plan = make_plan(cfg, sizes, PlanInputs{});
+
+  Trainer trainer(*model, [&](const Batch& b) {
+    return model->forward({b.input_ids, b.attention_mask, b.images, b.labels}).loss_sum;
+  }, cfg);
+  std::vector<Batch> micro;
+  for (int64_t i = 0; i < accum; ++i) micro.push_back(synthetic_batch(cfg, device, cfg.train.seed + i));
+  auto sync = [&] {
+    if (device.is_cuda()) torch::cuda::synchronize();
+  };
+  std::vector<double> seconds;
+  double loss = 0;
+  for (int i = 0; i < a.warmup + a.steps; ++i) {
+    sync();
+    const auto t0 = std::chrono::steady_clock::now();
+    const auto r = trainer.step(micro);  // loss.item() inside: one host sync per micro-batch
+    sync();
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    loss = r.loss;
+    if (i >= a.warmup) seconds.push_back(s);
+    std::cerr << fmt::format("step {}{}: {:.3f} s, loss {:.4f}\n", i, i < a.warmup ? " (warm-up)" : "", s, r.loss);
+  }
+  std::sort(seconds.begin(), seconds.end());
+  const double med = seconds.empty() ? 0 : seconds[seconds.size() / 2];
+  const double samples = double(cfg.train.global_batch_size);
+  const double tokens = samples * double(cfg.train.max_length);
+  const double peak = device.is_cuda() ? peak_flops_for_device() : 0;
+  int64_t peak_mem = peak_rss_bytes();
+#ifdef OWL2_WITH_CUDA
+  if (device.is_cuda()) {
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index() < 0 ? 0 : device.index());
+    peak_mem = stats.allocated_bytes[0].peak;  // index 0: StatType::AGGREGATE (its namespace moved between releases)
+  }
+#endif
+  nlohmann::json j;
+  j["config"] = a.config;
+  j["device"] = a.device;
+  j["precision"] = cfg.train.precision;
+  j["threads"] = torch::get_num_threads();
+  j["params"] = plan.total_params;
+  j["trainable_params"] = plan.trainable_params;
+  j["micro_batch"] = cfg.train.micro_batch_size;
+  j["accumulation"] = accum;
+  j["tokens_per_sample"] = cfg.train.max_length;
+  j["median_step_s"] = med;
+  j["samples_per_s"] = med > 0 ? samples / med : 0;
+  j["tokens_per_s"] = med > 0 ? tokens / med : 0;
+  j["model_flops_per_step"] = plan.flops_per_step;
+  j["tflops_per_s"] = med > 0 ? plan.flops_per_step / med / 1e12 : 0;
+  if (peak > 0 && med > 0) j["mfu"] = plan.flops_per_step / med / peak;
+  j["peak_memory_bytes"] = peak_mem;
+  j["last_loss"] = loss;
+  std::cout << j.dump() << "\n";
+  std::cerr << fmt::format(
+      "bench train: {} on {}, {}: {:.4g} s/step, {:.1f} samples/s, {:.0f} tokens/s, {:.3g} TFLOP/s{}, peak memory "
+      "{:.2f} GiB\n",
+      a.config, a.device, cfg.train.precision, med, j["samples_per_s"].get<double>(), j["tokens_per_s"].get<double>(),
+      j["tflops_per_s"].get<double>(), j.contains("mfu") ? fmt::format(", MFU {:.1f}%", 100 * j["mfu"].get<double>()) : "",
+      double(peak_mem) / double(1 << 30));
+  return 0;
+}
+
+void add_bench_train(CLI::App& app, Action& run) {
+  CLI::App* bench = bench_group(app);
+  auto args = std::make_shared<BenchArgs>();
+  auto* cmd = bench->add_subcommand(
+      "train", "Trainer steps of a run config on synthetic full-length batches (random weights): throughput and MFU");
+  cmd->add_option("--config", args->config, "YAML run config (model, train, optim, freeze sections are used)")->required();
+  cmd->add_option("--set", args->sets, "Override a key: --set model.decoder.num_hidden_layers=16 (repeatable)");
+  cmd->add_option("--device", args->device, "cpu, cuda or cuda:N (default cpu)");
+  cmd->add_option("--steps", args->steps, "Timed optimizer steps (default 5; the median is reported)");
+  cmd->add_option("--warmup", args->warmup, "Untimed steps first (default 2)");
+  cmd->add_option("--threads", args->threads, "Intra-op CPU threads (default: LibTorch's)");
+  cmd->callback([&run, args] { run = [args] { return run_bench_train(*args); }; });
+}
+
+}  // namespace
+
+OWL2_REGISTER_COMMANDS(add_bench_train);
+
+}  // namespace owl2::cli

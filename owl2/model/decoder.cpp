@@ -1,0 +1,150 @@
+// The modality-adaptive LLaMA decoder layer (spec §1.3, §1.4, §9 step 5).
+// Legend: B batch, S sequence, D width, H query heads, G key/value heads, K head dim, M = B*S tokens.
+#include "owl2/model/decoder.h"
+
+#include <ATen/ops/scaled_dot_product_attention.h>
+#include <torch/nn/init.h>
+
+#include <tuple>
+
+namespace owl2 {
+namespace nn = torch::nn;
+
+namespace {
+// Softmax / norm precision of the reference: float32 for reduced-precision inputs, the input dtype otherwise.
+torch::ScalarType at_least_float(torch::ScalarType t) { return torch::promote_types(t, torch::kFloat32); }
+}  // namespace
+
+ModalityRouting ModalityRouting::from_modality(const torch::Tensor& modality_BS) {
+  const auto m_M = modality_BS.reshape({-1});
+  ModalityRouting r;
+  r.text_idx_M = torch::nonzero(m_M == 0).reshape({-1});  // host sync: once per forward, outside the layers
+  r.image_idx_M = torch::nonzero(m_M != 0).reshape({-1});
+  r.num_text = r.text_idx_M.size(0);
+  r.num_image = r.image_idx_M.size(0);
+  return r;
+}
+
+RMSNormImpl::RMSNormImpl(int64_t dim, double eps_) : eps(eps_) {
+  weight = register_parameter("weight", torch::ones({dim}));
+}
+
+torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
+  const auto x32 = x.to(at_least_float(x.scalar_type()));
+  const auto normed = x32 * torch::rsqrt(x32.pow(2).mean(-1, /*keepdim=*/true) + eps);
+  return weight * normed.to(x.scalar_type());
+}
+
+MultiwayImpl::MultiwayImpl(std::function<std::shared_ptr<nn::Module>()> make) {
+  multiway = register_module("multiway", nn::ModuleList());
+  multiway->push_back(make());  // 0: text
+  multiway->push_back(make());  // 1: image
+}
+
+torch::Tensor MultiwayImpl::apply(int64_t way, const torch::Tensor& x) const {
+  const auto& m = multiway->ptr(way);
+  if (auto* lin = m->as<nn::Linear>()) return lin->forward(x);
+  return m->as<RMSNorm>()->forward(x);
+}
+
+torch::Tensor MultiwayImpl::forward(const torch::Tensor& x_BSD, const ModalityRouting& routing) {
+  if (routing.num_image == 0) return apply(0, x_BSD);
+  if (routing.num_text == 0) return apply(1, x_BSD);
+  const int64_t B = x_BSD.size(0), S = x_BSD.size(1);
+  const auto x_MD = x_BSD.reshape({B * S, x_BSD.size(2)});
+  const auto text_out = apply(0, x_MD.index_select(0, routing.text_idx_M));
+  const auto image_out = apply(1, x_MD.index_select(0, routing.image_idx_M));
+  auto out_MO = torch::zeros({B * S, text_out.size(1)}, text_out.options());
+  out_MO = out_MO.index_copy(0, routing.text_idx_M, text_out).index_copy(0, routing.image_idx_M, image_out);
+  return out_MO.view({B, S, -1});
+}
+
+Rotary rotary_tables(const torch::Tensor& position_ids_BS, int64_t head_dim, double theta, torch::ScalarType dtype) {
+  const auto f32 = torch::TensorOptions().dtype(torch::kFloat32).device(position_ids_BS.device());
+  const auto inv_freq = 1.0f / torch::pow(static_cast<float>(theta), torch::arange(0, head_dim, 2, f32) / head_dim);
+  const auto freqs_BSk = position_ids_BS.to(torch::kFloat32).unsqueeze(-1) * inv_freq;
+  const auto emb_BSK = torch::cat({freqs_BSk, freqs_BSk}, -1);
+  return {emb_BSK.cos().to(dtype), emb_BSK.sin().to(dtype)};
+}
+
+torch::Tensor apply_rotary(const torch::Tensor& x_BhSK, const Rotary& rope) {
+  const int64_t half = x_BhSK.size(-1) / 2;
+  const auto rotated = torch::cat({-x_BhSK.slice(-1, half), x_BhSK.slice(-1, 0, half)}, -1);
+  return x_BhSK * rope.cos_BSK.unsqueeze(1) + rotated * rope.sin_BSK.unsqueeze(1);
+}
+
+torch::Tensor decoder_attention(const torch::Tensor& q_BHSK, const torch::Tensor& k_BGSK, const torch::Tensor& v_BGSK,
+                                const torch::Tensor& mask_B1SS) {
+  auto k = k_BGSK, v = v_BGSK;
+  const int64_t groups = q_BHSK.size(1) / k_BGSK.size(1);
+  if (groups > 1) {
+    k = k.repeat_interleave(groups, 1);
+    v = v.repeat_interleave(groups, 1);
+  }
+  // SDPA keeps float32 softmax statistics for reduced-precision inputs (CPU flash kernel and the CUDA
+  // kernels accumulate in float32), and is exact in float32 / float64; tests/test_model_decoder.cpp checks
+  // bf16 against an explicit float32-softmax attention.
+  if (!mask_B1SS.defined()) return at::scaled_dot_product_attention(q_BHSK, k, v, {}, 0.0, /*is_causal=*/true);
+  return at::scaled_dot_product_attention(q_BHSK, k, v, mask_B1SS);
+}
+
+DecoderAttentionImpl::DecoderAttentionImpl(const DecoderConfig& cfg)
+    : num_heads(cfg.num_attention_heads), num_kv_heads(cfg.num_key_value_heads), head_dim(cfg.head_dim()) {
+  const int64_t D = cfg.hidden_size, KV = num_kv_heads * head_dim;
+  auto linear = [](int64_t in, int64_t out) { return nn::Linear(nn::LinearOptions(in, out).bias(false)); };
+  q_proj = register_module("q_proj", linear(D, num_heads * head_dim));
+  k_proj = register_module("k_proj", Multiway([&] { return linear(D, KV).ptr(); }));
+  v_proj = register_module("v_proj", Multiway([&] { return linear(D, KV).ptr(); }));
+  o_proj = register_module("o_proj", linear(num_heads * head_dim, D));
+}
+
+torch::Tensor DecoderAttentionImpl::forward(const torch::Tensor& x_BSD, const Rotary& rope,
+                                            const torch::Tensor& mask_B1SS, const ModalityRouting& routing,
+                                            LayerKV* kv) {
+  const int64_t B = x_BSD.size(0), S = x_BSD.size(1);
+  const auto q_BHSK = apply_rotary(q_proj(x_BSD).view({B, S, num_heads, head_dim}).transpose(1, 2), rope);
+  auto k_BGSK = apply_rotary(k_proj(x_BSD, routing).view({B, S, num_kv_heads, head_dim}).transpose(1, 2), rope);
+  auto v_BGSK = v_proj(x_BSD, routing).view({B, S, num_kv_heads, head_dim}).transpose(1, 2);
+  // Cached keys / values are post-RoPE and keep the copy (text or image) that produced them (spec §1.4).
+  if (kv != nullptr) std::tie(k_BGSK, v_BGSK) = kv->append(k_BGSK, v_BGSK);
+  const auto ctx_BHSK = decoder_attention(q_BHSK, k_BGSK, v_BGSK, mask_B1SS);
+  return o_proj(ctx_BHSK.transpose(1, 2).reshape({B, S, num_heads * head_dim}));
+}
+
+DecoderMlpImpl::DecoderMlpImpl(const DecoderConfig& cfg) {
+  auto linear = [](int64_t in, int64_t out) { return nn::Linear(nn::LinearOptions(in, out).bias(false)); };
+  gate_proj = register_module("gate_proj", linear(cfg.hidden_size, cfg.intermediate_size));
+  up_proj = register_module("up_proj", linear(cfg.hidden_size, cfg.intermediate_size));
+  down_proj = register_module("down_proj", linear(cfg.intermediate_size, cfg.hidden_size));
+}
+
+torch::Tensor DecoderMlpImpl::forward(const torch::Tensor& x_BSD) {
+  return down_proj(torch::silu(gate_proj(x_BSD)) * up_proj(x_BSD));
+}
+
+DecoderLayerImpl::DecoderLayerImpl(const DecoderConfig& cfg) {
+  auto norm = [&] { return RMSNorm(cfg.hidden_size, cfg.rms_norm_eps).ptr(); };
+  input_layernorm = register_module("input_layernorm", Multiway(norm));
+  self_attn = register_module("self_attn", DecoderAttention(cfg));
+  mlp = register_module("mlp", DecoderMlp(cfg));
+  post_attention_layernorm = register_module("post_attention_layernorm", Multiway(norm));
+}
+
+torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x_BSD, const Rotary& rope, const torch::Tensor& mask_B1SS,
+                                        const ModalityRouting& routing, LayerKV* kv) {
+  const auto h_BSD = x_BSD + self_attn(input_layernorm(x_BSD, routing), rope, mask_B1SS, routing, kv);
+  return h_BSD + mlp(post_attention_layernorm(h_BSD, routing));
+}
+
+torch::Tensor causal_padding_mask(const torch::Tensor& valid_BS) {
+  const int64_t S = valid_BS.size(1);
+  const auto valid = valid_BS.to(torch::kBool);
+  const auto causal_SS = torch::ones({S, S}, valid.options()).tril();
+  const auto seen_valid_BS = valid.to(torch::kInt64).cumsum(1) > 0;
+  const auto eye_SS = torch::eye(S, valid.options());
+  // [B,S(q),S(k)]: causal & valid key, or the diagonal for a query with no valid key so far.
+  const auto mask = (causal_SS.unsqueeze(0) & valid.unsqueeze(1)) | (eye_SS.unsqueeze(0) & (~seen_valid_BS).unsqueeze(2));
+  return mask.unsqueeze(1);
+}
+
+}  // namespace owl2

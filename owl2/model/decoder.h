@@ -1,0 +1,103 @@
+// The LLaMA-2 decoder with the modality-adaptive module (spec §1.3, §1.4): per-modality copies
+// (`multiway.0` text, `multiway.1` image) of both RMSNorms and of k_proj / v_proj; q_proj, o_proj and the MLP shared.
+// Shapes: B batch, S sequence, D width, H query heads, G key/value heads, K head dim, M = B*S flattened tokens.
+#pragma once
+#include <torch/nn/module.h>
+#include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/modules/linear.h>
+
+#include <functional>
+#include <memory>
+
+#include "owl2/model/config.h"
+#include "owl2/model/kv_cache.h"
+
+namespace owl2 {
+
+// Which flattened tokens (b * S + s) go to which copy. Built once per forward from the modality tensor
+// (one host sync there); layers only use the index tensors, so nothing inside a layer syncs.
+struct ModalityRouting {
+  torch::Tensor text_idx_M;   // int64 indices of modality-0 tokens
+  torch::Tensor image_idx_M;  // int64 indices of modality-1 tokens
+  int64_t num_text = 0, num_image = 0;
+
+  static ModalityRouting from_modality(const torch::Tensor& modality_BS);
+};
+
+// LLaMA RMSNorm: x * rsqrt(mean(x^2) + eps) computed in at least float32, cast back, times weight.
+class RMSNormImpl : public torch::nn::Module {
+ public:
+  RMSNormImpl(int64_t dim, double eps);
+  torch::Tensor forward(const torch::Tensor& x);
+  torch::Tensor weight;
+  double eps;
+};
+TORCH_MODULE(RMSNorm);
+
+// Two copies of a per-token module under `multiway.{0,1}`; each copy runs only on its own tokens.
+// Module is RMSNorm or Linear.
+class MultiwayImpl : public torch::nn::Module {
+ public:
+  explicit MultiwayImpl(std::function<std::shared_ptr<torch::nn::Module>()> make);
+  torch::Tensor forward(const torch::Tensor& x_BSD, const ModalityRouting& routing);
+  torch::Tensor apply(int64_t way, const torch::Tensor& x) const;
+
+  torch::nn::ModuleList multiway{nullptr};
+};
+TORCH_MODULE(Multiway);
+
+// Rotary tables for the given positions, computed in float32 (as the reference), then cast to `dtype`.
+struct Rotary {
+  torch::Tensor cos_BSK, sin_BSK;
+};
+Rotary rotary_tables(const torch::Tensor& position_ids_BS, int64_t head_dim, double theta, torch::ScalarType dtype);
+// HF rotate-half RoPE on x [B,h,S,K].
+torch::Tensor apply_rotary(const torch::Tensor& x_BhSK, const Rotary& rope);
+
+// Causal attention with an explicit boolean mask [B,1,S,S'] (true = may attend) and a softmax in at
+// least float32 (spec §1.3). q [B,H,S,K], k / v [B,G,S',K]. The one place attention is computed, so a
+// KV cache only has to concatenate past k / v before calling it. An undefined mask means plain causal
+// attention over a batch without padding (S == S').
+torch::Tensor decoder_attention(const torch::Tensor& q_BHSK, const torch::Tensor& k_BGSK, const torch::Tensor& v_BGSK,
+                                const torch::Tensor& mask_B1SS);
+
+class DecoderAttentionImpl : public torch::nn::Module {
+ public:
+  explicit DecoderAttentionImpl(const DecoderConfig& cfg);
+  // x: normalized hidden states; returns o_proj(attention) [B,S,D]. With `kv`, the new post-RoPE keys and
+  // values are appended to that layer's cache and the queries attend over the whole cache (mask [B,1,S,L+S]).
+  torch::Tensor forward(const torch::Tensor& x_BSD, const Rotary& rope, const torch::Tensor& mask_B1SS,
+                        const ModalityRouting& routing, LayerKV* kv = nullptr);
+
+  int64_t num_heads, num_kv_heads, head_dim;
+  torch::nn::Linear q_proj{nullptr}, o_proj{nullptr};
+  Multiway k_proj{nullptr}, v_proj{nullptr};
+};
+TORCH_MODULE(DecoderAttention);
+
+class DecoderMlpImpl : public torch::nn::Module {
+ public:
+  explicit DecoderMlpImpl(const DecoderConfig& cfg);
+  torch::Tensor forward(const torch::Tensor& x_BSD);  // down(silu(gate x) * up x)
+  torch::nn::Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
+};
+TORCH_MODULE(DecoderMlp);
+
+// `model.layers.N`: x = x + attn(norm_m x); x = x + mlp(post_norm_m x).
+class DecoderLayerImpl : public torch::nn::Module {
+ public:
+  explicit DecoderLayerImpl(const DecoderConfig& cfg);
+  torch::Tensor forward(const torch::Tensor& x_BSD, const Rotary& rope, const torch::Tensor& mask_B1SS,
+                        const ModalityRouting& routing, LayerKV* kv = nullptr);
+
+  Multiway input_layernorm{nullptr}, post_attention_layernorm{nullptr};
+  DecoderAttention self_attn{nullptr};
+  DecoderMlp mlp{nullptr};
+};
+TORCH_MODULE(DecoderLayer);
+
+// The boolean attention mask [B,1,S,S] for a [B,S] validity mask: causal and key-valid; a query with no
+// valid key at or before it (leading padding) attends to itself only, so no row is empty.
+torch::Tensor causal_padding_mask(const torch::Tensor& valid_BS);
+
+}  // namespace owl2

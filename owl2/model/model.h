@@ -1,0 +1,108 @@
+// MPLUGOwl2ForCausalLM (spec §1, §3.2, §9): ViT -> abstractor -> visual tokens spliced at each -200 placeholder
+// -> modality-adaptive LLaMA decoder -> lm_head, with the shifted cross-entropy. Registered names equal the
+// reference checkpoint keys (spec §2.2), so loading is a name-for-name copy.
+// Shapes: B batch, T input tokens, S spliced tokens, N images, C/H/W pixels, V visual tokens per image, D width.
+#pragma once
+#include "owl2/model/block_runner.h"
+#include "owl2/model/constants.h"
+#include <torch/nn/module.h>
+#include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/modules/embedding.h>
+#include <torch/nn/modules/linear.h>
+
+#include <string>
+#include <vector>
+
+#include "owl2/model/abstractor.h"
+#include "owl2/model/config.h"
+#include "owl2/model/decoder.h"
+#include "owl2/model/vision.h"
+
+namespace owl2 {
+
+
+struct ModelInputs {
+  torch::Tensor input_ids;       // [B,T] int64; each -200 marks where one image's visual tokens go
+  torch::Tensor attention_mask;  // [B,T] bool or int, 1 = real token; undefined = all real; left OR right padding
+  torch::Tensor images;          // [N,C,H,W] float: all images of the batch in reading order; undefined if none
+  torch::Tensor labels;          // [B,T] int64, -100 = ignore; undefined = no loss
+  bool pad_left = false;         // align every spliced sample to the right edge even when input_ids has no
+                                 // padding (generation: prompts of one length with different image counts)
+};
+
+struct ModelOutput {
+  torch::Tensor logits;            // [B,S,V] over the spliced sequence (S = T + (visual_tokens-1) * images, padded)
+  torch::Tensor loss;              // mean shifted CE over labels != -100 (undefined without labels)
+  torch::Tensor loss_sum;          // sum of the per-token CE (for global-token normalization across micro-batches)
+  torch::Tensor num_label_tokens;  // int64 scalar tensor: count of supervised shifted tokens
+  torch::Tensor attention_mask, modality, position_ids;  // [B,S] after splicing (modality 0 text, 1 image)
+  torch::Tensor labels;            // [B,S] spliced labels (-100 on image and padding positions); undefined without labels
+};
+
+// The spliced decoder input of a batch (built by splice_inputs).
+struct SplicedBatch {
+  torch::Tensor inputs_embeds_BSD;
+  torch::Tensor attention_mask_BS;  // bool
+  torch::Tensor modality_BS;        // int64, 0 text, 1 image
+  torch::Tensor position_ids_BS;    // int64, 0 at each sample's first real token
+  torch::Tensor labels_BS;          // int64 or undefined
+  bool has_padding = true;          // false: every position is a real token (plain causal attention)
+  ModalityRouting routing;
+};
+
+// `model`: LlamaModel plus the vision tower and the abstractor, as in the checkpoint.
+class MPLUGOwl2ModelImpl : public torch::nn::Module {
+ public:
+  explicit MPLUGOwl2ModelImpl(const ModelConfig& cfg);
+
+  torch::nn::Embedding embed_tokens{nullptr};
+  torch::nn::ModuleList layers{nullptr};  // of DecoderLayer
+  RMSNorm norm{nullptr};
+  VisionModel vision_model{nullptr};
+  VisualAbstractor visual_abstractor{nullptr};
+};
+TORCH_MODULE(MPLUGOwl2Model);
+
+class MPLUGOwl2ForCausalLMImpl : public torch::nn::Module {
+ public:
+  explicit MPLUGOwl2ForCausalLMImpl(const ModelConfig& cfg);
+
+  ModelOutput forward(const ModelInputs& inputs);
+
+  // images [N,C,H,W] -> visual tokens [N,V,D] (ViT, abstractor, visual_fc, vit_eos).
+  torch::Tensor encode_images(const torch::Tensor& images_NCHW);
+  // Embeds the text, splices the visual tokens, builds masks, modality, positions and labels. One host sync
+  // (placeholder counts and the routing indices). Throws if placeholders and images disagree.
+  SplicedBatch splice_inputs(const ModelInputs& inputs);
+  // The decoder on spliced embeddings: final-norm hidden states [B,S,D]. An undefined attention mask means
+  // no padding anywhere (plain causal attention).
+  torch::Tensor decode(const torch::Tensor& inputs_embeds_BSD, const torch::Tensor& attention_mask_BS,
+                       const torch::Tensor& position_ids_BS, const ModalityRouting& routing);
+  // The decoder over S new positions with a KV cache (spec §1.4, §6): their keys / values are appended to
+  // `cache` and they attend to every valid cached position. valid_BS marks real new tokens (left padding of a
+  // prefill is false). Returns final-norm hidden states [B,S,D]; the training path (decode) is untouched.
+  torch::Tensor decode_cached(const torch::Tensor& inputs_embeds_BSD, const torch::Tensor& valid_BS,
+                              const torch::Tensor& position_ids_BS, const ModalityRouting& routing, KVCache& cache);
+  DecoderLayer decoder_layer(int64_t i) const { return DecoderLayer(model->layers->ptr<DecoderLayerImpl>(i)); }
+
+  // The documented init: normal(0, 0.02) for linear / embedding / conv weights, learnable queries, class token,
+  // positions and vit_eos; zeros for biases; ones for norm weights (zeros for LayerNorm biases).
+  void reset_parameters();
+
+  ModelConfig cfg;
+  MPLUGOwl2Model model{nullptr};
+  torch::nn::Linear lm_head{nullptr};
+  BlockRunner decoder_block_runner;  // empty: decoder layers run directly (see model->vision_model->block_runner)
+};
+TORCH_MODULE(MPLUGOwl2ForCausalLM);
+
+// Every parameter name and shape of the model for `cfg`, derived from the config alone (no allocation);
+// tests check it against named_parameters() of a built model. Used by `owl2 inspect`.
+struct ParameterShape {
+  std::string name;
+  std::vector<int64_t> shape;
+  int64_t numel() const;
+};
+std::vector<ParameterShape> parameter_shapes(const ModelConfig& cfg);
+
+}  // namespace owl2

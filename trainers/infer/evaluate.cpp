@@ -1,0 +1,122 @@
+// Held-out evaluation; see evaluate.h.
+#include "trainers/infer/evaluate.h"
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cctype>
+#include <filesystem>
+#include <fstream>
+#include <stdexcept>
+
+#include "data/template.h"
+#include "eval/benchmarks.h"
+#include "eval/caption_metrics.h"
+#include "eval/ptb_tokenizer.h"
+#include "owl2/infer/generate.h"
+
+namespace owl2 {
+
+std::vector<HeldoutQuestion> read_heldout(const std::string& path) {
+  std::ifstream f(path);
+  if (!f) throw std::runtime_error("cannot read held-out questions " + path);
+  const auto dir = std::filesystem::path(path).parent_path();
+  std::vector<HeldoutQuestion> out;
+  std::string line;
+  for (int64_t n = 1; std::getline(f, line); ++n) {
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    try {
+      const auto j = nlohmann::json::parse(line);
+      HeldoutQuestion q;
+      q.id = j.at("question_id").get<int64_t>();
+      if (j.contains("image")) q.image = (dir / j.at("image").get<std::string>()).string();
+      q.prompt = j.at("prompt").get<std::string>();
+      q.answer = j.at("answer").get<std::string>();
+      q.type = j.at("type").get<std::string>();
+      out.push_back(std::move(q));
+    } catch (const nlohmann::json::exception& e) {
+      throw std::runtime_error(fmt::format("{}:{}: {}", path, n, e.what()));
+    }
+  }
+  return out;
+}
+
+std::string normalize_answer(const std::string& text) {
+  std::string s;
+  for (char c : text) s += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  const auto a = s.find_first_not_of(" \t\n");
+  if (a == std::string::npos) return "";
+  s = s.substr(a, s.find_last_not_of(" \t\n") - a + 1);
+  while (!s.empty() && (s.back() == '.' || s.back() == ' ')) s.pop_back();
+  return s;
+}
+
+std::string EvalResult::table() const {
+  std::string t = fmt::format("{:<16} {:>9} {:>10}\n", "question type", "questions", "accuracy");
+  for (const auto& [type, acc] : accuracy) t += fmt::format("{:<16} {:>9} {:>9.1f}%\n", type, count.at(type), 100 * acc);
+  t += fmt::format("{:<16} {:>9} {:>9.1f}%\n", "short answers", "", 100 * short_answer_accuracy);
+  t += fmt::format("{:<16} {:>9} {:>10.1f}\n", "caption CIDEr", "", 100 * caption_cider);
+  return t;
+}
+
+EvalResult evaluate_heldout(MPLUGOwl2ForCausalLM& model, const Tokenizer& tokenizer,
+                            const std::vector<HeldoutQuestion>& all, const EvalOptions& options) {
+  const bool was_training = model->is_training();
+  model->eval();
+  const auto tmpl = chat_template(options.chat_template);
+  std::vector<HeldoutQuestion> qs = all;
+  if (options.limit > 0 && static_cast<int64_t>(qs.size()) > options.limit) qs.resize(static_cast<size_t>(options.limit));
+  // Batches of questions that either all have an image or none has, so that images stack.
+  EvalResult res;
+  GenerateOptions gen;
+  gen.max_new_tokens = options.max_new_tokens;
+  gen.eos_id = Tokenizer::kEosId;
+  gen.pad_id = Tokenizer::kPadId;
+  for (size_t start = 0; start < qs.size(); start += static_cast<size_t>(options.batch_size)) {
+    const size_t end = std::min(qs.size(), start + static_cast<size_t>(options.batch_size));
+    std::vector<std::vector<int64_t>> prompts;
+    std::vector<torch::Tensor> images;
+    for (size_t i = start; i < end; ++i) {
+      const auto& q = qs[i];
+      const std::string human = q.image.empty() ? q.prompt : std::string(kImagePlaceholder) + "\n" + q.prompt;
+      prompts.push_back(tokenizer.encode_with_images(generation_prompt(tmpl, {{Role::kHuman, human}}, true)));
+      if (!q.image.empty()) images.push_back(preprocess_image(load_image(q.image), options.image));
+    }
+    const auto answers = greedy_generate(model, prompts, images.empty() ? torch::Tensor() : torch::stack(images), gen);
+    for (size_t i = start; i < end; ++i) res.predictions.emplace_back(qs[i], tokenizer.decode(answers[i - start]));
+  }
+  std::map<std::string, int64_t> correct;
+  eval::CaptionSet captions;
+  for (const auto& [q, pred] : res.predictions) {
+    ++res.count[q.type];
+    if (q.type == "caption") {
+      captions.hyps.push_back(eval::coco_tokenize(pred));
+      captions.refs.push_back({eval::coco_tokenize(q.answer)});
+      continue;
+    }
+    bool ok;
+    if (q.type == "mc") {
+      const auto letter = eval::parse_choice_letter(pred, 4);
+      ok = letter && std::toupper(static_cast<unsigned char>(q.answer[0])) == *letter;
+    } else {
+      ok = normalize_answer(pred) == normalize_answer(q.answer);
+    }
+    correct[q.type] += ok ? 1 : 0;
+  }
+  int64_t short_n = 0, short_ok = 0;
+  for (const auto& [type, n] : res.count) {
+    if (type == "caption") continue;
+    res.accuracy[type] = double(correct[type]) / double(n);
+    if (type == "color" || type == "shape" || type == "position" || type == "count" || type == "yesno") {
+      short_n += n;
+      short_ok += correct[type];
+    }
+  }
+  res.short_answer_accuracy = short_n > 0 ? double(short_ok) / double(short_n) : 0;
+  if (!captions.hyps.empty()) res.caption_cider = eval::cider_d(captions).corpus;
+  if (was_training) model->train();
+  return res;
+}
+
+}  // namespace owl2

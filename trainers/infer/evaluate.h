@@ -1,0 +1,49 @@
+// Held-out evaluation of a model on a question file (the synthetic benchmark's heldout.jsonl layout:
+// question_id, optional image, prompt, answer, type): batched greedy answers, accuracy per question type,
+// multiple-choice accuracy and caption CIDEr-D.
+#pragma once
+#include <map>
+#include <string>
+#include <vector>
+
+#include "data/image.h"
+#include "data/tokenizer.h"
+#include "owl2/model/model.h"
+
+namespace owl2 {
+
+struct HeldoutQuestion {
+  int64_t id = 0;
+  std::string image;  // path, empty for text-only
+  std::string prompt;
+  std::string answer;
+  std::string type;   // caption | mc | color | shape | position | count | yesno | text | ...
+};
+
+// Reads the JSONL file; image paths are relative to its folder. Throws naming the file and line.
+std::vector<HeldoutQuestion> read_heldout(const std::string& path);
+
+struct EvalOptions {
+  int64_t batch_size = 32;
+  int64_t max_new_tokens = 12;
+  int64_t limit = 0;  // first N questions; 0 = all
+  std::string chat_template = "mplug_owl2";
+  ImageConfig image;
+};
+
+struct EvalResult {
+  std::map<std::string, double> accuracy;  // per type (exact match after normalization; mc: option letter)
+  std::map<std::string, int64_t> count;    // questions per type
+  double short_answer_accuracy = 0;        // over color, shape, position, count, yesno
+  double caption_cider = 0;                // CIDEr-D x 1 (the coco scale: 1.0 = 100)
+  std::vector<std::pair<HeldoutQuestion, std::string>> predictions;
+  std::string table() const;
+};
+
+// Normalizes a short answer for exact match: lower case, surrounding space and a final period removed.
+std::string normalize_answer(const std::string& text);
+
+EvalResult evaluate_heldout(MPLUGOwl2ForCausalLM& model, const Tokenizer& tokenizer,
+                            const std::vector<HeldoutQuestion>& questions, const EvalOptions& options);
+
+}  // namespace owl2

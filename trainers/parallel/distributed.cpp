@@ -1,0 +1,357 @@
+// c10d process group and bucketed gradient all-reduce; see distributed.h.
+#include "trainers/parallel/distributed.h"
+
+#include <fmt/format.h>
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#include <torch/csrc/distributed/c10d/Types.hpp>
+#include <torch/csrc/distributed/c10d/Work.hpp>
+#ifdef OWL2_WITH_NCCL
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
+
+#include <chrono>
+#include <cstdlib>
+#include <stdexcept>
+
+#include "data/loader.h"
+
+namespace owl2 {
+namespace {
+
+const char* env_or(const char* name, const char* fallback) {
+  const char* v = std::getenv(name);
+  return v && *v ? v : fallback;
+}
+
+int64_t env_int(const char* name, int64_t fallback) {
+  const char* v = std::getenv(name);
+  if (!v || !*v) return fallback;
+  char* end = nullptr;
+  const long long x = std::strtoll(v, &end, 10);
+  if (*end != '\0') throw std::invalid_argument(fmt::format("environment variable {}='{}' is not an integer", name, v));
+  return x;
+}
+
+}  // namespace
+
+DistEnv DistEnv::from_environment() {
+  DistEnv e;
+  if (std::getenv("WORLD_SIZE")) {
+    e.rank = env_int("RANK", 0);
+    e.world_size = env_int("WORLD_SIZE", 1);
+    e.local_rank = env_int("LOCAL_RANK", 0);
+    e.master_addr = env_or("MASTER_ADDR", "127.0.0.1");
+    e.master_port = env_int("MASTER_PORT", 29500);
+    e.restart_count = env_int("TORCHELASTIC_RESTART_COUNT", 0);
+  } else if (std::getenv("SLURM_NTASKS")) {
+    e.rank = env_int("SLURM_PROCID", 0);
+    e.world_size = env_int("SLURM_NTASKS", 1);
+    e.local_rank = env_int("SLURM_LOCALID", 0);
+    e.master_addr = env_or("MASTER_ADDR", env_or("SLURM_LAUNCH_NODE_IPADDR", "127.0.0.1"));
+    e.master_port = env_int("MASTER_PORT", 29500);
+  }
+  if (e.world_size < 1) throw std::invalid_argument(fmt::format("WORLD_SIZE must be >= 1, got {}", e.world_size));
+  if (e.rank < 0 || e.rank >= e.world_size) {
+    throw std::invalid_argument(fmt::format("RANK {} is outside [0, WORLD_SIZE = {})", e.rank, e.world_size));
+  }
+  if (e.master_port <= 0 || e.master_port > 65535) {
+    throw std::invalid_argument(fmt::format("MASTER_PORT {} is not a port number", e.master_port));
+  }
+  return e;
+}
+
+data::LoaderState reshard_loader_state(const data::LoaderState& state, int64_t from_world, int64_t to_world) {
+  if (from_world < 1 || to_world < 1) {
+    throw std::invalid_argument(fmt::format("loader state: world sizes must be >= 1, got {} -> {}", from_world, to_world));
+  }
+  const int64_t global = state.position * from_world;
+  if (global % to_world != 0) {
+    throw std::invalid_argument(fmt::format("loader state: {} batches read at world size {} do not split over {} ranks",
+                                            global, from_world, to_world));
+  }
+  data::LoaderState out = state;
+  out.position = global / to_world;
+  return out;
+}
+
+Comm::Comm(const DistEnv& env, std::chrono::milliseconds timeout, bool cuda) : env_(env) {
+  if (env_.world_size == 1) return;
+  c10d::TCPStoreOptions so;
+  so.port = static_cast<uint16_t>(env_.master_port);
+  so.isServer = env_.rank == 0;
+  so.numWorkers = static_cast<size_t>(env_.world_size);
+  so.waitWorkers = true;
+  so.timeout = timeout;
+  try {
+    auto store = c10::make_intrusive<c10d::PrefixStore>(
+        fmt::format("owl2/attempt-{}", env_.restart_count), c10::make_intrusive<c10d::TCPStore>(env_.master_addr, so));
+    store_ = store;
+    if (cuda) {
+#ifdef OWL2_WITH_NCCL
+      auto opts = c10d::ProcessGroupNCCL::Options::create();
+      opts->timeout = timeout;
+      backend_ = c10::make_intrusive<c10d::ProcessGroupNCCL>(store, env_.rank, env_.world_size, opts);
+#else
+      throw std::runtime_error("this build of owl2 has no NCCL support");
+#endif
+    } else {
+      auto opts = c10d::ProcessGroupGloo::Options::create_default(timeout);
+      backend_ = c10::make_intrusive<c10d::ProcessGroupGloo>(store, env_.rank, env_.world_size, opts);
+    }
+  } catch (const std::exception& e) {
+    throw std::runtime_error(fmt::format("rank {}: cannot join the process group at {}:{} (world size {}): {}",
+                                         env_.rank, env_.master_addr, env_.master_port, env_.world_size, e.what()));
+  }
+}
+
+Comm::~Comm() {
+  if (backend_) {
+    try {
+      backend_->shutdown();
+    } catch (...) {
+    }
+  }
+}
+
+void Comm::set_step(int64_t step) {
+  step_ = step;
+  if (!store_) return;
+  const std::string v = std::to_string(step);
+  store_->set(fmt::format("owl2/progress/{}", env_.rank), std::vector<uint8_t>(v.begin(), v.end()));
+}
+
+std::string Comm::laggards() const {
+  if (!store_) return "";
+  std::string out;
+  try {
+    for (int64_t r = 0; r < env_.world_size; ++r) {
+      if (r == env_.rank) continue;
+      const std::string key = fmt::format("owl2/progress/{}", r);
+      if (!store_->check({key})) {
+        out += fmt::format("; rank {} has not reported any step", r);
+        continue;
+      }
+      const auto v = store_->get(key);
+      const int64_t step = std::stoll(std::string(v.begin(), v.end()));
+      if (step < step_) out += fmt::format("; rank {} is behind, at step {}", r, step);
+    }
+  } catch (const std::exception&) {
+    out += "; the store is unreachable (rank 0 may have died)";
+  }
+  return out;
+}
+
+void Comm::fail(const std::string& what, const std::exception& e) const {
+  std::string msg = e.what();
+  if (const auto nl = msg.find("\nException raised from"); nl != std::string::npos) msg.resize(nl);
+  throw std::runtime_error(fmt::format("rank {} of {}, step {}: collective '{}' failed{}: {}", env_.rank,
+                                       env_.world_size, step_, what, laggards(), msg));
+}
+
+c10::intrusive_ptr<c10d::Work> Comm::allreduce_sum_async(at::Tensor& t) {
+  std::vector<at::Tensor> v{t};
+  return backend_->allreduce(v, c10d::AllreduceOptions{});
+}
+
+c10::intrusive_ptr<c10d::Work> Comm::reduce_scatter_sum_async(at::Tensor& out_chunk, at::Tensor& in_full) {
+  return backend_->_reduce_scatter_base(out_chunk, in_full, c10d::ReduceScatterOptions{});
+}
+
+c10::intrusive_ptr<c10d::Work> Comm::allgather_async(at::Tensor& out_full, at::Tensor& in_chunk) {
+  return backend_->_allgather_base(out_full, in_chunk, c10d::AllgatherOptions{});
+}
+
+namespace {
+// Adds the wall time of its scope to a counter.
+struct BlockedTimer {
+  explicit BlockedTimer(double& total) : total(total), t0(std::chrono::steady_clock::now()) {}
+  ~BlockedTimer() { total += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); }
+  double& total;
+  std::chrono::steady_clock::time_point t0;
+};
+}  // namespace
+
+void Comm::wait(const c10::intrusive_ptr<c10d::Work>& work, const std::string& what) {
+  BlockedTimer timer(blocked_s_);
+  try {
+    work->wait();
+  } catch (const std::exception& e) {
+    fail(what, e);
+  }
+}
+
+void Comm::allreduce_sum(at::Tensor& t, const std::string& what) {
+  if (!backend_) return;
+  BlockedTimer timer(blocked_s_);
+  try {
+    allreduce_sum_async(t)->wait();
+  } catch (const std::exception& e) {
+    fail(what, e);
+  }
+}
+
+int64_t Comm::sum(int64_t value, const std::string& what) {
+  if (!backend_) return value;
+  auto t = at::full({1}, value, at::kLong);
+  allreduce_sum(t, what);
+  return t.item<int64_t>();
+}
+
+double Comm::sum(double value, const std::string& what) {
+  if (!backend_) return value;
+  auto t = at::full({1}, value, at::kDouble);
+  allreduce_sum(t, what);
+  return t.item<double>();
+}
+
+void Comm::broadcast(at::Tensor& t, int64_t root, const std::string& what) {
+  if (!backend_) return;
+  BlockedTimer timer(blocked_s_);
+  try {
+    std::vector<at::Tensor> v{t};
+    c10d::BroadcastOptions opts;
+    opts.rootRank = root;
+    backend_->broadcast(v, opts)->wait();
+  } catch (const std::exception& e) {
+    fail(what, e);
+  }
+}
+
+void Comm::barrier(const std::string& what) {
+  if (!backend_) return;
+  BlockedTimer timer(blocked_s_);
+  try {
+    backend_->barrier()->wait();
+  } catch (const std::exception& e) {
+    fail(what, e);
+  }
+}
+
+DataParallel::DataParallel(std::shared_ptr<Comm> comm, torch::nn::Module& model, int64_t bucket_bytes)
+    : comm_(std::move(comm)) {
+  torch::NoGradGuard no_grad;
+  for (auto& item : model.named_parameters(/*recurse=*/true)) {
+    at::Tensor p = item.value();
+    comm_->broadcast(p, 0, "broadcast " + item.key());
+    if (!p.requires_grad()) continue;
+    params_.push_back(p);
+    names_.push_back(item.key());
+  }
+  // Buckets in reverse registration order, which is roughly the order in which backward finishes gradients.
+  bucket_of_.assign(params_.size(), 0);
+  offset_of_.assign(params_.size(), 0);
+  seen_.assign(params_.size(), 0);
+  int64_t bytes = bucket_bytes;
+  for (size_t k = params_.size(); k-- > 0;) {
+    const auto& p = params_[k];
+    const int64_t nbytes = p.numel() * static_cast<int64_t>(p.element_size());
+    const bool new_bucket = buckets_.empty() || bytes + nbytes > bucket_bytes ||
+                            buckets_.back().flat.scalar_type() != p.scalar_type();
+    if (new_bucket) {
+      buckets_.emplace_back();
+      buckets_.back().flat = at::empty({0}, p.options());
+      bytes = 0;
+    }
+    auto& b = buckets_.back();
+    bucket_of_[k] = buckets_.size() - 1;
+    offset_of_[k] = static_cast<size_t>(b.flat.numel());
+    b.params.push_back(k);
+    b.flat = at::empty({b.flat.numel() + p.numel()}, p.options());
+    bytes += nbytes;
+  }
+  if (comm_->world_size() > 1) {
+    const auto t0 = std::chrono::steady_clock::now();
+    std::vector<c10::intrusive_ptr<c10d::Work>> works;
+    for (auto& b : buckets_) {
+      b.flat.zero_();
+      works.push_back(comm_->allreduce_sum_async(b.flat));
+    }
+    for (size_t i = 0; i < works.size(); ++i) comm_->wait(works[i], fmt::format("calibration allreduce bucket {}", i));
+    calibration_s_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+  for (size_t k = 0; k < params_.size(); ++k) {
+    params_[k].register_hook([this, k](const at::Tensor& grad) {
+      on_grad(k, grad);
+      return at::Tensor();  // keep the gradient as it is
+    });
+  }
+}
+
+void DataParallel::arm() {
+  armed_ = true;
+  next_launch_ = 0;
+  std::fill(seen_.begin(), seen_.end(), 0);
+  for (auto& b : buckets_) {
+    b.ready = 0;
+    b.launched = false;
+    b.work.reset();
+  }
+}
+
+void DataParallel::on_grad(size_t k, const at::Tensor& grad) {
+  if (!armed_ || comm_->world_size() == 1) return;
+  auto& b = buckets_[bucket_of_[k]];
+  at::NoGradGuard no_grad;
+  auto slot = b.flat.narrow(0, static_cast<int64_t>(offset_of_[k]), params_[k].numel()).view(params_[k].sizes());
+  const at::Tensor& acc = params_[k].grad();
+  if (seen_[k]) {
+    slot.add_(grad);  // a parameter used twice in the graph gets two hook calls
+    return;
+  }
+  if (acc.defined()) {
+    at::add_out(slot, acc, grad);
+  } else {
+    slot.copy_(grad);
+  }
+  seen_[k] = 1;
+  if (++b.ready == static_cast<int64_t>(b.params.size())) launch_ready_in_order();
+}
+
+void DataParallel::launch_ready_in_order() {
+  while (next_launch_ < buckets_.size() &&
+         buckets_[next_launch_].ready == static_cast<int64_t>(buckets_[next_launch_].params.size())) {
+    auto& b = buckets_[next_launch_];
+    b.work = comm_->allreduce_sum_async(b.flat);
+    b.launched = true;
+    ++next_launch_;
+  }
+}
+
+void DataParallel::finish() {
+  if (!armed_) throw std::logic_error("DataParallel::finish() without arm()");
+  armed_ = false;
+  if (comm_->world_size() == 1) return;
+  at::NoGradGuard no_grad;
+  // Which parameters received a gradient anywhere (one small all-reduce); unused ones contribute zeros.
+  auto used = at::zeros({static_cast<int64_t>(params_.size())}, at::kInt);
+  for (size_t k = 0; k < params_.size(); ++k) {
+    const bool local = seen_[k] || params_[k].grad().defined();
+    used[static_cast<int64_t>(k)] = local ? 1 : 0;
+    if (seen_[k]) continue;
+    auto& b = buckets_[bucket_of_[k]];
+    auto slot = b.flat.narrow(0, static_cast<int64_t>(offset_of_[k]), params_[k].numel()).view(params_[k].sizes());
+    if (params_[k].grad().defined()) {
+      slot.copy_(params_[k].grad());
+    } else {
+      slot.zero_();
+    }
+    seen_[k] = 1;
+    ++b.ready;
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  launch_ready_in_order();
+  comm_->allreduce_sum(used, "allreduce used-parameter flags");
+  for (size_t i = 0; i < buckets_.size(); ++i) comm_->wait(buckets_[i].work, fmt::format("allreduce gradient bucket {}", i));
+  wait_s_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  auto used_any = used.accessor<int, 1>();
+  for (size_t k = 0; k < params_.size(); ++k) {
+    if (!used_any[static_cast<int64_t>(k)]) continue;
+    const auto& b = buckets_[bucket_of_[k]];
+    params_[k].mutable_grad() =
+        b.flat.narrow(0, static_cast<int64_t>(offset_of_[k]), params_[k].numel()).view(params_[k].sizes()).clone();
+  }
+}
+
+}  // namespace owl2

@@ -1,0 +1,579 @@
+// ZeRO stage 1/2 layout, gradient reduction, sharded AdamW and resharding of its state; see zero.h.
+#include "trainers/parallel/zero.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <functional>
+#include <map>
+#include <numeric>
+#include <stdexcept>
+
+#include "trainers/checkpoint.h"
+
+namespace owl2 {
+namespace {
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+}  // namespace
+
+std::string zero_shard_group(int64_t rank) { return fmt::format("optimizer.rank-{:05d}", rank); }
+
+ZeroLayout::ZeroLayout(const std::vector<int64_t>& numels, int64_t element_size, int64_t world_, int64_t rank_,
+                       int64_t bucket_bytes, const std::vector<int64_t>& block_of)
+    : world(world_), rank(rank_) {
+  const int64_t n = static_cast<int64_t>(numels.size());
+  auto block = [&](int64_t k) { return block_of.empty() ? int64_t{-1} : block_of[k]; };
+  bucket_of.assign(numels.size(), 0);
+  std::vector<int64_t> used;  // real elements per bucket
+  auto add = [&](size_t b, int64_t k) {
+    buckets[b].params.push_back(k);
+    buckets[b].offsets.push_back(used[b]);
+    used[b] += numels[k];
+    bucket_of[k] = static_cast<int64_t>(b);
+  };
+  int64_t bytes = 0;
+  for (int64_t k = n - 1; k >= 0; --k) {
+    if (block(k) >= 0) continue;
+    const int64_t nbytes = numels[k] * element_size;
+    if (buckets.empty() || bytes + nbytes > bucket_bytes) {
+      buckets.emplace_back();
+      used.push_back(0);
+      bytes = 0;
+    }
+    add(buckets.size() - 1, k);
+    bytes += nbytes;
+  }
+  plain_buckets = static_cast<int64_t>(buckets.size());
+  for (int64_t k = 0; k < n; ++k) {  // one bucket per block, parameters in registration order
+    if (block(k) < 0) continue;
+    const auto b = static_cast<size_t>(plain_buckets + block(k));
+    while (buckets.size() <= b) {
+      buckets.emplace_back();
+      used.push_back(0);
+    }
+    add(b, k);
+  }
+  for (size_t i = 0; i < buckets.size(); ++i) {
+    auto& b = buckets[i];
+    b.padded_numel = (used[i] + world - 1) / world * world;
+    const int64_t s = slice(b), lo = rank * s, hi = lo + s;
+    b.shard_offset = shard_numel;
+    for (size_t j = 0; j < b.params.size(); ++j) {
+      const int64_t k = b.params[j], begin = std::max(b.offsets[j], lo), end = std::min(b.offsets[j] + numels[k], hi);
+      if (begin < end) segments.push_back({k, begin - b.offsets[j], end - begin, shard_numel + begin - lo});
+    }
+    shard_numel += s;
+  }
+}
+
+ZeroOptimizer::ZeroOptimizer(std::shared_ptr<Comm> comm, torch::nn::Module& model, const std::vector<ParamGroup>& groups,
+                             const OptimConfig& optim, int stage, int64_t bucket_bytes,
+                             const std::vector<std::vector<at::Tensor>>& blocks)
+    : comm_(std::move(comm)),
+      stage_(stage),
+      optim_(optim),
+      layout_({}, 1, 1, 0, 1) {
+  if (stage_ < 1 || stage_ > 3) throw std::invalid_argument(fmt::format("ZeRO stage must be 1, 2 or 3, got {}", stage_));
+  if (stage_ != 3 && !blocks.empty()) throw std::invalid_argument("ZeRO: parameter blocks are sharded at stage 3 only");
+  if (comm_ && comm_->world_size() == 1) comm_.reset();
+  at::NoGradGuard no_grad;
+  if (comm_) {
+    for (auto& item : model.named_parameters(/*recurse=*/true)) {
+      at::Tensor p = item.value();
+      comm_->broadcast(p, 0, "broadcast " + item.key());
+    }
+  }
+  std::vector<int64_t> numels;
+  for (const auto& g : groups) {
+    for (size_t i = 0; i < g.params.size(); ++i) {
+      const auto& p = g.params[i];
+      if (!params_.empty() && p.scalar_type() != params_[0].second.scalar_type()) {
+        throw std::invalid_argument(fmt::format("ZeRO needs one dtype for all trainable parameters: '{}' is {}, '{}' is {}",
+                                                g.names[i], c10::toString(p.scalar_type()), params_[0].first,
+                                                c10::toString(params_[0].second.scalar_type())));
+      }
+      if (!p.is_contiguous()) throw std::invalid_argument(fmt::format("ZeRO: parameter '{}' is not contiguous", g.names[i]));
+      params_.emplace_back(g.names[i], p);
+      lr_scale_.push_back(g.lr_scale);
+      weight_decay_.push_back(g.weight_decay);
+      numels.push_back(p.numel());
+      sizes_.push_back(p.sizes().vec());
+    }
+  }
+  if (params_.empty()) throw std::invalid_argument("ZeRO: no trainable parameter");
+  // Stage 3 blocks: their trainable parameters (frozen ones stay replicated), by tensor identity.
+  block_of_.assign(params_.size(), -1);
+  for (const auto& block : blocks) {
+    std::vector<int64_t> ks;
+    for (const auto& t : block) {
+      for (size_t k = 0; k < params_.size(); ++k) {
+        if (params_[k].second.unsafeGetTensorImpl() != t.unsafeGetTensorImpl()) continue;
+        if (block_of_[k] >= 0) {
+          throw std::invalid_argument(fmt::format("ZeRO 3: parameter '{}' is in two blocks", params_[k].first));
+        }
+        block_of_[k] = static_cast<int64_t>(block_params_.size());
+        ks.push_back(static_cast<int64_t>(k));
+      }
+    }
+    std::sort(ks.begin(), ks.end());
+    block_params_.push_back(ks);  // may be empty (a frozen block): it still counts for the runner
+  }
+  block_used_.assign(params_.size(), 0);
+  const auto& p0 = params_[0].second;
+  layout_ = ZeroLayout(numels, static_cast<int64_t>(p0.element_size()), comm_ ? comm_->world_size() : 1,
+                       comm_ ? comm_->rank() : 0, bucket_bytes, block_of_);
+  flat_.resize(layout_.buckets.size());
+  ready_.assign(layout_.buckets.size(), 0);
+  work_.resize(layout_.buckets.size());
+  seen_.assign(params_.size(), 0);
+  used_.assign(params_.size(), 0);
+  grad_shard_ = at::zeros({layout_.shard_numel}, p0.options());
+  exp_avg_ = at::zeros({layout_.shard_numel}, p0.options());
+  exp_avg_sq_ = at::zeros({layout_.shard_numel}, p0.options());
+  steps_.assign(layout_.segments.size(), 0);
+  if (!block_params_.empty()) {  // the parameter shard: this rank's slice of every block; then free them
+    param_shard_ = at::zeros({layout_.shard_numel}, p0.options());
+    for (int64_t i = 0; i < block_count(); ++i) {
+      copy_own_slices_to_shard(i);
+      release_block(i);
+    }
+  }
+  if (comm_) {
+    for (size_t k = 0; k < params_.size(); ++k) {
+      if (block_of_[k] >= 0) continue;  // reduced by reduce_block(), not by the bucket hooks
+      params_[k].second.register_hook([this, k](const at::Tensor& grad) {
+        on_grad(k, grad);
+        return at::Tensor();
+      });
+    }
+  }
+}
+
+at::Tensor ZeroOptimizer::slot(size_t k) {
+  const int64_t b = layout_.bucket_of[k];
+  if (!flat_[b].defined()) flat_[b] = at::zeros({layout_.buckets[b].padded_numel}, params_[k].second.options());
+  const auto& bucket = layout_.buckets[b];
+  const auto j = std::find(bucket.params.begin(), bucket.params.end(), static_cast<int64_t>(k)) - bucket.params.begin();
+  const auto& sizes = sizes_[k];
+  const int64_t numel = std::accumulate(sizes.begin(), sizes.end(), int64_t{1}, std::multiplies<int64_t>());
+  return flat_[b].narrow(0, bucket.offsets[j], numel).view(sizes);
+}
+
+at::Tensor ZeroOptimizer::master(const ZeroLayout::Segment& s) {
+  if (block_of_[s.param] >= 0) return param_shard_.narrow(0, s.shard_offset, s.length);
+  return params_[s.param].second.detach().view({-1}).narrow(0, s.param_offset, s.length);
+}
+
+void ZeroOptimizer::copy_own_slices_to_shard(int64_t i) {
+  at::NoGradGuard no_grad;
+  const auto b = static_cast<size_t>(layout_.plain_buckets + i);
+  for (const auto& s : layout_.segments) {
+    if (layout_.bucket_of[s.param] != static_cast<int64_t>(b)) continue;
+    param_shard_.narrow(0, s.shard_offset, s.length)
+        .copy_(params_[s.param].second.detach().reshape({-1}).narrow(0, s.param_offset, s.length));
+  }
+}
+
+void ZeroOptimizer::gather_block(int64_t i) {
+  if (all_gathered_ || block_params_.at(i).empty()) return;
+  at::NoGradGuard no_grad;
+  const auto& bucket = layout_.buckets[static_cast<size_t>(layout_.plain_buckets + i)];
+  const int64_t s = layout_.slice(bucket);
+  auto own = param_shard_.narrow(0, bucket.shard_offset, s);
+  at::Tensor flat;
+  if (comm_) {
+    flat = at::empty({bucket.padded_numel}, param_shard_.options());
+    const auto t0 = std::chrono::steady_clock::now();
+    auto send = own.clone();
+    auto work = comm_->allgather_async(flat, send);
+    comm_->wait(work, fmt::format("allgather parameters of block {}", i));
+    gather_s_ += seconds_since(t0);
+  } else {
+    flat = own.clone();
+  }
+  for (size_t j = 0; j < bucket.params.size(); ++j) {
+    const auto k = static_cast<size_t>(bucket.params[j]);
+    const int64_t numel = std::accumulate(sizes_[k].begin(), sizes_[k].end(), int64_t{1}, std::multiplies<int64_t>());
+    params_[k].second.set_data(flat.narrow(0, bucket.offsets[j], numel).view(sizes_[k]));
+  }
+}
+
+void ZeroOptimizer::release_block(int64_t i) {
+  if (all_gathered_) return;
+  for (int64_t k : block_params_.at(i)) params_[k].second.set_data(at::empty({0}, param_shard_.options()));
+}
+
+void ZeroOptimizer::reduce_block(int64_t i) {
+  if (all_gathered_) throw std::logic_error("ZeRO 3: backward through a block while all blocks are gathered");
+  if (block_params_.at(i).empty()) return;
+  at::NoGradGuard no_grad;
+  const auto b = static_cast<size_t>(layout_.plain_buckets + i);
+  const auto& bucket = layout_.buckets[b];
+  auto flat = at::zeros({bucket.padded_numel}, param_shard_.options());
+  for (size_t j = 0; j < bucket.params.size(); ++j) {
+    auto& p = params_[bucket.params[j]].second;
+    if (!p.grad().defined()) continue;
+    flat.narrow(0, bucket.offsets[j], p.numel()).copy_(p.grad().reshape({-1}));
+    block_used_[bucket.params[j]] = 1;
+    p.mutable_grad().reset();
+  }
+  const int64_t s = layout_.slice(bucket);
+  auto own = grad_shard_.narrow(0, bucket.shard_offset, s);
+  if (comm_) {
+    auto out = at::empty({s}, flat.options());
+    const auto t0 = std::chrono::steady_clock::now();
+    auto work = comm_->reduce_scatter_sum_async(out, flat);
+    comm_->wait(work, fmt::format("reduce-scatter gradients of block {}", i));
+    reduce_wait_s_ += seconds_since(t0);
+    own.add_(out);
+  } else {
+    own.add_(flat);
+  }
+}
+
+void ZeroOptimizer::gather_all() {
+  for (int64_t i = 0; i < block_count(); ++i) gather_block(i);
+  all_gathered_ = true;
+}
+
+void ZeroOptimizer::release_all() {
+  if (!all_gathered_) return;
+  all_gathered_ = false;
+  for (int64_t i = 0; i < block_count(); ++i) {
+    if (block_params_[i].empty()) continue;
+    copy_own_slices_to_shard(i);
+    release_block(i);
+  }
+}
+
+void ZeroOptimizer::zero_grad() {
+  grad_shard_.zero_();
+  std::fill(block_used_.begin(), block_used_.end(), 0);
+  reduce_wait_s_ = 0;
+  gather_s_ = 0;
+}
+
+void ZeroOptimizer::arm() {
+  armed_ = true;
+  next_launch_ = 0;
+  std::fill(seen_.begin(), seen_.end(), 0);
+  std::fill(ready_.begin(), ready_.end(), 0);
+  for (auto& w : work_) w.reset();
+}
+
+void ZeroOptimizer::on_grad(size_t k, const at::Tensor& grad) {
+  if (!armed_) return;
+  at::NoGradGuard no_grad;
+  auto s = slot(k);
+  if (seen_[k]) {
+    s.add_(grad);  // a parameter used twice in the graph gets two hook calls
+    return;
+  }
+  const at::Tensor& acc = params_[k].second.grad();
+  if (acc.defined()) {
+    at::add_out(s, acc, grad);
+  } else {
+    s.copy_(grad);
+  }
+  seen_[k] = 1;
+  const int64_t b = layout_.bucket_of[k];
+  if (++ready_[b] == static_cast<int64_t>(layout_.buckets[b].params.size())) launch_ready_in_order();
+}
+
+void ZeroOptimizer::launch(size_t b) {
+  const auto& bucket = layout_.buckets[b];
+  if (stage_ == 1) {
+    work_[b] = comm_->allreduce_sum_async(flat_[b]);
+  } else {
+    auto out = grad_shard_.narrow(0, bucket.shard_offset, layout_.slice(bucket));
+    work_[b] = comm_->reduce_scatter_sum_async(out, flat_[b]);
+  }
+}
+
+void ZeroOptimizer::launch_ready_in_order() {
+  while (next_launch_ < static_cast<size_t>(layout_.plain_buckets) &&
+         ready_[next_launch_] == static_cast<int64_t>(layout_.buckets[next_launch_].params.size())) {
+    launch(next_launch_++);
+  }
+}
+
+double ZeroOptimizer::finish() {
+  if (!armed_) throw std::logic_error("ZeroOptimizer::finish() without arm()");
+  armed_ = false;
+  at::NoGradGuard no_grad;
+  // Gradients the hooks did not see (all of them on one rank; unused parameters; those accumulated on
+  // earlier micro-batches only) go in now; unused ones contribute zeros, as in DataParallel::finish.
+  for (size_t k = 0; k < params_.size(); ++k) {
+    if (block_of_[k] >= 0) {  // already in the shard gradient (reduce_block)
+      used_[k] = block_used_[k];
+      continue;
+    }
+    const at::Tensor& g = params_[k].second.grad();
+    used_[k] = seen_[k] || g.defined();
+    if (seen_[k]) continue;
+    auto s = slot(k);
+    if (g.defined()) {
+      s.copy_(g);
+    } else {
+      s.zero_();
+    }
+    seen_[k] = 1;
+    ++ready_[layout_.bucket_of[k]];
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  if (comm_) {
+    launch_ready_in_order();
+    auto used = at::tensor(std::vector<int32_t>(used_.begin(), used_.end()), at::kInt);
+    comm_->allreduce_sum(used, "allreduce used-parameter flags");
+    for (size_t b = 0; b < static_cast<size_t>(layout_.plain_buckets); ++b) {
+      comm_->wait(work_[b], fmt::format("{} gradient bucket {}", stage_ == 1 ? "allreduce" : "reduce-scatter", b));
+    }
+    auto acc = used.accessor<int32_t, 1>();
+    for (size_t k = 0; k < used_.size(); ++k) used_[k] = acc[static_cast<int64_t>(k)] > 0;
+  }
+  if (!comm_ || stage_ == 1) {  // keep the own slice of the (summed) full bucket
+    for (size_t b = 0; b < static_cast<size_t>(layout_.plain_buckets); ++b) {
+      const auto& bucket = layout_.buckets[b];
+      const int64_t s = layout_.slice(bucket);
+      grad_shard_.narrow(0, bucket.shard_offset, s).copy_(flat_[b].narrow(0, layout_.rank * s, s));
+    }
+  }
+  reduce_wait_s_ += seconds_since(t0);
+  if (stage_ >= 2) {  // nothing full-size outlives the reduction
+    for (auto& f : flat_) f.reset();
+    for (auto& [name, p] : params_) p.mutable_grad().reset();
+  }
+  // Global norm: squares summed over the own shard (padding and unused parameters are zeros), then over ranks.
+  double sq = grad_shard_.to(at::kDouble).square().sum().item<double>();
+  if (comm_) sq = comm_->sum(sq, "allreduce gradient norm");
+  return std::sqrt(sq);
+}
+
+void ZeroOptimizer::step(double lr, double max_norm, double grad_norm) {
+  at::NoGradGuard no_grad;
+  // torch::nn::utils::clip_grad_norm_: coefficient max_norm / (norm + 1e-6), clamped to at most 1.
+  grad_shard_.mul_(std::min(max_norm / (grad_norm + 1e-6), 1.0));
+  const double beta1 = optim_.betas[0], beta2 = optim_.betas[1];
+  for (size_t i = 0; i < layout_.segments.size(); ++i) {
+    const auto& s = layout_.segments[i];
+    if (!used_[s.param]) continue;  // torch::optim::AdamW skips parameters without a gradient
+    auto p = master(s);
+    auto g = grad_shard_.narrow(0, s.shard_offset, s.length);
+    auto m = exp_avg_.narrow(0, s.shard_offset, s.length);
+    auto v = exp_avg_sq_.narrow(0, s.shard_offset, s.length);
+    const double lr_k = lr * lr_scale_[s.param], wd = weight_decay_[s.param];
+    // torch::optim::AdamW::step, element for element.
+    if (wd != 0) p.mul_(1 - lr_k * wd);
+    const int64_t step = ++steps_[i];
+    const double bias_correction1 = 1 - std::pow(beta1, step);
+    const double bias_correction2 = 1 - std::pow(beta2, step);
+    m.mul_(beta1).add_(g, 1 - beta1);
+    v.mul_(beta2).addcmul_(g, g, 1 - beta2);
+    auto denom = (v.sqrt() / std::sqrt(bias_correction2)).add_(optim_.eps);
+    p.addcdiv_(m, denom, -lr_k / bias_correction1);
+  }
+  grad_shard_.zero_();
+  if (!comm_) return;
+  // Every rank updated its slices: all-gather each bucket and copy it back into the parameters (stage 3
+  // blocks: not now, the next forward gathers them).
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto& opts = params_[0].second.options();
+  const auto plain = static_cast<size_t>(layout_.plain_buckets);
+  std::vector<at::Tensor> send(plain);
+  for (size_t b = 0; b < plain; ++b) {
+    send[b] = at::zeros({layout_.slice(layout_.buckets[b])}, opts);
+    if (!flat_[b].defined()) flat_[b] = at::empty({layout_.buckets[b].padded_numel}, opts);
+  }
+  for (const auto& s : layout_.segments) {
+    if (block_of_[s.param] >= 0) continue;
+    const auto& bucket = layout_.buckets[layout_.bucket_of[s.param]];
+    send[layout_.bucket_of[s.param]]
+        .narrow(0, s.shard_offset - bucket.shard_offset, s.length)
+        .copy_(params_[s.param].second.detach().view({-1}).narrow(0, s.param_offset, s.length));
+  }
+  for (size_t b = 0; b < plain; ++b) work_[b] = comm_->allgather_async(flat_[b], send[b]);
+  for (size_t b = 0; b < plain; ++b) {
+    comm_->wait(work_[b], fmt::format("allgather parameter bucket {}", b));
+    const auto& bucket = layout_.buckets[b];
+    for (size_t j = 0; j < bucket.params.size(); ++j) {
+      auto& p = params_[bucket.params[j]].second;
+      p.detach().view({-1}).copy_(flat_[b].narrow(0, bucket.offsets[j], p.numel()));
+    }
+    if (stage_ >= 2) flat_[b].reset();  // stage 1 keeps it: its padding is the gathered zero padding
+  }
+  gather_s_ += seconds_since(t0);
+}
+
+NamedTensors ZeroOptimizer::shard_state() const {
+  auto segs = at::empty({static_cast<int64_t>(layout_.segments.size()), 5}, at::kLong);
+  auto a = segs.accessor<int64_t, 2>();
+  for (size_t i = 0; i < layout_.segments.size(); ++i) {
+    const auto& s = layout_.segments[i];
+    const int64_t row = static_cast<int64_t>(i);
+    a[row][0] = s.param;
+    a[row][1] = s.param_offset;
+    a[row][2] = s.length;
+    a[row][3] = s.shard_offset;
+    a[row][4] = steps_[i];
+  }
+  return {{"exp_avg", exp_avg_}, {"exp_avg_sq", exp_avg_sq_}, {"segments", segs}};
+}
+
+nlohmann::json ZeroOptimizer::manifest() const {
+  nlohmann::json params = nlohmann::json::array();
+  for (size_t k = 0; k < params_.size(); ++k) {
+    params.push_back({params_[k].first, std::accumulate(sizes_[k].begin(), sizes_[k].end(), int64_t{1},
+                                                         std::multiplies<int64_t>())});
+  }
+  return {{"stage", stage_}, {"world_size", layout_.world}, {"params", params}};
+}
+
+void ZeroOptimizer::load_runs(const std::vector<AdamWStateRun>& runs) {
+  at::NoGradGuard no_grad;
+  exp_avg_.zero_();
+  exp_avg_sq_.zero_();
+  std::fill(steps_.begin(), steps_.end(), 0);
+  std::vector<std::vector<size_t>> segs_of(params_.size());
+  for (size_t i = 0; i < layout_.segments.size(); ++i) segs_of[layout_.segments[i].param].push_back(i);
+  std::vector<int64_t> covered(layout_.segments.size(), 0);
+  for (const auto& r : runs) {
+    if (r.param < 0 || r.param >= static_cast<int64_t>(params_.size()))
+      throw std::invalid_argument(fmt::format("optimizer state run names parameter index {} of {}", r.param, params_.size()));
+    const int64_t len = r.exp_avg.numel();
+    for (size_t i : segs_of[r.param]) {
+      const auto& s = layout_.segments[i];
+      const int64_t lo = std::max(r.offset, s.param_offset), hi = std::min(r.offset + len, s.param_offset + s.length);
+      if (lo >= hi) continue;
+      const int64_t at_shard = s.shard_offset + lo - s.param_offset;
+      exp_avg_.narrow(0, at_shard, hi - lo).copy_(r.exp_avg.narrow(0, lo - r.offset, hi - lo));
+      exp_avg_sq_.narrow(0, at_shard, hi - lo).copy_(r.exp_avg_sq.narrow(0, lo - r.offset, hi - lo));
+      steps_[i] = r.step;
+      covered[i] += hi - lo;
+    }
+  }
+  for (size_t i = 0; i < covered.size(); ++i) {
+    const auto& s = layout_.segments[i];
+    if (covered[i] != 0 && covered[i] != s.length) {
+      throw std::invalid_argument(fmt::format("optimizer state of '{}' covers {} of the {} elements [{}, {}) this rank owns",
+                                              params_[s.param].first, covered[i], s.length, s.param_offset,
+                                              s.param_offset + s.length));
+    }
+  }
+}
+
+void ZeroOptimizer::load_shard_state(const NamedTensors& state) {
+  std::map<std::string, at::Tensor> by_name(state.begin(), state.end());
+  for (const char* key : {"exp_avg", "exp_avg_sq", "segments"}) {
+    if (!by_name.count(key)) throw std::invalid_argument(fmt::format("ZeRO shard state: missing entry '{}'", key));
+  }
+  const auto segs = by_name.at("segments").contiguous();
+  if (segs.dim() != 2 || segs.size(0) != static_cast<int64_t>(layout_.segments.size()) ||
+      by_name.at("exp_avg").numel() != layout_.shard_numel) {
+    throw std::invalid_argument(fmt::format("ZeRO shard state: {} segments and {} elements, this rank's layout has {} and {}",
+                                            segs.size(0), by_name.at("exp_avg").numel(), layout_.segments.size(),
+                                            layout_.shard_numel));
+  }
+  at::NoGradGuard no_grad;
+  exp_avg_.copy_(by_name.at("exp_avg"));
+  exp_avg_sq_.copy_(by_name.at("exp_avg_sq"));
+  auto a = segs.accessor<int64_t, 2>();
+  for (size_t i = 0; i < steps_.size(); ++i) steps_[i] = a[static_cast<int64_t>(i)][4];
+}
+
+std::vector<AdamWStateRun> adamw_state_runs(const TrainingCheckpoint& ck, const NamedTensors& params) {
+  std::vector<AdamWStateRun> runs;
+  std::map<std::string, int64_t> index;
+  for (size_t k = 0; k < params.size(); ++k) index[params[k].first] = static_cast<int64_t>(k);
+  if (ck.extra.contains("zero")) {
+    const auto& z = ck.extra.at("zero");
+    const auto& names = z.at("params");
+    if (names.size() != params.size()) {
+      throw std::invalid_argument(fmt::format("the checkpoint's optimizer shards cover {} trainable parameters, this run has {}",
+                                              names.size(), params.size()));
+    }
+    for (size_t k = 0; k < params.size(); ++k) {
+      const auto name = names[k].at(0).get<std::string>();
+      const auto numel = names[k].at(1).get<int64_t>();
+      if (name != params[k].first || numel != params[k].second.numel()) {
+        throw std::invalid_argument(fmt::format(
+            "the checkpoint's optimizer shards list parameter {} as '{}' ({} elements), this run trains '{}' ({} elements)",
+            k, name, numel, params[k].first, params[k].second.numel()));
+      }
+    }
+    const int64_t world = z.at("world_size").get<int64_t>();
+    for (int64_t r = 0; r < world; ++r) {
+      const auto it = ck.tensors.find(zero_shard_group(r));
+      if (it == ck.tensors.end()) {
+        throw std::invalid_argument(fmt::format("the checkpoint has no optimizer shard '{}' (saved at world size {})",
+                                                zero_shard_group(r), world));
+      }
+      std::map<std::string, at::Tensor> t(it->second.begin(), it->second.end());
+      for (const char* key : {"exp_avg", "exp_avg_sq", "segments"}) {
+        if (!t.count(key)) throw std::invalid_argument(fmt::format("optimizer shard '{}' has no '{}'", it->first, key));
+      }
+      const auto segs = t.at("segments").contiguous();
+      auto a = segs.accessor<int64_t, 2>();
+      for (int64_t i = 0; i < segs.size(0); ++i) {
+        if (a[i][4] == 0) continue;  // no state yet
+        runs.push_back({a[i][0], a[i][1], a[i][4], t.at("exp_avg").narrow(0, a[i][3], a[i][2]),
+                        t.at("exp_avg_sq").narrow(0, a[i][3], a[i][2])});
+      }
+    }
+    return runs;
+  }
+  const auto it = ck.tensors.find("optimizer");
+  if (it == ck.tensors.end()) return runs;
+  std::map<std::string, at::Tensor> t(it->second.begin(), it->second.end());
+  for (const auto& [key, v] : t) {
+    const auto dot = key.find_last_of('.');
+    if (dot == std::string::npos || !index.count(key.substr(0, dot)))
+      throw std::invalid_argument(fmt::format("optimizer state '{}' names no trainable parameter", key));
+  }
+  for (size_t k = 0; k < params.size(); ++k) {
+    const auto& name = params[k].first;
+    if (!t.count(name + ".step")) continue;
+    for (const char* f : {".exp_avg", ".exp_avg_sq"}) {
+      if (!t.count(name + f)) throw std::invalid_argument(fmt::format("optimizer state '{}{}' is missing", name, f));
+      if (t.at(name + f).numel() != params[k].second.numel()) {
+        throw std::invalid_argument(fmt::format("optimizer state '{}{}' has {} elements, the parameter {}", name, f,
+                                                t.at(name + f).numel(), params[k].second.numel()));
+      }
+    }
+    runs.push_back({static_cast<int64_t>(k), 0, t.at(name + ".step").item<int64_t>(),
+                    t.at(name + ".exp_avg").reshape({-1}), t.at(name + ".exp_avg_sq").reshape({-1})});
+  }
+  return runs;
+}
+
+NamedTensors adamw_runs_to_tensors(const std::vector<AdamWStateRun>& runs, const NamedTensors& params) {
+  std::vector<std::vector<const AdamWStateRun*>> of(params.size());
+  for (const auto& r : runs) of.at(static_cast<size_t>(r.param)).push_back(&r);
+  NamedTensors out;
+  for (size_t k = 0; k < params.size(); ++k) {
+    if (of[k].empty()) continue;
+    const auto& [name, p] = params[k];
+    auto m = at::zeros({p.numel()}, p.options()), v = at::zeros({p.numel()}, p.options());
+    int64_t covered = 0;
+    for (const auto* r : of[k]) {
+      m.narrow(0, r->offset, r->exp_avg.numel()).copy_(r->exp_avg);
+      v.narrow(0, r->offset, r->exp_avg.numel()).copy_(r->exp_avg_sq);
+      covered += r->exp_avg.numel();
+    }
+    if (covered != p.numel()) {
+      throw std::invalid_argument(
+          fmt::format("optimizer state of '{}' covers {} of its {} elements", name, covered, p.numel()));
+    }
+    out.emplace_back(name + ".step", at::tensor(of[k][0]->step, at::kLong));
+    out.emplace_back(name + ".exp_avg", m.view(p.sizes()));
+    out.emplace_back(name + ".exp_avg_sq", v.view(p.sizes()));
+  }
+  return out;
+}
+
+}  // namespace owl2

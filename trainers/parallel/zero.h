@@ -1,0 +1,159 @@
+// ZeRO stages 1, 2 and 3 on c10d: each rank keeps the AdamW state (stage 2: also the reduced gradients;
+// stage 3: also the parameters of the repeated blocks) of its slice of every gradient bucket, updates only
+// that slice and all-gathers the parameters (stage 3: a block's, just before it runs); the optimizer state
+// is saved per rank and reshards to any world size on load. docs/distributed.md.
+#pragma once
+#include <ATen/ATen.h>
+#include <torch/nn/module.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "owl2/io/safetensors.h"
+#include "trainers/config.h"
+#include "trainers/parallel/distributed.h"
+#include "trainers/param_rules.h"
+
+namespace owl2 {
+
+struct TrainingCheckpoint;
+
+// The flat layout of the trainable parameters: buckets of about bucket_bytes in reverse registration order
+// (the order backward finishes them), each padded with zeros to a multiple of the world size so that a
+// reduce-scatter gives every rank an equal slice; rank r owns slice r of every bucket. A segment is a run
+// of one parameter's elements inside this rank's shard (slices concatenated in bucket order). With
+// `block_of` (per parameter: the ZeRO-3 block it belongs to, or -1), the parameters outside blocks form the
+// first `plain_buckets` buckets as above, and block i is bucket plain_buckets + i whatever its size.
+struct ZeroLayout {
+  struct Bucket {
+    std::vector<int64_t> params;   // parameter indices in bucket order
+    std::vector<int64_t> offsets;  // each parameter's first element in the bucket
+    int64_t padded_numel = 0;      // a multiple of the world size
+    int64_t shard_offset = 0;      // where this rank's slice starts in its shard
+  };
+  struct Segment {
+    int64_t param = 0, param_offset = 0, length = 0, shard_offset = 0;
+  };
+  ZeroLayout(const std::vector<int64_t>& numels, int64_t element_size, int64_t world, int64_t rank,
+             int64_t bucket_bytes, const std::vector<int64_t>& block_of = {});
+  int64_t slice(const Bucket& b) const { return b.padded_numel / world; }
+
+  int64_t world = 1, rank = 0;
+  std::vector<Bucket> buckets;
+  std::vector<int64_t> bucket_of;  // per parameter
+  std::vector<Segment> segments;   // this rank's, in shard order
+  int64_t shard_numel = 0;
+  int64_t plain_buckets = 0;       // buckets not belonging to a block
+};
+
+// A run of one parameter's AdamW state [offset, offset + length), read from a checkpoint in either layout.
+struct AdamWStateRun {
+  int64_t param = 0;   // index into the trainable parameters
+  int64_t offset = 0;
+  int64_t step = 0;
+  at::Tensor exp_avg, exp_avg_sq;  // 1-D, same length
+};
+
+// The AdamW state of `ck` as runs over `params` (names and sizes must match the checkpoint): ZeRO shards
+// ("optimizer.rank-<r>" groups with the manifest extra["zero"]) written at any world size, or the
+// replicated layout (one "optimizer" group of per-parameter tensors). Throws naming the first mismatch.
+std::vector<AdamWStateRun> adamw_state_runs(const TrainingCheckpoint& ck, const NamedTensors& params);
+// The runs assembled into per-parameter tensors in the replicated layout (adamw_state_tensors' names).
+NamedTensors adamw_runs_to_tensors(const std::vector<AdamWStateRun>& runs, const NamedTensors& params);
+// Checkpoint group name of rank r's optimizer shard.
+std::string zero_shard_group(int64_t rank);
+
+// Gradient reduction, global-norm clipping and AdamW for ZeRO stage 1 (all-reduce, then keep the own
+// slice), stage 2 (reduce-scatter: only the own slice of the summed gradient is ever materialized in
+// the flat buffers) and stage 3 (stage 2, plus the trainable parameters of each block in `blocks` live only
+// as this rank's slice of the block's bucket: gather_block() before the block runs, release_block() after,
+// reduce_block() after its backward; see trainers/parallel/zero3.h). The math per element is torch::optim::AdamW's,
+// so results equal the replicated run. With a null or single-rank comm it runs the same code without
+// collectives.
+class ZeroOptimizer {
+ public:
+  ZeroOptimizer(std::shared_ptr<Comm> comm, torch::nn::Module& model, const std::vector<ParamGroup>& groups,
+                const OptimConfig& optim, int stage, int64_t bucket_bytes,
+                const std::vector<std::vector<at::Tensor>>& blocks = {});
+
+  // Stage 3. Every rank must make the same calls in the same order (they are collectives).
+  int64_t block_count() const { return static_cast<int64_t>(block_params_.size()); }
+  // All-gathers block i's parameters from the shards and points the parameters at them.
+  void gather_block(int64_t i);
+  // Points block i's parameters at empty storage (numel 0) again.
+  void release_block(int64_t i);
+  // After backward through block i: reduce-scatters its parameters' gradients, adds this rank's slice to
+  // the shard gradient (accumulating over micro-batches) and drops the full-size gradients.
+  void reduce_block(int64_t i);
+  // Every block gathered (checkpoint saving, evaluation on one rank, loading weights); block runners then
+  // run blocks as they are. release_all() first copies this rank's slices back into the shards (so weights
+  // loaded while gathered take effect).
+  void gather_all();
+  void release_all();
+  bool all_gathered() const { return all_gathered_; }
+  // Zeroes the shard gradient (before a step's first micro-batch: stage 3 accumulates into it).
+  void zero_grad();
+  // Elements of this rank's parameter shard (stage 3; 0 otherwise).
+  int64_t param_shard_numel() const { return param_shard_.defined() ? param_shard_.numel() : 0; }
+
+  // Before the backward of the last micro-batch: hooks then launch each bucket's reduction when it is full.
+  void arm();
+  // Completes the reductions and returns the global L2 gradient norm over all shards.
+  double finish();
+  // Clips with the global norm (as torch::nn::utils::clip_grad_norm_), steps AdamW on the own segments
+  // with the group's lr = lr * lr_scale, then all-gathers the parameters.
+  void step(double lr, double max_norm, double grad_norm);
+  // Seconds the last finish() spent waiting for gradient collectives; and the last step()'s all-gather.
+  double reduce_wait_seconds() const { return reduce_wait_s_; }
+  double gather_seconds() const { return gather_s_; }
+
+  const ZeroLayout& layout() const { return layout_; }
+  int stage() const { return stage_; }
+  // This rank's state: "exp_avg" and "exp_avg_sq" (shard_numel), "segments" (int64 [n, 5]: param,
+  // param_offset, length, shard_offset, step).
+  NamedTensors shard_state() const;
+  // The manifest saved with the shards: stage, world size, parameter names and sizes.
+  nlohmann::json manifest() const;
+  // Loads the runs that overlap this rank's segments (any source world size); a segment whose parameter
+  // has state must be covered completely.
+  void load_runs(const std::vector<AdamWStateRun>& runs);
+  // Loads shard_state() of the same layout (in-memory resume).
+  void load_shard_state(const NamedTensors& state);
+
+ private:
+  void on_grad(size_t k, const at::Tensor& grad);
+  void launch_ready_in_order();
+  void launch(size_t b);
+  at::Tensor slot(size_t k);  // parameter k's place in its bucket's flat buffer
+  at::Tensor master(const ZeroLayout::Segment& s);  // the values a segment's AdamW update writes
+  void copy_own_slices_to_shard(int64_t i);
+
+  std::vector<std::vector<int64_t>> block_params_;  // per block, trainable parameter indices
+  std::vector<int64_t> block_of_;                   // per parameter, -1 outside blocks
+  std::vector<std::vector<int64_t>> sizes_;         // per parameter (block parameters lose theirs)
+  std::vector<uint8_t> block_used_;                 // per parameter: got a gradient this step
+  at::Tensor param_shard_;                          // stage 3: this rank's block parameter values
+  bool all_gathered_ = false;
+
+  std::shared_ptr<Comm> comm_;
+  int stage_;
+  OptimConfig optim_;
+  NamedTensors params_;
+  std::vector<double> lr_scale_, weight_decay_;
+  ZeroLayout layout_;
+  std::vector<at::Tensor> flat_;      // per bucket: gradients in, parameters out (padded_numel)
+  std::vector<int64_t> ready_;
+  std::vector<c10::intrusive_ptr<c10d::Work>> work_;
+  std::vector<uint8_t> seen_, used_;
+  size_t next_launch_ = 0;
+  bool armed_ = false;
+  at::Tensor grad_shard_, exp_avg_, exp_avg_sq_;  // shard_numel each
+  std::vector<int64_t> steps_;                    // per segment; 0: no state yet
+  double reduce_wait_s_ = 0, gather_s_ = 0;
+};
+
+}  // namespace owl2

@@ -1,0 +1,61 @@
+// ZeRO stage 3 block runners; see zero3.h.
+#include "trainers/parallel/zero3.h"
+
+#include <fmt/format.h>
+
+#include <stdexcept>
+
+#include "trainers/activation_checkpoint.h"
+
+namespace owl2 {
+
+std::vector<std::vector<at::Tensor>> stack_block_params(const std::vector<ShardedStack>& stacks) {
+  std::vector<std::vector<at::Tensor>> out;
+  for (const auto& s : stacks) {
+    for (const auto& b : s.blocks) out.push_back(b->parameters(/*recurse=*/true));
+  }
+  return out;
+}
+
+void install_zero3_runners(ZeroOptimizer& zero, const std::vector<ShardedStack>& stacks) {
+  int64_t first = 0;
+  for (const auto& s : stacks) {
+    if (!s.runner) throw std::invalid_argument(fmt::format("ZeRO 3: stack '{}' has no runner slot", s.name));
+    const auto n = static_cast<int64_t>(s.blocks.size());
+    if (n == 0) continue;
+    if (first + n > zero.block_count()) {
+      throw std::invalid_argument(fmt::format("ZeRO 3: stack '{}' needs blocks [{}, {}), the optimizer has {}", s.name,
+                                              first, first + n, zero.block_count()));
+    }
+    // The stacks run their blocks in order on every pass and the model gives the runner no block identity,
+    // so the call count is the index (the stack's own count: a stack skipped on a batch does not shift it).
+    auto calls = std::make_shared<int64_t>(0);
+    ZeroOptimizer* z = &zero;
+    *s.runner = [z, calls, first, n](const BlockFn& fn, const std::vector<at::Tensor>& inputs) {
+      const int64_t i = first + (*calls)++ % n;
+      if (*calls == n) *calls = 0;
+      if (z->all_gathered()) return fn(inputs);
+      CheckpointHooks hooks;
+      hooks.before = [z, i] { z->gather_block(i); };
+      hooks.after_forward = [z, i] { z->release_block(i); };
+      hooks.after_backward = [z, i] {
+        z->reduce_block(i);
+        z->release_block(i);
+      };
+      try {
+        return checkpoint(fn, inputs, hooks);
+      } catch (...) {
+        *calls = 0;  // the pass is abandoned; the next one starts at the stack's first block
+        z->release_block(i);
+        throw;
+      }
+    };
+    first += n;
+  }
+  if (first != zero.block_count()) {
+    throw std::invalid_argument(
+        fmt::format("ZeRO 3: the stacks have {} blocks, the optimizer {}", first, zero.block_count()));
+  }
+}
+
+}  // namespace owl2
