@@ -3,6 +3,7 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <cstdint>
 #include <functional>
 #include <vector>
 
@@ -22,9 +23,11 @@ struct CheckpointHooks {
 };
 at::Tensor checkpoint(const BlockFn& fn, const std::vector<at::Tensor>& inputs, const CheckpointHooks& hooks = {});
 
-// A BlockRunner that checkpoints every block (install it on a stack of the model).
+// A BlockRunner that checkpoints every block (install it on a stack of the model); the block index is not needed.
 inline BlockRunner checkpointing_runner() {
-  return [](const BlockFn& fn, const std::vector<at::Tensor>& inputs) { return checkpoint(fn, inputs); };
+  return [](int64_t /*index*/, const BlockFn& fn, const std::vector<at::Tensor>& inputs) {
+    return checkpoint(fn, inputs);
+  };
 }
 
 }  // namespace owl2

@@ -116,9 +116,9 @@ torch::Tensor VisualAbstractorImpl::forward(const torch::Tensor& image_NTE) {
   const auto qpos_QD = sincos_1d(cfg.hidden_size, torch::arange(Q, torch::kFloat32)).to(image_NTE.device());
   const auto kpos_SD = torch::cat({qpos_QD, sincos_2d_with_cls(cfg.hidden_size, cfg.grid_size).to(image_NTE.device())}, 0);
   auto x_NQD = query_embeds.expand({N, -1, -1});
-  for (const auto& layer : *layers) {
+  for (int64_t i = 0; const auto& layer : *layers) {
     auto cross = std::dynamic_pointer_cast<AbstractorLayerImpl>(layer->children()[0]);
-    x_NQD = run_block(block_runner,
+    x_NQD = run_block(block_runner, i++,
                       [cross, qpos_QD, kpos_SD](const std::vector<torch::Tensor>& in) {
                         return cross->forward(in[0], in[1], qpos_QD, kpos_SD);
                       },

@@ -159,9 +159,9 @@ torch::Tensor MPLUGOwl2ForCausalLMImpl::decode(const torch::Tensor& inputs_embed
   const auto rope = rotary_tables(position_ids_BS, cfg.decoder.head_dim(), cfg.decoder.rope_theta,
                                   inputs_embeds_BSD.scalar_type());
   auto x_BSD = inputs_embeds_BSD;
-  for (const auto& layer : *model->layers) {
+  for (int64_t i = 0; const auto& layer : *model->layers) {
     auto block = std::dynamic_pointer_cast<DecoderLayerImpl>(layer);
-    x_BSD = run_block(decoder_block_runner,
+    x_BSD = run_block(decoder_block_runner, i++,
                       [block, rope, mask_B1SS, routing](const std::vector<torch::Tensor>& in) {
                         return block->forward(in[0], rope, mask_B1SS, routing);
                       },

@@ -109,10 +109,10 @@ void VisionModelImpl::reset_parameters() {
 
 torch::Tensor VisionModelImpl::forward(const torch::Tensor& pixels_NCHW) {
   auto x_NTD = embeddings(pixels_NCHW);
-  for (const auto& layer : *encoder->layers) {
+  for (int64_t i = 0; const auto& layer : *encoder->layers) {
     auto block = std::dynamic_pointer_cast<VisionLayerImpl>(layer);
-    x_NTD = run_block(block_runner, [block](const std::vector<torch::Tensor>& in) { return block->forward(in[0]); },
-                      {x_NTD});
+    x_NTD = run_block(
+        block_runner, i++, [block](const std::vector<torch::Tensor>& in) { return block->forward(in[0]); }, {x_NTD});
   }
   return post_layernorm(x_NTD);  // all tokens, class token included (spec §7.4)
 }

@@ -27,13 +27,12 @@ void install_zero3_runners(ZeroOptimizer& zero, const std::vector<ShardedStack>&
       throw std::invalid_argument(fmt::format("ZeRO 3: stack '{}' needs blocks [{}, {}), the optimizer has {}", s.name,
                                               first, first + n, zero.block_count()));
     }
-    // The stacks run their blocks in order on every pass and the model gives the runner no block identity,
-    // so the call count is the index (the stack's own count: a stack skipped on a batch does not shift it).
-    auto calls = std::make_shared<int64_t>(0);
     ZeroOptimizer* z = &zero;
-    *s.runner = [z, calls, first, n](const BlockFn& fn, const std::vector<at::Tensor>& inputs) {
-      const int64_t i = first + (*calls)++ % n;
-      if (*calls == n) *calls = 0;
+    *s.runner = [z, first, n, name = s.name](int64_t index, const BlockFn& fn, const std::vector<at::Tensor>& inputs) {
+      if (index < 0 || index >= n) {
+        throw std::out_of_range(fmt::format("ZeRO 3: stack '{}' ran block {}, it has {}", name, index, n));
+      }
+      const int64_t i = first + index;
       if (z->all_gathered()) return fn(inputs);
       CheckpointHooks hooks;
       hooks.before = [z, i] { z->gather_block(i); };
@@ -45,8 +44,7 @@ void install_zero3_runners(ZeroOptimizer& zero, const std::vector<ShardedStack>&
       try {
         return checkpoint(fn, inputs, hooks);
       } catch (...) {
-        *calls = 0;  // the pass is abandoned; the next one starts at the stack's first block
-        z->release_block(i);
+        z->release_block(i);  // between passes a rank holds no block's full parameters
         throw;
       }
     };

@@ -23,9 +23,9 @@ struct ShardedStack {
 // Each block's parameters (the ZeroOptimizer's `blocks`), stacks one after the other.
 std::vector<std::vector<at::Tensor>> stack_block_params(const std::vector<ShardedStack>& stacks);
 
-// Installs a runner on every stack: the block of call c (counted per stack in forward order, modulo its
-// number of blocks; reset when a block throws) is block first + c % n of `zero`, with first the blocks of the
-// stacks before it. Every call checkpoints the block (activation_checkpoint.h): forward gathers, runs without
+// Installs a runner on every stack: the stack's block `index` (what run_block passes) is block first + index of
+// `zero`, with first the blocks of the stacks before it, so a pass may run any subset of the blocks in any order.
+// Every call checkpoints the block (activation_checkpoint.h): forward gathers, runs without
 // a graph and releases; backward gathers, recomputes, backpropagates, reduce_block()s and releases. Under
 // no-grad (evaluation) it only gathers, runs and releases; with zero.all_gathered() it runs blocks as they are.
 void install_zero3_runners(ZeroOptimizer& zero, const std::vector<ShardedStack>& stacks);
