@@ -5,107 +5,79 @@
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
-#include <torch/nn/utils/clip_grad.h>
 
 #include <cmath>
-#include <limits>
 #include <stdexcept>
 
 namespace owl2 {
 
 Trainer::Trainer(torch::nn::Module& model, LossSumFn loss_sum, const RunConfig& cfg, std::shared_ptr<Comm> comm,
                  const std::vector<ShardedStack>& stacks)
-    : model_(model), loss_sum_(std::move(loss_sum)), cfg_(cfg), comm_(std::move(comm)) {
+    : model_(model), loss_sum_(std::move(loss_sum)), cfg_(cfg) {
   freeze_table_ = apply_freeze_rules(model_, cfg_.freeze);
   groups_ = resolve_param_groups(model_, cfg_.param_groups, cfg_.optim.weight_decay, cfg_.optim.vision_layer_decay,
                                  cfg_.model.vision.num_hidden_layers);
   precision_ = std::make_unique<MixedPrecision>(parse_precision(cfg_.train.precision), model_, groups_);
-  std::vector<torch::optim::OptimizerParamGroup> groups;
   for (const auto& g : groups_) {
-    auto opts = std::make_unique<torch::optim::AdamWOptions>(cfg_.optim.lr * g.lr_scale);
-    opts->betas({cfg_.optim.betas[0], cfg_.optim.betas[1]}).eps(cfg_.optim.eps).weight_decay(g.weight_decay);
-    groups.emplace_back(g.params, std::move(opts));
     for (size_t i = 0; i < g.params.size(); ++i) trainable_.emplace_back(g.names[i], g.params[i]);
   }
-  optim_ = std::make_unique<torch::optim::AdamW>(groups);
-  const auto bucket_bytes = static_cast<int64_t>(cfg_.distributed.bucket_mb * (1 << 20));
-  const int stage = static_cast<int>(cfg_.distributed.zero_stage);
-  if (stage == 3 && stacks.empty()) throw std::invalid_argument("ZeRO 3: the model has no block stack to shard");
-  if (stage >= 1) {
-    zero_ = std::make_unique<ZeroOptimizer>(comm_, model_, groups_, cfg_.optim, stage, bucket_bytes,
-                                            stage == 3 ? stack_block_params(stacks) : std::vector<std::vector<at::Tensor>>{});
-    if (stage == 3) install_zero3_runners(*zero_, stacks);
-  } else if (comm_ && comm_->world_size() > 1) {
-    dp_ = std::make_unique<DataParallel>(comm_, model_, bucket_bytes);
+  sync_ = make_gradient_sync(cfg_, comm, model_, groups_, *precision_, stacks);
+  if (comm && comm->world_size() > 1) comm_ = std::move(comm);
+}
+
+void Trainer::count_global_batch(const std::vector<Batch>& micro_batches, StepResult& r) {
+  for (const auto& mb : micro_batches) {
+    r.tokens += mb.label_tokens();
+    r.samples += mb.samples;
   }
+  if (!comm_) return;
+  comm_->set_step(step_);
+  r.tokens = comm_->sum(r.tokens, "allreduce supervised-token count");
+  r.samples = comm_->sum(r.samples, "allreduce sample count");
 }
 
 StepResult Trainer::step(const std::vector<Batch>& micro_batches) {
   StepResult r;
   r.step = step_;
-  for (const auto& mb : micro_batches) {
-    r.tokens += mb.label_tokens();
-    r.samples += mb.samples;
-  }
-  const bool multi = comm_ && comm_->world_size() > 1;
-  const double blocked0 = comm_ ? comm_->blocked_seconds() : 0;
-  if (multi) {
-    comm_->set_step(step_);
-    r.tokens = comm_->sum(r.tokens, "allreduce supervised-token count");
-    r.samples = comm_->sum(r.samples, "allreduce sample count");
-  }
+  const double blocked0 = comm_seconds();
+  count_global_batch(micro_batches, r);
   const auto& o = cfg_.optim;
   r.lr = cosine_lr(step_, cfg_.train.steps, o.warmup_steps, o.lr, o.min_lr);
-  optim_->zero_grad(/*set_to_none=*/true);
-  if (zero_) zero_->zero_grad();
+  sync_->zero_grad();
   if (r.tokens == 0) {  // nothing supervised: an empty update would still decay weights
     r.skipped = true;
     ++step_;
     return r;
   }
   const double inv_tokens = 1.0 / double(r.tokens);
-  double loss_sum = 0;
+  // Summed on the device in float64, in micro-batch order: the same additions as summing each value on the host.
+  torch::Tensor loss_sum = torch::zeros({}, torch::kDouble);  // 0-dim: it adds to a loss on any device
   for (size_t i = 0; i < micro_batches.size(); ++i) {
-    if (i + 1 == micro_batches.size()) {  // communicate on the last micro-batch only
-      if (dp_) dp_->arm();
-      if (zero_) zero_->arm();
-    }
+    if (i + 1 == micro_batches.size()) sync_->arm();  // communicate on the last micro-batch only
     torch::Tensor loss;
     {
       const auto autocast = precision_->forward_region();  // bf16-autocast: forward only, backward outside
       loss = loss_sum_(micro_batches[i]) * inv_tokens;
     }
     loss.backward();
-    loss_sum += loss.item<double>();
+    loss_sum = loss_sum + loss.detach().to(torch::kDouble);
   }
-  if (dp_) {
-    if (micro_batches.empty()) dp_->arm();
-    dp_->finish();
-    r.grad_wait_s = dp_->wait_seconds();
-  }
-  precision_->grads_to_masters();  // bf16: the optimizer, clipping and the finite check see fp32 gradients
-  const double max_norm = o.grad_clip > 0 ? o.grad_clip : std::numeric_limits<double>::infinity();
-  if (zero_) {  // the global norm over all shards; clipping happens inside the sharded step
-    if (micro_batches.empty()) zero_->arm();
-    r.grad_norm = zero_->finish();
-    r.grad_wait_s = zero_->reduce_wait_seconds();
-  }
+  if (micro_batches.empty()) sync_->arm();  // no data on this rank, but it joins the reductions
+  const auto grad_norm = sync_->finish();
+  r.grad_wait_s = sync_->grad_wait_seconds();
   // After the gradient reductions: every rank must issue its collectives in the same order, and a bucket
   // that waited for an unused parameter is only launched in finish().
-  if (multi) loss_sum = comm_->sum(loss_sum, "allreduce loss");
-  r.loss = loss_sum;
-  if (!zero_) {
-    std::vector<torch::Tensor> params;
-    for (const auto& g : groups_) params.insert(params.end(), g.params.begin(), g.params.end());
-    r.grad_norm = torch::nn::utils::clip_grad_norm_(params, max_norm);
-  }
-  if (comm_) r.comm_wait_s = comm_->blocked_seconds() - blocked0;
+  auto loss = loss_sum.reshape({1});
+  if (comm_) comm_->allreduce_sum(loss, "allreduce loss");
+  const auto host = torch::cat({loss, grad_norm}).cpu();  // the step's one host synchronisation
+  r.loss = host[0].item<double>();
+  r.grad_norm = host[1].item<double>();
+  r.comm_wait_s = comm_seconds() - blocked0;
+  ++step_;
   if (!std::isfinite(r.grad_norm) || !std::isfinite(r.loss)) {
-    optim_->zero_grad(/*set_to_none=*/true);
+    sync_->zero_grad();
     r.skipped = true;
-    ++nonfinite_in_a_row_;
-    ++step_;
-    if (nonfinite_in_a_row_ > cfg_.train.max_nonfinite_steps) {
+    if (++nonfinite_in_a_row_ > cfg_.train.max_nonfinite_steps) {
       throw std::runtime_error(fmt::format(
           "step {}: {} non-finite steps in a row (loss {}, grad norm {}), more than train.max_nonfinite_steps = {}",
           r.step, nonfinite_in_a_row_, r.loss, r.grad_norm, cfg_.train.max_nonfinite_steps));
@@ -113,54 +85,10 @@ StepResult Trainer::step(const std::vector<Batch>& micro_batches) {
     return r;
   }
   nonfinite_in_a_row_ = 0;
-  if (zero_) {
-    zero_->step(r.lr, max_norm, r.grad_norm);
-    if (comm_) r.comm_wait_s = comm_->blocked_seconds() - blocked0;
-  } else {
-    for (size_t i = 0; i < groups_.size(); ++i) {
-      static_cast<torch::optim::AdamWOptions&>(optim_->param_groups()[i].options()).lr(r.lr * groups_[i].lr_scale);
-    }
-    optim_->step();
-  }
+  sync_->step(r.lr, r.grad_norm);  // clips, and ZeRO all-gathers the updated parameters
+  r.comm_wait_s = comm_seconds() - blocked0;
   precision_->masters_to_model();
-  ++step_;
   return r;
-}
-
-NamedTensors Trainer::optimizer_state() {
-  return zero_ ? zero_->shard_state() : adamw_state_tensors(*optim_, trainable_);
-}
-
-void Trainer::load_optimizer_state(const NamedTensors& state) {
-  if (zero_) {
-    zero_->load_shard_state(state);
-    return;
-  }
-  optim_->state().clear();
-  load_adamw_state(*optim_, trainable_, state);
-}
-
-nlohmann::json Trainer::optimizer_manifest() const { return zero_ ? zero_->manifest() : nlohmann::json(); }
-
-void Trainer::gather_parameters() {
-  if (zero_) zero_->gather_all();
-}
-
-void Trainer::release_parameters() {
-  if (zero_) zero_->release_all();
-}
-
-void Trainer::load_optimizer_from(const TrainingCheckpoint& ck) {
-  const bool gather = zero_ && zero_->block_count() > 0 && !zero_->all_gathered();
-  if (gather) zero_->gather_all();  // the checks below need the parameters' sizes
-  const auto runs = adamw_state_runs(ck, trainable_);
-  if (gather) zero_->release_all();
-  if (zero_) {
-    zero_->load_runs(runs);
-    return;
-  }
-  optim_->state().clear();
-  load_adamw_state(*optim_, trainable_, adamw_runs_to_tensors(runs, trainable_));
 }
 
 void Trainer::set_counters(int64_t step, int64_t nonfinite_in_a_row) {

@@ -1,9 +1,9 @@
 // The optimization step: accumulate micro-batches with the loss normalized by the supervised tokens of the
-// whole global batch, clip, guard against non-finite gradients, schedule the LR, step AdamW; plus the
-// training state as named tensors for checkpoints. The model is any module with a summed-loss function.
+// whole global batch, synchronize the gradients, guard against non-finite ones, schedule the LR, clip and step
+// AdamW (through a GradientSync, whatever the strategy); plus the training state as named tensors for
+// checkpoints. The model is any module with a summed-loss function.
 #pragma once
 #include <torch/nn/module.h>
-#include <torch/optim/adamw.h>
 
 #include <functional>
 #include <map>
@@ -14,11 +14,12 @@
 #include "data/batch.h"
 #include "owl2/io/safetensors.h"
 #include "trainers/config.h"
-#include "trainers/parallel/distributed.h"
 #include "trainers/param_rules.h"
+#include "trainers/parallel/distributed.h"
+#include "trainers/parallel/gradient_sync.h"
 #include "trainers/parallel/zero.h"
-#include "trainers/precision.h"
 #include "trainers/parallel/zero3.h"
+#include "trainers/precision.h"
 
 namespace owl2 {
 
@@ -39,13 +40,13 @@ struct StepResult {
 
 class Trainer {
  public:
-  // Applies cfg.freeze, resolves cfg.param_groups and builds AdamW with the paper's betas and epsilon.
-  // With a multi-rank `comm`, parameters are broadcast from rank 0 and gradients are all-reduced (data
-  // parallelism); the loss is normalized by the supervised tokens of the global batch over all ranks.
-  // cfg.distributed.zero_stage 1 or 2 shards the optimizer state (and gradients) over the ranks
-  // (ZeroOptimizer, also with one rank, so that its checkpoints reshard to any world size). Stage 3 also
-  // shards the parameters of the blocks of `stacks` and installs their runners (zero3.h); it needs at least
-  // one stack.
+  // Applies cfg.freeze, resolves cfg.param_groups and builds the gradient sync (gradient_sync.h) that
+  // cfg.distributed.zero_stage and the world size of `comm` pick: replicated AdamW on one rank; with a
+  // multi-rank `comm`, parameters broadcast from rank 0 and gradients all-reduced (data parallelism), or ZeRO
+  // stage 1 or 2 sharding the optimizer state (and gradients) over the ranks (also with one rank, so that its
+  // checkpoints reshard to any world size). Stage 3 also shards the parameters of the blocks of `stacks` and
+  // installs their runners (zero3.h); it needs at least one stack. The loss is normalized by the supervised
+  // tokens of the global batch over all ranks.
   Trainer(torch::nn::Module& model, LossSumFn loss_sum, const RunConfig& cfg, std::shared_ptr<Comm> comm = nullptr,
           const std::vector<ShardedStack>& stacks = {});
 
@@ -63,18 +64,20 @@ class Trainer {
   // The optimizer's parameters by name, and its state as named tensors (for checkpoints): per parameter
   // (adamw_state_tensors) when replicated; this rank's shard (ZeroOptimizer::shard_state) with ZeRO.
   const NamedTensors& trainable() const { return trainable_; }
-  NamedTensors optimizer_state();
-  void load_optimizer_state(const NamedTensors& state);
+  NamedTensors optimizer_state() { return sync_->state(); }
+  void load_optimizer_state(const NamedTensors& state) { sync_->load_state(state); }
   // ZeRO: the manifest that goes with the shards (checkpoint extra["zero"]); null when replicated.
-  nlohmann::json optimizer_manifest() const;
+  nlohmann::json optimizer_manifest() const { return sync_->manifest(); }
   // Loads the optimizer state of a checkpoint saved at any world size and ZeRO stage (resharding).
-  void load_optimizer_from(const TrainingCheckpoint& ck);
-  const ZeroOptimizer* zero() const { return zero_.get(); }
+  void load_optimizer_from(const TrainingCheckpoint& ck) { sync_->load(ck); }
   // ZeRO 3: every block's full parameters in the model (saving, evaluating, loading weights; collective),
   // and back to the shards (taking over values loaded meanwhile). No-ops at other stages.
-  void gather_parameters();
-  void release_parameters();
-  const DataParallel* data_parallel() const { return dp_.get(); }
+  void gather_parameters() { sync_->gather_parameters(); }
+  void release_parameters() { sync_->release_parameters(); }
+  // The strategy and the machinery under it (null where it does not apply), for metrics and checkpoints.
+  const GradientSync& gradient_sync() const { return *sync_; }
+  const ZeroOptimizer* zero() const { return sync_->zero(); }
+  const DataParallel* data_parallel() const { return sync_->data_parallel(); }
   // Step counters travel in the checkpoint's scheduler record.
   void set_counters(int64_t step, int64_t nonfinite_in_a_row);
 
@@ -85,16 +88,19 @@ class Trainer {
   void load_state(const std::map<std::string, torch::Tensor>& state);
 
  private:
+  // The seconds this rank has spent blocked in collectives so far.
+  double comm_seconds() const { return comm_ ? comm_->blocked_seconds() : 0; }
+  // r.tokens and r.samples over the micro-batches of all ranks (the step's first collectives).
+  void count_global_batch(const std::vector<Batch>& micro_batches, StepResult& r);
+
   torch::nn::Module& model_;
   LossSumFn loss_sum_;
   RunConfig cfg_;
   std::vector<ParamGroup> groups_;
   NamedTensors trainable_;
-  std::unique_ptr<MixedPrecision> precision_;  // before optim_: bf16 swaps the groups' tensors for fp32 masters
-  std::unique_ptr<torch::optim::AdamW> optim_;
-  std::shared_ptr<Comm> comm_;
-  std::unique_ptr<DataParallel> dp_;
-  std::unique_ptr<ZeroOptimizer> zero_;
+  std::unique_ptr<MixedPrecision> precision_;  // before sync_: bf16 swaps the groups' tensors for fp32 masters
+  std::shared_ptr<Comm> comm_;                 // null on one rank
+  std::unique_ptr<GradientSync> sync_;
   std::string freeze_table_;
   int64_t step_ = 0;
   int64_t nonfinite_in_a_row_ = 0;

@@ -303,7 +303,7 @@ void ZeroOptimizer::launch_ready_in_order() {
   }
 }
 
-double ZeroOptimizer::finish() {
+at::Tensor ZeroOptimizer::finish() {
   if (!armed_) throw std::logic_error("ZeroOptimizer::finish() without arm()");
   armed_ = false;
   at::NoGradGuard no_grad;
@@ -349,10 +349,11 @@ double ZeroOptimizer::finish() {
     for (auto& f : flat_) f.reset();
     for (auto& [name, p] : params_) p.mutable_grad().reset();
   }
-  // Global norm: squares summed over the own shard (padding and unused parameters are zeros), then over ranks.
-  double sq = grad_shard_.to(at::kDouble).square().sum().item<double>();
-  if (comm_) sq = comm_->sum(sq, "allreduce gradient norm");
-  return std::sqrt(sq);
+  // Global norm: squares summed over the own shard (padding and unused parameters are zeros), then over ranks;
+  // left on the device (the caller reads it together with the loss).
+  auto sq = grad_shard_.to(at::kDouble).square().sum().reshape({1});
+  if (comm_) comm_->allreduce_sum(sq, "allreduce gradient norm");
+  return sq.sqrt_();
 }
 
 void ZeroOptimizer::step(double lr, double max_norm, double grad_norm) {

@@ -102,8 +102,9 @@ class ZeroOptimizer {
 
   // Before the backward of the last micro-batch: hooks then launch each bucket's reduction when it is full.
   void arm();
-  // Completes the reductions and returns the global L2 gradient norm over all shards.
-  double finish();
+  // Completes the reductions and returns the global L2 gradient norm over all shards: a float64 tensor of one
+  // element on the gradients' device, not read on the host.
+  at::Tensor finish();
   // Clips with the global norm (as torch::nn::utils::clip_grad_norm_), steps AdamW on the own segments
   // with the group's lr = lr * lr_scale, then all-gathers the parameters.
   void step(double lr, double max_norm, double grad_norm);

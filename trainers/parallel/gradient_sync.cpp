@@ -1,0 +1,188 @@
+// The gradient-sync strategies and the one place that picks among them; see gradient_sync.h.
+#include "trainers/parallel/gradient_sync.h"
+
+#include <fmt/format.h>
+
+#include <limits>
+#include <stdexcept>
+
+#include "trainers/checkpoint.h"
+
+namespace owl2 {
+namespace {
+
+// optim.grad_clip, where 0 means no clipping.
+double max_norm_of(const OptimConfig& optim) {
+  return optim.grad_clip > 0 ? optim.grad_clip : std::numeric_limits<double>::infinity();
+}
+
+NamedTensors named_params(const std::vector<ParamGroup>& groups) {
+  NamedTensors out;
+  for (const auto& g : groups) {
+    for (size_t i = 0; i < g.params.size(); ++i) out.emplace_back(g.names[i], g.params[i]);
+  }
+  return out;
+}
+
+// torch::optim::Optimizer::zero_grad(/*set_to_none=*/true) over `params`.
+void drop_grads(const NamedTensors& params) {
+  for (const auto& [name, p] : params) {
+    auto& grad = p.mutable_grad();
+    if (!grad.defined()) continue;
+    grad.detach_();
+    grad.reset();
+  }
+}
+
+std::vector<std::vector<at::Tensor>> sharded_blocks(const std::vector<ShardedStack>& stacks) {
+  if (stacks.empty()) throw std::invalid_argument("ZeRO 3: the model has no block stack to shard");
+  return stack_block_params(stacks);
+}
+
+int64_t bucket_bytes_of(const RunConfig& cfg) { return static_cast<int64_t>(cfg.distributed.bucket_mb * (1 << 20)); }
+
+}  // namespace
+
+ReplicatedSync::ReplicatedSync(const std::vector<ParamGroup>& groups, const OptimConfig& optim,
+                               MixedPrecision& precision)
+    : groups_(groups), trainable_(named_params(groups)), precision_(precision), max_norm_(max_norm_of(optim)) {
+  std::vector<torch::optim::OptimizerParamGroup> adamw_groups;
+  for (const auto& g : groups_) {
+    auto opts = std::make_unique<torch::optim::AdamWOptions>(optim.lr * g.lr_scale);
+    opts->betas({optim.betas[0], optim.betas[1]}).eps(optim.eps).weight_decay(g.weight_decay);
+    adamw_groups.emplace_back(g.params, std::move(opts));
+  }
+  optim_ = std::make_unique<torch::optim::AdamW>(adamw_groups);
+}
+
+void ReplicatedSync::zero_grad() { optim_->zero_grad(/*set_to_none=*/true); }
+
+at::Tensor ReplicatedSync::finish() {
+  precision_.grads_to_masters();  // bf16: clipping and the optimizer see the fp32 masters' gradients
+  // clip_grad_norm_'s norm, in its dtype and operation order (the clipped values must not change by a bit).
+  with_grad_.clear();
+  for (const auto& [name, p] : trainable_) {
+    if (p.grad().defined()) with_grad_.push_back(p);
+  }
+  if (with_grad_.empty()) {
+    norm_ = at::Tensor();
+    return at::zeros({1}, at::kDouble);
+  }
+  std::vector<at::Tensor> norms;
+  for (const auto& p : with_grad_) norms.push_back(p.grad().detach().norm(2.0));
+  norm_ = norms.size() == 1 ? norms[0] : at::stack(norms).norm(2.0);
+  return norm_.to(at::kDouble).reshape({1});
+}
+
+void ReplicatedSync::step(double lr, double /*grad_norm: norm_ holds it in the gradients' dtype*/) {
+  if (norm_.defined()) {  // clip_grad_norm_: coefficient max_norm / (norm + 1e-6), clamped to at most 1
+    const auto coef = at::clamp(max_norm_ / (norm_ + 1e-6), std::nullopt, 1.0);
+    for (auto& p : with_grad_) p.grad().detach().mul_(coef);
+  }
+  for (size_t i = 0; i < groups_.size(); ++i) {
+    static_cast<torch::optim::AdamWOptions&>(optim_->param_groups()[i].options()).lr(lr * groups_[i].lr_scale);
+  }
+  optim_->step();
+}
+
+NamedTensors ReplicatedSync::state() { return adamw_state_tensors(*optim_, trainable_); }
+
+void ReplicatedSync::load_state(const NamedTensors& state) {
+  optim_->state().clear();
+  load_adamw_state(*optim_, trainable_, state);
+}
+
+void ReplicatedSync::load(const TrainingCheckpoint& ck) {
+  load_state(adamw_runs_to_tensors(adamw_state_runs(ck, trainable_), trainable_));
+}
+
+DataParallelSync::DataParallelSync(std::shared_ptr<Comm> comm, torch::nn::Module& model,
+                                   const std::vector<ParamGroup>& groups, const OptimConfig& optim,
+                                   MixedPrecision& precision, int64_t bucket_bytes)
+    : ReplicatedSync(groups, optim, precision),
+      dp_(std::make_unique<DataParallel>(std::move(comm), model, bucket_bytes)) {}
+
+void DataParallelSync::arm() { dp_->arm(); }
+
+at::Tensor DataParallelSync::finish() {
+  dp_->finish();  // the summed gradients, before bf16 hands them to the masters
+  return ReplicatedSync::finish();
+}
+
+ZeroSync::ZeroSync(std::shared_ptr<Comm> comm, torch::nn::Module& model, const std::vector<ParamGroup>& groups,
+                   const OptimConfig& optim, MixedPrecision& precision, int stage, int64_t bucket_bytes,
+                   const std::vector<std::vector<at::Tensor>>& blocks)
+    : trainable_(named_params(groups)),
+      precision_(precision),
+      max_norm_(max_norm_of(optim)),
+      zero_(std::make_unique<ZeroOptimizer>(std::move(comm), model, groups, optim, stage, bucket_bytes, blocks)) {}
+
+void ZeroSync::zero_grad() {
+  drop_grads(trainable_);
+  zero_->zero_grad();
+}
+
+at::Tensor ZeroSync::finish() {
+  precision_.grads_to_masters();  // a no-op: bf16 masters with ZeRO are refused by the config
+  return zero_->finish();         // clipping happens inside the sharded step
+}
+
+void ZeroSync::load(const TrainingCheckpoint& ck) {
+  const bool gather = zero_->block_count() > 0 && !zero_->all_gathered();
+  if (gather) zero_->gather_all();  // the checks in adamw_state_runs need the parameters' sizes
+  const auto runs = adamw_state_runs(ck, trainable_);
+  if (gather) zero_->release_all();
+  zero_->load_runs(runs);
+}
+
+Zero3Sync::Zero3Sync(std::shared_ptr<Comm> comm, torch::nn::Module& model, const std::vector<ParamGroup>& groups,
+                     const OptimConfig& optim, MixedPrecision& precision, int64_t bucket_bytes,
+                     const std::vector<ShardedStack>& stacks)
+    : ZeroSync(std::move(comm), model, groups, optim, precision, 3, bucket_bytes, sharded_blocks(stacks)) {
+  install_zero3_runners(*zero_, stacks);
+}
+
+GradientSync::Kind pick_gradient_sync(int64_t zero_stage, int64_t world_size) {
+  if (zero_stage < 0 || zero_stage > 3) {
+    throw std::invalid_argument(fmt::format("distributed.zero_stage must be 0, 1, 2 or 3, got {}", zero_stage));
+  }
+  if (zero_stage == 3) return GradientSync::Kind::kZero3;
+  if (zero_stage >= 1) return GradientSync::Kind::kZero;
+  return world_size > 1 ? GradientSync::Kind::kDataParallel : GradientSync::Kind::kReplicated;
+}
+
+const char* gradient_sync_name(GradientSync::Kind kind) {
+  switch (kind) {
+    case GradientSync::Kind::kReplicated:
+      return "replicated";
+    case GradientSync::Kind::kDataParallel:
+      return "data-parallel all-reduce";
+    case GradientSync::Kind::kZero:
+      return "ZeRO 1/2";
+    case GradientSync::Kind::kZero3:
+      return "ZeRO 3";
+  }
+  return "?";
+}
+
+std::unique_ptr<GradientSync> make_gradient_sync(const RunConfig& cfg, std::shared_ptr<Comm> comm,
+                                                 torch::nn::Module& model, const std::vector<ParamGroup>& groups,
+                                                 MixedPrecision& precision, const std::vector<ShardedStack>& stacks) {
+  const int64_t world = comm ? comm->world_size() : 1;
+  const auto stage = cfg.distributed.zero_stage;
+  const auto& optim = cfg.optim;
+  switch (pick_gradient_sync(stage, world)) {
+    case GradientSync::Kind::kReplicated:
+      return std::make_unique<ReplicatedSync>(groups, optim, precision);
+    case GradientSync::Kind::kDataParallel:
+      return std::make_unique<DataParallelSync>(comm, model, groups, optim, precision, bucket_bytes_of(cfg));
+    case GradientSync::Kind::kZero:
+      return std::make_unique<ZeroSync>(comm, model, groups, optim, precision, static_cast<int>(stage),
+                                        bucket_bytes_of(cfg));
+    case GradientSync::Kind::kZero3:
+      return std::make_unique<Zero3Sync>(comm, model, groups, optim, precision, bucket_bytes_of(cfg), stacks);
+  }
+  throw std::logic_error("make_gradient_sync: unknown strategy");
+}
+
+}  // namespace owl2
