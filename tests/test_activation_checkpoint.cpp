@@ -106,3 +106,33 @@ TEST_CASE("activation checkpointing of the ViT, abstractor and decoder gives the
   CHECK(compared > 40);
   CHECK(ckpt->model->vision_model->embeddings->patch_embed->weight.grad().abs().sum().item<double>() > 0);
 }
+
+TEST_CASE("each stack tells its block runner the index of the block it runs", "[train][checkpoint][model]") {
+  const auto cfg = owl2::load_config(owl2::test::source_path("configs/model/tiny.yaml")).model;
+  torch::manual_seed(3);
+  owl2::MPLUGOwl2ForCausalLM model(cfg);
+  std::vector<int64_t> vision, abstractor, decoder;
+  auto recording = [](std::vector<int64_t>& seen) {
+    return [&seen](int64_t index, const owl2::BlockFn& fn, const std::vector<torch::Tensor>& inputs) {
+      seen.push_back(index);
+      return fn(inputs);
+    };
+  };
+  model->model->vision_model->block_runner = recording(vision);
+  model->model->visual_abstractor->block_runner = recording(abstractor);
+  model->decoder_block_runner = recording(decoder);
+  owl2::ModelInputs in;
+  in.input_ids = torch::tensor({{1, -200, 5, 6}}, torch::kLong);
+  in.attention_mask = torch::ones({1, 4}, torch::kLong);
+  in.images = torch::randn({1, 3, cfg.vision.image_size, cfg.vision.image_size});
+  model->forward(in);
+  auto range = [](int64_t n) {
+    std::vector<int64_t> out(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) out[static_cast<size_t>(i)] = i;
+    return out;
+  };
+  CHECK(vision == range(cfg.vision.num_hidden_layers));
+  CHECK(abstractor == range(cfg.abstractor.num_hidden_layers));
+  CHECK(decoder == range(cfg.decoder.num_hidden_layers));
+  CHECK(decoder.size() == 2);  // the tiny config has more than one block per stack where it matters
+}

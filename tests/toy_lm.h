@@ -1,10 +1,13 @@
-// A tiny language model and batches for trainer tests (names follow the reference checkpoint style).
+// Tiny language models (one with a block stack) and batches for trainer tests (names follow the reference
+// checkpoint style).
 #pragma once
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
 
 #include "data/batch.h"
+#include "owl2/model/block_runner.h"
 #include "trainers/config.h"
+#include "trainers/parallel/zero3.h"
 
 namespace owl2::test {
 
@@ -33,6 +36,52 @@ struct ToyLM : torch::nn::Module {
   torch::nn::Embedding embed{nullptr};
   torch::nn::Linear proj{nullptr}, head{nullptr};
   double dropout;
+};
+
+// ToyLM with a stack of 3 residual blocks run through a BlockRunner (ZeRO 3 shards them): each block has
+// 64 + 8 + 1 = 73 parameters, which 2 ranks split into padded slices of 37.
+struct StackBlock : torch::nn::Module {
+  StackBlock() {
+    lin = register_module("lin", torch::nn::Linear(8, 8));
+    scale = register_parameter("scale", torch::full({1}, 0.5));
+  }
+  torch::Tensor forward(const torch::Tensor& x) { return x + scale * torch::tanh(lin(x)); }
+  torch::nn::Linear lin{nullptr};
+  torch::Tensor scale;
+};
+
+struct StackLM : torch::nn::Module {
+  static constexpr int64_t kBlocks = 3;
+  StackLM() {
+    torch::manual_seed(0);
+    auto model = register_module("model", std::make_shared<torch::nn::Module>());
+    embed = model->register_module("embed_tokens", torch::nn::Embedding(16, 8));
+    layers = model->register_module("layers", torch::nn::ModuleList());
+    for (int64_t i = 0; i < kBlocks; ++i) layers->push_back(std::make_shared<StackBlock>());
+    head = register_module("lm_head", torch::nn::Linear(torch::nn::LinearOptions(8, 16).bias(false)));
+    to(torch::kFloat64);
+  }
+  torch::Tensor loss_sum(const Batch& b) {
+    auto h = embed(b.input_ids);
+    for (int64_t i : order) {
+      auto block = layers->ptr<StackBlock>(i);
+      h = run_block(runner, i, [block](const std::vector<torch::Tensor>& in) { return block->forward(in[0]); }, {h});
+    }
+    auto logits = head(h).slice(1, 0, -1);
+    return torch::nn::functional::cross_entropy(
+        logits.reshape({-1, 16}), b.labels.slice(1, 1).reshape({-1}),
+        torch::nn::functional::CrossEntropyFuncOptions().ignore_index(-100).reduction(torch::kSum));
+  }
+  ShardedStack stack() {
+    ShardedStack s{"layers", {}, &runner};
+    for (int64_t i = 0; i < kBlocks; ++i) s.blocks.push_back(layers->ptr(i));
+    return s;
+  }
+  torch::nn::Embedding embed{nullptr};
+  torch::nn::ModuleList layers{nullptr};
+  torch::nn::Linear head{nullptr};
+  BlockRunner runner;
+  std::vector<int64_t> order = {0, 1, 2};  // the blocks a pass runs
 };
 
 inline Batch make_batch(int64_t b, int64_t t, int64_t seed, int64_t masked = 0) {
