@@ -16,6 +16,7 @@
 #include "owl2/infer/generate.h"
 #include "owl2/infer/sampling.h"
 #include "owl2/io/state_dict.h"
+#include "owl2/model/init.h"
 #include "trainers/config.h"
 #include "trainers/io/model_dir.h"
 #include "tests/golden_io.h"
@@ -37,8 +38,8 @@ struct Tiny {
   MPLUGOwl2ForCausalLM model{nullptr};
   torch::Tensor images_NCHW;
   Tiny() {
-    torch::manual_seed(7);
     model = MPLUGOwl2ForCausalLM(tiny_golden_config());
+    init_weights(model, 7);
     {
       torch::NoGradGuard no_grad;
       // Larger weights than the documented init, so that the logits are far from uniform and ties impossible.
@@ -131,8 +132,8 @@ TEST_CASE("cached decoding equals recomputing the whole sequence, with images an
   // and v_proj multiway.1 moves the logits of the prompts with images and leaves the text-only one.
   {
     auto attn = t.model->decoder_layer(0)->self_attn;
-    attn->k_proj->multiway->ptr<torch::nn::LinearImpl>(1)->weight.add_(0.3);
-    attn->v_proj->multiway->ptr<torch::nn::LinearImpl>(1)->weight.add_(0.3);
+    attn->k_proj->multiway->ptr<owl2::LinearImpl>(1)->weight.add_(0.3);
+    attn->v_proj->multiway->ptr<owl2::LinearImpl>(1)->weight.add_(0.3);
   }
   const auto perturbed = recompute_last_logits(t, seqs, t.images(0, 3));
   CHECK(max_abs_diff(perturbed.select(0, 0), expected.select(0, 0)) > 1e-3);
@@ -407,8 +408,8 @@ std::string tiny_model_dir() {
                                       << "model: {decoder: {vocab_size: 1000}}\n"
                                       << "data: {tokenizer: "
                                       << owl2::test::source_path("tests/fixtures/tokenizer/tiny_llama.model") << "}\n";
-  torch::manual_seed(3);
   MPLUGOwl2ForCausalLM model(load_config(dir + "/config.yaml").model);
+  init_weights(model, 3);
   save_state_dict(*model, dir);
   return dir;
 }

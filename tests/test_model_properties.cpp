@@ -2,6 +2,7 @@
 // interleaved QKV layout, padding-side independence, reduced-precision softmax / norm, count mismatch errors.
 #include <catch2/catch.hpp>
 
+#include "owl2/model/init.h"
 #include "owl2/model/model.h"
 #include "tests/golden_io.h"
 
@@ -190,6 +191,7 @@ TEST_CASE("decoder attention and RMSNorm keep float32 statistics for bf16 inputs
 TEST_CASE("ViT positions: other image sizes need interpolation, which keeps the class row", "[model][property]") {
   auto cfg = test::tiny_golden_config().vision;  // 12 px, patch 4 -> 3x3 grid
   VisionModel vit(cfg);
+  init_weights(vit, 0);
   REQUIRE_THROWS_WITH(vit(torch::randn({1, 3, 16, 16})), Contains("gives 17 tokens but position_embedding has 10 rows") &&
                                                              Contains("interpolate_position_embedding"));
   const auto pos = vit->embeddings->position_embedding.detach();

@@ -10,6 +10,7 @@
 #include <ATen/autocast_mode.h>
 
 #include "owl2/model/decoder.h"
+#include "owl2/model/init.h"
 #include "owl2/model/model.h"
 #include "owl2/io/safetensors.h"
 #include "tests/golden_io.h"
@@ -175,6 +176,7 @@ TEST_CASE("bf16 and bf16-autocast runs resume from the training state bit-identi
     if (mode == "bf16") CHECK(saved.at("param.lm_head.weight").scalar_type() == torch::kFloat32);  // the master
     // Fresh weights (not the golden ones): everything must come from the saved state.
     MPLUGOwl2ForCausalLM model(s.cfg.model);
+    init_weights(model, 0);
     Trainer t(*model, loss_of(model), s.cfg);
     t.load_state(saved);
     for (int i = 3; i < 6; ++i) CHECK(t.step({s.batch}).loss == uninterrupted[i]);

@@ -16,6 +16,7 @@
 #include "data/dataset.h"
 #include "data/example.h"
 #include "data/loader.h"
+#include "owl2/model/init.h"
 #include "owl2/model/model.h"
 #include "owl2/io/state_dict.h"
 #include "owl2/io/weights.h"
@@ -88,10 +89,9 @@ int run_training(const RunConfig& cfg, const RunOptions& options) {
                                   t.global_batch_size, t.micro_batch_size, env.world_size));
   }
 
-  // Model: documented init, then the configured starting weights.
-  torch::manual_seed(static_cast<uint64_t>(t.seed));
+  // Model: the documented init unless init.from provides every tensor, then the configured starting weights.
   MPLUGOwl2ForCausalLM model(cfg.model);
-  model->reset_parameters();
+  if (cfg.init.from.empty() || cfg.init.allow_missing) init_weights(model, static_cast<uint64_t>(t.seed));
   if (!cfg.init.from.empty()) {
     LoadOptions lo;
     lo.allow_missing = cfg.init.allow_missing;

@@ -18,6 +18,7 @@
 #include "cli/bench/bench_common.h"
 #include "cli/commands.h"
 #include "owl2/infer/generate.h"
+#include "owl2/model/init.h"
 #include "owl2/io/safetensors.h"
 #include "owl2/io/state_dict.h"
 #include "trainers/config.h"
@@ -102,9 +103,9 @@ void add_bench_generate(CLI::App& app, Action& run) {
   cmd->callback([&run, args] {
     run = [args] {
       torch::set_num_threads(args->threads);
-      torch::manual_seed(0);
       const auto cfg = args->config.empty() ? small_bench_model() : load_config(args->config).model;
       MPLUGOwl2ForCausalLM model(cfg);
+      init_weights(model, /*seed=*/0);  // also seeds the random prompts and images below
       model->eval();
       const int64_t max_batch = *std::max_element(args->batches.begin(), args->batches.end());
       const int64_t T = args->text_tokens;

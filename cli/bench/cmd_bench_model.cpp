@@ -17,6 +17,7 @@
 
 #include "cli/bench/bench_common.h"
 #include "cli/commands.h"
+#include "owl2/model/init.h"
 #include "owl2/model/model.h"
 
 namespace owl2::cli {
@@ -84,10 +85,10 @@ void add_bench_model(CLI::App& app, Action& run) {
   model_cmd->callback([&run, args] {
     run = [args] {
       torch::set_num_threads(args->threads);
-      torch::manual_seed(0);
       const auto cfg = small_bench_model();
       const int64_t B = args->batch, T = args->text_tokens;
       MPLUGOwl2ForCausalLM model(cfg);
+      init_weights(model, /*seed=*/0);  // also seeds the random inputs below
       model->train();
       auto ids = torch::randint(3, cfg.decoder.vocab_size, {B, T}, torch::kInt64);
       ids.select(1, 1).fill_(kImageTokenIndex);  // one image per sample, after BOS

@@ -15,6 +15,7 @@
 #include "cli/bench/bench_common.h"
 #include "cli/commands.h"
 #include "owl2/model/constants.h"
+#include "owl2/model/init.h"
 #include "owl2/model/model.h"
 #include "trainers/activation_checkpoint.h"
 #include "trainers/config.h"
@@ -73,9 +74,8 @@ int run_bench_train(const BenchArgs& a) {
     throw std::invalid_argument(fmt::format("train.global_batch_size {} is not a multiple of train.micro_batch_size {}",
                                             cfg.train.global_batch_size, cfg.train.micro_batch_size));
   }
-  torch::manual_seed(static_cast<uint64_t>(cfg.train.seed));
   MPLUGOwl2ForCausalLM model(cfg.model);
-  model->reset_parameters();  // random weights: throughput does not depend on the values
+  init_weights(model, static_cast<uint64_t>(cfg.train.seed));  // random weights: throughput does not depend on them
   model->to(device);
   model->train();
   const auto& ac = cfg.train.activation_checkpointing;

@@ -3,7 +3,6 @@
 #include "owl2/model/abstractor.h"
 
 #include <ATen/ops/scaled_dot_product_attention.h>
-#include <torch/nn/init.h>
 
 namespace owl2 {
 namespace nn = torch::nn;
@@ -26,9 +25,9 @@ torch::Tensor sincos_2d_with_cls(int64_t dim, int64_t grid) {
 }
 
 AbstractorAttentionImpl::AbstractorAttentionImpl(const AbstractorConfig& cfg) : num_heads(cfg.num_attention_heads) {
-  query = register_module("query", nn::Linear(cfg.hidden_size, cfg.hidden_size));
-  key = register_module("key", nn::Linear(cfg.encoder_hidden_size, cfg.hidden_size));
-  value = register_module("value", nn::Linear(cfg.encoder_hidden_size, cfg.hidden_size));
+  query = register_module("query", Linear(cfg.hidden_size, cfg.hidden_size));
+  key = register_module("key", Linear(cfg.encoder_hidden_size, cfg.hidden_size));
+  value = register_module("value", Linear(cfg.encoder_hidden_size, cfg.hidden_size));
 }
 
 torch::Tensor AbstractorAttentionImpl::forward(const torch::Tensor& q_NQD, const torch::Tensor& kv_NSD,
@@ -45,10 +44,10 @@ torch::Tensor AbstractorAttentionImpl::forward(const torch::Tensor& q_NQD, const
 }
 
 AbstractorMlpImpl::AbstractorMlpImpl(const AbstractorConfig& cfg) {
-  w1 = register_module("w1", nn::Linear(cfg.hidden_size, cfg.intermediate_size));
-  w2 = register_module("w2", nn::Linear(cfg.intermediate_size, cfg.hidden_size));
-  w3 = register_module("w3", nn::Linear(cfg.hidden_size, cfg.intermediate_size));
-  ffn_ln = register_module("ffn_ln", nn::LayerNorm(nn::LayerNormOptions({cfg.intermediate_size}).eps(cfg.layer_norm_eps)));
+  w1 = register_module("w1", Linear(cfg.hidden_size, cfg.intermediate_size));
+  w2 = register_module("w2", Linear(cfg.intermediate_size, cfg.hidden_size));
+  w3 = register_module("w3", Linear(cfg.hidden_size, cfg.intermediate_size));
+  ffn_ln = register_module("ffn_ln", LayerNorm(cfg.intermediate_size, cfg.layer_norm_eps));
 }
 
 torch::Tensor AbstractorMlpImpl::forward(const torch::Tensor& x_NQD) {
@@ -56,14 +55,14 @@ torch::Tensor AbstractorMlpImpl::forward(const torch::Tensor& x_NQD) {
 }
 
 AbstractorOutputImpl::AbstractorOutputImpl(const AbstractorConfig& cfg) {
-  out_proj = register_module("out_proj", nn::Linear(cfg.hidden_size, cfg.hidden_size));
-  norm2 = register_module("norm2", nn::LayerNorm(nn::LayerNormOptions({cfg.hidden_size}).eps(cfg.attn_norm_eps)));
+  out_proj = register_module("out_proj", Linear(cfg.hidden_size, cfg.hidden_size));
+  norm2 = register_module("norm2", LayerNorm(cfg.hidden_size, cfg.attn_norm_eps));
   mlp = register_module("mlp", AbstractorMlp(cfg));
 }
 
 AbstractorLayerImpl::AbstractorLayerImpl(const AbstractorConfig& cfg) {
-  norm1 = register_module("norm1", nn::LayerNorm(nn::LayerNormOptions({cfg.hidden_size}).eps(cfg.attn_norm_eps)));
-  normk = register_module("normk", nn::LayerNorm(nn::LayerNormOptions({cfg.encoder_hidden_size}).eps(cfg.attn_norm_eps)));
+  norm1 = register_module("norm1", LayerNorm(cfg.hidden_size, cfg.attn_norm_eps));
+  normk = register_module("normk", LayerNorm(cfg.encoder_hidden_size, cfg.attn_norm_eps));
   attention = register_module("attention", AbstractorAttention(cfg));
   output = register_module("output", AbstractorOutput(cfg));
 }
@@ -76,36 +75,22 @@ torch::Tensor AbstractorLayerImpl::forward(const torch::Tensor& queries_NQD, con
   return x_NQD + output->mlp(output->norm2(x_NQD));
 }
 
+AbstractorLayerHolderImpl::AbstractorLayerHolderImpl(const AbstractorConfig& cfg) {
+  crossattention = register_module("crossattention", AbstractorLayer(cfg));
+}
+
+AbstractorEncoderImpl::AbstractorEncoderImpl(const AbstractorConfig& cfg) {
+  layers = register_module("layers", nn::ModuleList());
+  for (int64_t i = 0; i < cfg.num_hidden_layers; ++i) layers->push_back(AbstractorLayerHolder(cfg));
+}
+
 VisualAbstractorImpl::VisualAbstractorImpl(const AbstractorConfig& cfg_, int64_t llm_hidden_size) : cfg(cfg_) {
   TORCH_CHECK(cfg.hidden_size == cfg.encoder_hidden_size, "abstractor: hidden_size (", cfg.hidden_size,
               ") must equal encoder_hidden_size (", cfg.encoder_hidden_size, ") since K/V read [queries ; image]");
   query_embeds = register_parameter("query_embeds", torch::empty({1, cfg.num_learnable_queries, cfg.hidden_size}));
   vit_eos = register_parameter("vit_eos", torch::empty({1, 1, llm_hidden_size}));
-  auto enc = std::make_shared<nn::Module>("Encoder");
-  layers = enc->register_module("layers", nn::ModuleList());
-  for (int64_t i = 0; i < cfg.num_hidden_layers; ++i) {
-    auto layer = std::make_shared<nn::Module>("AbstractorCrossLayer");
-    layer->register_module("crossattention", AbstractorLayer(cfg));
-    layers->push_back(layer);
-  }
-  encoder = register_module("encoder", enc).get();
-  visual_fc = register_module("visual_fc", nn::Linear(cfg.hidden_size, llm_hidden_size));
-  reset_parameters();
-}
-
-void VisualAbstractorImpl::reset_parameters() {
-  torch::NoGradGuard no_grad;
-  for (auto& m : modules(/*include_self=*/false)) {
-    if (auto* lin = m->as<nn::Linear>()) {
-      nn::init::normal_(lin->weight, 0.0, 0.02);
-      nn::init::zeros_(lin->bias);
-    } else if (auto* ln = m->as<nn::LayerNorm>()) {
-      nn::init::ones_(ln->weight);
-      nn::init::zeros_(ln->bias);
-    }
-  }
-  nn::init::normal_(query_embeds, 0.0, 0.02);
-  nn::init::normal_(vit_eos, 0.0, 0.02);
+  encoder = register_module("encoder", AbstractorEncoder(cfg));
+  visual_fc = register_module("visual_fc", Linear(cfg.hidden_size, llm_hidden_size));
 }
 
 torch::Tensor VisualAbstractorImpl::forward(const torch::Tensor& image_NTE) {
@@ -116,8 +101,8 @@ torch::Tensor VisualAbstractorImpl::forward(const torch::Tensor& image_NTE) {
   const auto qpos_QD = sincos_1d(cfg.hidden_size, torch::arange(Q, torch::kFloat32)).to(image_NTE.device());
   const auto kpos_SD = torch::cat({qpos_QD, sincos_2d_with_cls(cfg.hidden_size, cfg.grid_size).to(image_NTE.device())}, 0);
   auto x_NQD = query_embeds.expand({N, -1, -1});
-  for (int64_t i = 0; const auto& layer : *layers) {
-    auto cross = std::dynamic_pointer_cast<AbstractorLayerImpl>(layer->children()[0]);
+  for (int64_t i = 0; const auto& layer : *encoder->layers) {
+    auto cross = layer->as<AbstractorLayerHolder>()->crossattention.ptr();
     x_NQD = run_block(block_runner, i++,
                       [cross, qpos_QD, kpos_SD](const std::vector<torch::Tensor>& in) {
                         return cross->forward(in[0], in[1], qpos_QD, kpos_SD);

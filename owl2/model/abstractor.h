@@ -5,10 +5,9 @@
 #include "owl2/model/block_runner.h"
 #include <torch/nn/module.h>
 #include <torch/nn/modules/container/modulelist.h>
-#include <torch/nn/modules/linear.h>
-#include <torch/nn/modules/normalization.h>
 
 #include "owl2/model/config.h"
+#include "owl2/model/layers.h"
 
 namespace owl2 {
 
@@ -27,7 +26,7 @@ class AbstractorAttentionImpl : public torch::nn::Module {
                         const torch::Tensor& kpos_SD);
 
   int64_t num_heads;
-  torch::nn::Linear query{nullptr}, key{nullptr}, value{nullptr};
+  Linear query{nullptr}, key{nullptr}, value{nullptr};
 };
 TORCH_MODULE(AbstractorAttention);
 
@@ -37,8 +36,8 @@ class AbstractorMlpImpl : public torch::nn::Module {
   explicit AbstractorMlpImpl(const AbstractorConfig& cfg);
   torch::Tensor forward(const torch::Tensor& x_NQD);
 
-  torch::nn::Linear w1{nullptr}, w2{nullptr}, w3{nullptr};
-  torch::nn::LayerNorm ffn_ln{nullptr};
+  Linear w1{nullptr}, w2{nullptr}, w3{nullptr};
+  LayerNorm ffn_ln{nullptr};
 };
 TORCH_MODULE(AbstractorMlp);
 
@@ -46,8 +45,8 @@ TORCH_MODULE(AbstractorMlp);
 class AbstractorOutputImpl : public torch::nn::Module {
  public:
   explicit AbstractorOutputImpl(const AbstractorConfig& cfg);
-  torch::nn::Linear out_proj{nullptr};
-  torch::nn::LayerNorm norm2{nullptr};
+  Linear out_proj{nullptr};
+  LayerNorm norm2{nullptr};
   AbstractorMlp mlp{nullptr};
 };
 TORCH_MODULE(AbstractorOutput);
@@ -59,26 +58,39 @@ class AbstractorLayerImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& queries_NQD, const torch::Tensor& image_NTE, const torch::Tensor& qpos_QD,
                         const torch::Tensor& kpos_SD);
 
-  torch::nn::LayerNorm norm1{nullptr}, normk{nullptr};
+  LayerNorm norm1{nullptr}, normk{nullptr};
   AbstractorAttention attention{nullptr};
   AbstractorOutput output{nullptr};
 };
 TORCH_MODULE(AbstractorLayer);
+
+// `encoder.layers.A`: holds the layer as `crossattention`, so names read as in the checkpoint.
+class AbstractorLayerHolderImpl : public torch::nn::Module {
+ public:
+  explicit AbstractorLayerHolderImpl(const AbstractorConfig& cfg);
+  AbstractorLayer crossattention{nullptr};
+};
+TORCH_MODULE(AbstractorLayerHolder);
+
+// `encoder`: holds `layers`.
+class AbstractorEncoderImpl : public torch::nn::Module {
+ public:
+  explicit AbstractorEncoderImpl(const AbstractorConfig& cfg);
+  torch::nn::ModuleList layers{nullptr};  // of AbstractorLayerHolder
+};
+TORCH_MODULE(AbstractorEncoder);
 
 // `model.visual_abstractor`: image features [N,T,E] -> visual tokens [N,Q+1,O] (projected queries, vit_eos).
 class VisualAbstractorImpl : public torch::nn::Module {
  public:
   VisualAbstractorImpl(const AbstractorConfig& cfg, int64_t llm_hidden_size);
   torch::Tensor forward(const torch::Tensor& image_NTE);
-  // normal(0, 0.02) for linear weights, queries and vit_eos; zeros for biases; ones / zeros for LayerNorm.
-  void reset_parameters();
 
   AbstractorConfig cfg;
   torch::Tensor query_embeds;  // [1,Q,D]
   torch::Tensor vit_eos;       // [1,1,O]
-  torch::nn::Module* encoder = nullptr;
-  torch::nn::ModuleList layers{nullptr};  // registered as encoder.layers, of AbstractorLayer
-  torch::nn::Linear visual_fc{nullptr};
+  AbstractorEncoder encoder{nullptr};
+  Linear visual_fc{nullptr};
   BlockRunner block_runner;  // empty: blocks run directly
 };
 TORCH_MODULE(VisualAbstractor);

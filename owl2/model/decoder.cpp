@@ -3,7 +3,6 @@
 #include "owl2/model/decoder.h"
 
 #include <ATen/ops/scaled_dot_product_attention.h>
-#include <torch/nn/init.h>
 
 #include <tuple>
 
@@ -26,7 +25,7 @@ ModalityRouting ModalityRouting::from_modality(const torch::Tensor& modality_BS)
 }
 
 RMSNormImpl::RMSNormImpl(int64_t dim, double eps_) : eps(eps_) {
-  weight = register_parameter("weight", torch::ones({dim}));
+  weight = register_parameter("weight", torch::empty({dim}));
 }
 
 torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
@@ -43,7 +42,7 @@ MultiwayImpl::MultiwayImpl(std::function<std::shared_ptr<nn::Module>()> make) {
 
 torch::Tensor MultiwayImpl::apply(int64_t way, const torch::Tensor& x) const {
   const auto& m = multiway->ptr(way);
-  if (auto* lin = m->as<nn::Linear>()) return lin->forward(x);
+  if (auto* lin = m->as<Linear>()) return lin->forward(x);
   return m->as<RMSNorm>()->forward(x);
 }
 
@@ -82,7 +81,7 @@ torch::Tensor decoder_attention(const torch::Tensor& q_BHSK, const torch::Tensor
     v = v.repeat_interleave(groups, 1);
   }
   // SDPA keeps float32 softmax statistics for reduced-precision inputs (CPU flash kernel and the CUDA
-  // kernels accumulate in float32), and is exact in float32 / float64; tests/test_model_decoder.cpp checks
+  // kernels accumulate in float32), and is exact in float32 / float64; tests/test_model_properties.cpp checks
   // bf16 against an explicit float32-softmax attention.
   if (!mask_B1SS.defined()) return at::scaled_dot_product_attention(q_BHSK, k, v, {}, 0.0, /*is_causal=*/true);
   return at::scaled_dot_product_attention(q_BHSK, k, v, mask_B1SS);
@@ -91,7 +90,7 @@ torch::Tensor decoder_attention(const torch::Tensor& q_BHSK, const torch::Tensor
 DecoderAttentionImpl::DecoderAttentionImpl(const DecoderConfig& cfg)
     : num_heads(cfg.num_attention_heads), num_kv_heads(cfg.num_key_value_heads), head_dim(cfg.head_dim()) {
   const int64_t D = cfg.hidden_size, KV = num_kv_heads * head_dim;
-  auto linear = [](int64_t in, int64_t out) { return nn::Linear(nn::LinearOptions(in, out).bias(false)); };
+  auto linear = [](int64_t in, int64_t out) { return Linear(in, out, /*bias=*/false); };
   q_proj = register_module("q_proj", linear(D, num_heads * head_dim));
   k_proj = register_module("k_proj", Multiway([&] { return linear(D, KV).ptr(); }));
   v_proj = register_module("v_proj", Multiway([&] { return linear(D, KV).ptr(); }));
@@ -112,7 +111,7 @@ torch::Tensor DecoderAttentionImpl::forward(const torch::Tensor& x_BSD, const Ro
 }
 
 DecoderMlpImpl::DecoderMlpImpl(const DecoderConfig& cfg) {
-  auto linear = [](int64_t in, int64_t out) { return nn::Linear(nn::LinearOptions(in, out).bias(false)); };
+  auto linear = [](int64_t in, int64_t out) { return Linear(in, out, /*bias=*/false); };
   gate_proj = register_module("gate_proj", linear(cfg.hidden_size, cfg.intermediate_size));
   up_proj = register_module("up_proj", linear(cfg.hidden_size, cfg.intermediate_size));
   down_proj = register_module("down_proj", linear(cfg.intermediate_size, cfg.hidden_size));

@@ -4,13 +4,13 @@
 #pragma once
 #include <torch/nn/module.h>
 #include <torch/nn/modules/container/modulelist.h>
-#include <torch/nn/modules/linear.h>
 
 #include <functional>
 #include <memory>
 
 #include "owl2/model/config.h"
 #include "owl2/model/kv_cache.h"
+#include "owl2/model/layers.h"
 
 namespace owl2 {
 
@@ -25,6 +25,7 @@ struct ModalityRouting {
 };
 
 // LLaMA RMSNorm: x * rsqrt(mean(x^2) + eps) computed in at least float32, cast back, times weight.
+// The weight is registered uninitialised; init_weights sets it to ones.
 class RMSNormImpl : public torch::nn::Module {
  public:
   RMSNormImpl(int64_t dim, double eps);
@@ -70,7 +71,7 @@ class DecoderAttentionImpl : public torch::nn::Module {
                         const ModalityRouting& routing, LayerKV* kv = nullptr);
 
   int64_t num_heads, num_kv_heads, head_dim;
-  torch::nn::Linear q_proj{nullptr}, o_proj{nullptr};
+  Linear q_proj{nullptr}, o_proj{nullptr};
   Multiway k_proj{nullptr}, v_proj{nullptr};
 };
 TORCH_MODULE(DecoderAttention);
@@ -79,7 +80,7 @@ class DecoderMlpImpl : public torch::nn::Module {
  public:
   explicit DecoderMlpImpl(const DecoderConfig& cfg);
   torch::Tensor forward(const torch::Tensor& x_BSD);  // down(silu(gate x) * up x)
-  torch::nn::Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
+  Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
 };
 TORCH_MODULE(DecoderMlp);
 

@@ -7,14 +7,13 @@
 
 #include <algorithm>
 #include <torch/nn/functional/loss.h>
-#include <torch/nn/init.h>
 
 namespace owl2 {
 namespace nn = torch::nn;
 
 MPLUGOwl2ModelImpl::MPLUGOwl2ModelImpl(const ModelConfig& cfg) {
   const auto& d = cfg.decoder;
-  embed_tokens = register_module("embed_tokens", nn::Embedding(d.vocab_size, d.hidden_size));
+  embed_tokens = register_module("embed_tokens", Embedding(d.vocab_size, d.hidden_size));
   layers = register_module("layers", nn::ModuleList());
   for (int64_t i = 0; i < d.num_hidden_layers; ++i) layers->push_back(DecoderLayer(d));
   norm = register_module("norm", RMSNorm(d.hidden_size, d.rms_norm_eps));
@@ -25,23 +24,7 @@ MPLUGOwl2ModelImpl::MPLUGOwl2ModelImpl(const ModelConfig& cfg) {
 MPLUGOwl2ForCausalLMImpl::MPLUGOwl2ForCausalLMImpl(const ModelConfig& cfg_) : cfg(cfg_) {
   validate(cfg);
   model = register_module("model", MPLUGOwl2Model(cfg));
-  lm_head = register_module("lm_head", nn::Linear(nn::LinearOptions(cfg.decoder.hidden_size, cfg.decoder.vocab_size).bias(false)));
-  reset_parameters();
-}
-
-void MPLUGOwl2ForCausalLMImpl::reset_parameters() {
-  torch::NoGradGuard no_grad;
-  model->vision_model->reset_parameters();
-  model->visual_abstractor->reset_parameters();
-  nn::init::normal_(model->embed_tokens->weight, 0.0, 0.02);
-  nn::init::normal_(lm_head->weight, 0.0, 0.02);
-  nn::init::ones_(model->norm->weight);
-  for (const auto& layer : *model->layers) {
-    for (auto& m : layer->modules(/*include_self=*/false)) {
-      if (auto* lin = m->as<nn::Linear>()) nn::init::normal_(lin->weight, 0.0, 0.02);
-      if (auto* rms = m->as<RMSNorm>()) nn::init::ones_(rms->weight);
-    }
-  }
+  lm_head = register_module("lm_head", Linear(cfg.decoder.hidden_size, cfg.decoder.vocab_size, /*bias=*/false));
 }
 
 torch::Tensor MPLUGOwl2ForCausalLMImpl::encode_images(const torch::Tensor& images_NCHW) {

@@ -7,8 +7,6 @@
 #include "owl2/model/constants.h"
 #include <torch/nn/module.h>
 #include <torch/nn/modules/container/modulelist.h>
-#include <torch/nn/modules/embedding.h>
-#include <torch/nn/modules/linear.h>
 
 #include <string>
 #include <vector>
@@ -16,6 +14,7 @@
 #include "owl2/model/abstractor.h"
 #include "owl2/model/config.h"
 #include "owl2/model/decoder.h"
+#include "owl2/model/layers.h"
 #include "owl2/model/vision.h"
 
 namespace owl2 {
@@ -50,12 +49,13 @@ struct SplicedBatch {
   ModalityRouting routing;
 };
 
-// `model`: LlamaModel plus the vision tower and the abstractor, as in the checkpoint.
+// `model`: LlamaModel plus the vision tower and the abstractor, as in the checkpoint. Constructors of this
+// module tree only register parameters (uninitialised): call init_weights (owl2/model/init.h) or load weights.
 class MPLUGOwl2ModelImpl : public torch::nn::Module {
  public:
   explicit MPLUGOwl2ModelImpl(const ModelConfig& cfg);
 
-  torch::nn::Embedding embed_tokens{nullptr};
+  Embedding embed_tokens{nullptr};
   torch::nn::ModuleList layers{nullptr};  // of DecoderLayer
   RMSNorm norm{nullptr};
   VisionModel vision_model{nullptr};
@@ -85,13 +85,9 @@ class MPLUGOwl2ForCausalLMImpl : public torch::nn::Module {
                               const torch::Tensor& position_ids_BS, const ModalityRouting& routing, KVCache& cache);
   DecoderLayer decoder_layer(int64_t i) const { return DecoderLayer(model->layers->ptr<DecoderLayerImpl>(i)); }
 
-  // The documented init: normal(0, 0.02) for linear / embedding / conv weights, learnable queries, class token,
-  // positions and vit_eos; zeros for biases; ones for norm weights (zeros for LayerNorm biases).
-  void reset_parameters();
-
   ModelConfig cfg;
   MPLUGOwl2Model model{nullptr};
-  torch::nn::Linear lm_head{nullptr};
+  Linear lm_head{nullptr};
   BlockRunner decoder_block_runner;  // empty: decoder layers run directly (see model->vision_model->block_runner)
 };
 TORCH_MODULE(MPLUGOwl2ForCausalLM);

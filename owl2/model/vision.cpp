@@ -3,32 +3,17 @@
 
 #include <ATen/ops/scaled_dot_product_attention.h>
 #include <torch/nn/functional/upsampling.h>
-#include <torch/nn/init.h>
 
 #include <cmath>
 
 namespace owl2 {
 namespace nn = torch::nn;
 
-namespace {
-nn::LayerNorm layer_norm(int64_t d, double eps) {
-  return nn::LayerNorm(nn::LayerNormOptions({d}).eps(eps).elementwise_affine(true));
-}
-}  // namespace
-
 VisionEmbeddingsImpl::VisionEmbeddingsImpl(const VisionConfig& cfg) {
   cls_token = register_parameter("cls_token", torch::empty({1, 1, cfg.hidden_size}));
-  patch_embed = register_module(
-      "patch_embed",
-      nn::Conv2d(nn::Conv2dOptions(cfg.num_channels, cfg.hidden_size, cfg.patch_size).stride(cfg.patch_size).bias(false)));
+  patch_embed = register_module("patch_embed", PatchConv(cfg.num_channels, cfg.hidden_size, cfg.patch_size));
   position_embedding = register_parameter("position_embedding", torch::empty({1, cfg.num_positions(), cfg.hidden_size}));
-  pre_layernorm = register_module("pre_layernorm", layer_norm(cfg.hidden_size, cfg.layer_norm_eps));
-}
-
-void VisionEmbeddingsImpl::reset_parameters() {
-  torch::NoGradGuard no_grad;
-  nn::init::normal_(cls_token, 0.0, 0.02);
-  nn::init::normal_(position_embedding, 0.0, 0.02);
+  pre_layernorm = register_module("pre_layernorm", LayerNorm(cfg.hidden_size, cfg.layer_norm_eps));
 }
 
 torch::Tensor VisionEmbeddingsImpl::forward(const torch::Tensor& pixels_NCHW) {
@@ -44,8 +29,8 @@ torch::Tensor VisionEmbeddingsImpl::forward(const torch::Tensor& pixels_NCHW) {
 }
 
 VisionAttentionImpl::VisionAttentionImpl(const VisionConfig& cfg) : num_heads(cfg.num_attention_heads) {
-  query_key_value = register_module("query_key_value", nn::Linear(cfg.hidden_size, 3 * cfg.hidden_size));
-  dense = register_module("dense", nn::Linear(cfg.hidden_size, cfg.hidden_size));
+  query_key_value = register_module("query_key_value", Linear(cfg.hidden_size, 3 * cfg.hidden_size));
+  dense = register_module("dense", Linear(cfg.hidden_size, cfg.hidden_size));
 }
 
 torch::Tensor VisionAttentionImpl::forward(const torch::Tensor& x_NTD) {
@@ -58,8 +43,8 @@ torch::Tensor VisionAttentionImpl::forward(const torch::Tensor& x_NTD) {
 }
 
 VisionMlpImpl::VisionMlpImpl(const VisionConfig& cfg) {
-  fc1 = register_module("fc1", nn::Linear(cfg.hidden_size, cfg.intermediate_size));
-  fc2 = register_module("fc2", nn::Linear(cfg.intermediate_size, cfg.hidden_size));
+  fc1 = register_module("fc1", Linear(cfg.hidden_size, cfg.intermediate_size));
+  fc2 = register_module("fc2", Linear(cfg.intermediate_size, cfg.hidden_size));
 }
 
 torch::Tensor VisionMlpImpl::forward(const torch::Tensor& x_NTD) {
@@ -68,9 +53,9 @@ torch::Tensor VisionMlpImpl::forward(const torch::Tensor& x_NTD) {
 }
 
 VisionLayerImpl::VisionLayerImpl(const VisionConfig& cfg) {
-  input_layernorm = register_module("input_layernorm", layer_norm(cfg.hidden_size, cfg.layer_norm_eps));
+  input_layernorm = register_module("input_layernorm", LayerNorm(cfg.hidden_size, cfg.layer_norm_eps));
   self_attn = register_module("self_attn", VisionAttention(cfg));
-  post_attention_layernorm = register_module("post_attention_layernorm", layer_norm(cfg.hidden_size, cfg.layer_norm_eps));
+  post_attention_layernorm = register_module("post_attention_layernorm", LayerNorm(cfg.hidden_size, cfg.layer_norm_eps));
   mlp = register_module("mlp", VisionMlp(cfg));
 }
 
@@ -87,24 +72,7 @@ VisionEncoderImpl::VisionEncoderImpl(const VisionConfig& cfg) {
 VisionModelImpl::VisionModelImpl(const VisionConfig& cfg_) : cfg(cfg_) {
   embeddings = register_module("embeddings", VisionEmbeddings(cfg));
   encoder = register_module("encoder", VisionEncoder(cfg));
-  post_layernorm = register_module("post_layernorm", layer_norm(cfg.hidden_size, cfg.layer_norm_eps));
-  reset_parameters();
-}
-
-void VisionModelImpl::reset_parameters() {
-  torch::NoGradGuard no_grad;
-  for (auto& m : modules(/*include_self=*/false)) {
-    if (auto* lin = m->as<nn::Linear>()) {
-      nn::init::normal_(lin->weight, 0.0, 0.02);
-      nn::init::zeros_(lin->bias);
-    } else if (auto* conv = m->as<nn::Conv2d>()) {
-      nn::init::normal_(conv->weight, 0.0, 0.02);
-    } else if (auto* ln = m->as<nn::LayerNorm>()) {
-      nn::init::ones_(ln->weight);
-      nn::init::zeros_(ln->bias);
-    }
-  }
-  embeddings->reset_parameters();
+  post_layernorm = register_module("post_layernorm", LayerNorm(cfg.hidden_size, cfg.layer_norm_eps));
 }
 
 torch::Tensor VisionModelImpl::forward(const torch::Tensor& pixels_NCHW) {

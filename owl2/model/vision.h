@@ -5,11 +5,9 @@
 #include "owl2/model/block_runner.h"
 #include <torch/nn/module.h>
 #include <torch/nn/modules/container/modulelist.h>
-#include <torch/nn/modules/conv.h>
-#include <torch/nn/modules/linear.h>
-#include <torch/nn/modules/normalization.h>
 
 #include "owl2/model/config.h"
+#include "owl2/model/layers.h"
 
 namespace owl2 {
 
@@ -18,12 +16,11 @@ class VisionEmbeddingsImpl : public torch::nn::Module {
  public:
   explicit VisionEmbeddingsImpl(const VisionConfig& cfg);
   torch::Tensor forward(const torch::Tensor& pixels_NCHW);  // -> x_NTD (after pre_layernorm)
-  void reset_parameters();
 
   torch::Tensor cls_token;           // [1,1,D]
   torch::Tensor position_embedding;  // [1,T,D]
-  torch::nn::Conv2d patch_embed{nullptr};
-  torch::nn::LayerNorm pre_layernorm{nullptr};
+  PatchConv patch_embed{nullptr};
+  LayerNorm pre_layernorm{nullptr};
 };
 TORCH_MODULE(VisionEmbeddings);
 
@@ -35,7 +32,7 @@ class VisionAttentionImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x_NTD);
 
   int64_t num_heads;
-  torch::nn::Linear query_key_value{nullptr}, dense{nullptr};
+  Linear query_key_value{nullptr}, dense{nullptr};
 };
 TORCH_MODULE(VisionAttention);
 
@@ -45,7 +42,7 @@ class VisionMlpImpl : public torch::nn::Module {
   explicit VisionMlpImpl(const VisionConfig& cfg);
   torch::Tensor forward(const torch::Tensor& x_NTD);
 
-  torch::nn::Linear fc1{nullptr}, fc2{nullptr};
+  Linear fc1{nullptr}, fc2{nullptr};
 };
 TORCH_MODULE(VisionMlp);
 
@@ -55,7 +52,7 @@ class VisionLayerImpl : public torch::nn::Module {
   explicit VisionLayerImpl(const VisionConfig& cfg);
   torch::Tensor forward(const torch::Tensor& x_NTD);
 
-  torch::nn::LayerNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
+  LayerNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
   VisionAttention self_attn{nullptr};
   VisionMlp mlp{nullptr};
 };
@@ -74,14 +71,11 @@ class VisionModelImpl : public torch::nn::Module {
  public:
   explicit VisionModelImpl(const VisionConfig& cfg);
   torch::Tensor forward(const torch::Tensor& pixels_NCHW);
-  // The documented init: normal(0, 0.02) for weights and the class token / positions, zeros for biases,
-  // ones / zeros for LayerNorm. Construction calls it; a checkpoint load may overwrite everything.
-  void reset_parameters();
 
   VisionConfig cfg;
   VisionEmbeddings embeddings{nullptr};
   VisionEncoder encoder{nullptr};
-  torch::nn::LayerNorm post_layernorm{nullptr};
+  LayerNorm post_layernorm{nullptr};
   BlockRunner block_runner;  // empty: blocks run directly
 };
 TORCH_MODULE(VisionModel);

@@ -16,6 +16,7 @@
 
 #include "data/tokenizer.h"
 #include "owl2/model/abstractor.h"
+#include "owl2/model/init.h"
 #include "owl2/io/fileio.h"
 #include "owl2/model/model.h"
 #include "owl2/io/state_dict.h"
@@ -471,9 +472,9 @@ std::string init_from_pretrained(const InitOptions& opt) {
     throw std::runtime_error(fmt::format("owl2 init: {} and {} do not fit {}:{}", opt.vision_dir, opt.llm_dir,
                                          opt.config, bullet_list(problems)));
 
-  // The abstractor: the model's documented init (VisualAbstractorImpl::reset_parameters) from a seeded generator.
-  torch::manual_seed(static_cast<uint64_t>(opt.seed));
-  const VisualAbstractor abstractor(mc.abstractor, mc.decoder.hidden_size);
+  // The abstractor: the model's documented init (init_weights, owl2/model/init.h) after torch::manual_seed(seed).
+  VisualAbstractor abstractor(mc.abstractor, mc.decoder.hidden_size);
+  init_weights(abstractor, static_cast<uint64_t>(opt.seed));
   ComposedSource out;
   std::map<std::string, Shape> shapes;
   for (const auto& p : parameter_shapes(mc)) shapes[p.name] = p.shape;

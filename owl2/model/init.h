@@ -1,0 +1,24 @@
+// The documented random init of the model (docs/model.md "Init"), run once on a freshly constructed model whose
+// weights are not loaded next: constructors only register uninitialised tensors.
+#pragma once
+#include <cstdint>
+
+#include "owl2/model/abstractor.h"
+#include "owl2/model/model.h"
+#include "owl2/model/vision.h"
+
+namespace owl2 {
+
+// Standard deviation of every normal-initialised tensor (the reference's initializer_range).
+inline constexpr double kInitStd = 0.02;
+
+// Seeds the default generators (torch::manual_seed(seed)) and writes every parameter once: normal(0, kInitStd)
+// for Linear, PatchConv and Embedding weights, the class token, the ViT positions, the learnable queries and
+// vit_eos; zeros for Linear biases; ones / zeros for LayerNorm weight / bias; ones for RMSNorm. The model has
+// no buffers. The same seed gives bit-identical tensors.
+void init_weights(MPLUGOwl2ForCausalLM& model, uint64_t seed);
+// The same scheme for a component built on its own (`owl2 init` draws the abstractor; tests use a lone ViT).
+void init_weights(VisionModel& vision, uint64_t seed);
+void init_weights(VisualAbstractor& abstractor, uint64_t seed);
+
+}  // namespace owl2

@@ -1,0 +1,38 @@
+// The model's parameter-holding layers: registration only, and the same ATen calls as torch::nn's forward.
+#include "owl2/model/layers.h"
+
+#include <ATen/ATen.h>
+
+namespace owl2 {
+
+LinearImpl::LinearImpl(int64_t in_features, int64_t out_features, bool with_bias) {
+  weight = register_parameter("weight", torch::empty({out_features, in_features}));
+  if (with_bias) bias = register_parameter("bias", torch::empty({out_features}));
+}
+
+torch::Tensor LinearImpl::forward(const torch::Tensor& x) { return at::linear(x, weight, bias); }
+
+LayerNormImpl::LayerNormImpl(int64_t dim, double eps_) : eps(eps_) {
+  weight = register_parameter("weight", torch::empty({dim}));
+  bias = register_parameter("bias", torch::empty({dim}));
+}
+
+torch::Tensor LayerNormImpl::forward(const torch::Tensor& x) {
+  return at::layer_norm(x, {weight.size(0)}, weight, bias, eps);
+}
+
+EmbeddingImpl::EmbeddingImpl(int64_t num_embeddings, int64_t dim) {
+  weight = register_parameter("weight", torch::empty({num_embeddings, dim}));
+}
+
+torch::Tensor EmbeddingImpl::forward(const torch::Tensor& ids) { return at::embedding(weight, ids); }
+
+PatchConvImpl::PatchConvImpl(int64_t in_channels, int64_t out_channels, int64_t patch_) : patch(patch_) {
+  weight = register_parameter("weight", torch::empty({out_channels, in_channels, patch, patch}));
+}
+
+torch::Tensor PatchConvImpl::forward(const torch::Tensor& x_NCHW) {
+  return at::conv2d(x_NCHW, weight, /*bias=*/{}, /*stride=*/{patch, patch});
+}
+
+}  // namespace owl2

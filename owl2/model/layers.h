@@ -1,0 +1,52 @@
+// The parameter-holding layers of the model: they only register their tensors (uninitialised, no random draw)
+// and compute exactly what their torch::nn namesakes compute. Values come from init_weights (owl2/model/init.h)
+// or from a checkpoint, once. Registered names (`weight`, `bias`) are torch::nn's, so checkpoint keys match.
+#pragma once
+#include <torch/nn/module.h>
+#include <torch/nn/pimpl.h>
+
+namespace owl2 {
+
+// y = x W^T + b: weight [out,in], bias [out] (undefined and unregistered when `bias` is false).
+class LinearImpl : public torch::nn::Module {
+ public:
+  LinearImpl(int64_t in_features, int64_t out_features, bool bias = true);
+  torch::Tensor forward(const torch::Tensor& x);
+
+  torch::Tensor weight, bias;
+};
+TORCH_MODULE(Linear);
+
+// LayerNorm over the last dimension with an affine weight and bias [dim].
+class LayerNormImpl : public torch::nn::Module {
+ public:
+  LayerNormImpl(int64_t dim, double eps);
+  torch::Tensor forward(const torch::Tensor& x);
+
+  torch::Tensor weight, bias;
+  double eps;
+};
+TORCH_MODULE(LayerNorm);
+
+// Row lookup in weight [num_embeddings, dim] (no padding index, no max norm).
+class EmbeddingImpl : public torch::nn::Module {
+ public:
+  EmbeddingImpl(int64_t num_embeddings, int64_t dim);
+  torch::Tensor forward(const torch::Tensor& ids);
+
+  torch::Tensor weight;
+};
+TORCH_MODULE(Embedding);
+
+// Non-overlapping patch convolution without bias (kernel = stride = patch): weight [out, in, patch, patch].
+class PatchConvImpl : public torch::nn::Module {
+ public:
+  PatchConvImpl(int64_t in_channels, int64_t out_channels, int64_t patch);
+  torch::Tensor forward(const torch::Tensor& x_NCHW);
+
+  int64_t patch;
+  torch::Tensor weight;
+};
+TORCH_MODULE(PatchConv);
+
+}  // namespace owl2
