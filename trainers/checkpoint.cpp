@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <ostream>
 #include <stdexcept>
 
 #include <ATen/Context.h>
@@ -16,6 +17,10 @@
 #include <torch/cuda.h>
 
 #include "owl2/io/fileio.h"
+#include "trainers/full_parameters.h"
+#include "trainers/parallel/distributed.h"
+#include "trainers/parallel/zero.h"
+#include "trainers/trainer.h"
 
 namespace owl2 {
 namespace {
@@ -369,6 +374,55 @@ void load_adamw_state(torch::optim::AdamW& optimizer, const NamedTensors& params
     if (by_name.count(name + ".max_exp_avg_sq")) s->max_exp_avg_sq(by_name.at(name + ".max_exp_avg_sq").to(p.options()).clone());
     opt_state[p.unsafeGetTensorImpl()] = std::move(s);
   }
+}
+
+std::string save_training_checkpoint(CheckpointManager& ckpts, Trainer& trainer, const data::LoaderState& data_position,
+                                     const std::string& config_text, const SaveGroup& group) {
+  const bool lead = group.rank == 0;
+  FullParameters full(trainer);  // ZeRO 3: every rank gathers, rank 0 writes the complete model
+  TrainingCheckpoint c;          // after `full`: its model tensors alias the gathered parameters
+  c.step = trainer.step_count();
+  if (lead) {
+    c.tensors["model"] = trainer.precision().model_state();  // bf16: fp32 masters, for an exact resume
+    c.tensors["rng"] = capture_rng_states();
+  }
+  if (trainer.zero()) {
+    c.rank_tensors[zero_shard_group(group.rank)] = trainer.optimizer_state();
+    c.extra["zero"] = trainer.optimizer_manifest();
+  } else if (lead) {
+    c.tensors["optimizer"] = trainer.optimizer_state();
+  }
+  c.scheduler = {{"step", trainer.step_count()},
+                 {"nonfinite_in_a_row", trainer.nonfinite_in_a_row()},
+                 {"world_size", group.world_size}};
+  c.data_position = json::parse(data::state_to_json(data_position));
+  c.config_text = config_text;
+  return ckpts.save(c, group);
+}
+
+std::optional<data::LoaderState> resume_training(const CheckpointManager& ckpts, Trainer& trainer, int64_t world_size,
+                                                 std::ostream* log) {
+  auto res = ckpts.resume();
+  if (log && !res.skipped.empty()) *log << res.summary() << "\n";
+  if (!res.checkpoint) return std::nullopt;
+  const auto& c = *res.checkpoint;
+  const auto model_it = c.tensors.find("model");
+  if (model_it == c.tensors.end()) throw std::runtime_error(res.dir + ": checkpoint has no model tensors");
+  std::map<std::string, torch::Tensor> m(model_it->second.begin(), model_it->second.end());
+  try {
+    FullParameters full(trainer);  // ZeRO 3: load into full blocks; the release reshards them
+    trainer.precision().load_model_state(m, res.dir);  // bf16: the fp32 masters too
+  } catch (const std::exception& e) {
+    throw std::runtime_error(
+        fmt::format("cannot resume from {}: its model does not match this config: {}", res.dir, e.what()));
+  }
+  trainer.load_optimizer_from(c);  // any world size and ZeRO stage: the state reshards
+  restore_rng_states(c.tensors.at("rng"));
+  trainer.set_counters(c.scheduler.at("step").get<int64_t>(), c.scheduler.value("nonfinite_in_a_row", 0));
+  auto position = reshard_loader_state(data::state_from_json(c.data_position.dump()),
+                                       c.scheduler.value("world_size", int64_t{1}), world_size);
+  if (log) *log << "resumed from " << res.dir << " at step " << trainer.step_count() << "\n";
+  return position;
 }
 
 }  // namespace owl2

@@ -1,10 +1,11 @@
 // Crash-safe training checkpoints: one directory per step with named tensors (model, optimizer, RNG) and a
 // state.json (step, scheduler, data-loader position, resolved config, format version, per-file CRC32),
 // written atomically; keep the last K; `latest` always names a complete checkpoint; resume takes the
-// newest valid one and says which it skipped and why.
+// newest valid one and says which it skipped and why. Also a run's save and resume through the Trainer's API.
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <iosfwd>
 #include <map>
 #include <optional>
 #include <string>
@@ -14,9 +15,12 @@
 #include <nlohmann/json.hpp>
 #include <torch/optim/adamw.h>
 
+#include "data/loader.h"
 #include "owl2/io/safetensors.h"
 
 namespace owl2 {
+
+class Trainer;
 
 constexpr int kCheckpointFormatVersion = 1;
 
@@ -102,5 +106,21 @@ NamedTensors adamw_state_tensors(torch::optim::AdamW& optimizer, const NamedTens
 // Restores it into `optimizer` (whose param groups hold `params`); a parameter with no entries starts fresh.
 // Throws on shape mismatches or entries naming no parameter.
 void load_adamw_state(torch::optim::AdamW& optimizer, const NamedTensors& params, const NamedTensors& state);
+
+// A training run's checkpoint of trainer.step_count(), saved by every rank of `group` together: rank 0 writes
+// the model (the fp32 masters in bf16; under ZeRO 3 the gathered full blocks) and the RNG states, the
+// replicated optimizer state without ZeRO, or each rank its optimizer shard and the manifest with ZeRO
+// (docs/distributed.md, "Checkpoints"); plus the step counters, the world size, the data position and the
+// resolved config. All ranks call it (collective). Returns the checkpoint directory.
+std::string save_training_checkpoint(CheckpointManager& ckpts, Trainer& trainer, const data::LoaderState& data_position,
+                                     const std::string& config_text, const SaveGroup& group);
+
+// Restores the newest valid checkpoint of `ckpts` into `trainer`: model (and masters), optimizer state (saved at
+// any world size and ZeRO stage: it reshards), RNG states and step counters. Returns the data position for
+// this rank of `world_size` (resharded from the saved world size), or nothing when there is no valid
+// checkpoint. Writes to `log` (rank 0; nullptr: nowhere) the checkpoints it skipped and the one it took.
+// Throws when the checkpoint's model does not match the trainer's. All ranks call it (collective).
+std::optional<data::LoaderState> resume_training(const CheckpointManager& ckpts, Trainer& trainer, int64_t world_size,
+                                                 std::ostream* log);
 
 }  // namespace owl2

@@ -1,6 +1,7 @@
 // `owl2 train`: one driver for both stages (they differ only in YAML). It builds the model, data and
 // Trainer from a RunConfig, resumes from the run directory's newest valid checkpoint, runs the loop with
-// logging, periodic checkpoints and evaluation, and writes the final weights.
+// logging, periodic checkpoints and evaluation, and writes the final weights (docs/training.md, "How a run is put
+// together").
 #pragma once
 #include <string>
 

@@ -15,12 +15,11 @@
 #include "cli/bench/bench_common.h"
 #include "cli/commands.h"
 #include "owl2/model/constants.h"
-#include "owl2/model/init.h"
 #include "owl2/model/model.h"
-#include "trainers/activation_checkpoint.h"
 #include "trainers/config.h"
 #include "trainers/metrics.h"
 #include "trainers/plan.h"
+#include "trainers/setup.h"
 #include "trainers/trainer.h"
 
 #ifdef OWL2_WITH_CUDA
@@ -74,21 +73,14 @@ int run_bench_train(const BenchArgs& a) {
     throw std::invalid_argument(fmt::format("train.global_batch_size {} is not a multiple of train.micro_batch_size {}",
                                             cfg.train.global_batch_size, cfg.train.micro_batch_size));
   }
-  MPLUGOwl2ForCausalLM model(cfg.model);
-  init_weights(model, static_cast<uint64_t>(cfg.train.seed));  // random weights: throughput does not depend on them
-  model->to(device);
-  model->train();
-  const auto& ac = cfg.train.activation_checkpointing;
-  if (ac.vision) model->model->vision_model->block_runner = checkpointing_runner();
-  if (ac.abstractor) model->model->visual_abstractor->block_runner = checkpointing_runner();
-  if (ac.decoder) model->decoder_block_runner = checkpointing_runner();
+  // The run's model and policies, with the initial weights (throughput does not depend on the values).
+  MPLUGOwl2ForCausalLM model = build_model(cfg, {.device = device, .load_init = false});
+  const TrainingPolicies policies = apply_training_policies(model, cfg);
   NamedSizes sizes;
   for (const auto& item : model->named_parameters()) sizes.emplace_back(item.key(), item.value().numel());
   const Plan plan = make_plan(cfg, sizes, PlanInputs{});
 
-  Trainer trainer(*model, [&](const Batch& b) {
-    return model->forward({b.input_ids, b.attention_mask, b.images, b.labels}).loss_sum;
-  }, cfg);
+  Trainer trainer(*model, model_loss_sum(model), cfg, /*comm=*/nullptr, policies.sharded_stacks);
   std::vector<Batch> micro;
   for (int64_t i = 0; i < accum; ++i) micro.push_back(synthetic_batch(cfg, device, cfg.train.seed + i));
   auto sync = [&] {

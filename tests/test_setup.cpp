@@ -1,0 +1,149 @@
+// The parts a training run is composed of (trainers/setup.h, full_parameters.h, test_seam.h): the seeded model
+// build, the order of the policies applied from outside, the full-parameter scope under ZeRO 3, the test seam.
+#include <catch2/catch.hpp>
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <stdexcept>
+
+#include <torch/torch.h>
+
+#include "tests/helpers.h"
+#include "trainers/config.h"
+#include "trainers/full_parameters.h"
+#include "trainers/setup.h"
+#include "trainers/test_seam.h"
+#include "trainers/trainer.h"
+
+using Catch::Matchers::Contains;
+using namespace owl2;
+
+namespace {
+
+RunConfig tiny_run() {
+  const std::string dir = test::temp_dir("owl2_setup");
+  std::ofstream(dir + "/run.yaml") << "include: " << test::source_path("configs/model/tiny.yaml") << "\n";
+  return load_config(dir + "/run.yaml", {});
+}
+
+bool same_parameters(MPLUGOwl2ForCausalLM& a, MPLUGOwl2ForCausalLM& b) {
+  auto pa = a->named_parameters(), pb = b->named_parameters();
+  REQUIRE(pa.size() == pb.size());
+  for (const auto& item : pa) {
+    if (!torch::equal(item.value(), pb[item.key()])) return false;
+  }
+  return true;
+}
+
+// The exit signal of a child process that runs `fn` and then exits 0.
+template <class Fn>
+int child_signal(Fn fn) {
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    fn();
+    ::_exit(0);
+  }
+  int status = 0;
+  REQUIRE(::waitpid(pid, &status, 0) == pid);
+  return WIFSIGNALED(status) ? WTERMSIG(status) : 0;
+}
+
+}  // namespace
+
+TEST_CASE("build_model: seeded initialisation in training mode, init.from unless load_init is false", "[setup]") {
+  const RunConfig cfg = tiny_run();
+  auto a = build_model(cfg);
+  auto b = build_model(cfg);
+  CHECK(a->is_training());
+  CHECK(same_parameters(a, b));  // the seed fixes the initial weights
+  RunConfig other_seed = cfg;
+  other_seed.train.seed = cfg.train.seed + 1;
+  auto c = build_model(other_seed);
+  CHECK_FALSE(same_parameters(a, c));
+
+  RunConfig from_missing = cfg;
+  from_missing.init.from = "/nonexistent/owl2-weights";
+  CHECK_THROWS(build_model(from_missing));
+  auto d = build_model(from_missing, {.load_init = false});  // benchmarks keep the initial weights
+  CHECK(same_parameters(a, d));
+}
+
+TEST_CASE("apply_training_policies: checkpointing runners, then the decoder as the ZeRO 3 stack", "[setup]") {
+  RunConfig cfg = tiny_run();
+  auto model = build_model(cfg);
+  auto none = apply_training_policies(model, cfg);
+  CHECK(none.sharded_stacks.empty());
+  CHECK_FALSE(static_cast<bool>(model->decoder_block_runner));
+  CHECK_FALSE(static_cast<bool>(model->model->vision_model->block_runner));
+
+  cfg.train.activation_checkpointing.vision = true;
+  cfg.train.activation_checkpointing.decoder = true;
+  auto ac = apply_training_policies(model, cfg);
+  CHECK(ac.sharded_stacks.empty());
+  CHECK(static_cast<bool>(model->model->vision_model->block_runner));
+  CHECK_FALSE(static_cast<bool>(model->model->visual_abstractor->block_runner));
+  CHECK(static_cast<bool>(model->decoder_block_runner));
+
+  cfg.distributed.zero_stage = 3;
+  auto z3 = apply_training_policies(model, cfg);
+  REQUIRE(z3.sharded_stacks.size() == 1);
+  const auto& stack = z3.sharded_stacks[0];
+  CHECK(stack.name == "decoder");
+  CHECK(stack.runner == &model->decoder_block_runner);
+  REQUIRE(stack.blocks.size() == model->model->layers->size());
+  CHECK(stack.blocks[1].get() == model->model->layers->ptr(1).get());
+}
+
+TEST_CASE("FullParameters: the ZeRO 3 blocks are full inside the scope, shards after, kept on an exception",
+          "[setup]") {
+  RunConfig cfg = tiny_run();
+  cfg.distributed.zero_stage = 3;
+  auto model = build_model(cfg);
+  const auto policies = apply_training_policies(model, cfg);
+  const int64_t full_numel = model->model->layers->ptr(0)->parameters().at(0).numel();
+  Trainer trainer(*model, model_loss_sum(model), cfg, nullptr, policies.sharded_stacks);
+  auto block_numel = [&] { return model->model->layers->ptr(0)->parameters().at(0).numel(); };
+  REQUIRE(block_numel() == 0);  // sharded by the Trainer
+  {
+    FullParameters full(trainer);
+    CHECK(block_numel() == full_numel);
+  }
+  CHECK(block_numel() == 0);
+  try {
+    FullParameters full(trainer);
+    throw std::runtime_error("failing run");
+  } catch (const std::runtime_error&) {
+  }
+  CHECK(block_numel() == full_numel);  // not released while unwinding
+  trainer.release_parameters();
+  CHECK(block_numel() == 0);
+}
+
+TEST_CASE("TestSeam: kills only the named rank before the named step, on the first attempt", "[setup]") {
+  ::unsetenv("TORCHELASTIC_RESTART_COUNT");
+  ::unsetenv("OWL2_TEST_KILL_AT_STEP");
+  ::unsetenv("OWL2_TEST_KILL_RANK");
+  CHECK(child_signal([] { TestSeam::from_environment(0).before_step(0); }) == 0);  // nothing armed
+
+  ::setenv("OWL2_TEST_KILL_AT_STEP", "3", 1);
+  ::setenv("OWL2_TEST_KILL_RANK", "1", 1);
+  CHECK(child_signal([] { TestSeam::from_environment(1).before_step(2); }) == 0);
+  CHECK(child_signal([] { TestSeam::from_environment(0).before_step(3); }) == 0);  // another rank
+  CHECK(child_signal([] { TestSeam::from_environment(1).before_step(3); }) == SIGKILL);
+  ::setenv("TORCHELASTIC_RESTART_COUNT", "0", 1);
+  CHECK(child_signal([] { TestSeam::from_environment(1).before_step(3); }) == SIGKILL);
+  ::setenv("TORCHELASTIC_RESTART_COUNT", "1", 1);  // the restarted job runs through
+  CHECK(child_signal([] { TestSeam::from_environment(1).before_step(3); }) == 0);
+  ::unsetenv("TORCHELASTIC_RESTART_COUNT");
+  ::unsetenv("OWL2_TEST_KILL_AT_STEP");
+  ::unsetenv("OWL2_TEST_KILL_RANK");
+}
+
+TEST_CASE("load_tokenizer: a run without data.tokenizer names the key", "[setup]") {
+  CHECK_THROWS_WITH(load_tokenizer(tiny_run()), Contains("data.tokenizer"));
+}

@@ -1,0 +1,108 @@
+// Building a training run's model, policies and data from its config; see setup.h.
+#include "trainers/setup.h"
+
+#include <fmt/format.h>
+
+#include <ostream>
+
+#include "data/dataset.h"
+#include "owl2/io/weights.h"
+#include "owl2/model/init.h"
+#include "trainers/activation_checkpoint.h"
+
+namespace owl2 {
+namespace {
+
+std::shared_ptr<const data::Dataset> open_sources(const DataConfig& d, uint64_t seed) {
+  if (d.sources.empty()) throw ConfigError("data.sources: a training run needs at least one data source");
+  data::ReadOptions ro;
+  ro.max_bad_fraction = d.max_bad_fraction;
+  std::vector<data::MixtureSource> mix;
+  size_t total = 0;
+  for (const auto& s : d.sources) {
+    mix.push_back({data::open_dataset(s.path, ro), s.weight});
+    total += mix.back().dataset->size();
+  }
+  if (mix.size() == 1) return mix[0].dataset;
+  return data::make_mixture(mix, total, seed);
+}
+
+}  // namespace
+
+MPLUGOwl2ForCausalLM build_model(const RunConfig& cfg, const ModelBuild& how) {
+  MPLUGOwl2ForCausalLM model(cfg.model);  // registers the parameters, uninitialised
+  // The documented init (owl2/model/init.h), once, unless init.from provides every tensor next.
+  const bool loads = how.load_init && !cfg.init.from.empty();
+  if (!loads || cfg.init.allow_missing) init_weights(model, static_cast<uint64_t>(cfg.train.seed));
+  if (loads) {
+    LoadOptions lo;
+    lo.allow_missing = cfg.init.allow_missing;
+    const auto summary = load_model_weights(model, cfg.init.from, lo);
+    if (how.log) *how.log << "init: " << cfg.init.from << ": " << summary << "\n";
+  }
+  model->to(how.device);
+  model->train();
+  return model;
+}
+
+TrainingPolicies apply_training_policies(MPLUGOwl2ForCausalLM& model, const RunConfig& cfg) {
+  const auto& ac = cfg.train.activation_checkpointing;
+  if (ac.vision) model->model->vision_model->block_runner = checkpointing_runner();
+  if (ac.abstractor) model->model->visual_abstractor->block_runner = checkpointing_runner();
+  if (ac.decoder) model->decoder_block_runner = checkpointing_runner();
+
+  // ZeRO 3 shards the decoder layers only: the vision tower and the abstractor are skipped on text-only
+  // batches, which would leave ranks in different per-block collectives (docs/distributed.md, "ZeRO stage 3").
+  TrainingPolicies policies;
+  if (cfg.distributed.zero_stage == 3) {
+    ShardedStack decoder{"decoder", {}, &model->decoder_block_runner};
+    for (size_t i = 0; i < model->model->layers->size(); ++i) decoder.blocks.push_back(model->model->layers->ptr(i));
+    policies.sharded_stacks.push_back(decoder);
+  }
+  return policies;
+}
+
+LossSumFn model_loss_sum(MPLUGOwl2ForCausalLM model) {
+  return [impl = model.ptr()](const Batch& b) {
+    ModelInputs in{b.input_ids, b.attention_mask, b.images, b.labels};
+    return impl->forward(in).loss_sum;
+  };
+}
+
+std::shared_ptr<const Tokenizer> load_tokenizer(const RunConfig& cfg) {
+  if (cfg.data.tokenizer.empty()) throw ConfigError("data.tokenizer: a training run needs a SentencePiece model");
+  auto tokenizer = std::make_shared<const Tokenizer>(cfg.data.tokenizer);
+  if (tokenizer->vocab_size() > cfg.model.decoder.vocab_size) {
+    throw ConfigError(fmt::format("data.tokenizer {} has {} tokens, more than model.decoder.vocab_size {}",
+                                  cfg.data.tokenizer, tokenizer->vocab_size(), cfg.model.decoder.vocab_size));
+  }
+  return tokenizer;
+}
+
+ExampleLoader make_loader(const RunConfig& cfg, const DistEnv& env, std::shared_ptr<const Tokenizer> tokenizer) {
+  const auto& t = cfg.train;
+  ExampleOptions eo;
+  eo.image.size = cfg.model.vision.image_size;
+  eo.image.mode = parse_image_mode(cfg.data.image_mode);
+  eo.augment = cfg.data.augment;
+  eo.seed = static_cast<uint64_t>(t.seed);
+  eo.chat_template = cfg.data.chat_template;
+  auto builder = std::make_shared<ExampleBuilder>(std::move(tokenizer), eo);
+  auto dataset = open_sources(cfg.data, static_cast<uint64_t>(t.seed));
+  data::LoaderOptions lo;
+  lo.batch_size = static_cast<size_t>(t.micro_batch_size);
+  lo.seed = static_cast<uint64_t>(t.seed);
+  lo.rank = static_cast<int>(env.rank);
+  lo.world_size = static_cast<int>(env.world_size);
+  lo.num_workers = static_cast<int>(cfg.data.num_workers);
+  lo.group_by_modality = cfg.data.group_by_modality;
+  lo.max_length = t.max_length;
+  lo.length_policy = cfg.data.length_policy == "truncate" ? data::LengthPolicy::kTruncate : data::LengthPolicy::kDrop;
+  const int64_t vis = cfg.model.visual_tokens_per_image();
+  ExampleLoader::LengthHooks hooks{[vis](const Example& e) { return spliced_length(e, vis); },
+                                   [vis](Example& e, int64_t max) { truncate_example(e, max, vis); }};
+  return ExampleLoader(dataset, lo, [builder](data::RawSample&& s) { return (*builder)(std::move(s)); },
+                       [](std::vector<Example>&& ex) { return collate(std::move(ex)); }, hooks);
+}
+
+}  // namespace owl2

@@ -1,0 +1,25 @@
+// Test faults read from the environment; see test_seam.h.
+#include "trainers/test_seam.h"
+
+#include <signal.h>
+
+#include <cstdlib>
+#include <string>
+
+namespace owl2 {
+
+TestSeam TestSeam::from_environment(int64_t rank) {
+  TestSeam seam;
+  const char* step = std::getenv("OWL2_TEST_KILL_AT_STEP");
+  const char* who = std::getenv("OWL2_TEST_KILL_RANK");
+  const char* restarts = std::getenv("TORCHELASTIC_RESTART_COUNT");
+  if (!step || !who || (restarts && std::string(restarts) != "0")) return seam;
+  if (std::atoll(who) == rank) seam.kill_at_step_ = std::atoll(step);
+  return seam;
+}
+
+void TestSeam::before_step(int64_t step) const {
+  if (step == kill_at_step_) ::raise(SIGKILL);
+}
+
+}  // namespace owl2
