@@ -16,8 +16,8 @@ struct DtypeName {
   std::string_view hf;    // "bfloat16", as config.json's torch_dtype spells it
 };
 inline constexpr std::array<DtypeName, 3> kDtypeNames{{{c10::kBFloat16, "bf16", "bfloat16"},
-                                                       {c10::kFloat16, "fp16", "float16"},
-                                                       {c10::kFloat32, "fp32", "float32"}}};
+                                                       {c10::kHalf, "fp16", "float16"},
+                                                       {c10::kFloat, "fp32", "float32"}}};
 
 // "bf16" | "fp16" | "fp32" -> dtype; "" -> nullopt (keep the stored dtype). Throws std::invalid_argument naming
 // the value and the valid names otherwise.
