@@ -43,7 +43,7 @@ void add_chat_commands(CLI::App& app, Action& run) {
       auto l = owl2::load_model_dir(args->model, args->tokenizer);
       ImageConfig ic;
       ic.size = l.cfg.model.vision.image_size;
-      ic.mode = parse_image_mode(args->mode.empty() ? l.cfg.data.image_mode : args->mode);
+      ic.mode = args->mode.empty() ? l.cfg.data.image_mode : parse_image_mode(args->mode);
       const auto tmpl = chat_template(l.cfg.data.chat_template);
       const bool interactive = isatty(STDIN_FILENO) != 0;
 

@@ -8,19 +8,12 @@
 #include <fmt/ranges.h>
 
 #include "cli/commands.h"
+#include "owl2/io/dtype_names.h"
 #include "owl2/io/state_dict.h"
 #include "trainers/checkpoint.h"
 
 namespace owl2::cli {
 namespace {
-
-std::optional<torch::Dtype> parse_dtype(const std::string& s) {
-  if (s.empty()) return std::nullopt;
-  if (s == "bf16") return torch::kBFloat16;
-  if (s == "fp16") return torch::kFloat16;
-  if (s == "fp32") return torch::kFloat32;
-  throw std::invalid_argument(fmt::format("--dtype '{}': expected bf16, fp16 or fp32", s));
-}
 
 int list_tensors(const std::string& path) {
   const auto src = open_tensor_source(path);
@@ -57,7 +50,7 @@ void add_checkpoint_commands(CLI::App& app, Action& run) {
   convert->add_option("--shard-size", c->shard_size, "Largest shard (5GB = 5*10^9 bytes, 4GiB, ...)")->capture_default_str();
   convert->callback([&run, c] {
     run = [c] {
-      const auto cast = parse_dtype(c->dtype);
+      const auto cast = parse_dtype_flag(c->dtype);
       const uint64_t shard = parse_byte_size(c->shard_size);
       const auto src = open_tensor_source(c->from);
       const auto res = convert_to_safetensors(*src, c->to, shard, cast);

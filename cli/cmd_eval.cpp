@@ -28,7 +28,7 @@ int run_heldout(const std::string& model, const std::string& tokenizer, const st
   eo.max_new_tokens = max_new_tokens;
   eo.chat_template = l.cfg.data.chat_template;
   eo.image.size = l.cfg.model.vision.image_size;
-  eo.image.mode = parse_image_mode(l.cfg.data.image_mode);
+  eo.image.mode = l.cfg.data.image_mode;
   const auto r = evaluate_heldout(l.model, *l.tokenizer, read_heldout(heldout), eo);
   std::cerr << r.table();
   if (!out.empty()) {

@@ -35,7 +35,7 @@ void add_generate_commands(CLI::App& app, Action& run) {
       auto l = owl2::load_model_dir(args->model, args->tokenizer);
       ImageConfig ic;
       ic.size = l.cfg.model.vision.image_size;
-      ic.mode = parse_image_mode(args->mode.empty() ? l.cfg.data.image_mode : args->mode);
+      ic.mode = args->mode.empty() ? l.cfg.data.image_mode : parse_image_mode(args->mode);
       torch::Tensor images;
       if (!args->image.empty()) images = preprocess_image(load_image(args->image), ic).unsqueeze(0);
       const std::string human = args->image.empty() ? args->prompt : std::string(kImagePlaceholder) + "\n" + args->prompt;

@@ -31,7 +31,7 @@ void add_hf_commands(CLI::App& app, Action& run) {
     run = [im] {
       ImportOptions o;
       o.config = im->config;
-      o.dtype = parse_weight_dtype(im->dtype);
+      o.dtype = parse_dtype_flag(im->dtype);
       o.max_shard_bytes = parse_byte_size(im->shard_size);
       o.allow_unexpected = im->allow_unexpected;
       const auto report = import_hf(im->from, im->to, o);
@@ -54,7 +54,7 @@ void add_hf_commands(CLI::App& app, Action& run) {
   exp->callback([&run, ex] {
     run = [ex] {
       ExportOptions o;
-      o.dtype = parse_weight_dtype(ex->dtype);
+      o.dtype = parse_dtype_flag(ex->dtype);
       o.max_shard_bytes = parse_byte_size(ex->shard_size);
       o.tokenizer = ex->tokenizer;
       const size_t n = export_hf(ex->from, ex->to, o);
@@ -80,7 +80,7 @@ void add_hf_commands(CLI::App& app, Action& run) {
   init->callback([&run, in] {
     run = [in] {
       InitOptions o = in->o;
-      o.dtype = parse_weight_dtype(in->dtype).value_or(torch::kFloat32);
+      o.dtype = parse_dtype_flag(in->dtype).value_or(torch::kFloat32);
       o.max_shard_bytes = parse_byte_size(in->shard_size);
       std::cout << init_from_pretrained(o) << "\n";
       return 0;

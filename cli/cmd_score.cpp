@@ -18,10 +18,9 @@ void add_score_commands(CLI::App& app, Action& run) {
   auto args = std::make_shared<Args>();
   auto* score = app.add_subcommand("score", "Score predictions against references (captions: PTB tokenization, "
                                             "BLEU/ROUGE-L/CIDEr-D; VQA accuracy variants)");
-  score->add_option("--metric", args->metric,
-                    "cider | bleu | rouge_l | captions | vqa | vqa_official | textvqa | pope | mme | mmbench | "
-                    "scienceqa | gqa | seed")
-      ->required();
+  std::string metrics;
+  for (const auto& name : eval::score_metric_names()) metrics += (metrics.empty() ? "" : " | ") + name;
+  score->add_option("--metric", args->metric, metrics)->required();
   score->add_option("--refs", args->refs,
                     "COCO caption annotations, VQA / TextVQA annotations, POPE questions, MMBench TSV or "
                     "ScienceQA problems.json, GQA questions, SEED-Bench.json (not used by mme)");
@@ -31,7 +30,7 @@ void add_score_commands(CLI::App& app, Action& run) {
       ->required();
   score->callback([&run, args] {
     run = [args] {
-      if (args->refs.empty() && args->metric != "mme")
+      if (args->refs.empty() && eval::score_metric_needs_refs(args->metric))
         throw std::invalid_argument("owl2 score --metric " + args->metric + " needs --refs FILE");
       std::cout << eval::score_files(args->metric, args->refs, args->preds).dump(2) << "\n";
       return 0;

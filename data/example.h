@@ -28,7 +28,7 @@ struct ExampleOptions {
   bool augment = false;  // random resized crop + flip (pretraining); seeded by (seed, sample id)
   AugmentConfig augment_config;
   uint64_t seed = 0;
-  std::string chat_template = "mplug_owl2";
+  TemplateKind chat_template = TemplateKind::kMplugOwl2;
 };
 
 // Thread-safe: the loader's worker threads call it concurrently.

@@ -332,20 +332,12 @@ bool jpeg_has_eoi(std::string_view b) {
 }  // namespace
 
 ImageMode parse_image_mode(std::string_view name) {
-  if (name == "resize") return ImageMode::kResize;
-  if (name == "pad") return ImageMode::kPad;
-  if (name == "crop") return ImageMode::kCrop;
-  throw std::invalid_argument(fmt::format("image mode: expected resize|pad|crop, got '{}'", name));
+  if (const auto mode = find_by_name(kImageModeNames, name)) return *mode;
+  throw std::invalid_argument(
+      fmt::format("image mode: expected {}, got '{}'", joined_names(kImageModeNames), name));
 }
 
-const char* image_mode_name(ImageMode mode) {
-  switch (mode) {
-    case ImageMode::kResize: return "resize";
-    case ImageMode::kPad: return "pad";
-    case ImageMode::kCrop: return "crop";
-  }
-  return "?";
-}
+const char* image_mode_name(ImageMode mode) { return name_of(kImageModeNames, mode).data(); }
 
 bool image_decoding_available() {
 #ifdef OWL2_WITH_OPENCV

@@ -7,13 +7,11 @@
 #include <string>
 #include <string_view>
 
+#include "data/choices.h"
+
 namespace owl2 {
 
-// How a non-square image becomes square before the CLIP resize (spec §3.1):
-//   kResize: stretch to max(W,H) x max(W,H) (bicubic), the eval scripts' choice;
-//   kPad:    centre on a max(W,H) square filled with pad_color, the training default;
-//   kCrop:   none, the CLIP processor alone (shortest edge to size, centre crop).
-enum class ImageMode { kResize, kPad, kCrop };
+// ImageMode (data/choices.h): how a non-square image becomes square before the CLIP resize (spec §3.1).
 ImageMode parse_image_mode(std::string_view name);  // resize|pad|crop; throws std::invalid_argument
 const char* image_mode_name(ImageMode mode);
 

@@ -17,6 +17,7 @@
 
 #include <fmt/format.h>
 
+#include "data/choices.h"
 #include "data/dataset.h"
 
 namespace owl2::data {
@@ -30,8 +31,6 @@ struct LoaderState {
 };
 std::string state_to_json(const LoaderState& s);
 LoaderState state_from_json(const std::string& text);  // throws std::invalid_argument naming the bad field
-
-enum class LengthPolicy { kDrop, kTruncate };
 
 struct LoaderOptions {
   size_t batch_size = 1;     // per rank

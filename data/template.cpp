@@ -131,16 +131,19 @@ std::vector<Turn> turns_from_json(const nlohmann::json& conversations, const std
 }
 
 ChatTemplate chat_template(std::string_view name) {
+  if (name == "v1") return chat_template(TemplateKind::kVicunaV1);  // the reference's short alias
+  if (const auto kind = find_by_name(kTemplateKindNames, name)) return chat_template(*kind);
+  throw std::invalid_argument(
+      fmt::format("chat template: expected {}, got '{}'", joined_names(kTemplateKindNames), name));
+}
+
+ChatTemplate chat_template(TemplateKind kind) {
   ChatTemplate t;
-  if (name == "mplug_owl2") {
-    t.name = "mplug_owl2";
-  } else if (name == "vicuna_v1" || name == "v1") {
-    t.name = "vicuna_v1";
+  t.name = name_of(kTemplateKindNames, kind);
+  if (kind == TemplateKind::kVicunaV1) {
     t.system =
         "A chat between a curious user and an artificial intelligence assistant. "
         "The assistant gives helpful, detailed, and polite answers to the user's questions.";
-  } else {
-    throw std::invalid_argument(fmt::format("chat template: expected mplug_owl2|vicuna_v1, got '{}'", name));
   }
   return t;
 }

@@ -7,6 +7,7 @@
 #include <string_view>
 #include <vector>
 
+#include "data/choices.h"
 #include "data/tokenizer.h"
 
 namespace owl2 {
@@ -35,6 +36,7 @@ struct ChatTemplate {
 // "mplug_owl2" (no system prompt) or "vicuna_v1" (alias "v1", with the Vicuna system prompt); other names throw
 // std::invalid_argument listing these.
 ChatTemplate chat_template(std::string_view name);
+ChatTemplate chat_template(TemplateKind kind);
 
 // Training prompt: an optional leading system turn replaces the template's system prompt; then strictly
 // alternating human/gpt turns that end with a gpt turn (a leading gpt turn is dropped, as the reference does).

@@ -3,7 +3,9 @@
 
 #include <cmath>
 #include <fstream>
+#include <functional>
 #include <map>
+#include <optional>
 #include <sstream>
 #include <stdexcept>
 #include <unordered_map>
@@ -274,142 +276,218 @@ CaptionSet tokenize_captions(const CaptionSet& raw) {
   return tok;
 }
 
+namespace {
+
+using OrderedJson = nlohmann::ordered_json;
+
+// The caption metrics share one reader and tokenization; each row keeps the scores it names.
+struct CaptionReport {
+  size_t images = 0;
+  std::optional<BleuScore> bleu;
+  std::optional<double> rouge_l, cider;
+};
+
+template <bool kBleu, bool kRouge, bool kCider>
+CaptionReport score_captions(const std::string& refs_path, const std::string& preds_path) {
+  const CaptionFiles files = load_caption_files(refs_path, preds_path);
+  const CaptionSet tok = tokenize_captions(files.raw);
+  CaptionReport r;
+  r.images = files.image_ids.size();
+  if (kBleu) r.bleu = bleu(tok);
+  if (kRouge) r.rouge_l = rouge_l(tok).corpus;
+  if (kCider) r.cider = cider_d(tok).corpus;
+  return r;
+}
+
+void caption_json(const CaptionReport& r, OrderedJson& out) {
+  out["images"] = r.images;
+  if (r.bleu) {
+    for (int k = 0; k < 4; ++k) out[fmt::format("Bleu_{}", k + 1)] = r.bleu->corpus[k];
+  }
+  if (r.rouge_l) out["ROUGE_L"] = *r.rouge_l;
+  if (r.cider) out["CIDEr"] = *r.cider;
+}
+
+template <VqaVariant kVariant> VqaReport score_vqa(const std::string& refs_path, const std::string& preds_path) {
+  const VqaFiles files = load_vqa_files(refs_path, preds_path);
+  try {
+    return vqa_accuracy(files.questions, files.predictions, kVariant);
+  } catch (const std::invalid_argument& e) {
+    throw std::invalid_argument(fmt::format("{}: {}", refs_path, e.what()));
+  }
+}
+
+void vqa_json(const VqaReport& r, OrderedJson& out) {
+  out["questions"] = r.questions;
+  out["accuracy"] = round2(r.overall);  // what the reference prints
+  out["accuracy_exact"] = r.overall;
+  if (!r.per_answer_type.empty()) {
+    OrderedJson t;
+    for (const auto& [k, x] : r.per_answer_type) t[k] = round2(x);
+    out["per_answer_type"] = t;
+  }
+  if (!r.per_question_type.empty()) {
+    OrderedJson t;
+    for (const auto& [k, x] : r.per_question_type) t[k] = round2(x);
+    out["per_question_type"] = t;
+  }
+}
+
+void pope_json(const PopeReport& r, OrderedJson& out) {
+  out["questions"] = r.tp + r.fp + r.tn + r.fn;
+  out["accuracy"] = r.accuracy;
+  out["precision"] = r.precision;
+  out["recall"] = r.recall;
+  out["f1"] = r.f1;
+  out["yes_ratio"] = r.yes_ratio;
+  out["tp"] = r.tp;
+  out["fp"] = r.fp;
+  out["tn"] = r.tn;
+  out["fn"] = r.fn;
+}
+
+MmeReport score_mme(const std::string& /*refs_path*/, const std::string& results_dir) {
+  return score_mme_dir(results_dir);
+}
+
+void mme_json(const MmeReport& r, OrderedJson& out) {
+  out["perception"] = r.perception;
+  out["cognition"] = r.cognition;
+  OrderedJson tasks;
+  for (const auto& [name, t] : r.tasks)
+    tasks[name] = {{"acc", t.acc}, {"acc_plus", t.acc_plus}, {"score", t.score}, {"questions", t.questions}};
+  out["tasks"] = tasks;
+}
+
+void mmbench_json(const MmbenchReport& r, OrderedJson& out) {
+  out["questions"] = r.questions;
+  out["hits"] = r.hits;
+  out["accuracy"] = r.accuracy;
+  out["unresolved"] = r.unresolved;
+  out["unresolved_questions"] = r.unresolved_questions;
+  out["per_l2_category"] = r.per_l2_category;
+  out["per_category"] = r.per_category;
+}
+
+void scienceqa_json(const ScienceqaReport& r, OrderedJson& out) {
+  out["questions"] = r.total;
+  out["accuracy"] = 100.0 * r.accuracy;
+  out["img_questions"] = r.img_total;
+  out["img_accuracy"] = 100.0 * r.img_accuracy;
+}
+
+void gqa_json(const GqaReport& r, OrderedJson& out) {
+  out["questions"] = r.questions;
+  out["accuracy"] = r.accuracy;
+  out["binary"] = r.binary;
+  out["open"] = r.open;
+}
+
+void seed_json(const SeedReport& r, OrderedJson& out) {
+  out["questions"] = r.questions;
+  out["missing"] = r.missing;
+  out["accuracy"] = r.accuracy;
+  out["image"] = r.image;
+  out["video"] = r.video;
+  out["per_type"] = r.per_type;
+}
+
+void qbench_json(const QbenchReport& r, OrderedJson& out) {
+  out["questions"] = r.questions;
+  out["accuracy"] = r.accuracy;
+  out["unresolved"] = r.unresolved;
+  out["per_type"] = r.per_type;
+  out["per_concern"] = r.per_concern;
+}
+
+void mmmu_json(const MmmuReport& r, OrderedJson& out) {
+  out["questions"] = r.questions;
+  out["accuracy"] = r.accuracy;
+  out["unparsed"] = r.unparsed;
+  out["per_subject"] = r.per_subject;
+}
+
+void mmlu_json(const MmluReport& r, OrderedJson& out) {
+  out["questions"] = r.questions;
+  out["micro"] = r.micro;
+  out["macro"] = r.macro;
+  out["per_subject"] = r.per_subject;
+}
+
+// One row per metric: its name, whether it reads --refs, and `run`, which reads and scores the files into the
+// metric's report (`score`) and writes the report's fields after "metric" (`to_json`).
+struct MetricRow {
+  std::string name;
+  bool needs_refs = true;
+  std::function<void(const std::string& refs_path, const std::string& preds_path, OrderedJson& out)> run;
+};
+
+template <class Report>
+MetricRow row(std::string name, Report (*score)(const std::string&, const std::string&),
+              void (*to_json)(const Report&, OrderedJson&), bool needs_refs = true) {
+  return {std::move(name), needs_refs,
+          [score, to_json](const std::string& refs, const std::string& preds, OrderedJson& out) {
+            to_json(score(refs, preds), out);
+          }};
+}
+
+const std::vector<MetricRow>& metric_table() {
+  static const std::vector<MetricRow> rows = {
+      row("cider", &score_captions<false, false, true>, &caption_json),
+      row("bleu", &score_captions<true, false, false>, &caption_json),
+      row("rouge_l", &score_captions<false, true, false>, &caption_json),
+      row("captions", &score_captions<true, true, true>, &caption_json),
+      row("vqa", &score_vqa<VqaVariant::Owl2>, &vqa_json),
+      row("vqa_official", &score_vqa<VqaVariant::Official>, &vqa_json),
+      row("textvqa", &score_vqa<VqaVariant::TextVqa>, &vqa_json),
+      row("pope", &score_pope_files, &pope_json),
+      row("mme", &score_mme, &mme_json, /*needs_refs=*/false),
+      row("mmbench", &score_mmbench_files, &mmbench_json),
+      row("scienceqa", &score_scienceqa_files, &scienceqa_json),
+      row("gqa", &score_gqa_files, &gqa_json),
+      row("seed", &score_seed_files, &seed_json),
+      row("qbench", &score_qbench_files, &qbench_json),
+      row("mmmu", &score_mmmu_files, &mmmu_json),
+      row("mmlu", &score_mmlu_files, &mmlu_json),
+  };
+  return rows;
+}
+
+const MetricRow* find_metric(const std::string& metric) {
+  for (const auto& r : metric_table()) {
+    if (r.name == metric) return &r;
+  }
+  return nullptr;
+}
+
+}  // namespace
+
 const std::vector<std::string>& score_metric_names() {
-  static const std::vector<std::string> names = {
-      "cider", "bleu",    "rouge_l",   "captions", "vqa",  "vqa_official", "textvqa", "pope",
-      "mme",   "mmbench", "scienceqa", "gqa",      "seed", "qbench",       "mmmu",    "mmlu"};
+  static const std::vector<std::string> names = [] {
+    std::vector<std::string> out;
+    for (const auto& r : metric_table()) out.push_back(r.name);
+    return out;
+  }();
   return names;
+}
+
+bool score_metric_needs_refs(const std::string& metric) {
+  const MetricRow* row = find_metric(metric);
+  return row == nullptr || row->needs_refs;
 }
 
 nlohmann::ordered_json score_files(const std::string& metric, const std::string& refs_path,
                                    const std::string& preds_path) {
+  const MetricRow* row = find_metric(metric);
+  if (row == nullptr) {
+    std::string names;
+    for (const auto& n : score_metric_names()) names += (names.empty() ? "" : ", ") + n;
+    throw std::invalid_argument(fmt::format("unknown metric '{}': expected one of {}", metric, names));
+  }
   nlohmann::ordered_json out;
   out["metric"] = metric;
-  if (metric == "cider" || metric == "bleu" || metric == "rouge_l" || metric == "captions") {
-    const CaptionFiles files = load_caption_files(refs_path, preds_path);
-    const CaptionSet tok = tokenize_captions(files.raw);
-    out["images"] = files.image_ids.size();
-    if (metric == "bleu" || metric == "captions") {
-      const BleuScore b = bleu(tok);
-      for (int k = 0; k < 4; ++k) out[fmt::format("Bleu_{}", k + 1)] = b.corpus[k];
-    }
-    if (metric == "rouge_l" || metric == "captions") out["ROUGE_L"] = rouge_l(tok).corpus;
-    if (metric == "cider" || metric == "captions") out["CIDEr"] = cider_d(tok).corpus;
-    return out;
-  }
-  if (metric == "vqa" || metric == "vqa_official" || metric == "textvqa") {
-    const VqaFiles files = load_vqa_files(refs_path, preds_path);
-    const VqaVariant v = vqa_variant_from_name(metric);
-    VqaReport r;
-    try {
-      r = vqa_accuracy(files.questions, files.predictions, v);
-    } catch (const std::invalid_argument& e) {
-      throw std::invalid_argument(fmt::format("{}: {}", refs_path, e.what()));
-    }
-    out["questions"] = r.questions;
-    out["accuracy"] = round2(r.overall);  // what the reference prints
-    out["accuracy_exact"] = r.overall;
-    if (!r.per_answer_type.empty()) {
-      nlohmann::ordered_json t;
-      for (const auto& [k, x] : r.per_answer_type) t[k] = round2(x);
-      out["per_answer_type"] = t;
-    }
-    if (!r.per_question_type.empty()) {
-      nlohmann::ordered_json t;
-      for (const auto& [k, x] : r.per_question_type) t[k] = round2(x);
-      out["per_question_type"] = t;
-    }
-    return out;
-  }
-  if (metric == "pope") {
-    const PopeReport r = score_pope_files(refs_path, preds_path);
-    out["questions"] = r.tp + r.fp + r.tn + r.fn;
-    out["accuracy"] = r.accuracy;
-    out["precision"] = r.precision;
-    out["recall"] = r.recall;
-    out["f1"] = r.f1;
-    out["yes_ratio"] = r.yes_ratio;
-    out["tp"] = r.tp;
-    out["fp"] = r.fp;
-    out["tn"] = r.tn;
-    out["fn"] = r.fn;
-    return out;
-  }
-  if (metric == "mme") {
-    const MmeReport r = score_mme_dir(preds_path);
-    out["perception"] = r.perception;
-    out["cognition"] = r.cognition;
-    nlohmann::ordered_json tasks;
-    for (const auto& [name, t] : r.tasks)
-      tasks[name] = {{"acc", t.acc}, {"acc_plus", t.acc_plus}, {"score", t.score}, {"questions", t.questions}};
-    out["tasks"] = tasks;
-    return out;
-  }
-  if (metric == "mmbench") {
-    const MmbenchReport r = score_mmbench_files(refs_path, preds_path);
-    out["questions"] = r.questions;
-    out["hits"] = r.hits;
-    out["accuracy"] = r.accuracy;
-    out["unresolved"] = r.unresolved;
-    out["unresolved_questions"] = r.unresolved_questions;
-    out["per_l2_category"] = r.per_l2_category;
-    out["per_category"] = r.per_category;
-    return out;
-  }
-  if (metric == "scienceqa") {
-    const ScienceqaReport r = score_scienceqa_files(refs_path, preds_path);
-    out["questions"] = r.total;
-    out["accuracy"] = 100.0 * r.accuracy;
-    out["img_questions"] = r.img_total;
-    out["img_accuracy"] = 100.0 * r.img_accuracy;
-    return out;
-  }
-  if (metric == "gqa") {
-    const GqaReport r = score_gqa_files(refs_path, preds_path);
-    out["questions"] = r.questions;
-    out["accuracy"] = r.accuracy;
-    out["binary"] = r.binary;
-    out["open"] = r.open;
-    return out;
-  }
-  if (metric == "seed") {
-    const SeedReport r = score_seed_files(refs_path, preds_path);
-    out["questions"] = r.questions;
-    out["missing"] = r.missing;
-    out["accuracy"] = r.accuracy;
-    out["image"] = r.image;
-    out["video"] = r.video;
-    out["per_type"] = r.per_type;
-    return out;
-  }
-  if (metric == "qbench") {
-    const QbenchReport r = score_qbench_files(refs_path, preds_path);
-    out["questions"] = r.questions;
-    out["accuracy"] = r.accuracy;
-    out["unresolved"] = r.unresolved;
-    out["per_type"] = r.per_type;
-    out["per_concern"] = r.per_concern;
-    return out;
-  }
-  if (metric == "mmmu") {
-    const MmmuReport r = score_mmmu_files(refs_path, preds_path);
-    out["questions"] = r.questions;
-    out["accuracy"] = r.accuracy;
-    out["unparsed"] = r.unparsed;
-    out["per_subject"] = r.per_subject;
-    return out;
-  }
-  if (metric == "mmlu") {
-    const MmluReport r = score_mmlu_files(refs_path, preds_path);
-    out["questions"] = r.questions;
-    out["micro"] = r.micro;
-    out["macro"] = r.macro;
-    out["per_subject"] = r.per_subject;
-    return out;
-  }
-  std::string names;
-  for (const auto& n : score_metric_names()) names += (names.empty() ? "" : ", ") + n;
-  throw std::invalid_argument(fmt::format("unknown metric '{}': expected one of {}", metric, names));
+  row->run(refs_path, preds_path, out);
+  return out;
 }
 
 }  // namespace owl2::eval

@@ -37,7 +37,10 @@ VqaFiles load_vqa_files(const std::string& refs_path, const std::string& preds_p
 // Metric names: cider, bleu, rouge_l, captions (all three), vqa, vqa_official, textvqa, and the benchmark
 // scores pope (refs: question file), mme (preds: results directory; refs unused), mmbench (refs: TSV) and
 // scienceqa (refs: problems.json); see eval/bench_files.h for their formats.
+// The names come from the dispatch table in score_files.cpp, one row per metric, in its order.
 const std::vector<std::string>& score_metric_names();
+// Whether `metric` reads a references file: every metric but mme (and, so the CLI asks for one, unknown names).
+bool score_metric_needs_refs(const std::string& metric);
 
 // Scores the files and returns the JSON that `owl2 score` prints. Throws std::invalid_argument for an
 // unknown metric or a malformed file (the message names the file and the entry).

@@ -33,7 +33,7 @@ TEST_CASE("include merges maps and the including file wins", "[config]") {
   CHECK(cfg.model.vision.hidden_size == 64);  // from base.yaml
   CHECK(cfg.optim.lr == 5e-4);               // child overrides base
   CHECK(cfg.optim.warmup_steps == 2);
-  CHECK(cfg.train.precision == "bf16");
+  CHECK(cfg.train.precision == owl2::Precision::kBf16);
   CHECK(cfg.train.steps == 10);  // base value kept in a merged section
 }
 

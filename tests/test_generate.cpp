@@ -439,7 +439,7 @@ TEST_CASE("owl2 chat on piped stdin: two turns with history, a missing /image fi
   const auto tmpl = chat_template(l.cfg.data.chat_template);
   ImageConfig ic;
   ic.size = l.cfg.model.vision.image_size;
-  ic.mode = parse_image_mode(l.cfg.data.image_mode);
+  ic.mode = l.cfg.data.image_mode;
   GenerateOptions o;
   o.max_new_tokens = 4;
   o.stop_strings = {"</s>"};
@@ -467,7 +467,7 @@ TEST_CASE("owl2 chat on piped stdin: two turns with history, a missing /image fi
 
 TEST_CASE("owl2 bench generate: owl2 and the Python reference with its own KV cache pick the same tokens",
           "[generate][cli]") {
-  // The reference side (scripts/bench_generate_reference.py) is an independent cache implementation over the
+  // The reference side (scripts/bench/bench_generate_reference.py) is an independent cache implementation over the
   // reference layers; its greedy tokens must equal owl2's at batch 1 and 2 on the same weights and prompts.
   const auto r = owl2::test::run_owl2("bench generate --config " + owl2::test::source_path("configs/model/tiny.yaml") +
                                       " --threads 1 --iters 1 --batches 1 2 --new-tokens 6 --text-tokens 8");

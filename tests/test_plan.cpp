@@ -35,7 +35,7 @@ TEST_CASE("plan: weights, gradients and optimizer state per device under each Ze
   CHECK(p0.activations_checkpointed_bytes < p0.activations_bytes);
   CHECK_THAT(p0.report, Contains("model.vision_model") && Contains("lm_head") && Contains("total"));
   auto cfg16 = cfg;
-  cfg16.train.precision = "bf16";
+  cfg16.train.precision = Precision::kBf16;
   auto pb = make_plan(cfg16, kParams, {1, 0});
   CHECK(pb.weights_bytes == 2000);
   CHECK(pb.optimizer_bytes == 1200);  // + fp32 master weights

@@ -40,7 +40,7 @@ struct Setup {
     cfg.optim.warmup_steps = 3;
     cfg.optim.vision_layer_decay = 1.0;
     cfg.train.steps = 10;
-    cfg.train.precision = precision;
+    cfg.train.precision = find_by_name(kPrecisionNames, precision).value();
     batch.input_ids = golden.at("in.input_ids");
     batch.attention_mask = golden.at("in.attention_mask");
     batch.labels = golden.at("in.labels");
@@ -259,8 +259,9 @@ TEST_CASE("an unknown train.precision names the key and the allowed values", "[t
   } catch (const ConfigError& e) {
     CHECK_THAT(e.what(), Contains("train.precision") && Contains("fp32|bf16|bf16-autocast") && Contains("'fp16'"));
   }
-  CHECK(parse_config_text("train: {precision: bf16-autocast}\n").train.precision == "bf16-autocast");
-  CHECK_THROWS_WITH(parse_precision("half"), Contains("train.precision") && Contains("fp32|bf16|bf16-autocast"));
+  CHECK(parse_config_text("train: {precision: bf16-autocast}\n").train.precision == Precision::kBf16Autocast);
+  CHECK_THROWS_WITH(parse_config_text("train: {precision: half}\n"),
+                    Contains("train.precision") && Contains("fp32|bf16|bf16-autocast"));
 }
 
 namespace {

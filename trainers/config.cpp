@@ -81,7 +81,7 @@ template <class V> void fields(V& v, TrainConfig& c) {
   v("global_batch_size", c.global_batch_size);
   v("micro_batch_size", c.micro_batch_size);
   v("seed", c.seed);
-  v.choice("precision", c.precision, {"fp32", "bf16", "bf16-autocast"});  // trainers/precision.h
+  v.choice("precision", c.precision, kPrecisionNames);
   v("out_dir", c.out_dir);
   v("max_nonfinite_steps", c.max_nonfinite_steps);
   v("max_length", c.max_length);
@@ -98,13 +98,13 @@ template <class V> void fields(V& v, DataSource& c) {
 
 template <class V> void fields(V& v, DataConfig& c) {
   v("tokenizer", c.tokenizer);
-  v.choice("chat_template", c.chat_template, {"mplug_owl2", "vicuna_v1"});
+  v.choice("chat_template", c.chat_template, kTemplateKindNames);
   v("sources", c.sources);
-  v.choice("image_mode", c.image_mode, {"resize", "pad", "crop"});
+  v.choice("image_mode", c.image_mode, kImageModeNames);
   v("augment", c.augment);
   v("num_workers", c.num_workers);
   v("group_by_modality", c.group_by_modality);
-  v.choice("length_policy", c.length_policy, {"drop", "truncate"});
+  v.choice("length_policy", c.length_policy, data::kLengthPolicyNames);
   v("max_bad_fraction", c.max_bad_fraction);
 }
 
@@ -315,13 +315,13 @@ class Reader {
     if (child.IsDefined()) read(child, join(path_, key), value);
   }
 
-  void choice(const char* key, std::string& value, const std::vector<std::string>& allowed) {
-    (*this)(key, value);
-    if (std::find(allowed.begin(), allowed.end(), value) == allowed.end()) {
-      std::string list;
-      for (const auto& a : allowed) list += (list.empty() ? "" : "|") + a;
-      fail(join(path_, key), fmt::format("expected one of {}, got '{}'", list, value));
-    }
+  // A named choice: read as a string, looked up in the choice's name table.
+  template <class E, size_t N> void choice(const char* key, E& value, const NameTable<E, N>& names) {
+    std::string name(name_of(names, value));
+    (*this)(key, name);
+    const std::optional<E> found = find_by_name(names, name);
+    if (!found) fail(join(path_, key), fmt::format("expected one of {}, got '{}'", joined_names(names), name));
+    value = *found;
   }
 
   // Every key present in the mapping must be one the schema knows.
@@ -441,7 +441,10 @@ class Writer {
     out_ << YAML::Key << key << YAML::Value;
     write(value);
   }
-  void choice(const char* key, std::string& value, const std::vector<std::string>&) { (*this)(key, value); }
+  template <class E, size_t N> void choice(const char* key, E& value, const NameTable<E, N>& names) {
+    std::string name(name_of(names, value));
+    (*this)(key, name);
+  }
 
  private:
   void write(int64_t v) { out_ << v; }
@@ -519,7 +522,8 @@ void validate_run(const RunConfig& c, const Reader& r) {
   if (dist.zero_stage < 0 || dist.zero_stage > 3) {
     r.fail("distributed.zero_stage", fmt::format("must be 0, 1, 2 or 3, got {}", dist.zero_stage));
   }
-  if (dist.zero_stage >= 1 && t.precision == "bf16") {  // ZeRO's gradient hooks sit on the model, not the masters
+  // ZeRO's gradient hooks sit on the model, not on the bf16 run's fp32 masters.
+  if (dist.zero_stage >= 1 && t.precision == Precision::kBf16) {
     r.fail("distributed.zero_stage",
            fmt::format("{} cannot be combined with train.precision: bf16 (fp32 masters) yet; use bf16-autocast or "
                        "zero_stage 0", dist.zero_stage));

@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "data/choices.h"
+#include "owl2/io/name_table.h"
 #include "owl2/model/config.h"
 
 namespace owl2 {
@@ -35,12 +37,18 @@ struct ActivationCheckpointing {
   bool decoder = true;
 };
 
+// The training dtype policy (trainers/precision.h): fp32; bf16 weights with fp32 masters; bf16 autocast over fp32.
+enum class Precision { kFp32, kBf16, kBf16Autocast };
+inline constexpr NameTable<Precision, 3> kPrecisionNames{
+    {{Precision::kFp32, "fp32"}, {Precision::kBf16, "bf16"}, {Precision::kBf16Autocast, "bf16-autocast"}}};
+inline const char* precision_name(Precision p) { return name_of(kPrecisionNames, p).data(); }
+
 struct TrainConfig {
   int64_t steps = 1000;
   int64_t global_batch_size = 256;
   int64_t micro_batch_size = 1;
   int64_t seed = 0;
-  std::string precision = "fp32";  // fp32 | bf16 (fp32 masters) | bf16-autocast
+  Precision precision = Precision::kFp32;
   std::string out_dir = "runs/default";
   int64_t max_nonfinite_steps = 3;  // stop after this many non-finite steps in a row (each is skipped)
   int64_t max_length = 2048;        // decoder tokens per sample after splicing the visual tokens
@@ -52,7 +60,9 @@ struct TrainConfig {
 
 // Data parallelism across ranks (torchrun/Slurm); docs/distributed.md.
 struct DistributedConfig {
-  int64_t zero_stage = 0;     // 0 replicated, 1 AdamW state sharded, 2 + gradients sharded (reduce-scatter)
+  // 0 replicated, 1 AdamW state sharded, 2 + gradients sharded (reduce-scatter), 3 + decoder block parameters
+  // sharded (gathered per block for forward and recompute)
+  int64_t zero_stage = 0;
   double bucket_mb = 25;      // gradient bucket size: one collective per bucket, launched during backward
   int64_t timeout_s = 600;    // a collective that takes longer fails, naming the rank, step and collective
 };
@@ -64,13 +74,13 @@ struct DataSource {
 
 struct DataConfig {
   std::string tokenizer;                 // SentencePiece .model
-  std::string chat_template = "mplug_owl2";
+  TemplateKind chat_template = TemplateKind::kMplugOwl2;
   std::vector<DataSource> sources;
-  std::string image_mode = "pad";        // resize | pad | crop (spec §3.1)
+  ImageMode image_mode = ImageMode::kPad;  // resize | pad | crop (spec §3.1)
   bool augment = false;                  // random resized crop + horizontal flip (BLIP-2 style)
   int64_t num_workers = 2;               // decode threads
   bool group_by_modality = false;
-  std::string length_policy = "drop";    // drop | truncate samples longer than train.max_length
+  data::LengthPolicy length_policy = data::LengthPolicy::kDrop;  // drop | truncate samples over train.max_length
   double max_bad_fraction = 0.01;
 };
 

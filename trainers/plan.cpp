@@ -82,7 +82,7 @@ Plan make_plan(const RunConfig& cfg, const NamedSizes& params, const PlanInputs&
     return n;
   };
 
-  const bool bf16 = t.precision == "bf16";
+  const bool bf16 = t.precision == Precision::kBf16;
   const double compute_bytes = bf16 ? 2 : 4;
   const double W = double(in.world_size);
   const double P = double(plan.total_params), T = double(plan.trainable_params);
@@ -140,7 +140,8 @@ Plan make_plan(const RunConfig& cfg, const NamedSizes& params, const PlanInputs&
   for (const auto& c : plan.components) r += fmt::format("{:<28} {:>16} {:>16}\n", c.name, c.params, c.trainable);
   r += fmt::format("{:<28} {:>16} {:>16}\n\n", "total", plan.total_params, plan.trainable_params);
   r += fmt::format("per device: world size {}, ZeRO stage {}, precision {}, micro-batch {}, {} decoder tokens/sample\n",
-                   in.world_size, in.zero_stage, t.precision, t.micro_batch_size, static_cast<int64_t>(dec_tokens));
+                   in.world_size, in.zero_stage, precision_name(t.precision), t.micro_batch_size,
+                   static_cast<int64_t>(dec_tokens));
   r += fmt::format("  weights            {:>12}\n", gib(plan.weights_bytes));
   r += fmt::format("  gradients          {:>12}\n", gib(plan.grads_bytes));
   r += fmt::format("  optimizer state    {:>12}\n", gib(plan.optimizer_bytes));

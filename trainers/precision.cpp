@@ -11,22 +11,6 @@
 
 namespace owl2 {
 
-Precision parse_precision(const std::string& value) {
-  if (value == "fp32") return Precision::kFp32;
-  if (value == "bf16") return Precision::kBf16;
-  if (value == "bf16-autocast") return Precision::kBf16Autocast;
-  throw std::invalid_argument("train.precision: expected one of fp32|bf16|bf16-autocast, got '" + value + "'");
-}
-
-const char* precision_name(Precision p) {
-  switch (p) {
-    case Precision::kFp32: return "fp32";
-    case Precision::kBf16: return "bf16";
-    case Precision::kBf16Autocast: return "bf16-autocast";
-  }
-  return "?";
-}
-
 AutocastRegion::AutocastRegion(c10::DeviceType device, c10::ScalarType dtype)
     : device_(device),
       was_enabled_(at::autocast::is_autocast_enabled(device)),

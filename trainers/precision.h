@@ -12,19 +12,16 @@
 #include <vector>
 
 #include "owl2/io/safetensors.h"
+#include "trainers/config.h"
 #include "trainers/param_rules.h"
 
 namespace owl2 {
 
-// fp32: everything in float32. bf16: the model holds bfloat16 weights (compute and activations in bf16, as the
-// reference's DeepSpeed bf16 runs, spec §4.2), the optimizer steps float32 masters. bf16-autocast: float32 weights,
-// the forward runs under autocast (matrix products in bf16, the rest as autocast's op lists decide).
-// In every mode RMSNorm statistics and the cross-entropy are float32 (the model upcasts; spec §1.3, §4).
-enum class Precision { kFp32, kBf16, kBf16Autocast };
-
-// Parses `train.precision`; throws std::invalid_argument naming the key and the allowed values.
-Precision parse_precision(const std::string& value);
-const char* precision_name(Precision p);
+// Precision (trainers/config.h, with its name table): fp32: everything in float32. bf16: the model holds bfloat16
+// weights (compute and activations in bf16, as the reference's DeepSpeed bf16 runs, spec §4.2), the optimizer steps
+// float32 masters. bf16-autocast: float32 weights, the forward runs under autocast (matrix products in bf16, the
+// rest as autocast's op lists decide). In every mode RMSNorm statistics and the cross-entropy are float32 (the
+// model upcasts; spec §1.3, §4).
 
 // Autocast to `dtype` on `device` for a scope; restores the previous flag and dtype and, at the outermost
 // scope, clears autocast's cache of cast weights (they are stale after an optimizer step).

@@ -69,7 +69,7 @@ HeldoutEval make_heldout_eval(const RunConfig& cfg) {
   h.options.limit = cfg.eval.limit;
   h.options.chat_template = cfg.data.chat_template;
   h.options.image.size = cfg.model.vision.image_size;
-  h.options.image.mode = parse_image_mode(cfg.data.image_mode);
+  h.options.image.mode = cfg.data.image_mode;
   return h;
 }
 

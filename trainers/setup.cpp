@@ -83,7 +83,7 @@ ExampleLoader make_loader(const RunConfig& cfg, const DistEnv& env, std::shared_
   const auto& t = cfg.train;
   ExampleOptions eo;
   eo.image.size = cfg.model.vision.image_size;
-  eo.image.mode = parse_image_mode(cfg.data.image_mode);
+  eo.image.mode = cfg.data.image_mode;
   eo.augment = cfg.data.augment;
   eo.seed = static_cast<uint64_t>(t.seed);
   eo.chat_template = cfg.data.chat_template;
@@ -97,7 +97,7 @@ ExampleLoader make_loader(const RunConfig& cfg, const DistEnv& env, std::shared_
   lo.num_workers = static_cast<int>(cfg.data.num_workers);
   lo.group_by_modality = cfg.data.group_by_modality;
   lo.max_length = t.max_length;
-  lo.length_policy = cfg.data.length_policy == "truncate" ? data::LengthPolicy::kTruncate : data::LengthPolicy::kDrop;
+  lo.length_policy = cfg.data.length_policy;
   const int64_t vis = cfg.model.visual_tokens_per_image();
   ExampleLoader::LengthHooks hooks{[vis](const Example& e) { return spliced_length(e, vis); },
                                    [vis](Example& e, int64_t max) { truncate_example(e, max, vis); }};

@@ -17,7 +17,7 @@ Trainer::Trainer(torch::nn::Module& model, LossSumFn loss_sum, const RunConfig& 
   freeze_table_ = apply_freeze_rules(model_, cfg_.freeze);
   groups_ = resolve_param_groups(model_, cfg_.param_groups, cfg_.optim.weight_decay, cfg_.optim.vision_layer_decay,
                                  cfg_.model.vision.num_hidden_layers);
-  precision_ = std::make_unique<MixedPrecision>(parse_precision(cfg_.train.precision), model_, groups_);
+  precision_ = std::make_unique<MixedPrecision>(cfg_.train.precision, model_, groups_);
   for (const auto& g : groups_) {
     for (size_t i = 0; i < g.params.size(); ++i) trainable_.emplace_back(g.names[i], g.params[i]);
   }

@@ -1,8 +1,12 @@
-// Shared by the cli/bench/cmd_bench_*.cpp files: the `owl2 bench` group, and the small model configuration that the
-// model and generation benchmarks measure (and print, so a report says what was timed).
+// Shared by the cli/bench/cmd_bench_*.cpp files: the `owl2 bench` group, where the Python sides of the comparisons
+// live (scripts/bench/), and the small model configuration that the model and generation benchmarks measure (and
+// print, so a report says what was timed).
 #pragma once
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
+
+#include <filesystem>
+#include <string>
 
 #include "owl2/model/config.h"
 
@@ -15,6 +19,30 @@ inline CLI::App* bench_group(CLI::App& app) {
   auto* bench = app.add_subcommand("bench", "Benchmarks");
   bench->require_subcommand(1);
   return bench;
+}
+
+// The checkout root: three levels above build/bin/owl2 when that holds scripts/bench/, else the working directory.
+inline std::filesystem::path source_root() {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const auto exe = fs::read_symlink("/proc/self/exe", ec);
+  if (!ec) {
+    const auto root = exe.parent_path().parent_path().parent_path();
+    if (fs::is_directory(root / "scripts" / "bench")) return root;
+  }
+  return fs::current_path();
+}
+
+// A Python program of the benchmarks, by file name under scripts/bench/ of the checkout.
+inline std::string bench_script(const std::string& name) {
+  return (source_root() / "scripts" / "bench" / name).string();
+}
+
+// `s` as one single-quoted shell word.
+inline std::string shell_quote(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
 }
 
 // ViT 6x384 at 224 px (patch 14, grid 16), abstractor 2 layers (65 visual tokens), decoder 6x512 with the

@@ -98,18 +98,6 @@ int read_child(const std::string& path) {
   return 0;
 }
 
-constexpr const char* kPythonLoad = R"(
-import json, resource, sys, time
-from safetensors.torch import load_file
-t0 = time.perf_counter()
-d = load_file(sys.argv[1])
-lazy = time.perf_counter() - t0
-d = {k: v.clone() for k, v in d.items()}  # materialize: load_file maps the file lazily
-s = time.perf_counter() - t0
-n = sum(t.numel() * t.element_size() for t in d.values())
-print(json.dumps({"seconds": s, "lazy_seconds": lazy, "bytes": n, "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
-)";
-
 struct Args {
   double size_mb = 2048;
   double tensor_mb = 32;
@@ -153,7 +141,8 @@ int bench_checkpoint(const Args& a) {
   long rss_cpp = 0, rss_py = 0;
   for (int r = 0; r < a.repeats; ++r) {
     const auto c = nlohmann::json::parse(run_capture(fmt::format("'{}' bench checkpoint --read-child '{}'", exe, path)));
-    const auto p = nlohmann::json::parse(run_capture(fmt::format("'{}' -c '{}' '{}'", python, kPythonLoad, path)));
+    const auto p =
+        nlohmann::json::parse(run_capture(fmt::format("'{}' '{}' '{}'", python, bench_script("checkpoint_load.py"), path)));
     if (c["bytes"] != p["bytes"]) throw std::runtime_error("owl2 and python read different byte counts");
     fmt::print("open   owl2 SafetensorsFile + get() views (lazy)      {:8.4f} s\n", c["lazy_seconds"].get<double>());
     fmt::print("open   python load_file (lazy)                        {:8.4f} s\n", p["lazy_seconds"].get<double>());
@@ -235,28 +224,6 @@ uint64_t dir_tensor_bytes(const std::string& dir) {
   return n;
 }
 
-// Same reads and writes with the Python package: every shard loaded (load_file) and written (save_file) to the
-// output directory, each file fsync'd as owl2 does; the index copied.
-constexpr const char* kPythonConvert = R"(
-import json, os, resource, shutil, sys, time
-from safetensors.torch import load_file, save_file
-src, dst = sys.argv[1], sys.argv[2]
-os.makedirs(dst, exist_ok=True)
-t0 = time.perf_counter()
-n = 0
-for f in sorted(os.listdir(src)):
-    if f.endswith(".safetensors"):
-        d = load_file(os.path.join(src, f))
-        n += sum(t.numel() * t.element_size() for t in d.values())
-        save_file(d, os.path.join(dst, f), metadata={"format": "pt"})
-        fd = os.open(os.path.join(dst, f), os.O_RDONLY); os.fsync(fd); os.close(fd)
-        del d
-    elif f.endswith(".index.json"):
-        shutil.copy(os.path.join(src, f), os.path.join(dst, f))
-s = time.perf_counter() - t0
-print(json.dumps({"seconds": s, "bytes": n, "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
-)";
-
 struct ImportBenchArgs {
   double size_mb = 2048;
   std::string shard_size = "512MB";
@@ -320,7 +287,7 @@ int bench_import(const ImportBenchArgs& a) {
   torch::manual_seed(0);
   const uint64_t shard = parse_byte_size(a.shard_size);
   const auto written = convert_to_safetensors(random, hf, shard);
-  write_file_atomic(hf + "/config.json", hf_config_json(cfg, "float16").dump(2));
+  write_file_atomic(hf + "/config.json", hf_config_json(cfg, std::string(hf_dtype_name(torch::kFloat16))).dump(2));
   const double gb = static_cast<double>(written.total_bytes) / 1e9;
   fmt::print("owl2 bench import: {:.2f} GB float16, {} tensors, decoder {} layers x {} wide, {} shard(s) of <= {} | "
              "torch threads {} | {} cores | {}\n",
@@ -333,6 +300,8 @@ int bench_import(const ImportBenchArgs& a) {
     long rss_kb = 0;
   };
   Best owl_import, py_import, owl_export, py_export;
+  // The same reads and writes with the Python package, each shard fsync'd as owl2 does.
+  const std::string convert_script = bench_script("checkpoint_convert.py");
   auto measure = [&](const std::string& cmd, Best& best, const char* label) {
     const auto j = nlohmann::json::parse(run_capture(cmd));
     const double s = j["seconds"].get<double>();
@@ -354,12 +323,12 @@ int bench_import(const ImportBenchArgs& a) {
     std::filesystem::remove_all(py_out);
     measure(fmt::format("'{}' bench import --child import --from '{}' --to '{}' --shard-size {}", exe, hf, owl, a.shard_size),
             owl_import, "import  owl2 import (key check + read + write + fsync)");
-    measure(fmt::format("'{}' -c '{}' '{}' '{}'", python, kPythonConvert, hf, py_in), py_import,
+    measure(fmt::format("'{}' '{}' '{}' '{}'", python, convert_script, hf, py_in), py_import,
             "import  python load_file + save_file + fsync");
     measure(fmt::format("'{}' bench import --child export --from '{}' --to '{}' --shard-size {} --tokenizer '{}'", exe,
                         owl, back, a.shard_size, a.tokenizer),
             owl_export, "export  owl2 export (key check + read + write + fsync)");
-    measure(fmt::format("'{}' -c '{}' '{}' '{}'", python, kPythonConvert, owl, py_out), py_export,
+    measure(fmt::format("'{}' '{}' '{}' '{}'", python, convert_script, owl, py_out), py_export,
             "export  python load_file + save_file + fsync");
   }
   fmt::print("best   import: owl2 {:.2f} GB/s vs python {:.2f} GB/s, ratio {:.2f}x (>1: owl2 faster); peak RSS owl2 {:.0f} "

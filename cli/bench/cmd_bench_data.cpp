@@ -31,35 +31,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// The reference pipeline (spec §3.1): Image.open().convert("RGB"), mode, CLIPImageProcessorPil. Prints one JSON
-// line with its timing window; writes the last tensor (float32 CHW) for the comparison.
-constexpr const char* kPythonBench = R"PY(
-import json, sys, time
-from PIL import Image
-import numpy as np
-from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
-path, mode, size, n, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
-MEAN = (0.48145466, 0.4578275, 0.40821073)
-proc = CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size}, resample=3)
-def run():
-    image = Image.open(path).convert("RGB")
-    m = max(image.size)
-    if mode == "resize":
-        image = image.resize((m, m))
-    elif mode == "pad" and image.size[0] != image.size[1]:
-        canvas = Image.new("RGB", (m, m), tuple(int(v * 255) for v in MEAN))
-        canvas.paste(image, ((m - image.size[0]) // 2, (m - image.size[1]) // 2))
-        image = canvas
-    return proc(images=image, return_tensors="np")["pixel_values"][0]
-run()
-start, cpu0 = time.time(), time.process_time()
-for _ in range(n):
-    x = run()
-end, cpu = time.time(), time.process_time() - cpu0
-np.asarray(x, dtype="<f4").tofile(out)
-print(json.dumps({"start": start, "end": end, "cpu": cpu, "n": n}))
-)PY";
-
 struct Rate {
   double images_per_s = 0;    // wall clock
   double images_per_cpu_s = 0;  // per second of CPU time: the per-core figure, robust to a loaded machine
@@ -122,12 +93,11 @@ Rate bench_owl2(const std::string& jpeg, const ImageConfig& cfg, int threads, in
 // Runs `procs` Python processes at once; throughput = all images / (last end - first start).
 Rate bench_python(const std::string& python, const fs::path& dir, const ImageConfig& cfg, int procs,
                   int64_t images_per_proc) {
-  const fs::path script = dir / "bench_pil.py";
-  std::ofstream(script) << kPythonBench;
+  const std::string script = bench_script("data_clip_pil.py");  // the reference pipeline (spec §3.1)
   std::string cmd = "(";
   for (int p = 0; p < procs; ++p) {
     cmd += fmt::format("OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 '{}' '{}' '{}' {} {} {} '{}' & ",
-                       python, script.string(), (dir / "bench.jpg").string(), image_mode_name(cfg.mode), cfg.size,
+                       python, script, (dir / "bench.jpg").string(), image_mode_name(cfg.mode), cfg.size,
                        images_per_proc, (dir / fmt::format("pil_{}.bin", p)).string());
   }
   cmd += "wait) 2>&1";

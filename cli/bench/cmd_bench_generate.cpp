@@ -1,5 +1,5 @@
 // `owl2 bench generate`: greedy decoding speed (time to first token, decode tokens/s at batch 1 and 8) of owl2's
-// KV-cache generation against the Python reference with an HF-style cache (scripts/bench_generate_reference.py),
+// KV-cache generation against the Python reference with an HF-style cache (scripts/bench/bench_generate_reference.py),
 // same configuration, weights, prompts and threads, in one run; the generated tokens are compared too.
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
@@ -27,22 +27,6 @@ namespace owl2::cli {
 namespace {
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
-
-fs::path source_root() {
-  std::error_code ec;
-  const auto exe = fs::read_symlink("/proc/self/exe", ec);
-  if (!ec) {
-    const auto root = exe.parent_path().parent_path().parent_path();
-    if (fs::exists(root / "scripts" / "bench_generate_reference.py")) return root;
-  }
-  return fs::current_path();
-}
-
-std::string shell_quote(const std::string& s) {
-  std::string q = "'";
-  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return q + "'";
-}
 
 double cpu_seconds() {
   timespec ts{};
@@ -170,7 +154,7 @@ void add_bench_generate(CLI::App& app, Action& run) {
       spec["weights"] = (tmp / "model.safetensors").string();
       spec["inputs"] = (tmp / "inputs.safetensors").string();
       const auto cmdline = fmt::format("{} {} --spec {}", shell_quote(python),
-                                       shell_quote((root / "scripts" / "bench_generate_reference.py").string()),
+                                       shell_quote(bench_script("bench_generate_reference.py")),
                                        shell_quote(spec.dump()));
       std::string text;
       FILE* p = popen(cmdline.c_str(), "r");

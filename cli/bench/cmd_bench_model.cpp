@@ -1,5 +1,5 @@
 // `owl2 bench model`: forward+backward time and peak memory of the model on a small configuration, and of the
-// Python reference (scripts/bench_reference.py, run as a child process with the same threads and shapes).
+// Python reference (scripts/bench/bench_reference.py, run as a child process with the same threads and shapes).
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -36,17 +36,6 @@ double peak_rss_mib() {
   return static_cast<double>(u.ru_maxrss) / 1024.0;  // ru_maxrss is KiB on Linux
 }
 
-// The checkout root: two levels above build/bin/owl2, else the working directory.
-fs::path source_root() {
-  std::error_code ec;
-  const auto exe = fs::read_symlink("/proc/self/exe", ec);
-  if (!ec) {
-    const auto root = exe.parent_path().parent_path().parent_path();
-    if (fs::exists(root / "scripts" / "bench_reference.py")) return root;
-  }
-  return fs::current_path();
-}
-
 std::string run_capture(const std::string& cmd, int& rc) {
   std::string out;
   FILE* p = popen(cmd.c_str(), "r");
@@ -56,12 +45,6 @@ std::string run_capture(const std::string& cmd, int& rc) {
   while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
   rc = pclose(p);
   return out;
-}
-
-std::string shell_quote(const std::string& s) {
-  std::string q = "'";
-  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return q + "'";
 }
 
 void add_bench_model(CLI::App& app, Action& run) {
@@ -133,7 +116,7 @@ void add_bench_model(CLI::App& app, Action& run) {
       spec["text_tokens"] = T;
       int rc = 0;
       const auto cmd = fmt::format("{} {} --spec {}", shell_quote(python),
-                                   shell_quote((root / "scripts" / "bench_reference.py").string()),
+                                   shell_quote(bench_script("bench_reference.py")),
                                    shell_quote(spec.dump()));
       const auto text = run_capture(cmd, rc);
       if (rc != 0) throw std::runtime_error("bench: the Python reference failed (" + cmd + "):\n" + text);

@@ -113,7 +113,7 @@ int run_bench_train(const BenchArgs& a) {
   nlohmann::json j;
   j["config"] = a.config;
   j["device"] = a.device;
-  j["precision"] = cfg.train.precision;
+  j["precision"] = precision_name(cfg.train.precision);
   j["threads"] = torch::get_num_threads();
   j["params"] = plan.total_params;
   j["trainable_params"] = plan.trainable_params;
@@ -132,7 +132,7 @@ int run_bench_train(const BenchArgs& a) {
   std::cerr << fmt::format(
       "bench train: {} on {}, {}: {:.4g} s/step, {:.1f} samples/s, {:.0f} tokens/s, {:.3g} TFLOP/s{}, peak memory "
       "{:.2f} GiB\n",
-      a.config, a.device, cfg.train.precision, med, j["samples_per_s"].get<double>(), j["tokens_per_s"].get<double>(),
+      a.config, a.device, precision_name(cfg.train.precision), med, j["samples_per_s"].get<double>(), j["tokens_per_s"].get<double>(),
       j["tflops_per_s"].get<double>(), j.contains("mfu") ? fmt::format(", MFU {:.1f}%", 100 * j["mfu"].get<double>()) : "",
       double(peak_mem) / double(1 << 30));
   return 0;

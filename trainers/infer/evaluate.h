@@ -27,7 +27,7 @@ struct EvalOptions {
   int64_t batch_size = 32;
   int64_t max_new_tokens = 12;
   int64_t limit = 0;  // first N questions; 0 = all
-  std::string chat_template = "mplug_owl2";
+  TemplateKind chat_template = TemplateKind::kMplugOwl2;
   ImageConfig image;
 };
 

@@ -16,6 +16,7 @@
 
 #include "data/tokenizer.h"
 #include "owl2/model/abstractor.h"
+#include "owl2/io/dtype_names.h"
 #include "owl2/model/init.h"
 #include "owl2/io/fileio.h"
 #include "owl2/model/model.h"
@@ -105,15 +106,6 @@ void write_model_config(const std::string& out_dir, const RunConfig& cfg, const 
   write_file_atomic(out_dir + "/config.yaml", "# " + origin + "\n" + to_yaml(cfg));
 }
 
-const char* dtype_json_name(torch::Dtype d) {
-  switch (d) {
-    case torch::kBFloat16: return "bfloat16";
-    case torch::kFloat16: return "float16";
-    case torch::kFloat32: return "float32";
-    default: throw std::invalid_argument(fmt::format("no HF torch_dtype for {}", c10::toString(d)));
-  }
-}
-
 std::optional<nlohmann::json> read_json_if_present(const std::string& path) {
   if (!fs::is_regular_file(path)) return std::nullopt;
   try {
@@ -124,14 +116,6 @@ std::optional<nlohmann::json> read_json_if_present(const std::string& path) {
 }
 
 }  // namespace
-
-std::optional<torch::Dtype> parse_weight_dtype(const std::string& name) {
-  if (name.empty()) return std::nullopt;
-  if (name == "bf16") return torch::kBFloat16;
-  if (name == "fp16") return torch::kFloat16;
-  if (name == "fp32") return torch::kFloat32;
-  throw std::invalid_argument(fmt::format("--dtype '{}': expected bf16, fp16 or fp32", name));
-}
 
 std::string KeyReport::summary() const {
   std::string s = fmt::format("{} tensors matched", matched.size());
@@ -235,7 +219,9 @@ nlohmann::json hf_config_json(const RunConfig& cfg, const std::string& torch_dty
       {"visual_config", {{"visual_model", visual_model}, {"visual_abstractor", visual_abstractor}}}};
   // process_images reads image_aspect_ratio (spec §3.1): 'pad' and 'resize' are its branches; without the
   // field the CLIP processor alone runs (shortest-edge resize + center crop), owl2's "crop".
-  if (cfg.data.image_mode == "pad" || cfg.data.image_mode == "resize") j["image_aspect_ratio"] = cfg.data.image_mode;
+  if (cfg.data.image_mode != ImageMode::kCrop) {
+    j["image_aspect_ratio"] = std::string(name_of(kImageModeNames, cfg.data.image_mode));
+  }
   return j;
 }
 
@@ -301,7 +287,7 @@ size_t export_hf(const std::string& model_dir, const std::string& hf_dir, const 
               {"pad_token_id", Tokenizer::kPadId}, {"max_length", cfg.model.decoder.max_position_embeddings},
               {"transformers_version", "4.31.0"}});
   write_json(hf_dir + "/preprocessor_config.json", hf_preprocessor_config_json(cfg.model.vision));
-  write_json(hf_dir + "/config.json", hf_config_json(cfg, dtype_json_name(options.dtype.value_or(stored))));
+  write_json(hf_dir + "/config.json", hf_config_json(cfg, std::string(hf_dtype_name(options.dtype.value_or(stored)))));
   return out.names().size();
 }
 

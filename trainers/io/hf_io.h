@@ -11,13 +11,11 @@
 #include <nlohmann/json_fwd.hpp>
 #include <torch/types.h>
 
+#include "owl2/io/dtype_names.h"  // parse_dtype_flag for the options' dtype
 #include "owl2/io/tensor_source.h"
 #include "trainers/config.h"
 
 namespace owl2 {
-
-// "bf16" | "fp16" | "fp32" -> dtype; "" -> nullopt (keep). Throws std::invalid_argument otherwise.
-std::optional<torch::Dtype> parse_weight_dtype(const std::string& name);
 
 // How a checkpoint's names and shapes compare with the model a config builds (parameter_shapes).
 struct KeyReport {

@@ -19,7 +19,7 @@ import time
 import torch
 from safetensors.torch import load_file
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # scripts/, for reference/
 from reference import ReferenceOwl2, ReferenceConfig, IMAGE_TOKEN_INDEX  # noqa: E402
 from reference.owl2_reference import at_least_f32, rotary  # noqa: E402
 

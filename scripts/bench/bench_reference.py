@@ -14,7 +14,7 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # scripts/, for reference/
 from reference import ReferenceOwl2, ReferenceConfig, IMAGE_TOKEN_INDEX, IGNORE_INDEX  # noqa: E402
 
 

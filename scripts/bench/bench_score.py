@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Times `owl2 score --metric captions` against pycocoevalcap (PTBTokenizer via java + BLEU, ROUGE-L, CIDEr-D)
 on a synthetic COCO-Karpathy-sized set (5,000 images x 5 references) and checks that the numbers agree.
-Run from the repository root after building: .venv/bin/python scripts/bench_score.py [--images N]"""
+Run from the repository root after building: .venv/bin/python scripts/bench/bench_score.py [--images N]"""
 import argparse
 import json
 import os
