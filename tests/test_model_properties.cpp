@@ -75,6 +75,10 @@ TEST_CASE("the fused query_key_value is read per head as [q|k|v], not as Q|K|V b
   cfg.hidden_size = 8;
   cfg.num_attention_heads = 2;
   VisionAttention attn(cfg);
+  {
+    torch::NoGradGuard no_grad;  // constructors leave weights uninitialised; any random values will do
+    for (auto& p : attn->parameters()) p.uniform_(-0.35, 0.35);
+  }
   attn->to(torch::kFloat64);
   const auto x = torch::randn({1, 5, 8}, torch::kFloat64);
   const auto W = attn->query_key_value->weight, b = attn->query_key_value->bias;

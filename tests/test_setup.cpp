@@ -75,6 +75,7 @@ TEST_CASE("build_model: seeded initialisation in training mode, init.from unless
 
 TEST_CASE("apply_training_policies: checkpointing runners, then the decoder as the ZeRO 3 stack", "[setup]") {
   RunConfig cfg = tiny_run();
+  cfg.train.activation_checkpointing = {false, false, false};  // the defaults checkpoint the ViT and decoder
   auto model = build_model(cfg);
   auto none = apply_training_policies(model, cfg);
   CHECK(none.sharded_stacks.empty());
