@@ -3,6 +3,9 @@
 
 #include <signal.h>
 
+#include <chrono>
+#include <thread>
+
 #include <cstdlib>
 #include <string>
 
@@ -19,7 +22,11 @@ TestSeam TestSeam::from_environment(int64_t rank) {
 }
 
 void TestSeam::before_step(int64_t step) const {
-  if (step == kill_at_step_) ::raise(SIGKILL);
+  if (step != kill_at_step_) return;
+  // The other ranks first reach the step's first collective and wait there, so that they see this rank die
+  // and name the collective (what the restart test checks), instead of racing torchrun's own SIGTERM.
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  ::raise(SIGKILL);
 }
 
 }  // namespace owl2

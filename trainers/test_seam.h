@@ -5,8 +5,9 @@
 
 namespace owl2 {
 
-// OWL2_TEST_KILL_AT_STEP=k with OWL2_TEST_KILL_RANK=r: rank r SIGKILLs itself before step k, on the job's first
-// attempt only (TORCHELASTIC_RESTART_COUNT unset or 0), so that the job torchrun restarts runs through.
+// OWL2_TEST_KILL_AT_STEP=k with OWL2_TEST_KILL_RANK=r: rank r SIGKILLs itself, after a 1 s pause, before
+// step k, on the job's first attempt only (TORCHELASTIC_RESTART_COUNT unset or 0), so that the job torchrun
+// restarts runs through.
 class TestSeam {
  public:
   static TestSeam from_environment(int64_t rank);
