@@ -1,8 +1,19 @@
 #!/usr/bin/env bash
-# The README's second command: set everything up, build, and run the whole test suite with CTest.
+# The README's second command: set everything up, build, and run the whole test suite with CTest, twice:
+#   build/       against the CPU torch wheel (.venv)
+#   build-cuda/  against the CUDA torch wheel (.venv-cuda) with NCCL on, run on whatever the machine has
+#                (without a GPU everything runs on the CPU and the [gpu] tests say so)
+# OWL2_CUDA_BUILD=0 leaves the CUDA build out (a machine without the CUDA toolkit, or a quick local run).
+# Arguments pass to both ctest runs (e.g. -R config).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+cuda=${OWL2_CUDA_BUILD:-1}
+if [ "$cuda" = 1 ]; then bash scripts/setup.sh --cuda-build; else bash scripts/setup.sh; fi
 bash scripts/build.sh
-echo "[test] running the test suite"
+echo "[test] running the test suite (CPU build: ${OWL2_BUILD_DIR:-build})"
 ctest --test-dir "${OWL2_BUILD_DIR:-build}" -j"${OWL2_TEST_JOBS:-2}" --output-on-failure "$@"
+if [ "$cuda" = 1 ]; then
+  OWL2_BUILD_DIR=build-cuda OWL2_VENV=.venv-cuda bash scripts/build.sh
+  echo "[test] running the test suite (CUDA build: build-cuda)"
+  ctest --test-dir build-cuda -j"${OWL2_TEST_JOBS:-2}" --output-on-failure "$@"
+fi

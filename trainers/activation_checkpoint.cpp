@@ -64,7 +64,7 @@ struct RngScope {
     cpu.set_state(r.cpu_rng);
 #ifdef OWL2_WITH_CUDA
     if (r.cuda_rng.defined()) {
-      auto g = at::cuda::detail::getDefaultCUDAGenerator();
+      at::Generator g = at::cuda::detail::getDefaultCUDAGenerator();  // a handle: the getter returns it const
       saved_cuda = g.get_state();
       g.set_state(r.cuda_rng);
     }
@@ -73,7 +73,10 @@ struct RngScope {
   ~RngScope() {
     cpu.set_state(saved_cpu);
 #ifdef OWL2_WITH_CUDA
-    if (saved_cuda.defined()) at::cuda::detail::getDefaultCUDAGenerator().set_state(saved_cuda);
+    if (saved_cuda.defined()) {
+      at::Generator g = at::cuda::detail::getDefaultCUDAGenerator();
+      g.set_state(saved_cuda);
+    }
 #endif
   }
 };
@@ -83,7 +86,7 @@ struct CheckpointFunction : torch::autograd::Function<CheckpointFunction> {
   static at::Tensor forward(AutogradContext* ctx, c10::intrusive_ptr<Replay> replay, at::TensorList inputs) {
     replay->cpu_rng = at::detail::getDefaultCPUGenerator().get_state();
 #ifdef OWL2_WITH_CUDA
-    if (at::cuda::is_available() && at::cuda::detail::getNumGPUs() > 0) {
+    if (at::cuda::is_available() && at::cuda::getNumGPUs() > 0) {
       replay->cuda_rng = at::cuda::detail::getDefaultCUDAGenerator().get_state();
     }
 #endif
