@@ -57,13 +57,23 @@ TEST_CASE("abstractor output matches the reference in float64", "[model][golden]
 
 TEST_CASE("full model: splicing, logits and loss match the reference in float64", "[model][golden]") {
   Golden t;
+  // The batch is right-padded, so forward runs is_causal without a mask: real positions and the loss are the
+  // reference's. With the explicit mask every position is, padding included.
+  auto explicit_in = t.inputs();
+  explicit_in.padding_attention = PaddingAttention::kExplicitMask;
+  const auto explicit_out = t.model->forward(explicit_in);
+  CHECK(max_abs_diff(explicit_out.logits, t.g.at("out.logits")) < 1e-9);
+  CHECK(std::abs(explicit_out.loss.item<double>() - t.g.at("out.loss").item<double>()) < 1e-10);
+
   const auto out = t.model->forward(t.inputs());
   REQUIRE(out.logits.sizes() == t.g.at("out.logits").sizes());
   CHECK(torch::equal(out.attention_mask.to(torch::kInt64), t.g.at("out.attention_mask")));
   CHECK(torch::equal(out.modality, t.g.at("out.modality")));
   CHECK(torch::equal(out.position_ids, t.g.at("out.position_ids")));
   CHECK(torch::equal(out.labels, t.g.at("out.labels")));
-  CHECK(max_abs_diff(out.logits, t.g.at("out.logits")) < 1e-9);
+  const auto real_BS = out.attention_mask;
+  REQUIRE(real_BS.logical_not().any().item<bool>());
+  CHECK(max_abs_diff(out.logits.index({real_BS}), t.g.at("out.logits").index({real_BS})) < 1e-9);
   CHECK(std::abs(out.loss.item<double>() - t.g.at("out.loss").item<double>()) < 1e-10);
   CHECK(out.num_label_tokens.item<int64_t>() == (out.labels.slice(1, 1) != kIgnoreIndex).sum().item<int64_t>());
   CHECK(std::abs(out.loss_sum.item<double>() / out.num_label_tokens.item<double>() - out.loss.item<double>()) < 1e-12);
@@ -114,7 +124,11 @@ TEST_CASE("the model runs in bf16 and float32 close to the float64 golden logits
     const double scale = ref.abs().max().item<double>();
     // bf16: the Python reference itself lands at 0.22 (max error / max logit) on these random weights.
     const double tol = dtype == torch::kFloat32 ? 1e-5 : 0.25;
-    CHECK(max_abs_diff(out.logits, ref) / scale < tol);
+    // The default (is_causal, the batch is right-padded) at the real positions; the explicit mask everywhere.
+    const auto real_BS = out.attention_mask;
+    CHECK(max_abs_diff(out.logits.index({real_BS}), ref.index({real_BS})) / scale < tol);
+    in.padding_attention = PaddingAttention::kExplicitMask;
+    CHECK(max_abs_diff(model->forward(in).logits, ref) / scale < tol);
     CHECK(std::abs(out.loss.item<double>() - t.g.at("out.loss").item<double>()) < (dtype == torch::kFloat32 ? 1e-5 : 0.1));
   }
 }

@@ -1,6 +1,8 @@
 // Model invariances: MAM with equal copies is plain LLaMA, text-only samples ignore the image copies, the
-// interleaved QKV layout, padding-side independence, reduced-precision softmax / norm, count mismatch errors.
+// interleaved QKV layout, padding-side independence, the unmasked causal attention on right-padded batches,
+// reduced-precision softmax / norm, count mismatch errors.
 #include <catch2/catch.hpp>
+#include <torch/nn/functional/loss.h>
 
 #include "owl2/model/init.h"
 #include "owl2/model/model.h"
@@ -39,6 +41,44 @@ torch::Tensor rows(const std::vector<std::vector<int64_t>>& v) {
   std::vector<torch::Tensor> r;
   for (const auto& row : v) r.push_back(torch::tensor(row, torch::kInt64));
   return torch::stack(r);
+}
+
+// A batch like collate's: rows of mixed spliced lengths (10, 4, 18 and 9 real tokens), with one, no, two and
+// no images, the third row without padding; labels on the real text tokens after the first, -100 elsewhere.
+// `left` puts the padding first instead.
+ModelInputs mixed_batch(bool left = false) {
+  const int64_t I = kImageTokenIndex;
+  const std::vector<std::vector<int64_t>> real{
+      {1, 5, I, 7, 8, 9}, {1, 12, 13, 14}, {1, I, 9, 10, I, 11, 12, 13, 14, 15}, {1, 20, 21, 22, 23, 24, 25, 26, 27}};
+  const int64_t T = 10;
+  auto ids = torch::zeros({4, T}, torch::kInt64), mask = torch::zeros({4, T}, torch::kInt64);
+  auto labels = torch::full({4, T}, kIgnoreIndex, torch::kInt64);
+  for (int64_t b = 0; b < 4; ++b) {
+    const auto& r = real[static_cast<size_t>(b)];
+    const int64_t off = left ? T - static_cast<int64_t>(r.size()) : 0;
+    for (size_t t = 0; t < r.size(); ++t) {
+      const int64_t s = off + static_cast<int64_t>(t);
+      ids[b][s].fill_(r[t]);
+      mask[b][s].fill_(1);
+      if (t > 0 && r[t] != I) labels[b][s].fill_(r[t]);
+    }
+  }
+  const auto images = test::read_golden("tests/golden/model_tiny.safetensors").at("in.images");  // 3 images
+  return {ids, mask, images, labels};
+}
+
+ModelInputs with_padding_attention(ModelInputs in, PaddingAttention a) {
+  in.padding_attention = a;
+  return in;
+}
+
+// The shifted mean cross-entropy over labels != -100 of spliced logits, as forward computes it.
+torch::Tensor shifted_loss(const torch::Tensor& logits_BSV, const torch::Tensor& labels_BS) {
+  const int64_t B = labels_BS.size(0), V = logits_BSV.size(2);
+  const auto targets_BS = torch::cat({labels_BS.slice(1, 1), torch::full({B, 1}, kIgnoreIndex, labels_BS.options())}, 1);
+  return torch::nn::functional::cross_entropy(
+      logits_BSV.reshape({-1, V}), targets_BS.reshape({-1}),
+      torch::nn::functional::CrossEntropyFuncOptions().ignore_index(kIgnoreIndex));
 }
 
 }  // namespace
@@ -131,6 +171,119 @@ TEST_CASE("a left- or right-padded batch gives each sample the logits it has alo
   CHECK(max_abs_diff(ro.logits[0].slice(0, 0, La), alone_a) < 1e-10);
   CHECK(max_abs_diff(ro.logits[1], alone_b) < 1e-10);
   CHECK(ro.attention_mask[0].slice(0, La).sum().item<int64_t>() == 0);
+}
+
+TEST_CASE("right padding: is_causal without a mask gives the masked loss and every gradient in float64",
+          "[model][property][attention]") {
+  auto model = golden_model();
+  const auto in = mixed_batch();
+  REQUIRE(model->splice_inputs(in).causal_is_exact);
+  struct Run {
+    double loss;
+    std::map<std::string, torch::Tensor> grads;
+  };
+  auto run = [&](PaddingAttention a) {
+    model->zero_grad();
+    const auto out = model->forward(with_padding_attention(in, a));
+    out.loss.backward();
+    Run r{out.loss.item<double>(), {}};
+    for (const auto& p : model->named_parameters()) {
+      if (p.value().grad().defined()) r.grads[p.key()] = p.value().grad().clone();
+    }
+    return r;
+  };
+  const auto masked = run(PaddingAttention::kExplicitMask);
+  const auto causal = run(PaddingAttention::kCausalWhenExact);
+  CHECK(std::abs(causal.loss - masked.loss) <= 1e-12 * std::abs(masked.loss));
+  // Every parameter reaches the loss (the batch has text and image tokens), so every gradient is compared:
+  // 1e-12 relative, and 1e-15 absolute for gradients below 1e-3.
+  REQUIRE(masked.grads.size() == model->parameters().size());
+  REQUIRE(causal.grads.size() == masked.grads.size());
+  int64_t vanishing = 0;
+  for (const auto& [name, g] : masked.grads) {
+    INFO(name);
+    const double scale = g.abs().max().item<double>();
+    CHECK(max_abs_diff(causal.grads.at(name), g) <= 1e-12 * std::max(scale, 1e-3));
+    if (scale < 1e-8) {
+      // Only the abstractor's key biases: a shift shared by all keys leaves the softmax unchanged.
+      CHECK(name.find("crossattention.attention.key.bias") != std::string::npos);
+      ++vanishing;
+    }
+  }
+  CHECK(vanishing == 2);
+}
+
+TEST_CASE("right padding: real positions' logits are the masked ones, padded positions differ",
+          "[model][property][attention]") {
+  auto model = golden_model();
+  torch::NoGradGuard no_grad;
+  const auto in = mixed_batch();
+  const auto masked = model->forward(with_padding_attention(in, PaddingAttention::kExplicitMask));
+  const auto causal = model->forward(in);  // the default: is_causal where exact
+  const auto real_BS = masked.attention_mask;
+  REQUIRE(torch::equal(causal.attention_mask, real_BS));
+  REQUIRE(real_BS.logical_not().sum().item<int64_t>() == 8 + 14 + 9);  // pads of rows 0, 1, 3 (S = 18)
+  const auto real_logits = [&](const ModelOutput& o) { return o.logits.index({real_BS}); };
+  const double scale = real_logits(masked).abs().max().item<double>();
+  CHECK(max_abs_diff(real_logits(causal), real_logits(masked)) <= 1e-12 * scale);
+  // Padded positions attend to earlier pads on the causal path: different logits, so that path really ran.
+  const auto pad_BS = real_BS.logical_not();
+  CHECK(max_abs_diff(causal.logits.index({pad_BS}), masked.logits.index({pad_BS})) > 1e-6);
+}
+
+TEST_CASE("left padding, holes and supervised pads keep the explicit mask; is_causal alone would be wrong there",
+          "[model][property][attention]") {
+  auto model = golden_model();
+  torch::NoGradGuard no_grad;
+  const auto left = mixed_batch(/*left=*/true);
+  const auto batch = model->splice_inputs(left);
+  CHECK_FALSE(batch.causal_is_exact);
+  // forward takes the mask: the default equals the forced explicit mask bit for bit.
+  const auto by_default = model->forward(left);
+  const auto explicit_mask = model->forward(with_padding_attention(left, PaddingAttention::kExplicitMask));
+  CHECK(torch::equal(by_default.logits, explicit_mask.logits));
+  // Forcing is_causal on this batch lets real tokens attend to the leading pads: the loss changes.
+  const auto causal_logits =
+      model->lm_head(model->decode(batch.inputs_embeds_BSD, {}, batch.position_ids_BS, batch.routing));
+  const auto masked_logits = model->lm_head(
+      model->decode(batch.inputs_embeds_BSD, batch.attention_mask_BS, batch.position_ids_BS, batch.routing));
+  const double masked_loss = shifted_loss(masked_logits, batch.labels_BS).item<double>();
+  CHECK(std::abs(masked_loss - explicit_mask.loss.item<double>()) < 1e-12);
+  CHECK(std::abs(shifted_loss(causal_logits, batch.labels_BS).item<double>() - masked_loss) > 1e-6);
+
+  // A hole in the middle of a row.
+  auto holed = mixed_batch();
+  holed.attention_mask[1][2].fill_(0);
+  holed.labels[1][2].fill_(kIgnoreIndex);
+  CHECK_FALSE(model->splice_inputs(holed).causal_is_exact);
+  // Right padding whose pad carries a label: a pad's logits would enter the loss.
+  auto supervised_pad = mixed_batch();
+  supervised_pad.labels[1][6].fill_(3);
+  CHECK_FALSE(model->splice_inputs(supervised_pad).causal_is_exact);
+  CHECK(model->splice_inputs(mixed_batch()).causal_is_exact);
+  // Without labels only the padding layout matters.
+  auto unlabelled = mixed_batch();
+  unlabelled.labels = torch::Tensor();
+  CHECK(model->splice_inputs(unlabelled).causal_is_exact);
+}
+
+TEST_CASE("is_right_padded: all real, right-padded, left-padded, a hole", "[model][property][attention]") {
+  auto mask = [](const std::vector<std::vector<int64_t>>& v) { return rows(v); };
+  CHECK(is_right_padded(mask({{1, 1, 1, 1}, {1, 1, 1, 1}})));
+  CHECK(is_right_padded(mask({{1, 1, 1, 1}, {1, 1, 0, 0}, {1, 0, 0, 0}})));
+  CHECK(is_right_padded(mask({{1, 1}, {0, 0}})));  // a row of padding only
+  CHECK(is_right_padded(mask({{1}, {0}})));
+  CHECK(is_right_padded(mask({{1, 1, 0}}).to(torch::kBool)));
+  CHECK_FALSE(is_right_padded(mask({{1, 1, 1, 1}, {0, 0, 1, 1}})));  // left padding
+  CHECK_FALSE(is_right_padded(mask({{1, 1, 1, 1}, {0, 1, 1, 1}})));
+  CHECK_FALSE(is_right_padded(mask({{1, 0, 1, 1}, {1, 1, 1, 1}})));  // a hole
+  CHECK_FALSE(is_right_padded(mask({{1, 1, 0, 1}})));
+  CHECK_THROWS_WITH(is_right_padded(torch::ones({4})), Contains("expected a [B,S] mask"));
+}
+
+TEST_CASE("decoder_attention without a mask refuses non-square attention", "[model][property][attention]") {
+  const auto q = torch::randn({1, 2, 3, 4}), kv = torch::randn({1, 2, 5, 4});
+  CHECK_THROWS_WITH(decoder_attention(q, kv, kv, {}), Contains("as many keys (5) as queries (3)"));
 }
 
 TEST_CASE("loss_sum and num_label_tokens add up across micro-batches", "[model][property]") {

@@ -102,7 +102,7 @@ torch::Tensor prompt_tokens_seen(const std::vector<std::vector<int64_t>>& prompt
 
 void mark_seen(torch::Tensor& seen_RV, const std::vector<int64_t>& tokens_R) {
   if (!seen_RV.defined()) return;
-  const auto rows = torch::arange(static_cast<int64_t>(tokens_R.size()), torch::kInt64).to(seen_RV.device());
+  const auto rows = torch::arange(static_cast<int64_t>(tokens_R.size()), seen_RV.options().dtype(torch::kInt64));
   const auto cols = torch::tensor(tokens_R, torch::kInt64).to(seen_RV.device());
   seen_RV.index_put_({rows, cols}, true);
 }

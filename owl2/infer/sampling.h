@@ -26,7 +26,8 @@ uint64_t sample_seed(uint64_t seed, int64_t index);
 at::Generator make_generator(uint64_t seed);
 
 // One token drawn from softmax(logits_V) with `gen` (inverse CDF of one uniform double, computed in float64,
-// so the draw does not depend on the kernel that a batch size would select).
+// so the draw does not depend on the kernel that a batch size would select). The row is copied to the host and
+// `gen` is a CPU generator: the same tokens on every device, at one small device-to-host copy per row.
 int64_t sample_token(const torch::Tensor& logits_V, at::Generator& gen);
 
 }  // namespace owl2

@@ -98,6 +98,8 @@ torch::Tensor VisualAbstractorImpl::forward(const torch::Tensor& image_NTE) {
   TORCH_CHECK(T == cfg.grid_size * cfg.grid_size + 1, "abstractor: got ", T, " image tokens, expected 1 + ",
               cfg.grid_size, "^2 = ", cfg.grid_size * cfg.grid_size + 1, " (abstractor.grid_size)");
   // Recomputed (not loaded) float32 position tables (spec §1.2): queries 0..Q-1, then the 2-D grid with a zero class row.
+  // Computed on the host, as the reference's numpy tables are, then copied to the features' device: the same values
+  // on every device (a GPU's sin / cos may differ in the last bit).
   const auto qpos_QD = sincos_1d(cfg.hidden_size, torch::arange(Q, torch::kFloat32)).to(image_NTE.device());
   const auto kpos_SD = torch::cat({qpos_QD, sincos_2d_with_cls(cfg.hidden_size, cfg.grid_size).to(image_NTE.device())}, 0);
   auto x_NQD = query_embeds.expand({N, -1, -1});

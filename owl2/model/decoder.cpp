@@ -83,7 +83,12 @@ torch::Tensor decoder_attention(const torch::Tensor& q_BHSK, const torch::Tensor
   // SDPA keeps float32 softmax statistics for reduced-precision inputs (CPU flash kernel and the CUDA
   // kernels accumulate in float32), and is exact in float32 / float64; tests/test_model_properties.cpp checks
   // bf16 against an explicit float32-softmax attention.
-  if (!mask_B1SS.defined()) return at::scaled_dot_product_attention(q_BHSK, k, v, {}, 0.0, /*is_causal=*/true);
+  if (!mask_B1SS.defined()) {
+    // is_causal masks the upper triangle from the top-left corner: only meaningful for square attention.
+    TORCH_CHECK(q_BHSK.size(2) == k.size(2), "decoder_attention: causal attention without a mask needs as many keys (",
+                k.size(2), ") as queries (", q_BHSK.size(2), "); pass the mask of a KV cache");
+    return at::scaled_dot_product_attention(q_BHSK, k, v, {}, 0.0, /*is_causal=*/true);
+  }
   return at::scaled_dot_product_attention(q_BHSK, k, v, mask_B1SS);
 }
 
@@ -144,6 +149,14 @@ torch::Tensor causal_padding_mask(const torch::Tensor& valid_BS) {
   // [B,S(q),S(k)]: causal & valid key, or the diagonal for a query with no valid key so far.
   const auto mask = (causal_SS.unsqueeze(0) & valid.unsqueeze(1)) | (eye_SS.unsqueeze(0) & (~seen_valid_BS).unsqueeze(2));
   return mask.unsqueeze(1);
+}
+
+bool is_right_padded(const torch::Tensor& valid_BS) {
+  TORCH_CHECK(valid_BS.dim() == 2, "is_right_padded: expected a [B,S] mask, got ", valid_BS.sizes());
+  if (valid_BS.size(1) < 2) return true;
+  const auto valid = valid_BS.to(torch::kCPU).to(torch::kBool);  // host sync if valid_BS is on a device
+  // Right-padded: no real token directly after a pad, i.e. every row is non-increasing.
+  return !(valid.slice(1, 1) & ~valid.slice(1, 0, -1)).any().item<bool>();
 }
 
 }  // namespace owl2

@@ -57,8 +57,9 @@ torch::Tensor apply_rotary(const torch::Tensor& x_BhSK, const Rotary& rope);
 
 // Causal attention with an explicit boolean mask [B,1,S,S'] (true = may attend) and a softmax in at
 // least float32 (spec §1.3). q [B,H,S,K], k / v [B,G,S',K]. The one place attention is computed, so a
-// KV cache only has to concatenate past k / v before calling it. An undefined mask means plain causal
-// attention over a batch without padding (S == S').
+// KV cache only has to concatenate past k / v before calling it. An undefined mask means SDPA's is_causal
+// with no mask (S == S'): exact for a batch without padding and for the real positions of right-padded rows,
+// and the only form the CUDA flash kernel accepts (docs/model.md, "Attention kernels").
 torch::Tensor decoder_attention(const torch::Tensor& q_BHSK, const torch::Tensor& k_BGSK, const torch::Tensor& v_BGSK,
                                 const torch::Tensor& mask_B1SS);
 
@@ -100,5 +101,11 @@ TORCH_MODULE(DecoderLayer);
 // The boolean attention mask [B,1,S,S] for a [B,S] validity mask: causal and key-valid; a query with no
 // valid key at or before it (leading padding) attends to itself only, so no row is empty.
 torch::Tensor causal_padding_mask(const torch::Tensor& valid_BS);
+
+// True when every row of valid_BS [B,S] (bool or int, nonzero = real) is real tokens followed only by padding:
+// rows without padding and rows of padding only count. Such a batch may drop the explicit mask for is_causal
+// (each real query sees only earlier positions, all real). Reads valid_BS on the host: one sync if it lives on
+// a device, none for a host tensor (splice_inputs passes its host copy).
+bool is_right_padded(const torch::Tensor& valid_BS);
 
 }  // namespace owl2

@@ -121,7 +121,16 @@ SplicedBatch MPLUGOwl2ForCausalLMImpl::splice_inputs(const ModelInputs& in) {
   if (N > 0) rows.push_back(encode_images(in.images.to(device)).reshape({N * V, -1}).to(text_MD.dtype()));
   rows.push_back(torch::zeros({1, text_MD.size(1)}, text_MD.options()));
 
+  // Whether is_causal alone is exact (forward's choice of attention). The causal path changes only what padded
+  // positions compute; that is harmless when every row is real tokens then pads (decided here, on the host copy,
+  // so no layer and no extra sync decides it) and no pad predicts a supervised label (shifted: s predicts s + 1).
+  bool pads_unsupervised = true;
+  for (int64_t m = 0; m < B * S; ++m) {
+    if (!valid[m] && (m + 1) % S != 0 && labels[m + 1] != kIgnoreIndex) pads_unsupervised = false;
+  }
+
   SplicedBatch out;
+  out.causal_is_exact = pads_unsupervised && is_right_padded(torch::from_blob(valid.data(), {B, S}, torch::kUInt8));
   out.inputs_embeds_BSD = torch::cat(rows, 0).index_select(0, to_device(src, {B * S})).view({B, S, -1});
   out.has_padding = std::find(valid.begin(), valid.end(), 0) != valid.end();
   out.attention_mask_BS = torch::from_blob(valid.data(), {B, S}, torch::kUInt8).to(torch::kBool).to(device);
@@ -170,8 +179,10 @@ torch::Tensor MPLUGOwl2ForCausalLMImpl::decode_cached(const torch::Tensor& input
 
 ModelOutput MPLUGOwl2ForCausalLMImpl::forward(const ModelInputs& inputs) {
   auto batch = splice_inputs(inputs);
+  // Without an explicit mask SDPA can take the fused kernels (flash on CUDA for bf16 / fp16); see docs/model.md.
+  const bool causal = inputs.padding_attention == PaddingAttention::kCausalWhenExact && batch.causal_is_exact;
   ModelOutput out;
-  out.logits = lm_head(decode(batch.inputs_embeds_BSD, batch.has_padding ? batch.attention_mask_BS : torch::Tensor(),
+  out.logits = lm_head(decode(batch.inputs_embeds_BSD, causal ? torch::Tensor() : batch.attention_mask_BS,
                               batch.position_ids_BS, batch.routing));
   out.attention_mask = batch.attention_mask_BS;
   out.modality = batch.modality_BS;

@@ -20,6 +20,18 @@
 namespace owl2 {
 
 
+// How forward() applies padding in the decoder's attention (docs/model.md, "Attention kernels").
+enum class PaddingAttention {
+  // SDPA with is_causal and no mask when that is exact for every real position and the loss: no padding, or
+  // right padding (what collate produces) whose pads predict no label. Padded positions then attend causally to
+  // earlier pads, so their logits are not the reference's; no loss term or gradient reads them. Any other batch
+  // (left padding, holes, supervised pads) gets the explicit mask. Decided on splice_inputs' host copy of the
+  // mask, so the choice costs no extra sync.
+  kCausalWhenExact,
+  // Always the explicit [B,1,S,S] mask: every position, pads included, as the reference computes it.
+  kExplicitMask,
+};
+
 struct ModelInputs {
   torch::Tensor input_ids;       // [B,T] int64; each -200 marks where one image's visual tokens go
   torch::Tensor attention_mask;  // [B,T] bool or int, 1 = real token; undefined = all real; left OR right padding
@@ -27,10 +39,12 @@ struct ModelInputs {
   torch::Tensor labels;          // [B,T] int64, -100 = ignore; undefined = no loss
   bool pad_left = false;         // align every spliced sample to the right edge even when input_ids has no
                                  // padding (generation: prompts of one length with different image counts)
+  PaddingAttention padding_attention = PaddingAttention::kCausalWhenExact;
 };
 
 struct ModelOutput {
-  torch::Tensor logits;            // [B,S,V] over the spliced sequence (S = T + (visual_tokens-1) * images, padded)
+  torch::Tensor logits;            // [B,S,V] over the spliced sequence (S = T + (visual_tokens-1) * images, padded);
+                                   // at padding positions they depend on ModelInputs::padding_attention
   torch::Tensor loss;              // mean shifted CE over labels != -100 (undefined without labels)
   torch::Tensor loss_sum;          // sum of the per-token CE (for global-token normalization across micro-batches)
   torch::Tensor num_label_tokens;  // int64 scalar tensor: count of supervised shifted tokens
@@ -45,7 +59,9 @@ struct SplicedBatch {
   torch::Tensor modality_BS;        // int64, 0 text, 1 image
   torch::Tensor position_ids_BS;    // int64, 0 at each sample's first real token
   torch::Tensor labels_BS;          // int64 or undefined
-  bool has_padding = true;          // false: every position is a real token (plain causal attention)
+  bool has_padding = true;          // false: every position is a real token
+  bool causal_is_exact = false;     // is_causal without a mask gives every real position and the loss exactly:
+                                    // each row is real tokens then padding, and no pad predicts a label
   ModalityRouting routing;
 };
 
@@ -74,8 +90,9 @@ class MPLUGOwl2ForCausalLMImpl : public torch::nn::Module {
   // Embeds the text, splices the visual tokens, builds masks, modality, positions and labels. One host sync
   // (placeholder counts and the routing indices). Throws if placeholders and images disagree.
   SplicedBatch splice_inputs(const ModelInputs& inputs);
-  // The decoder on spliced embeddings: final-norm hidden states [B,S,D]. An undefined attention mask means
-  // no padding anywhere (plain causal attention).
+  // The decoder on spliced embeddings: final-norm hidden states [B,S,D]. A defined attention mask builds the
+  // explicit causal + padding mask; an undefined one runs SDPA with is_causal and no mask (exact without padding
+  // and, for the real positions, with right padding; see SplicedBatch::causal_is_exact).
   torch::Tensor decode(const torch::Tensor& inputs_embeds_BSD, const torch::Tensor& attention_mask_BS,
                        const torch::Tensor& position_ids_BS, const ModalityRouting& routing);
   // The decoder over S new positions with a KV cache (spec §1.4, §6): their keys / values are appended to
