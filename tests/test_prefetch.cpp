@@ -186,7 +186,7 @@ TEST_CASE("prefetcher: token counts are taken on the host and equal the batch's 
   CHECK(images > 0);  // the visual-token term was exercised
 }
 
-TEST_CASE("prefetcher: an epoch that yields no batch is an error, not an endless loop", "[prefetch]") {
+TEST_CASE("prefetcher: an epoch that yields no batch is an error and not an endless loop", "[prefetch]") {
   auto loader = make_toy_loader(10, /*max_length=*/1);  // every sample is longer: all dropped
   DevicePrefetcher p(*loader, 2, kVisual, torch::kCPU);
   CHECK_THROWS_WITH(p.next(), Contains("the loader gave no batch in all of epoch 1") && Contains("5 batches planned"));
