@@ -59,7 +59,8 @@ c10::Stream copy_stream_for(torch::Device d) {
 int64_t host_input_tokens(const Batch& b, int64_t visual_tokens_per_image) {
   TORCH_CHECK(b.attention_mask.device().is_cpu(), "host_input_tokens: the batch is on ", b.attention_mask.device(),
               "; count its tokens before the copy");
-  return b.attention_mask.sum().item<int64_t>() + (b.images.defined() ? b.images.size(0) * (visual_tokens_per_image - 1) : 0);
+  const int64_t images = b.images.defined() ? b.images.size(0) : 0;
+  return b.attention_mask.sum().item<int64_t>() + images * (visual_tokens_per_image - 1);
 }
 
 DevicePrefetcher::DevicePrefetcher(ExampleLoader& loader, int64_t accum, int64_t visual_tokens_per_image,
@@ -119,7 +120,8 @@ DevicePrefetcher::Staged DevicePrefetcher::load() {
   for (const auto& b : host) {
     Batch pinned = map_tensors(b, [](const at::Tensor& t) { return t.is_pinned() ? t : t.pin_memory(); });
     // Allocated on the copy stream; next() record_stream()s them on the consumer's stream.
-    s.batch.micro.push_back(map_tensors(pinned, [&](const at::Tensor& t) { return t.to(device_, /*non_blocking=*/true); }));
+    s.batch.micro.push_back(
+        map_tensors(pinned, [&](const at::Tensor& t) { return t.to(device_, /*non_blocking=*/true); }));
     s.pinned.push_back(std::move(pinned));
   }
   s.copied = std::make_shared<CopyDone>();

@@ -89,7 +89,8 @@ struct TrainingRun {
   bool lead() const { return env.rank == 0; }
 };
 
-StepMetrics step_metrics(const TrainingRun& run, const StepResult& r, const GlobalBatch& batch, const StepTimes& times) {
+StepMetrics step_metrics(const TrainingRun& run, const StepResult& r, const GlobalBatch& batch,
+                         const StepTimes& times) {
   StepMetrics m;
   m.step = r.step;
   m.loss = r.loss;
@@ -206,7 +207,8 @@ int run_training(const RunConfig& cfg, const RunOptions& options) {
 
   CheckpointManager ckpts((run_dir / "checkpoints").string(), static_cast<int>(t.keep_last));
   if (options.resume) {
-    if (const auto position = resume_training(ckpts, trainer, env.world_size, lead_log)) prefetcher.load_state(*position);
+    const auto position = resume_training(ckpts, trainer, env.world_size, lead_log);
+    if (position) prefetcher.load_state(*position);
   }
   const HeldoutEval heldout = make_heldout_eval(cfg);
   MetricsLogger log((run_dir / fmt::format("metrics{}.jsonl", lead ? "" : "." + std::to_string(env.rank))).string(),
