@@ -104,6 +104,28 @@ TEST_CASE("owl2 train resumes bit-identically after a stop and after SIGKILL", "
   CHECK(losses(kill_dir) == reference);
 }
 
+TEST_CASE("owl2 train on the CPU: no mfu in the metrics and checkpoints hold the position of the batches trained on",
+          "[train][cli]") {
+  prepare("cpu_metrics");
+  const auto dir = kRoot + "/run";
+  auto one = run_owl2(train_cmd(dir, "--stop-after 1"));
+  INFO(one.out);
+  REQUIRE(one.rc == 0);
+  std::ifstream f(dir + "/metrics.jsonl");
+  std::string line;
+  REQUIRE(std::getline(f, line));
+  const auto j = nlohmann::json::parse(line);
+  CHECK(j.contains("step_seconds"));
+  CHECK(j.contains("tflops_per_s"));
+  CHECK_FALSE(j.contains("mfu"));  // no known peak on the CPU: absent, not 0
+  CHECK_FALSE(j.contains("device_peak_memory_bytes"));
+  CHECK(j.at("peak_memory_bytes").get<int64_t>() > 0);
+  // One step of 2 micro-batches (global 8 = 2 x micro 4): the prefetcher had already loaded the next two.
+  const auto state = nlohmann::json::parse(read_text(dir + "/checkpoints/step-000000001/state.json"));
+  CHECK(state.at("data_position").at("epoch").get<int64_t>() == 0);
+  CHECK(state.at("data_position").at("position").get<int64_t>() == 2);
+}
+
 TEST_CASE("owl2 train: a freeze rule that matches nothing and a resume with another model shape are named", "[train][cli]") {
   prepare("errors");
   auto bad_rule = run_owl2(train_cmd(kRoot + "/rule", "--no-resume --set 'freeze=[{pattern: \"model.nothing.*\"}, {pattern: \"*\"}]'"));

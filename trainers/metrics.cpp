@@ -5,13 +5,20 @@
 #include <nlohmann/json.hpp>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <fstream>
 #include <stdexcept>
 
 #ifdef OWL2_WITH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime_api.h>
+
+#include "trainers/cuda_event.h"
 #endif
 
 namespace owl2 {
@@ -57,6 +64,7 @@ std::string MetricsLogger::json_line(const StepMetrics& m) const {
   if (peak_flops_ > 0 && m.flops > 0) j["mfu"] = m.flops / t / peak_flops_;
   if (m.flops > 0) j["tflops_per_s"] = m.flops / t / 1e12;
   j["peak_memory_bytes"] = m.peak_memory_bytes;
+  if (m.device_peak_memory_bytes) j["device_peak_memory_bytes"] = *m.device_peak_memory_bytes;
   j["skipped_step"] = m.skipped;
   j["skipped_samples"] = m.skipped_samples;
   for (const auto& [k, v] : m.extra) j[k] = v;
@@ -108,18 +116,104 @@ void MetricsLogger::note(const std::string& line) {
   std::fflush(out_);
 }
 
-double peak_flops_for_device() {
 #ifdef OWL2_WITH_CUDA
-  if (c10::cuda::device_count() > 0) {
+namespace {
+c10::DeviceIndex cuda_index(c10::Device d) { return d.has_index() ? d.index() : c10::cuda::current_device(); }
+}  // namespace
+#endif
+
+// Dense (no sparsity) BF16 tensor-core peaks, NVIDIA datasheets (which quote the sparse figure first): H100 SXM
+// 989.4 TFLOPS, H100 PCIe 756, H200 (SXM) 989.4, A100 (SXM and PCIe, 40 and 80 GB) 312, L40S 362.05. H100 NVL,
+// H200 NVL and GH200 run at other clocks and are left out (no MFU) rather than guessed; so are L40 and A800.
+double peak_bf16_flops_for_name(std::string_view device_name) {
+  std::string name(device_name);
+  std::transform(name.begin(), name.end(), name.begin(), [](unsigned char c) { return std::toupper(c); });
+  const auto has = [&](std::string_view part) { return name.find(part) != std::string::npos; };
+  if (has("H100") && has("PCIE")) return 756e12;
+  if (has("H100") && !has("NVL")) return 989.4e12;  // "NVIDIA H100 80GB HBM3": the SXM5 board
+  if (has("H200") && !has("NVL") && !has("GH200")) return 989.4e12;
+  if (has("A100")) return 312e12;
+  if (has("L40S")) return 362.05e12;
+  return 0;
+}
+
+double peak_flops_for_device(c10::Device device) {
+#ifdef OWL2_WITH_CUDA
+  if (device.is_cuda()) {
     cudaDeviceProp prop{};
-    if (cudaGetDeviceProperties(&prop, c10::cuda::current_device()) == cudaSuccess) {
-      const std::string name = prop.name;
-      if (name.find("H100") != std::string::npos || name.find("H200") != std::string::npos) return 989e12;
-      if (name.find("A100") != std::string::npos) return 312e12;
-    }
+    if (cudaGetDeviceProperties(&prop, cuda_index(device)) == cudaSuccess) return peak_bf16_flops_for_name(prop.name);
   }
 #endif
+  (void)device;
   return 0;
+}
+
+double peak_flops_for_device() {
+#ifdef OWL2_WITH_CUDA
+  if (c10::cuda::device_count() > 0) return peak_flops_for_device(c10::Device(c10::kCUDA));
+#endif
+  return 0;
+}
+
+std::optional<int64_t> take_device_peak_memory_bytes(c10::Device device) {
+#ifdef OWL2_WITH_CUDA
+  if (device.is_cuda()) {
+    namespace allocator = c10::cuda::CUDACachingAllocator;
+    const c10::DeviceIndex index = cuda_index(device);
+    // [0] is StatType::AGGREGATE (all pools), an enum whose namespace moved between LibTorch releases.
+    const int64_t peak = allocator::getDeviceStats(index).allocated_bytes[0].peak;
+    allocator::resetPeakStats(index);
+    return peak;
+  }
+#endif
+  (void)device;
+  return std::nullopt;
+}
+
+#ifdef OWL2_WITH_CUDA
+struct StepTimer::Events {
+  CudaEvent start{/*timing=*/true}, data{/*timing=*/true}, end{/*timing=*/true};
+};
+#else
+struct StepTimer::Events {};
+#endif
+
+StepTimer::StepTimer(c10::Device device) : device_(device) {
+#ifdef OWL2_WITH_CUDA
+  if (device_.is_cuda()) {
+    device_ = c10::Device(c10::kCUDA, cuda_index(device_));
+    const c10::cuda::CUDAGuard guard(device_);  // events belong to the device current at their creation
+    events_ = std::make_unique<Events>();
+  }
+#endif
+}
+
+StepTimer::~StepTimer() = default;
+
+void StepTimer::start() {
+  t0_ = t_data_ = std::chrono::steady_clock::now();
+#ifdef OWL2_WITH_CUDA
+  if (events_) events_->start.record(c10::cuda::getCurrentCUDAStream(device_.index()));
+#endif
+}
+
+void StepTimer::data_ready() {
+  t_data_ = std::chrono::steady_clock::now();
+#ifdef OWL2_WITH_CUDA
+  if (events_) events_->data.record(c10::cuda::getCurrentCUDAStream(device_.index()));
+#endif
+}
+
+StepTimes StepTimer::stop() {
+#ifdef OWL2_WITH_CUDA
+  if (events_) {
+    events_->end.record(c10::cuda::getCurrentCUDAStream(device_.index()));
+    events_->end.synchronize();  // the step's last kernel (the optimizer's) has run
+    return {events_->end.seconds_since(events_->start), events_->data.seconds_since(events_->start)};
+  }
+#endif
+  const auto seconds = [](auto d) { return std::chrono::duration<double>(d).count(); };
+  return {seconds(std::chrono::steady_clock::now() - t0_), seconds(t_data_ - t0_)};
 }
 
 int64_t peak_rss_bytes() {

@@ -1,12 +1,17 @@
 // Observability of a run: JSONL metrics per step, a progress line (a bar on a terminal, plain lines
 // otherwise), throughput and the MFU estimate.
 #pragma once
+#include <c10/core/Device.h>
+
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <fstream>
 #include <map>
+#include <memory>
+#include <optional>
 #include <string>
+#include <string_view>
 
 namespace owl2 {
 
@@ -16,12 +21,13 @@ struct StepMetrics {
   double loss = 0, lr = 0, grad_norm = 0;
   int64_t tokens = 0, samples = 0;  // supervised tokens and samples of the global batch
   int64_t input_tokens = 0;         // all tokens the model processed (for tokens/s)
-  double step_seconds = 0;          // wall time of the step, data wait included
-  double data_seconds = 0;          // time spent waiting for the loader
+  double step_seconds = 0;          // the step, data wait included (see StepTimer)
+  double data_seconds = 0;          // of which waiting for the data (see StepTimer)
   double flops = 0;                 // model FLOPs of the step (see plan.h); 0 = unknown
   bool skipped = false;
   int64_t skipped_samples = 0;      // dropped by the data pipeline so far
-  int64_t peak_memory_bytes = 0;
+  int64_t peak_memory_bytes = 0;   // host: the process's RSS high-water mark (peak_rss_bytes)
+  std::optional<int64_t> device_peak_memory_bytes;  // CUDA: see take_device_peak_memory_bytes
   std::map<std::string, double> extra;  // e.g. eval metrics
 };
 
@@ -51,8 +57,44 @@ class MetricsLogger {
   int64_t logged_ = 0;
 };
 
-// Peak dense bf16 FLOP/s of the current CUDA device by name (H100/H200 989e12, A100 312e12), else 0.
+// Peak dense (no sparsity) BF16 tensor-core FLOP/s of a GPU from its CUDA device name, as the driver reports
+// it ("NVIDIA H100 80GB HBM3", "NVIDIA H100 PCIe", "NVIDIA A100-SXM4-40GB"); 0 for a name not in the table
+// (then no MFU is reported rather than one against a guessed peak).
+double peak_bf16_flops_for_name(std::string_view device_name);
+// The same for `device`: 0 on the CPU, or for an unknown GPU.
+double peak_flops_for_device(c10::Device device);
+// The same for the current CUDA device (0 without one).
 double peak_flops_for_device();
+
+// CUDA: the most bytes the caching allocator had allocated on `device` since the previous call, which resets
+// the peak: called once per metrics line, each line has the peak of its step plus whatever ran after the
+// previous line (an evaluation, a checkpoint save). nullopt on the CPU.
+std::optional<int64_t> take_device_peak_memory_bytes(c10::Device device);
+
+struct StepTimes {
+  double step_seconds = 0;  // from start() to the end of the step
+  double data_seconds = 0;  // from start() to data_ready()
+};
+
+// Times a step on the device it computes on. CPU: the host's steady clock. CUDA: events recorded on the
+// current (compute) stream, so the step time is when the device finished its last kernel, and the data wait
+// is how long the compute stream waited for the batch (the host waiting for the prefetcher, then the
+// stream waiting for the copy). stop() waits for the step's last kernel: one host sync per step, after
+// the step's own.
+class StepTimer {
+ public:
+  explicit StepTimer(c10::Device device);
+  ~StepTimer();
+  void start();       // before asking for the step's data
+  void data_ready();  // once the data is ordered before compute (after DevicePrefetcher::next)
+  StepTimes stop();   // after the step
+
+ private:
+  struct Events;  // CUDA
+  c10::Device device_;
+  std::chrono::steady_clock::time_point t0_, t_data_;
+  std::unique_ptr<Events> events_;
+};
 
 // Resident-set high-water mark of this process (bytes), from /proc/self/status.
 int64_t peak_rss_bytes();

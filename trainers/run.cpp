@@ -18,6 +18,7 @@
 #include "trainers/metrics.h"
 #include "trainers/parallel/distributed.h"
 #include "trainers/plan.h"
+#include "trainers/prefetch.h"
 #include "trainers/setup.h"
 #include "trainers/test_seam.h"
 #include "trainers/trainer.h"
@@ -26,10 +27,6 @@ namespace owl2 {
 namespace fs = std::filesystem;
 
 namespace {
-
-using Clock = std::chrono::steady_clock;
-
-double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
 // Micro-batches per optimizer step on each rank.
 int64_t accumulation_steps(const TrainConfig& t, int64_t world_size) {
@@ -73,28 +70,6 @@ HeldoutEval make_heldout_eval(const RunConfig& cfg) {
   return h;
 }
 
-// One optimizer step's micro-batches, and every token the model reads for them (visual tokens spliced in).
-struct GlobalBatch {
-  std::vector<Batch> micro;
-  int64_t input_tokens = 0;
-};
-
-// The next `accum` micro-batches of this rank, starting the next epoch whenever the loader runs dry.
-GlobalBatch next_global_batch(ExampleLoader& loader, int64_t accum, int64_t visual_tokens_per_image) {
-  GlobalBatch g;
-  while (static_cast<int64_t>(g.micro.size()) < accum) {
-    auto b = loader.next();
-    if (!b) {
-      loader.set_epoch(loader.state().epoch + 1);
-      continue;
-    }
-    g.input_tokens += b->attention_mask.sum().item<int64_t>() +
-                      (b->images.defined() ? b->images.size(0) * (visual_tokens_per_image - 1) : 0);
-    g.micro.push_back(std::move(*b));
-  }
-  return g;
-}
-
 // What the loop works with; run_training owns all of it.
 struct TrainingRun {
   const RunConfig& cfg;
@@ -104,7 +79,7 @@ struct TrainingRun {
   fs::path dir;
   MPLUGOwl2ForCausalLM model;
   const Tokenizer& tokenizer;
-  ExampleLoader& loader;
+  DevicePrefetcher& data;  // the loader's global batches on the training device
   Trainer& trainer;
   CheckpointManager& ckpts;
   const HeldoutEval& heldout;
@@ -114,8 +89,8 @@ struct TrainingRun {
   bool lead() const { return env.rank == 0; }
 };
 
-StepMetrics step_metrics(const TrainingRun& run, const StepResult& r, const GlobalBatch& batch, double step_s,
-                         double data_s) {
+StepMetrics step_metrics(const TrainingRun& run, const StepResult& r, const GlobalBatch& batch,
+                         const StepTimes& times) {
   StepMetrics m;
   m.step = r.step;
   m.loss = r.loss;
@@ -125,12 +100,13 @@ StepMetrics step_metrics(const TrainingRun& run, const StepResult& r, const Glob
   m.samples = r.samples;
   m.input_tokens = batch.input_tokens * run.env.world_size;
   m.skipped = r.skipped;
-  m.step_seconds = step_s;
-  m.data_seconds = data_s;
+  m.step_seconds = times.step_seconds;
+  m.data_seconds = times.data_seconds;
   m.flops = run.flops;
-  const auto counters = run.loader.counters();
+  const auto counters = run.data.counters();  // as of this step's batch, not the one loaded ahead
   m.skipped_samples = counters.transform_errors + counters.dropped_too_long;
   m.peak_memory_bytes = peak_rss_bytes();
+  m.device_peak_memory_bytes = take_device_peak_memory_bytes(run.data.device());
   if (run.env.world_size > 1) {  // blocked in collectives: the communication not hidden behind compute
     m.extra["comm_wait_s"] = r.comm_wait_s;
     m.extra["grad_wait_s"] = r.grad_wait_s;
@@ -183,15 +159,15 @@ void train_loop(TrainingRun& run) {
   const auto& t = run.cfg.train;
   const TestSeam seam = TestSeam::from_environment(run.env.rank);
   const SaveGroup group{run.env.rank, run.env.world_size, [&](const std::string& what) { run.comm.barrier(what); }};
-  const int64_t vis = run.cfg.model.visual_tokens_per_image();
+  StepTimer timer(run.data.device());
   int64_t done_here = 0;
   while (run.trainer.step_count() < t.steps) {
     seam.before_step(run.trainer.step_count());
-    const auto t0 = Clock::now();
-    const GlobalBatch batch = next_global_batch(run.loader, run.accum, vis);
-    const double data_s = seconds_since(t0);
-    const StepResult r = run.trainer.step(batch.micro);
-    StepMetrics m = step_metrics(run, r, batch, seconds_since(t0), data_s);
+    timer.start();
+    const GlobalBatch batch = run.data.next();  // CUDA: the compute stream waits for its copy
+    timer.data_ready();
+    const StepResult r = run.trainer.step(batch.micro, batch.label_tokens);
+    StepMetrics m = step_metrics(run, r, batch, timer.stop());
     const int64_t step = run.trainer.step_count();
     const bool last = step == t.steps;
     if (run.heldout.due(step, last)) evaluate_during_training(run, step, last, m);
@@ -199,7 +175,7 @@ void train_loop(TrainingRun& run) {
     ++done_here;
     if ((t.save_every > 0 && step % t.save_every == 0) || last) {
       const auto dir =
-          save_training_checkpoint(run.ckpts, run.trainer, run.loader.state(), run.options.config_text, group);
+          save_training_checkpoint(run.ckpts, run.trainer, run.data.state(), run.options.config_text, group);
       if (run.lead()) run.log.note("saved " + dir);
     }
     if (run.options.stop_after > 0 && done_here >= run.options.stop_after) break;
@@ -218,29 +194,32 @@ int run_training(const RunConfig& cfg, const RunOptions& options) {
   fs::create_directories(run_dir);
   if (lead) std::ofstream(run_dir / "config.yaml") << options.config_text;
   const int64_t accum = accumulation_steps(t, env.world_size);
+  const torch::Device device = torch::kCPU;  // device: where the batches go (the prefetcher) and the step is timed
 
   MPLUGOwl2ForCausalLM model = build_model(cfg, {.log = lead_log});
   const TrainingPolicies policies = apply_training_policies(model, cfg);
   const auto tokenizer = load_tokenizer(cfg);
   ExampleLoader loader = make_loader(cfg, env, tokenizer);
+  DevicePrefetcher prefetcher(loader, accum, cfg.model.visual_tokens_per_image(), device);
   const double flops = step_flops(cfg, model, env.world_size);  // before ZeRO 3 empties the block parameters
   Trainer trainer(*model, model_loss_sum(model), cfg, comm, policies.sharded_stacks);
   if (lead) std::cerr << "parameters:\n" << trainer.freeze_table() << "optimizer groups:\n" << trainer.groups_table();
 
   CheckpointManager ckpts((run_dir / "checkpoints").string(), static_cast<int>(t.keep_last));
   if (options.resume) {
-    if (const auto position = resume_training(ckpts, trainer, env.world_size, lead_log)) loader.load_state(*position);
+    const auto position = resume_training(ckpts, trainer, env.world_size, lead_log);
+    if (position) prefetcher.load_state(*position);
   }
   const HeldoutEval heldout = make_heldout_eval(cfg);
   MetricsLogger log((run_dir / fmt::format("metrics{}.jsonl", lead ? "" : "." + std::to_string(env.rank))).string(),
-                    t.steps, peak_flops_for_device(), lead && isatty(STDERR_FILENO), stderr,
+                    t.steps, peak_flops_for_device(device), lead && isatty(STDERR_FILENO), stderr,
                     lead ? t.log_every : t.steps + 1);
   if (trainer.data_parallel() && lead) {
     log.note(fmt::format("gradient all-reduce without overlap (calibration): {:.4f} s",
                          trainer.data_parallel()->unoverlapped_comm_seconds()));
   }
 
-  TrainingRun run{cfg, options, env, *comm, run_dir, model, *tokenizer, loader, trainer, ckpts, heldout, log,
+  TrainingRun run{cfg, options, env, *comm, run_dir, model, *tokenizer, prefetcher, trainer, ckpts, heldout, log,
                   accum, flops};
   train_loop(run);
   if (trainer.step_count() >= t.steps) export_final(run);

@@ -25,10 +25,15 @@ Trainer::Trainer(torch::nn::Module& model, LossSumFn loss_sum, const RunConfig& 
   if (comm && comm->world_size() > 1) comm_ = std::move(comm);
 }
 
-void Trainer::count_global_batch(const std::vector<Batch>& micro_batches, StepResult& r) {
-  for (const auto& mb : micro_batches) {
-    r.tokens += mb.label_tokens();
-    r.samples += mb.samples;
+void Trainer::count_global_batch(const std::vector<Batch>& micro_batches, const std::vector<int64_t>& label_tokens,
+                                 StepResult& r) {
+  if (label_tokens.size() != micro_batches.size()) {
+    throw std::invalid_argument(fmt::format("Trainer::step: {} supervised-token counts for {} micro-batches",
+                                            label_tokens.size(), micro_batches.size()));
+  }
+  for (size_t i = 0; i < micro_batches.size(); ++i) {
+    r.tokens += label_tokens[i];
+    r.samples += micro_batches[i].samples;
   }
   if (!comm_) return;
   comm_->set_step(step_);
@@ -37,10 +42,16 @@ void Trainer::count_global_batch(const std::vector<Batch>& micro_batches, StepRe
 }
 
 StepResult Trainer::step(const std::vector<Batch>& micro_batches) {
+  std::vector<int64_t> label_tokens;
+  for (const auto& mb : micro_batches) label_tokens.push_back(mb.label_tokens());  // a host sync each on a GPU
+  return step(micro_batches, label_tokens);
+}
+
+StepResult Trainer::step(const std::vector<Batch>& micro_batches, const std::vector<int64_t>& label_tokens) {
   StepResult r;
   r.step = step_;
   const double blocked0 = comm_seconds();
-  count_global_batch(micro_batches, r);
+  count_global_batch(micro_batches, label_tokens, r);
   const auto& o = cfg_.optim;
   r.lr = cosine_lr(step_, cfg_.train.steps, o.warmup_steps, o.lr, o.min_lr);
   sync_->zero_grad();

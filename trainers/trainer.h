@@ -52,6 +52,9 @@ class Trainer {
 
   // One optimizer step over the micro-batches of a global batch.
   StepResult step(const std::vector<Batch>& micro_batches);
+  // The same with each micro-batch's supervised tokens (Batch::label_tokens) counted beforehand on the host
+  // (the prefetcher does it before its copy), so that counting reads nothing back from the device.
+  StepResult step(const std::vector<Batch>& micro_batches, const std::vector<int64_t>& label_tokens);
 
   // The dtype policy (train.precision); checkpoints take the model state from it (fp32 masters in bf16).
   MixedPrecision& precision() { return *precision_; }
@@ -91,7 +94,8 @@ class Trainer {
   // The seconds this rank has spent blocked in collectives so far.
   double comm_seconds() const { return comm_ ? comm_->blocked_seconds() : 0; }
   // r.tokens and r.samples over the micro-batches of all ranks (the step's first collectives).
-  void count_global_batch(const std::vector<Batch>& micro_batches, StepResult& r);
+  void count_global_batch(const std::vector<Batch>& micro_batches, const std::vector<int64_t>& label_tokens,
+                          StepResult& r);
 
   torch::nn::Module& model_;
   LossSumFn loss_sum_;
