@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "cli/commands.h"
+#include "cli/device_arg.h"
 #include "cli/generate_args.h"
 #include "data/image.h"
 #include "data/template.h"
@@ -27,7 +28,7 @@ std::string trim(const std::string& s) {
 
 void add_chat_commands(CLI::App& app, Action& run) {
   struct Args {
-    std::string model, tokenizer, image, mode;
+    std::string model, tokenizer, image, mode, device;
     DecodingArgs decoding;
   };
   auto args = std::make_shared<Args>();
@@ -37,10 +38,11 @@ void add_chat_commands(CLI::App& app, Action& run) {
   chat->add_option("--image", args->image, "Image attached to the first message");
   chat->add_option("--tokenizer", args->tokenizer, "SentencePiece model (default: the run's data.tokenizer)");
   chat->add_option("--image-mode", args->mode, "resize | pad | crop (default: the run's data.image_mode)");
+  add_device_option(chat, args->device);
   args->decoding.add_to(chat);
   chat->callback([&run, args] {
     run = [args] {
-      auto l = owl2::load_model_dir(args->model, args->tokenizer);
+      auto l = owl2::load_model_dir(args->model, args->tokenizer, use_device_arg(args->device));
       ImageConfig ic;
       ic.size = l.cfg.model.vision.image_size;
       ic.mode = args->mode.empty() ? l.cfg.data.image_mode : parse_image_mode(args->mode);

@@ -9,6 +9,7 @@
 #include <memory>
 
 #include "cli/commands.h"
+#include "cli/device_arg.h"
 #include "data/image.h"
 #include "eval/bench_suite.h"
 #include "trainers/infer/bench_eval.h"
@@ -19,9 +20,10 @@
 namespace owl2::cli {
 namespace {
 
-int run_heldout(const std::string& model, const std::string& tokenizer, const std::string& heldout,
-                const std::string& out, int64_t batch_size, int64_t limit, int64_t max_new_tokens) {
-  auto l = owl2::load_model_dir(model, tokenizer);
+int run_heldout(const std::string& model, const std::string& tokenizer, const torch::Device& device,
+                const std::string& heldout, const std::string& out, int64_t batch_size, int64_t limit,
+                int64_t max_new_tokens) {
+  auto l = owl2::load_model_dir(model, tokenizer, device);
   EvalOptions eo;
   eo.batch_size = batch_size;
   eo.limit = limit;
@@ -48,16 +50,17 @@ int run_heldout(const std::string& model, const std::string& tokenizer, const st
   return 0;
 }
 
-int run_bench(const std::string& model, const std::string& tokenizer, BenchRunOptions bo,
-              const std::string& image_mode) {
+int run_bench(const std::string& model, const std::string& tokenizer, const torch::Device& device,
+              BenchRunOptions bo, const std::string& image_mode) {
   eval::find_bench(bo.bench);  // an unknown name fails before the model loads
-  auto l = owl2::load_model_dir(model, tokenizer);
+  auto l = owl2::load_model_dir(model, tokenizer, device);
   bo.image.size = l.cfg.model.vision.image_size;
   bo.image.mode = parse_image_mode(image_mode);
-  // Under torchrun the questions are sharded over the ranks; rank 0 merges and scores.
+  // Under torchrun the questions are sharded over the ranks (NCCL between GPUs, else Gloo); rank 0 merges and
+  // scores.
   const DistEnv env = DistEnv::from_environment();
   std::unique_ptr<Comm> comm;
-  if (env.world_size > 1) comm = std::make_unique<Comm>(env, std::chrono::minutes(30), /*cuda=*/false);
+  if (env.world_size > 1) comm = std::make_unique<Comm>(env, std::chrono::minutes(30), device.is_cuda());
   const auto r = run_benchmark(l.model, *l.tokenizer, bo, comm.get());
   if (env.rank != 0) return 0;
   std::cerr << r.table;
@@ -67,7 +70,7 @@ int run_bench(const std::string& model, const std::string& tokenizer, BenchRunOp
 
 void add_eval_commands(CLI::App& app, Action& run) {
   struct Args {
-    std::string model, tokenizer, heldout, out, bench, data, bench_out = "eval_results", image_mode = "resize";
+    std::string model, tokenizer, heldout, out, bench, data, bench_out = "eval_results", image_mode = "resize", device;
     int64_t max_new_tokens = 64, batch_size = 32, limit = 0;
   };
   auto args = std::make_shared<Args>();
@@ -93,6 +96,7 @@ void add_eval_commands(CLI::App& app, Action& run) {
                  "--heldout: tokens to generate at most (--bench: the spec's)")
       ->check(CLI::PositiveNumber);
   ev->add_option("--predictions", args->out, "--heldout: write the predictions here (JSONL)");
+  add_device_option(ev, args->device);
   ev->callback([&run, args] {
     run = [args] {
       if (!args->bench.empty()) {
@@ -104,12 +108,12 @@ void add_eval_commands(CLI::App& app, Action& run) {
         bo.out_dir = args->bench_out;
         bo.batch_size = args->batch_size;
         bo.limit = args->limit;
-        return run_bench(args->model, args->tokenizer, bo, args->image_mode);
+        return run_bench(args->model, args->tokenizer, use_device_arg(args->device), bo, args->image_mode);
       }
       if (args->heldout.empty())
         throw std::invalid_argument("owl2 eval needs --heldout FILE or --bench NAME --data DIR");
-      return run_heldout(args->model, args->tokenizer, args->heldout, args->out, args->batch_size, args->limit,
-                         args->max_new_tokens);
+      return run_heldout(args->model, args->tokenizer, use_device_arg(args->device), args->heldout, args->out,
+                         args->batch_size, args->limit, args->max_new_tokens);
     };
   });
 }

@@ -5,6 +5,7 @@
 #include <iostream>
 
 #include "cli/commands.h"
+#include "cli/device_arg.h"
 #include "cli/generate_args.h"
 #include "data/image.h"
 #include "data/template.h"
@@ -18,7 +19,7 @@ namespace {
 void add_generate_commands(CLI::App& app, Action& run) {
   struct Args {
     std::string model, tokenizer, image, prompt;
-    std::string mode;
+    std::string mode, device;
     DecodingArgs decoding;
   };
   auto args = std::make_shared<Args>();
@@ -29,10 +30,11 @@ void add_generate_commands(CLI::App& app, Action& run) {
   gen->add_option("--image", args->image, "Image file shown with the prompt");
   gen->add_option("--tokenizer", args->tokenizer, "SentencePiece model (default: the run's data.tokenizer)");
   gen->add_option("--image-mode", args->mode, "resize | pad | crop (default: the run's data.image_mode)");
+  add_device_option(gen, args->device);
   args->decoding.add_to(gen);
   gen->callback([&run, args] {
     run = [args] {
-      auto l = owl2::load_model_dir(args->model, args->tokenizer);
+      auto l = owl2::load_model_dir(args->model, args->tokenizer, use_device_arg(args->device));
       ImageConfig ic;
       ic.size = l.cfg.model.vision.image_size;
       ic.mode = args->mode.empty() ? l.cfg.data.image_mode : parse_image_mode(args->mode);

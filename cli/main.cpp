@@ -8,7 +8,7 @@
 #include "trainers/config.h"
 
 int main(int argc, char** argv) {
-  CLI::App app{"owl2: train, fine-tune, evaluate and export mPLUG-Owl2 (C++17 / LibTorch)", "owl2"};
+  CLI::App app{"owl2: train, fine-tune, evaluate and export mPLUG-Owl2 (C++20 / LibTorch)", "owl2"};
   app.set_version_flag("--version", std::string("owl2 ") + OWL2_VERSION);
   app.require_subcommand(1);
 

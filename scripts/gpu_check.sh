@@ -39,9 +39,51 @@ fetch_deps() {
   for d in "$DEPS"/debs/*.deb; do dpkg -x "$d" "$DEPS/root"; done
   for d in "$DEPS"/fallback-debs/*.deb; do dpkg -x "$d" "$DEPS/fallback"; done
   rm -rf "$DEPS/debs" "$DEPS/fallback-debs" "$DEPS/root/usr/share/doc" "$DEPS/fallback/usr/share/doc"
+  make_text_data
   tar -C "$(dirname "$DEPS")" -czf "$DEPS.tar.gz" "$(basename "$DEPS")"
   du -sh "$DEPS" "$DEPS.tar.gz"
   echo "deps: done; pass carry: [\".deps/gpu.tar.gz\"] to the device tool"
+}
+
+# Text-only training data for the CUDA-vs-CPU training check: the GPU build has no OpenCV, so it cannot read the
+# synthetic images; the text-only questions of the synthetic set and its tokenizer travel in .deps/gpu/text/.
+make_text_data() {
+  local bin=$ROOT/${OWL2_BUILD_DIR:-build}/bin/owl2 out=$DEPS/text
+  [ -x "$bin" ] || { echo "deps: $bin missing: run scripts/build.sh first"; exit 1; }
+  "$bin" data synth --out "$out/synth" --train 1 --heldout 1 --train-text 600 --heldout-text 1 > /dev/null
+  "$bin" tokenizer train --text "$out/synth/corpus.txt" --vocab-size 256 --out "$out/tok" 2> /dev/null
+  python3 - "$out/synth/llava_train.json" "$out/train.json" <<'PY'
+import json, sys
+rows = [r for r in json.load(open(sys.argv[1])) if "image" not in r]
+json.dump(rows, open(sys.argv[2], "w"))
+print("deps: %d text-only training samples" % len(rows))
+PY
+  rm -rf "$out/synth"
+}
+
+# 100 optimizer steps of the tiny model on the text-only data, on CUDA and on this machine's CPU cores, from the
+# same initial weights and batches: the final losses (mean of the last 10 steps) must agree within 5%.
+train_cuda_vs_cpu() {
+  local text=$DEPS/text dev
+  [ -f "$text/train.json" ] || { note "SKIP train cuda vs cpu: $text/train.json missing (rerun deps)"; return; }
+  for dev in cuda cpu; do
+    "$BIN"/owl2 train --config configs/model/tiny.yaml --no-resume --set train.device=$dev \
+      --set train.out_dir="$LOG/train_$dev" --set train.steps=100 --set train.global_batch_size=16 \
+      --set train.micro_batch_size=16 --set train.max_length=128 --set optim.lr=1e-3 --set optim.warmup_steps=10 \
+      --set data.tokenizer="$text/tok.model" --set "data.sources=[{path: $text/train.json}]" \
+      > "$LOG/train_$dev.log" 2>&1 || { note "FAIL train on $dev: $(tail -3 "$LOG/train_$dev.log" | tr '\n' ' ')"; return; }
+  done
+  python3 - "$LOG/train_cuda/metrics.jsonl" "$LOG/train_cpu/metrics.jsonl" <<'PY' | tee -a "$SUMMARY"
+import json, sys
+def tail(path):
+    rows = [json.loads(l) for l in open(path) if l.strip()]
+    return sum(r["loss"] for r in rows[-10:]) / 10, rows[-1]
+(gpu, g), (cpu, c) = tail(sys.argv[1]), tail(sys.argv[2])
+rel = abs(gpu - cpu) / cpu
+print("train 100 steps text-only tiny: loss cuda %.4f cpu %.4f (%.2f%% apart) %s; step time cuda %.3f s, cpu %.3f s"
+      % (gpu, cpu, 100 * rel, "ok" if rel < 0.05 else "FAIL (> 5%)", g.get("step_seconds", float("nan")),
+         c.get("step_seconds", float("nan"))))
+PY
 }
 
 # CMake and pkg-config settings that make the build find the unpacked packages under $DEPS.
@@ -150,13 +192,16 @@ esac
 
 step "tests: [gpu] (tiny model on $DEVICE) and the precision tests"
 # [cli] tests synthesize PNG images, which a build without OpenCV cannot read: left out.
-if [ "$DEVICE" = cuda ]; then SPEC="[gpu],[precision]~[cli]"; else SPEC="[precision]~[cli]"; fi
+if [ "$DEVICE" = cuda ]; then SPEC="[gpu],[precision],[device]~[cli]"; else SPEC="[precision],[device]~[cli]"; fi
 if (cd "$ROOT" && "$BIN"/owl2_tests "$SPEC" > "$LOG/tests.log" 2>&1); then
   note "tests $SPEC: $(grep -E "All tests passed|test cases" "$LOG/tests.log" | tail -1)"
 else
   tail -40 "$LOG/tests.log"
   note "FAIL tests $SPEC: $(grep -E "test cases" "$LOG/tests.log" | tail -1)"
 fi
+
+step "owl2 train on $DEVICE against the CPU: 100 steps, tiny model, text-only data"
+if [ "$DEVICE" = cuda ]; then train_cuda_vs_cpu; else note "SKIP train cuda vs cpu: no GPU in a dry run"; fi
 
 step "trainer MFU, random weights, synthetic full-length batches (model FLOPs: docs/training.md)"
 : > "$LOG/bench.jsonl"

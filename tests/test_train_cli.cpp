@@ -2,6 +2,7 @@
 // errors a user meets first.
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
+#include <torch/cuda.h>
 
 #include <signal.h>
 #include <sys/wait.h>
@@ -69,6 +70,8 @@ TEST_CASE("owl2 train resumes bit-identically after a stop and after SIGKILL", "
   auto full = run_owl2(train_cmd(full_dir));
   INFO(full.out);
   REQUIRE(full.rc == 0);
+  // train.device: auto trains on the CPU where there is no GPU, in a CPU and in a CUDA build alike.
+  if (!torch::cuda::is_available()) CHECK_THAT(full.out, Contains("device: cpu"));
   const auto reference = losses(full_dir);
   REQUIRE(reference.size() == 6);
   REQUIRE(fs::exists(full_dir + "/final/model.safetensors"));
@@ -146,6 +149,15 @@ TEST_CASE("owl2 train: a freeze rule that matches nothing and a resume with anot
   auto fp16 = run_owl2(train_cmd(kRoot + "/fp16", "--no-resume --set train.precision=fp16"));
   CHECK(fp16.rc == 2);
   CHECK_THAT(fp16.out, Contains("train.precision: expected one of fp32|bf16|bf16-autocast, got 'fp16'"));
+  auto tpu = run_owl2(train_cmd(kRoot + "/tpu", "--no-resume --set train.device=tpu"));
+  CHECK(tpu.rc == 2);
+  CHECK_THAT(tpu.out, Contains("train.device: expected one of auto|cpu|cuda, got 'tpu'"));
+  if (!torch::cuda::is_available()) {  // a machine without a GPU (any build): cuda is refused before any work
+    auto cuda = run_owl2(train_cmd(kRoot + "/cuda", "--no-resume --set train.device=cuda"));
+    CHECK(cuda.rc == 2);
+    CHECK_THAT(cuda.out, Contains("train.device: cuda was asked for, but"));
+    CHECK_FALSE(fs::exists(kRoot + "/cuda/metrics.jsonl"));
+  }
 }
 
 TEST_CASE("owl2 eval gives the same answers at any batch size, owl2 generate answers one prompt", "[train][cli][generate]") {
@@ -169,6 +181,18 @@ TEST_CASE("owl2 eval gives the same answers at any batch size, owl2 generate ans
                       kRoot + "/data/images/heldout/000000.png");
   INFO(gen.out);
   CHECK(gen.rc == 0);
+  auto on_cpu = run_owl2("generate --model " + model + " --prompt 'What color is the circle?' --max-new-tokens 3 --image " +
+                         kRoot + "/data/images/heldout/000000.png --device cpu");
+  CHECK(on_cpu.rc == 0);
+  CHECK(on_cpu.out == gen.out);
+  auto bad_device = run_owl2("eval --model " + model + " --heldout " + heldout + " --device tpu");
+  CHECK(bad_device.rc == 2);
+  CHECK_THAT(bad_device.out, Contains("--device: 'tpu' is not a device"));
+  if (!torch::cuda::is_available()) {
+    auto cuda = run_owl2("generate --model " + model + " --prompt hi --device cuda:0");
+    CHECK(cuda.rc == 2);
+    CHECK_THAT(cuda.out, Contains("--device: cuda was asked for, but"));
+  }
   auto missing = run_owl2("generate --model " + model + " --prompt hi --image " + kRoot + "/nope.png");
   CHECK(missing.rc == 1);
   CHECK_THAT(missing.out, Contains("nope.png"));

@@ -309,10 +309,10 @@ NamedTensors capture_rng_states() {
     std::lock_guard<std::mutex> lock(gen.mutex());
     out.emplace_back("cpu", gen.get_state());
   }
-  for (int64_t i = 0; i < static_cast<int64_t>(torch::cuda::device_count()); ++i) {
-    auto gen = at::globalContext().defaultGenerator(at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(i)));
+  if (torch::cuda::is_available()) {  // the current device: the rank's own (use_device), whatever its index
+    auto gen = at::globalContext().defaultGenerator(at::Device(at::kCUDA));
     std::lock_guard<std::mutex> lock(gen.mutex());
-    out.emplace_back(fmt::format("cuda.{}", i), gen.get_state());
+    out.emplace_back("cuda", gen.get_state());
   }
   return out;
 }
@@ -320,11 +320,11 @@ NamedTensors capture_rng_states() {
 void restore_rng_states(const NamedTensors& states) {
   for (const auto& [name, state] : states) {
     at::Device device(at::kCPU);
-    if (name.rfind("cuda.", 0) == 0) {
-      const int64_t i = std::stoll(name.substr(5));
-      if (i >= static_cast<int64_t>(torch::cuda::device_count()))
-        throw std::runtime_error(fmt::format("RNG state '{}' names a CUDA device this process does not have", name));
-      device = at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(i));
+    // "cuda" (and "cuda.N" of older checkpoints): the generator of the device that saved it goes to this
+    // process's current device, so a checkpoint resumes on another GPU index; without CUDA it is not needed.
+    if (name == "cuda" || name.rfind("cuda.", 0) == 0) {
+      if (!torch::cuda::is_available()) continue;
+      device = at::Device(at::kCUDA);
     } else if (name != "cpu") {
       throw std::runtime_error(fmt::format("unknown RNG state '{}'", name));
     }

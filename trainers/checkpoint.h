@@ -97,8 +97,11 @@ class CheckpointManager {
 };
 
 // Every RNG a run draws from: "cpu" and "cuda.<i>" for each visible device (byte tensors).
+// The default generators: "cpu", and "cuda" for the current CUDA device when there is one (the rank's own).
 NamedTensors capture_rng_states();
-void restore_rng_states(const NamedTensors& states);  // throws if a named device is absent
+// Restores them; "cuda" goes to the current CUDA device (any index) and is skipped without CUDA. Throws on an
+// unknown name.
+void restore_rng_states(const NamedTensors& states);
 
 // AdamW state as named tensors "<param>.exp_avg", "<param>.exp_avg_sq", "<param>.max_exp_avg_sq" (amsgrad),
 // "<param>.step" (int64 scalar), for the parameters named in `params` that have state.

@@ -82,6 +82,7 @@ template <class V> void fields(V& v, TrainConfig& c) {
   v("micro_batch_size", c.micro_batch_size);
   v("seed", c.seed);
   v.choice("precision", c.precision, kPrecisionNames);
+  v.choice("device", c.device, kDeviceKindNames);
   v("out_dir", c.out_dir);
   v("max_nonfinite_steps", c.max_nonfinite_steps);
   v("max_length", c.max_length);

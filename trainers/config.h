@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "data/choices.h"
+#include "owl2/infer/device.h"
 #include "owl2/io/name_table.h"
 #include "owl2/model/config.h"
 
@@ -49,6 +50,9 @@ struct TrainConfig {
   int64_t micro_batch_size = 1;
   int64_t seed = 0;
   Precision precision = Precision::kFp32;
+  // auto: cuda:LOCAL_RANK when a GPU is visible (NCCL between ranks), else the CPU (Gloo); cpu; cuda (exit 2
+  // without a GPU). docs/gpu.md
+  DeviceKind device = DeviceKind::kAuto;
   std::string out_dir = "runs/default";
   int64_t max_nonfinite_steps = 3;  // stop after this many non-finite steps in a row (each is skipped)
   int64_t max_length = 2048;        // decoder tokens per sample after splicing the visual tokens

@@ -11,6 +11,7 @@
 #include <fstream>
 #include <iostream>
 
+#include "owl2/infer/device.h"
 #include "owl2/io/state_dict.h"
 #include "trainers/checkpoint.h"
 #include "trainers/full_parameters.h"
@@ -187,16 +188,26 @@ void train_loop(TrainingRun& run) {
 int run_training(const RunConfig& cfg, const RunOptions& options) {
   const auto& t = cfg.train;
   const DistEnv env = DistEnv::from_environment();
-  auto comm = std::make_shared<Comm>(env, std::chrono::seconds(cfg.distributed.timeout_s), /*cuda=*/false);
+  // train.device: cuda:LOCAL_RANK with NCCL between the ranks, or the CPU with Gloo (exit 2 when cuda is asked
+  // for and there is none).
+  const torch::Device device = resolve_device({t.device}, env.local_rank, "train.device");
+  use_device(device);
+  auto comm = std::make_shared<Comm>(env, std::chrono::seconds(cfg.distributed.timeout_s), device.is_cuda());
   const bool lead = env.rank == 0;
   std::ostream* const lead_log = lead ? &std::cerr : nullptr;
+  if (lead) {
+    std::cerr << fmt::format("device: {}{}\n", describe_device(device),
+                             env.world_size > 1 ? fmt::format(" per rank, {} ranks over {}", env.world_size,
+                                                              device.is_cuda() ? "NCCL" : "Gloo")
+                                                : "");
+  }
   const fs::path run_dir = t.out_dir;
   fs::create_directories(run_dir);
   if (lead) std::ofstream(run_dir / "config.yaml") << options.config_text;
   const int64_t accum = accumulation_steps(t, env.world_size);
   const torch::Device device = torch::kCPU;  // device: where the batches go (the prefetcher) and the step is timed
 
-  MPLUGOwl2ForCausalLM model = build_model(cfg, {.log = lead_log});
+  MPLUGOwl2ForCausalLM model = build_model(cfg, {.device = device, .log = lead_log});
   const TrainingPolicies policies = apply_training_policies(model, cfg);
   const auto tokenizer = load_tokenizer(cfg);
   ExampleLoader loader = make_loader(cfg, env, tokenizer);

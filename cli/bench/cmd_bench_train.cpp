@@ -14,6 +14,7 @@
 
 #include "cli/bench/bench_common.h"
 #include "cli/commands.h"
+#include "cli/device_arg.h"
 #include "owl2/model/constants.h"
 #include "owl2/model/model.h"
 #include "trainers/config.h"
@@ -64,10 +65,7 @@ Batch synthetic_batch(const RunConfig& cfg, torch::Device device, int64_t seed) 
 int run_bench_train(const BenchArgs& a) {
   RunConfig cfg = load_config(a.config, a.sets);
   if (a.threads > 0) torch::set_num_threads(a.threads);
-  const torch::Device device(a.device);
-  if (device.is_cuda() && !torch::cuda::is_available()) {
-    throw std::runtime_error("bench train: --device " + a.device + " but this LibTorch sees no CUDA device");
-  }
+  const torch::Device device = use_device_arg(a.device);
   const int64_t accum = cfg.train.global_batch_size / cfg.train.micro_batch_size;
   if (accum < 1 || cfg.train.global_batch_size % cfg.train.micro_batch_size != 0) {
     throw std::invalid_argument(fmt::format("train.global_batch_size {} is not a multiple of train.micro_batch_size {}",
@@ -112,7 +110,7 @@ int run_bench_train(const BenchArgs& a) {
 #endif
   nlohmann::json j;
   j["config"] = a.config;
-  j["device"] = a.device;
+  j["device"] = describe_device(device);
   j["precision"] = precision_name(cfg.train.precision);
   j["threads"] = torch::get_num_threads();
   j["params"] = plan.total_params;
@@ -145,7 +143,7 @@ void add_bench_train(CLI::App& app, Action& run) {
       "train", "Trainer steps of a run config on synthetic full-length batches (random weights): throughput and MFU");
   cmd->add_option("--config", args->config, "YAML run config (model, train, optim, freeze sections are used)")->required();
   cmd->add_option("--set", args->sets, "Override a key: --set model.decoder.num_hidden_layers=16 (repeatable)");
-  cmd->add_option("--device", args->device, "cpu, cuda or cuda:N (default cpu)");
+  add_device_option(cmd, args->device, "cpu");
   cmd->add_option("--steps", args->steps, "Timed optimizer steps (default 5; the median is reported)");
   cmd->add_option("--warmup", args->warmup, "Untimed steps first (default 2)");
   cmd->add_option("--threads", args->threads, "Intra-op CPU threads (default: LibTorch's)");

@@ -16,8 +16,10 @@ struct LoadedModel {
   std::unique_ptr<Tokenizer> tokenizer;
 };
 
-// Reads DIR/config.yaml, builds the model, loads the weights and switches it to eval mode. The tokenizer is
-// `tokenizer` if given, else the config's data.tokenizer (an error names the config when both are empty).
-LoadedModel load_model_dir(const std::string& dir, const std::string& tokenizer = "");
+// Reads DIR/config.yaml, builds the model, loads the weights, moves it to `device` and switches it to eval mode.
+// The tokenizer is `tokenizer` if given, else the config's data.tokenizer (an error names the config when both
+// are empty).
+LoadedModel load_model_dir(const std::string& dir, const std::string& tokenizer = "",
+                           const torch::Device& device = torch::kCPU);
 
 }  // namespace owl2

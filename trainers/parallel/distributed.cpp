@@ -8,6 +8,7 @@
 #include <torch/csrc/distributed/c10d/Types.hpp>
 #include <torch/csrc/distributed/c10d/Work.hpp>
 #ifdef OWL2_WITH_NCCL
+#include <c10/cuda/CUDAFunctions.h>
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
@@ -76,8 +77,11 @@ data::LoaderState reshard_loader_state(const data::LoaderState& state, int64_t f
   return out;
 }
 
-Comm::Comm(const DistEnv& env, std::chrono::milliseconds timeout, bool cuda) : env_(env) {
-  if (env_.world_size == 1) return;
+Comm::Comm(const DistEnv& env, std::chrono::milliseconds timeout, bool cuda, bool group_of_one) : env_(env) {
+#ifdef OWL2_WITH_NCCL
+  if (cuda) device_ = c10::Device(c10::kCUDA, c10::cuda::current_device());  // the caller's use_device()
+#endif
+  if (env_.world_size == 1 && !group_of_one) return;
   c10d::TCPStoreOptions so;
   so.port = static_cast<uint16_t>(env_.master_port);
   so.isServer = env_.rank == 0;
@@ -194,14 +198,14 @@ void Comm::allreduce_sum(at::Tensor& t, const std::string& what) {
 
 int64_t Comm::sum(int64_t value, const std::string& what) {
   if (!backend_) return value;
-  auto t = at::full({1}, value, at::kLong);
+  auto t = at::full({1}, value, at::TensorOptions(at::kLong).device(device_));
   allreduce_sum(t, what);
   return t.item<int64_t>();
 }
 
 double Comm::sum(double value, const std::string& what) {
   if (!backend_) return value;
-  auto t = at::full({1}, value, at::kDouble);
+  auto t = at::full({1}, value, at::TensorOptions(at::kDouble).device(device_));
   allreduce_sum(t, what);
   return t.item<double>();
 }
@@ -342,8 +346,10 @@ void DataParallel::finish() {
   }
   const auto t0 = std::chrono::steady_clock::now();
   launch_ready_in_order();
+  used = used.to(comm_->device());  // NCCL reduces device tensors only
   comm_->allreduce_sum(used, "allreduce used-parameter flags");
   for (size_t i = 0; i < buckets_.size(); ++i) comm_->wait(buckets_[i].work, fmt::format("allreduce gradient bucket {}", i));
+  used = used.cpu();  // a host read per step: which gradients exist is decided on the host
   wait_s_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   auto used_any = used.accessor<int, 1>();
   for (size_t k = 0; k < params_.size(); ++k) {

@@ -40,16 +40,20 @@ struct DistEnv {
   static DistEnv from_environment();
 };
 
-// One process group. With world_size 1 every collective is a no-op.
+// One process group: NCCL over the current CUDA device (`cuda`; the caller made it current with use_device),
+// else Gloo on the CPU. With world_size 1 every collective is a no-op, unless `group_of_one` asks for a real
+// group of one process anyway (tests of the collectives on a machine with one GPU).
 class Comm {
  public:
-  Comm(const DistEnv& env, std::chrono::milliseconds timeout, bool cuda);
+  Comm(const DistEnv& env, std::chrono::milliseconds timeout, bool cuda, bool group_of_one = false);
   ~Comm();
   Comm(const Comm&) = delete;
   Comm& operator=(const Comm&) = delete;
 
   int64_t rank() const { return env_.rank; }
   int64_t world_size() const { return env_.world_size; }
+  // Where the group's tensors must live: the current CUDA device for NCCL (`cuda`), else the CPU (Gloo).
+  const c10::Device& device() const { return device_; }
   // Records this rank's progress in the store, so that a failed collective can name the ranks behind.
   void set_step(int64_t step);
 
@@ -74,6 +78,7 @@ class Comm {
   [[noreturn]] void fail(const std::string& what, const std::exception& e) const;
   std::string laggards() const;
   DistEnv env_;
+  c10::Device device_{c10::kCPU};
   int64_t step_ = -1;
   double blocked_s_ = 0;
   c10::intrusive_ptr<c10d::Store> store_;
