@@ -205,7 +205,6 @@ int run_training(const RunConfig& cfg, const RunOptions& options) {
   fs::create_directories(run_dir);
   if (lead) std::ofstream(run_dir / "config.yaml") << options.config_text;
   const int64_t accum = accumulation_steps(t, env.world_size);
-  const torch::Device device = torch::kCPU;  // device: where the batches go (the prefetcher) and the step is timed
 
   MPLUGOwl2ForCausalLM model = build_model(cfg, {.device = device, .log = lead_log});
   const TrainingPolicies policies = apply_training_policies(model, cfg);
