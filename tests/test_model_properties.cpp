@@ -231,7 +231,7 @@ TEST_CASE("right padding: real positions' logits are the masked ones, padded pos
   CHECK(max_abs_diff(causal.logits.index({pad_BS}), masked.logits.index({pad_BS})) > 1e-6);
 }
 
-TEST_CASE("left padding, holes and supervised pads keep the explicit mask; is_causal alone would be wrong there",
+TEST_CASE("left padding, holes and supervised pads keep the explicit mask: is_causal alone would be wrong there",
           "[model][property][attention]") {
   auto model = golden_model();
   torch::NoGradGuard no_grad;
