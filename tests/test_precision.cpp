@@ -1,6 +1,7 @@
 // train.precision: bf16 autocast and bf16 weights with fp32 masters track fp32 training, keep the masters exact,
 // resume bit-identically, and keep norms and the loss in fp32; an unknown precision is named.
 #include <catch2/catch.hpp>
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
@@ -278,12 +279,17 @@ std::map<int64_t, double> metrics_losses(const std::string& run) {
 }
 }  // namespace
 
-TEST_CASE("bf16 masters with ZeRO sharding is refused with the two keys named", "[train][precision][config]") {
-  try {
-    parse_config_text("train: {precision: bf16}\ndistributed: {zero_stage: 1}\n", "run.yaml");
-    FAIL("bf16 masters with ZeRO 1 was accepted");
-  } catch (const ConfigError& e) {
-    CHECK_THAT(e.what(), Contains("distributed.zero_stage") && Contains("train.precision: bf16"));
+TEST_CASE("bf16 masters with ZeRO stages 1, 2 and 3 are accepted, with either reduce_dtype", "[train][precision][config]") {
+  for (const int stage : {1, 2, 3}) {
+    INFO("zero_stage " << stage);
+    const auto cfg = parse_config_text(fmt::format("train: {{precision: bf16}}\ndistributed: {{zero_stage: {}}}\n", stage),
+                                       "run.yaml");
+    CHECK(cfg.train.precision == Precision::kBf16);
+    CHECK(cfg.distributed.zero_stage == stage);
+    CHECK(cfg.distributed.reduce_dtype == ReduceDtype::kFp32);
+    CHECK(parse_config_text(fmt::format("train: {{precision: bf16}}\ndistributed: {{zero_stage: {}, reduce_dtype: bf16}}\n",
+                                        stage))
+              .distributed.reduce_dtype == ReduceDtype::kBf16);
   }
   CHECK(parse_config_text("train: {precision: bf16-autocast}\ndistributed: {zero_stage: 2}\n").distributed.zero_stage == 2);
 }

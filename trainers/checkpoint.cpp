@@ -379,7 +379,8 @@ void load_adamw_state(torch::optim::AdamW& optimizer, const NamedTensors& params
 std::string save_training_checkpoint(CheckpointManager& ckpts, Trainer& trainer, const data::LoaderState& data_position,
                                      const std::string& config_text, const SaveGroup& group) {
   const bool lead = group.rank == 0;
-  FullParameters full(trainer);  // ZeRO 3: every rank gathers, rank 0 writes the complete model
+  FullParameters full(trainer);  // ZeRO 3: every rank gathers, rank 0 writes the complete model (bf16 under
+                                 // ZeRO: and gets the fp32 masters from the shards)
   TrainingCheckpoint c;          // after `full`: its model tensors alias the gathered parameters
   c.step = trainer.step_count();
   if (lead) {
@@ -410,8 +411,7 @@ std::optional<data::LoaderState> resume_training(const CheckpointManager& ckpts,
   if (model_it == c.tensors.end()) throw std::runtime_error(res.dir + ": checkpoint has no model tensors");
   std::map<std::string, torch::Tensor> m(model_it->second.begin(), model_it->second.end());
   try {
-    FullParameters full(trainer);  // ZeRO 3: load into full blocks; the release reshards them
-    trainer.precision().load_model_state(m, res.dir);  // bf16: the fp32 masters too
+    trainer.load_model_state(m, res.dir);  // ZeRO 3: into full blocks; bf16: the fp32 masters too, also sharded
   } catch (const std::exception& e) {
     throw std::runtime_error(
         fmt::format("cannot resume from {}: its model does not match this config: {}", res.dir, e.what()));

@@ -126,6 +126,7 @@ template <class V> void fields(V& v, DistributedConfig& c) {
   v("zero_stage", c.zero_stage);
   v("bucket_mb", c.bucket_mb);
   v("timeout_s", c.timeout_s);
+  v.choice("reduce_dtype", c.reduce_dtype, kReduceDtypeNames);
 }
 
 template <class V> void fields(V& v, FreezeRule& c) {
@@ -523,11 +524,11 @@ void validate_run(const RunConfig& c, const Reader& r) {
   if (dist.zero_stage < 0 || dist.zero_stage > 3) {
     r.fail("distributed.zero_stage", fmt::format("must be 0, 1, 2 or 3, got {}", dist.zero_stage));
   }
-  // ZeRO's gradient hooks sit on the model, not on the bf16 run's fp32 masters.
-  if (dist.zero_stage >= 1 && t.precision == Precision::kBf16) {
-    r.fail("distributed.zero_stage",
-           fmt::format("{} cannot be combined with train.precision: bf16 (fp32 masters) yet; use bf16-autocast or "
-                       "zero_stage 0", dist.zero_stage));
+  // Only ZeRO with bf16 masters reduces into a float32 shard; elsewhere a bf16 reduction would not apply.
+  if (dist.reduce_dtype == ReduceDtype::kBf16 && (dist.zero_stage < 1 || t.precision != Precision::kBf16)) {
+    r.fail("distributed.reduce_dtype",
+           fmt::format("bf16 applies to ZeRO (zero_stage 1, 2 or 3) with train.precision: bf16, got zero_stage {} and "
+                       "train.precision: {}", dist.zero_stage, precision_name(t.precision)));
   }
   if (!(dist.bucket_mb > 0)) r.fail("distributed.bucket_mb", fmt::format("must be positive, got {}", dist.bucket_mb));
   if (dist.timeout_s <= 0) r.fail("distributed.timeout_s", fmt::format("must be positive, got {}", dist.timeout_s));

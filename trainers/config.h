@@ -62,6 +62,12 @@ struct TrainConfig {
   int64_t keep_last = 2;            // training checkpoints kept
 };
 
+// The dtype of ZeRO's gradient collectives under train.precision bf16 (docs/distributed.md): fp32 (the bf16
+// gradients widened, exact), or bf16 (half the bytes); either way the result accumulates in the fp32 gradient shard.
+enum class ReduceDtype { kFp32, kBf16 };
+inline constexpr NameTable<ReduceDtype, 2> kReduceDtypeNames{{{ReduceDtype::kFp32, "fp32"}, {ReduceDtype::kBf16, "bf16"}}};
+inline const char* reduce_dtype_name(ReduceDtype d) { return name_of(kReduceDtypeNames, d).data(); }
+
 // Data parallelism across ranks (torchrun/Slurm); docs/distributed.md.
 struct DistributedConfig {
   // 0 replicated, 1 AdamW state sharded, 2 + gradients sharded (reduce-scatter), 3 + decoder block parameters
@@ -69,6 +75,7 @@ struct DistributedConfig {
   int64_t zero_stage = 0;
   double bucket_mb = 25;      // gradient bucket size: one collective per bucket, launched during backward
   int64_t timeout_s = 600;    // a collective that takes longer fails, naming the rank, step and collective
+  ReduceDtype reduce_dtype = ReduceDtype::kFp32;  // ZeRO with train.precision bf16: gradient collectives' dtype
 };
 
 struct DataSource {

@@ -4,6 +4,7 @@
 #include <ATen/autocast_mode.h>
 #include <fmt/format.h>
 
+#include <set>
 #include <stdexcept>
 
 #include "owl2/io/state_dict.h"
@@ -29,14 +30,16 @@ AutocastRegion::~AutocastRegion() {
   if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
 }
 
-MixedPrecision::MixedPrecision(Precision mode, torch::nn::Module& model, std::vector<ParamGroup>& groups)
-    : mode_(mode), model_(model) {
+MixedPrecision::MixedPrecision(Precision mode, torch::nn::Module& model, std::vector<ParamGroup>& groups,
+                               bool sharded_masters)
+    : mode_(mode), model_(model), sharded_(sharded_masters && mode == Precision::kBf16) {
   for (const auto& p : model_.parameters()) {
     device_ = p.device().type();
     break;
   }
   if (mode_ != Precision::kBf16) return;
   torch::NoGradGuard no_grad;
+  std::set<const c10::TensorImpl*> trainable;
   for (auto& g : groups) {
     for (size_t i = 0; i < g.params.size(); ++i) {
       auto& p = g.params[i];
@@ -45,13 +48,29 @@ MixedPrecision::MixedPrecision(Precision mode, torch::nn::Module& model, std::ve
                                                 "cast (the masters are exact copies of float32 weights)",
                                                 g.names[i], c10::toString(p.scalar_type())));
       }
+      trainable.insert(p.unsafeGetTensorImpl());
+      if (sharded_) continue;
       auto master = p.detach().clone().requires_grad_(true);
       pairs_.push_back({g.names[i], p, master});
       p = master;  // the optimizer group now holds the master
     }
   }
-  // Module::to keeps each parameter's tensor object (set_data), so pairs_ and any hooks follow the cast.
-  model_.to(torch::kBFloat16);
+  if (!sharded_) {
+    // Module::to keeps each parameter's tensor object (set_data), so pairs_ and any hooks follow the cast.
+    model_.to(torch::kBFloat16);
+    return;
+  }
+  // What Module::to does (every parameter and buffer, in place), less the trainable parameters: their float32
+  // values are the optimizer's to shard before it casts them.
+  for (auto& item : model_.named_parameters(/*recurse=*/true)) {
+    if (!trainable.count(item.value().unsafeGetTensorImpl())) item.value().set_data(item.value().to(torch::kBFloat16));
+  }
+  for (auto& item : model_.named_buffers(/*recurse=*/true)) item.value().set_data(item.value().to(torch::kBFloat16));
+}
+
+void MixedPrecision::hold_masters(NamedTensors masters) {
+  held_.clear();
+  for (auto& [name, t] : masters) held_[name] = std::move(t);
 }
 
 std::optional<AutocastRegion> MixedPrecision::forward_region() const {
@@ -79,12 +98,32 @@ void MixedPrecision::masters_to_model() {
 void MixedPrecision::end_to_fp32() {
   if (mode_ != Precision::kBf16) return;
   torch::NoGradGuard no_grad;
+  if (sharded_ && held_.empty()) {
+    throw std::logic_error("train.precision bf16 with ZeRO: the fp32 masters are sharded; gather them first "
+                           "(FullParameters) to export them");
+  }
   model_.to(torch::kFloat32);
   for (auto& p : pairs_) p.model.copy_(p.master);  // exact: same dtype
+  if (!sharded_) return;
+  for (auto& item : model_.named_parameters(/*recurse=*/true)) {
+    const auto it = held_.find(item.key());
+    if (it != held_.end()) item.value().copy_(it->second);
+  }
 }
 
 NamedTensors MixedPrecision::model_state() const {
   NamedTensors state = module_state(model_);
+  if (sharded_) {
+    if (held_.empty()) {
+      throw std::logic_error("train.precision bf16 with ZeRO: the fp32 masters are sharded; gather them first "
+                             "(FullParameters) to save them");
+    }
+    for (auto& [name, t] : state) {
+      auto it = held_.find(name);
+      if (it != held_.end()) t = it->second;
+    }
+    return state;
+  }
   if (pairs_.empty()) return state;
   std::map<std::string, at::Tensor> masters;
   for (const auto& p : pairs_) masters[p.name] = p.master.detach();

@@ -45,27 +45,41 @@ class MixedPrecision {
  public:
   // bf16: casts the model's floating parameters and buffers to bfloat16 in place (same tensor objects, so
   // references held elsewhere stay valid) after copying the trainable ones, exactly, to float32 masters.
-  MixedPrecision(Precision mode, torch::nn::Module& model, std::vector<ParamGroup>& groups);
+  // bf16 with `sharded_masters` (ZeRO): no master copies here, and the groups' parameters stay float32 for now:
+  // the ZeroOptimizer keeps this rank's slices of them as its masters and casts them (parallel/zero.h); everything
+  // else in the model is cast here.
+  MixedPrecision(Precision mode, torch::nn::Module& model, std::vector<ParamGroup>& groups,
+                 bool sharded_masters = false);
 
   Precision mode() const { return mode_; }
+  // bf16 under ZeRO: the optimizer owns the float32 masters as shards; model_state() and end_to_fp32() then
+  // need hold_masters() first (Trainer::gather_parameters does it).
+  bool masters_sharded() const { return sharded_; }
+  // Sharded masters: the full float32 masters by name, gathered from the shards, until drop_masters().
+  void hold_masters(NamedTensors masters);
+  void drop_masters() { held_.clear(); }
   // An autocast region for the forward in bf16-autocast mode (on the device of the model's parameters), else none.
   std::optional<AutocastRegion> forward_region() const;
   // bf16: master.grad = float32(model grad), and the model's grad is released. Call after backward and any
-  // gradient all-reduce, before clipping. A no-op otherwise.
+  // gradient all-reduce, before clipping. A no-op otherwise (and with sharded masters: ZeRO reads the bf16 grads).
   void grads_to_masters();
-  // bf16: model parameter = bf16(master), round to nearest even. Call after the optimizer step.
+  // bf16: model parameter = bf16(master), round to nearest even. Call after the optimizer step. (Sharded
+  // masters: a no-op, ZeRO's all-gather of the updated parameters does it.)
   void masters_to_model();
   // bf16: casts the model back to float32 and gives it the masters' values, for the final export after the last
-  // step (the saved weights are the trained float32 ones, not their bf16 rounding). No-op otherwise.
+  // step (the saved weights are the trained float32 ones, not their bf16 rounding). No-op otherwise. Sharded
+  // masters: from hold_masters(); throws without them.
   void end_to_fp32();
   // The model's state for checkpoints: module_state(model) with every trainable entry replaced by its float32
-  // master, so a bf16 run resumes exactly. Other modes: module_state(model).
+  // master, so a bf16 run resumes exactly. Other modes: module_state(model). Sharded masters: from
+  // hold_masters(); throws without them.
   NamedTensors model_state() const;
   // Loads a model_state() (a checkpoint's "model" tensors) into the model and, in bf16, into the masters.
   // Throws what load_state_dict throws; `origin` names the checkpoint in its messages.
   void load_model_state(const std::map<std::string, at::Tensor>& state, const std::string& origin);
   // After the model was loaded from such a state: masters = the float32 values of `state` (key prefix + name),
-  // then copied down to the model. Throws std::invalid_argument naming a missing entry. No-op other than bf16.
+  // then copied down to the model. Throws std::invalid_argument naming a missing entry. No-op other than bf16, and
+  // with sharded masters (the Trainer hands the state to the optimizer's shards).
   void load_masters(const std::map<std::string, at::Tensor>& state, const std::string& prefix = "");
 
   // bf16: (name, model parameter, master) of every trainable parameter, in group order (tests).
@@ -80,6 +94,8 @@ class MixedPrecision {
   torch::nn::Module& model_;
   c10::DeviceType device_ = c10::kCPU;
   std::vector<Pair> pairs_;
+  bool sharded_ = false;
+  std::map<std::string, at::Tensor> held_;  // sharded masters, while gathered
 };
 
 }  // namespace owl2

@@ -17,7 +17,9 @@ Trainer::Trainer(torch::nn::Module& model, LossSumFn loss_sum, const RunConfig& 
   freeze_table_ = apply_freeze_rules(model_, cfg_.freeze);
   groups_ = resolve_param_groups(model_, cfg_.param_groups, cfg_.optim.weight_decay, cfg_.optim.vision_layer_decay,
                                  cfg_.model.vision.num_hidden_layers);
-  precision_ = std::make_unique<MixedPrecision>(cfg_.train.precision, model_, groups_);
+  // bf16 under ZeRO: the optimizer shards the float32 masters (parallel/zero.h), MixedPrecision keeps none.
+  precision_ = std::make_unique<MixedPrecision>(cfg_.train.precision, model_, groups_,
+                                                /*sharded_masters=*/cfg_.distributed.zero_stage >= 1);
   for (const auto& g : groups_) {
     for (size_t i = 0; i < g.params.size(); ++i) trainable_.emplace_back(g.names[i], g.params[i]);
   }
@@ -107,9 +109,28 @@ void Trainer::set_counters(int64_t step, int64_t nonfinite_in_a_row) {
   nonfinite_in_a_row_ = nonfinite_in_a_row;
 }
 
+void Trainer::gather(int64_t masters_root) {
+  sync_->gather_parameters();
+  if (precision_->masters_sharded()) precision_->hold_masters(sync_->gather_masters(masters_root));
+}
+
+void Trainer::release_parameters() {
+  precision_->drop_masters();
+  sync_->release_parameters();
+}
+
+void Trainer::load_model_state(const std::map<std::string, torch::Tensor>& state, const std::string& origin) {
+  sync_->gather_parameters();  // ZeRO 3: full blocks to load into; the release reshards them
+  precision_->load_model_state(state, origin);  // bf16: MixedPrecision's masters too
+  sync_->release_parameters();
+  sync_->load_masters(state, "");  // bf16 under ZeRO: the shards' masters, exactly
+}
+
 std::map<std::string, torch::Tensor> Trainer::state() {
   std::map<std::string, torch::Tensor> out;
+  gather(/*masters_root=*/-1);
   for (const auto& [k, v] : precision_->model_state()) out["param." + k] = v.detach();  // bf16: fp32 masters
+  release_parameters();  // the gathered tensors stay alive in `out`
   for (const auto& [k, v] : optimizer_state()) out["adamw." + k] = v;
   for (const auto& [k, v] : capture_rng_states()) out["rng." + k] = v;
   out["trainer.step"] = torch::tensor(step_, torch::kInt64);
@@ -135,6 +156,7 @@ NamedTensors with_prefix(const std::map<std::string, torch::Tensor>& state, cons
 
 void Trainer::load_state(const std::map<std::string, torch::Tensor>& state) {
   torch::NoGradGuard no_grad;
+  sync_->gather_parameters();
   for (auto& item : model_.named_parameters(/*recurse=*/true)) {
     const auto& src = need(state, "param." + item.key());
     if (src.sizes() != item.value().sizes()) {
@@ -143,7 +165,9 @@ void Trainer::load_state(const std::map<std::string, torch::Tensor>& state) {
     }
     item.value().copy_(src);
   }
+  sync_->release_parameters();
   precision_->load_masters(state, "param.");
+  sync_->load_masters(state, "param.");
   load_optimizer_state(with_prefix(state, "adamw."));
   set_counters(need(state, "trainer.step").item<int64_t>(), need(state, "trainer.nonfinite").item<int64_t>());
   restore_rng_states(with_prefix(state, "rng."));

@@ -74,9 +74,13 @@ class Trainer {
   // Loads the optimizer state of a checkpoint saved at any world size and ZeRO stage (resharding).
   void load_optimizer_from(const TrainingCheckpoint& ck) { sync_->load(ck); }
   // ZeRO 3: every block's full parameters in the model (saving, evaluating, loading weights; collective),
-  // and back to the shards (taking over values loaded meanwhile). No-ops at other stages.
-  void gather_parameters() { sync_->gather_parameters(); }
-  void release_parameters() { sync_->release_parameters(); }
+  // and back to the shards (taking over values loaded meanwhile). bf16 under ZeRO (any stage): also the full
+  // float32 masters, on rank 0 only, for precision().model_state() and end_to_fp32(). No-ops otherwise.
+  void gather_parameters() { gather(/*masters_root=*/0); }
+  void release_parameters();
+  // Loads a model state (a checkpoint's "model" tensors, float32 masters in bf16) into the model and the
+  // masters, wherever they live (MixedPrecision, or ZeRO's shards; ZeRO 3 blocks gathered for it). Collective.
+  void load_model_state(const std::map<std::string, torch::Tensor>& state, const std::string& origin);
   // The strategy and the machinery under it (null where it does not apply), for metrics and checkpoints.
   const GradientSync& gradient_sync() const { return *sync_; }
   const ZeroOptimizer* zero() const { return sync_->zero(); }
@@ -84,13 +88,17 @@ class Trainer {
   // Step counters travel in the checkpoint's scheduler record.
   void set_counters(int64_t step, int64_t nonfinite_in_a_row);
 
-  // Everything needed for an exact resume in memory (tests): "param.<name>" for every parameter,
-  // "adamw.<name>.*", "trainer.step", "trainer.nonfinite" and "rng.<device>".
+  // Everything needed for an exact resume in memory (tests): "param.<name>" for every parameter (bf16: the
+  // float32 masters), "adamw.<name>.*" (ZeRO: this rank's shard), "trainer.step", "trainer.nonfinite" and
+  // "rng.<device>". Under ZeRO 3 or bf16 with ZeRO it gathers (collective: every rank calls it).
   std::map<std::string, torch::Tensor> state();
-  // Restores state(); throws std::invalid_argument naming the first missing or mis-shaped entry.
+  // Restores state() (same world size and stage); throws std::invalid_argument naming the first missing or
+  // mis-shaped entry. Collective as state().
   void load_state(const std::map<std::string, torch::Tensor>& state);
 
  private:
+  // gather_parameters(), with the full float32 masters (sharded ones) on rank masters_root (all when < 0).
+  void gather(int64_t masters_root);
   // The seconds this rank has spent blocked in collectives so far.
   double comm_seconds() const { return comm_ ? comm_->blocked_seconds() : 0; }
   // r.tokens and r.samples over the micro-batches of all ranks (the step's first collectives).

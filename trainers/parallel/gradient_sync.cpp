@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include <limits>
+#include <optional>
 #include <stdexcept>
 
 #include "trainers/checkpoint.h"
@@ -40,6 +41,12 @@ std::vector<std::vector<at::Tensor>> sharded_blocks(const std::vector<ShardedSta
 }
 
 int64_t bucket_bytes_of(const RunConfig& cfg) { return static_cast<int64_t>(cfg.distributed.bucket_mb * (1 << 20)); }
+
+// The ZeroOptimizer's masters when MixedPrecision leaves them to it (bf16 under ZeRO).
+std::optional<ShardedMasters> sharded_masters(const MixedPrecision& precision, ReduceDtype reduce) {
+  if (!precision.masters_sharded()) return std::nullopt;
+  return ShardedMasters{at::kBFloat16, reduce == ReduceDtype::kBf16 ? at::kBFloat16 : at::kFloat};
+}
 
 }  // namespace
 
@@ -111,11 +118,12 @@ at::Tensor DataParallelSync::finish() {
 
 ZeroSync::ZeroSync(std::shared_ptr<Comm> comm, torch::nn::Module& model, const std::vector<ParamGroup>& groups,
                    const OptimConfig& optim, MixedPrecision& precision, int stage, int64_t bucket_bytes,
-                   const std::vector<std::vector<at::Tensor>>& blocks)
+                   const std::vector<std::vector<at::Tensor>>& blocks, ReduceDtype reduce_dtype)
     : trainable_(named_params(groups)),
       precision_(precision),
       max_norm_(max_norm_of(optim)),
-      zero_(std::make_unique<ZeroOptimizer>(std::move(comm), model, groups, optim, stage, bucket_bytes, blocks)) {}
+      zero_(std::make_unique<ZeroOptimizer>(std::move(comm), model, groups, optim, stage, bucket_bytes, blocks,
+                                            sharded_masters(precision, reduce_dtype))) {}
 
 void ZeroSync::zero_grad() {
   drop_grads(trainable_);
@@ -123,7 +131,7 @@ void ZeroSync::zero_grad() {
 }
 
 at::Tensor ZeroSync::finish() {
-  precision_.grads_to_masters();  // a no-op: bf16 masters with ZeRO are refused by the config
+  precision_.grads_to_masters();  // a no-op: with ZeRO the optimizer reads the bf16 gradients itself
   return zero_->finish();         // clipping happens inside the sharded step
 }
 
@@ -135,10 +143,19 @@ void ZeroSync::load(const TrainingCheckpoint& ck) {
   zero_->load_runs(runs);
 }
 
+NamedTensors ZeroSync::gather_masters(int64_t root) {
+  return zero_->has_masters() ? zero_->gather_masters(root) : NamedTensors{};
+}
+
+void ZeroSync::load_masters(const std::map<std::string, at::Tensor>& state, const std::string& prefix) {
+  if (zero_->has_masters()) zero_->load_masters(state, prefix);
+}
+
 Zero3Sync::Zero3Sync(std::shared_ptr<Comm> comm, torch::nn::Module& model, const std::vector<ParamGroup>& groups,
                      const OptimConfig& optim, MixedPrecision& precision, int64_t bucket_bytes,
-                     const std::vector<ShardedStack>& stacks)
-    : ZeroSync(std::move(comm), model, groups, optim, precision, 3, bucket_bytes, sharded_blocks(stacks)) {
+                     const std::vector<ShardedStack>& stacks, ReduceDtype reduce_dtype)
+    : ZeroSync(std::move(comm), model, groups, optim, precision, 3, bucket_bytes, sharded_blocks(stacks),
+               reduce_dtype) {
   install_zero3_runners(*zero_, stacks);
 }
 
@@ -178,9 +195,11 @@ std::unique_ptr<GradientSync> make_gradient_sync(const RunConfig& cfg, std::shar
       return std::make_unique<DataParallelSync>(comm, model, groups, optim, precision, bucket_bytes_of(cfg));
     case GradientSync::Kind::kZero:
       return std::make_unique<ZeroSync>(comm, model, groups, optim, precision, static_cast<int>(stage),
-                                        bucket_bytes_of(cfg));
+                                        bucket_bytes_of(cfg), std::vector<std::vector<at::Tensor>>{},
+                                        cfg.distributed.reduce_dtype);
     case GradientSync::Kind::kZero3:
-      return std::make_unique<Zero3Sync>(comm, model, groups, optim, precision, bucket_bytes_of(cfg), stacks);
+      return std::make_unique<Zero3Sync>(comm, model, groups, optim, precision, bucket_bytes_of(cfg), stacks,
+                                         cfg.distributed.reduce_dtype);
   }
   throw std::logic_error("make_gradient_sync: unknown strategy");
 }

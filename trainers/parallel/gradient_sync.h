@@ -7,7 +7,9 @@
 #include <torch/optim/adamw.h>
 
 #include <cstdint>
+#include <map>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -59,6 +61,11 @@ class GradientSync {
   // meanwhile; no-ops except at ZeRO 3.
   virtual void gather_parameters() {}
   virtual void release_parameters() {}
+  // train.precision bf16 under ZeRO, where the optimizer owns the float32 masters as shards: the full masters on
+  // rank `root` (every rank when root < 0; collective), and this rank's masters from a model state's float32
+  // values (key prefix + name). Elsewhere the masters (if any) are MixedPrecision's: nothing, and a no-op.
+  virtual NamedTensors gather_masters(int64_t /*root*/) { return {}; }
+  virtual void load_masters(const std::map<std::string, at::Tensor>& /*state*/, const std::string& /*prefix*/) {}
 
   // The machinery underneath, for metrics and checkpoint layout decisions; null where it does not apply.
   virtual const ZeroOptimizer* zero() const { return nullptr; }
@@ -105,12 +112,13 @@ class DataParallelSync : public ReplicatedSync {
 };
 
 // ZeRO 1 and 2: ZeroOptimizer shards the optimizer state (and at stage 2 the gradients); also on one rank, so
-// that its checkpoints reshard to any world size.
+// that its checkpoints reshard to any world size. With `precision` in bf16 with sharded masters the optimizer
+// keeps this rank's float32 master slices (ShardedMasters) and reduces the gradients in `reduce_dtype`.
 class ZeroSync : public GradientSync {
  public:
   ZeroSync(std::shared_ptr<Comm> comm, torch::nn::Module& model, const std::vector<ParamGroup>& groups,
            const OptimConfig& optim, MixedPrecision& precision, int stage, int64_t bucket_bytes,
-           const std::vector<std::vector<at::Tensor>>& blocks = {});
+           const std::vector<std::vector<at::Tensor>>& blocks = {}, ReduceDtype reduce_dtype = ReduceDtype::kFp32);
   Kind kind() const override { return Kind::kZero; }
   void zero_grad() override;
   void arm() override { zero_->arm(); }
@@ -121,6 +129,8 @@ class ZeroSync : public GradientSync {
   nlohmann::json manifest() const override { return zero_->manifest(); }
   void load_state(const NamedTensors& state) override { zero_->load_shard_state(state); }
   void load(const TrainingCheckpoint& ck) override;
+  NamedTensors gather_masters(int64_t root) override;
+  void load_masters(const std::map<std::string, at::Tensor>& state, const std::string& prefix) override;
   const ZeroOptimizer* zero() const override { return zero_.get(); }
 
  protected:
@@ -136,7 +146,7 @@ class Zero3Sync : public ZeroSync {
  public:
   Zero3Sync(std::shared_ptr<Comm> comm, torch::nn::Module& model, const std::vector<ParamGroup>& groups,
             const OptimConfig& optim, MixedPrecision& precision, int64_t bucket_bytes,
-            const std::vector<ShardedStack>& stacks);
+            const std::vector<ShardedStack>& stacks, ReduceDtype reduce_dtype = ReduceDtype::kFp32);
   Kind kind() const override { return Kind::kZero3; }
   void gather_parameters() override { zero_->gather_all(); }
   void release_parameters() override { zero_->release_all(); }

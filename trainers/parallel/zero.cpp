@@ -74,8 +74,10 @@ ZeroLayout::ZeroLayout(const std::vector<int64_t>& numels, int64_t element_size,
 
 ZeroOptimizer::ZeroOptimizer(std::shared_ptr<Comm> comm, torch::nn::Module& model, const std::vector<ParamGroup>& groups,
                              const OptimConfig& optim, int stage, int64_t bucket_bytes,
-                             const std::vector<std::vector<at::Tensor>>& blocks)
-    : comm_(std::move(comm)),
+                             const std::vector<std::vector<at::Tensor>>& blocks,
+                             std::optional<ShardedMasters> masters)
+    : masters_(masters),
+      comm_(std::move(comm)),
       stage_(stage),
       optim_(optim),
       layout_({}, 1, 1, 0, 1) {
@@ -107,6 +109,11 @@ ZeroOptimizer::ZeroOptimizer(std::shared_ptr<Comm> comm, torch::nn::Module& mode
     }
   }
   if (params_.empty()) throw std::invalid_argument("ZeRO: no trainable parameter");
+  if (masters_ && params_[0].second.scalar_type() != at::kFloat) {
+    throw std::invalid_argument(fmt::format("ZeRO with fp32 masters: the trainable parameters must arrive in float32, "
+                                            "'{}' is {}", params_[0].first,
+                                            c10::toString(params_[0].second.scalar_type())));
+  }
   // Stage 3 blocks: their trainable parameters (frozen ones stay replicated), by tensor identity.
   block_of_.assign(params_.size(), -1);
   for (const auto& block : blocks) {
@@ -126,23 +133,38 @@ ZeroOptimizer::ZeroOptimizer(std::shared_ptr<Comm> comm, torch::nn::Module& mode
   }
   block_used_.assign(params_.size(), 0);
   const auto& p0 = params_[0].second;
-  layout_ = ZeroLayout(numels, static_cast<int64_t>(p0.element_size()), comm_ ? comm_->world_size() : 1,
+  shard_opts_ = p0.options();  // the parameters' device; float32 with masters (checked above)
+  compute_dtype_ = masters_ ? masters_->compute : p0.scalar_type();
+  reduce_dtype_ = masters_ ? masters_->reduce : p0.scalar_type();
+  // Buckets are sized by the gradients they carry.
+  layout_ = ZeroLayout(numels, static_cast<int64_t>(c10::elementSize(reduce_dtype_)), comm_ ? comm_->world_size() : 1,
                        comm_ ? comm_->rank() : 0, bucket_bytes, block_of_);
   flat_.resize(layout_.buckets.size());
+  recv_.resize(layout_.buckets.size());
   ready_.assign(layout_.buckets.size(), 0);
   work_.resize(layout_.buckets.size());
   seen_.assign(params_.size(), 0);
   used_.assign(params_.size(), 0);
-  grad_shard_ = at::zeros({layout_.shard_numel}, p0.options());
-  exp_avg_ = at::zeros({layout_.shard_numel}, p0.options());
-  exp_avg_sq_ = at::zeros({layout_.shard_numel}, p0.options());
+  grad_shard_ = at::zeros({layout_.shard_numel}, shard_opts_);
+  exp_avg_ = at::zeros({layout_.shard_numel}, shard_opts_);
+  exp_avg_sq_ = at::zeros({layout_.shard_numel}, shard_opts_);
   steps_.assign(layout_.segments.size(), 0);
-  if (!block_params_.empty()) {  // the parameter shard: this rank's slice of every block; then free them
-    param_shard_ = at::zeros({layout_.shard_numel}, p0.options());
-    for (int64_t i = 0; i < block_count(); ++i) {
-      copy_own_slices_to_shard(i);
-      release_block(i);
+  if (masters_ || !block_params_.empty()) {
+    // The parameter shard: this rank's slice of every block (stage 3) and, with masters, of every parameter,
+    // taken from the (broadcast) parameters before any of them is cast or freed.
+    param_shard_ = at::zeros({layout_.shard_numel}, shard_opts_);
+    for (const auto& s : layout_.segments) {
+      if (!masters_ && block_of_[s.param] < 0) continue;
+      param_shard_.narrow(0, s.shard_offset, s.length)
+          .copy_(params_[s.param].second.detach().reshape({-1}).narrow(0, s.param_offset, s.length));
     }
+    if (masters_) {  // the model's copies in the compute dtype (the same tensor objects: hooks come after)
+      for (size_t k = 0; k < params_.size(); ++k) {
+        auto& p = params_[k].second;
+        if (block_of_[k] < 0) p.set_data(p.detach().to(compute_dtype_));
+      }
+    }
+    for (int64_t i = 0; i < block_count(); ++i) release_block(i);
   }
   if (comm_) {
     for (size_t k = 0; k < params_.size(); ++k) {
@@ -157,7 +179,7 @@ ZeroOptimizer::ZeroOptimizer(std::shared_ptr<Comm> comm, torch::nn::Module& mode
 
 at::Tensor ZeroOptimizer::slot(size_t k) {
   const int64_t b = layout_.bucket_of[k];
-  if (!flat_[b].defined()) flat_[b] = at::zeros({layout_.buckets[b].padded_numel}, params_[k].second.options());
+  if (!flat_[b].defined()) flat_[b] = at::zeros({layout_.buckets[b].padded_numel}, shard_opts_.dtype(reduce_dtype_));
   const auto& bucket = layout_.buckets[b];
   const auto j = std::find(bucket.params.begin(), bucket.params.end(), static_cast<int64_t>(k)) - bucket.params.begin();
   const auto& sizes = sizes_[k];
@@ -166,7 +188,7 @@ at::Tensor ZeroOptimizer::slot(size_t k) {
 }
 
 at::Tensor ZeroOptimizer::master(const ZeroLayout::Segment& s) {
-  if (block_of_[s.param] >= 0) return param_shard_.narrow(0, s.shard_offset, s.length);
+  if (masters_ || block_of_[s.param] >= 0) return param_shard_.narrow(0, s.shard_offset, s.length);
   return params_[s.param].second.detach().view({-1}).narrow(0, s.param_offset, s.length);
 }
 
@@ -175,8 +197,13 @@ void ZeroOptimizer::copy_own_slices_to_shard(int64_t i) {
   const auto b = static_cast<size_t>(layout_.plain_buckets + i);
   for (const auto& s : layout_.segments) {
     if (layout_.bucket_of[s.param] != static_cast<int64_t>(b)) continue;
-    param_shard_.narrow(0, s.shard_offset, s.length)
-        .copy_(params_[s.param].second.detach().reshape({-1}).narrow(0, s.param_offset, s.length));
+    auto shard = param_shard_.narrow(0, s.shard_offset, s.length);
+    const auto model = params_[s.param].second.detach().reshape({-1}).narrow(0, s.param_offset, s.length);
+    if (masters_) {  // keep the masters the model still holds the rounding of; take the values written since
+      shard.copy_(at::where(shard.to(compute_dtype_) == model, shard, model.to(shard.scalar_type())));
+    } else {
+      shard.copy_(model);
+    }
   }
 }
 
@@ -186,16 +213,17 @@ void ZeroOptimizer::gather_block(int64_t i) {
   const auto& bucket = layout_.buckets[static_cast<size_t>(layout_.plain_buckets + i)];
   const int64_t s = layout_.slice(bucket);
   auto own = param_shard_.narrow(0, bucket.shard_offset, s);
+  // A copy in the compute dtype (masters: float32 -> bfloat16, round to nearest even).
+  auto send = own.to(compute_dtype_, /*non_blocking=*/false, /*copy=*/true);
   at::Tensor flat;
   if (comm_) {
-    flat = at::empty({bucket.padded_numel}, param_shard_.options());
+    flat = at::empty({bucket.padded_numel}, send.options());
     const auto t0 = std::chrono::steady_clock::now();
-    auto send = own.clone();
     auto work = comm_->allgather_async(flat, send);
     comm_->wait(work, fmt::format("allgather parameters of block {}", i));
     gather_s_ += seconds_since(t0);
   } else {
-    flat = own.clone();
+    flat = send;
   }
   for (size_t j = 0; j < bucket.params.size(); ++j) {
     const auto k = static_cast<size_t>(bucket.params[j]);
@@ -206,7 +234,7 @@ void ZeroOptimizer::gather_block(int64_t i) {
 
 void ZeroOptimizer::release_block(int64_t i) {
   if (all_gathered_) return;
-  for (int64_t k : block_params_.at(i)) params_[k].second.set_data(at::empty({0}, param_shard_.options()));
+  for (int64_t k : block_params_.at(i)) params_[k].second.set_data(at::empty({0}, shard_opts_.dtype(compute_dtype_)));
 }
 
 void ZeroOptimizer::reduce_block(int64_t i) {
@@ -215,7 +243,7 @@ void ZeroOptimizer::reduce_block(int64_t i) {
   at::NoGradGuard no_grad;
   const auto b = static_cast<size_t>(layout_.plain_buckets + i);
   const auto& bucket = layout_.buckets[b];
-  auto flat = at::zeros({bucket.padded_numel}, param_shard_.options());
+  auto flat = at::zeros({bucket.padded_numel}, shard_opts_.dtype(reduce_dtype_));
   for (size_t j = 0; j < bucket.params.size(); ++j) {
     auto& p = params_[bucket.params[j]].second;
     if (!p.grad().defined()) continue;
@@ -231,7 +259,7 @@ void ZeroOptimizer::reduce_block(int64_t i) {
     auto work = comm_->reduce_scatter_sum_async(out, flat);
     comm_->wait(work, fmt::format("reduce-scatter gradients of block {}", i));
     reduce_wait_s_ += seconds_since(t0);
-    own.add_(out);
+    own.add_(out);  // accumulates over micro-batches in the shard's dtype (float32 with masters)
   } else {
     own.add_(flat);
   }
@@ -276,7 +304,10 @@ void ZeroOptimizer::on_grad(size_t k, const at::Tensor& grad) {
     return;
   }
   const at::Tensor& acc = params_[k].second.grad();
-  if (acc.defined()) {
+  if (acc.defined() && masters_) {  // the bf16 gradients summed in the bucket's dtype
+    s.copy_(acc);
+    s.add_(grad);
+  } else if (acc.defined()) {
     at::add_out(s, acc, grad);
   } else {
     s.copy_(grad);
@@ -292,6 +323,10 @@ void ZeroOptimizer::launch(size_t b) {
     work_[b] = comm_->allreduce_sum_async(flat_[b]);
   } else {
     auto out = grad_shard_.narrow(0, bucket.shard_offset, layout_.slice(bucket));
+    if (reduce_dtype_ != grad_shard_.scalar_type()) {  // summed into the shard in finish()
+      recv_[b] = at::empty({layout_.slice(bucket)}, flat_[b].options());
+      out = recv_[b];
+    }
     work_[b] = comm_->reduce_scatter_sum_async(out, flat_[b]);
   }
 }
@@ -337,16 +372,21 @@ at::Tensor ZeroOptimizer::finish() {
     auto acc = used.accessor<int32_t, 1>();
     for (size_t k = 0; k < used_.size(); ++k) used_[k] = acc[static_cast<int64_t>(k)] > 0;
   }
-  if (!comm_ || stage_ == 1) {  // keep the own slice of the (summed) full bucket
-    for (size_t b = 0; b < static_cast<size_t>(layout_.plain_buckets); ++b) {
-      const auto& bucket = layout_.buckets[b];
-      const int64_t s = layout_.slice(bucket);
+  for (size_t b = 0; b < static_cast<size_t>(layout_.plain_buckets); ++b) {
+    const auto& bucket = layout_.buckets[b];
+    const int64_t s = layout_.slice(bucket);
+    if (!comm_ || stage_ == 1) {  // keep the own slice of the (summed) full bucket
       grad_shard_.narrow(0, bucket.shard_offset, s).copy_(flat_[b].narrow(0, layout_.rank * s, s));
+    } else if (recv_[b].defined()) {  // a bf16 reduce-scatter: accumulated in float32
+      grad_shard_.narrow(0, bucket.shard_offset, s).add_(recv_[b]);
+      recv_[b].reset();
     }
   }
   reduce_wait_s_ += seconds_since(t0);
   if (stage_ >= 2) {  // nothing full-size outlives the reduction
     for (auto& f : flat_) f.reset();
+  }
+  if (stage_ >= 2 || masters_) {  // with masters the bf16 gradients are done with at every stage
     for (auto& [name, p] : params_) p.mutable_grad().reset();
   }
   // Global norm: squares summed over the own shard (padding and unused parameters are zeros), then over ranks;
@@ -380,35 +420,91 @@ void ZeroOptimizer::step(double lr, double max_norm, double grad_norm) {
     p.addcdiv_(m, denom, -lr_k / bias_correction1);
   }
   grad_shard_.zero_();
-  if (!comm_) return;
-  // Every rank updated its slices: all-gather each bucket and copy it back into the parameters (stage 3
-  // blocks: not now, the next forward gathers them).
+  refresh_plain_parameters();
+}
+
+void ZeroOptimizer::refresh_plain_parameters() {
+  if (!comm_ && !masters_) return;  // one rank, no masters: AdamW updated the parameters themselves
+  // Every rank updated its slices: all-gather each bucket in the compute dtype (masters: rounded to nearest
+  // even) and copy it back into the parameters (stage 3 blocks: not now, the next forward gathers them).
   const auto t0 = std::chrono::steady_clock::now();
-  const auto& opts = params_[0].second.options();
+  const auto opts = shard_opts_.dtype(compute_dtype_);
   const auto plain = static_cast<size_t>(layout_.plain_buckets);
-  std::vector<at::Tensor> send(plain);
+  std::vector<at::Tensor> send(plain), gathered(plain);
   for (size_t b = 0; b < plain; ++b) {
     send[b] = at::zeros({layout_.slice(layout_.buckets[b])}, opts);
-    if (!flat_[b].defined()) flat_[b] = at::empty({layout_.buckets[b].padded_numel}, opts);
+    if (!comm_) {
+      gathered[b] = send[b];  // one rank: its slice is the whole bucket
+    } else if (masters_) {
+      gathered[b] = at::empty({layout_.buckets[b].padded_numel}, opts);
+    } else {  // reuses the gradient buffer (stage 1 keeps it: its padding is the gathered zero padding)
+      if (!flat_[b].defined()) flat_[b] = at::empty({layout_.buckets[b].padded_numel}, opts);
+      gathered[b] = flat_[b];
+    }
   }
   for (const auto& s : layout_.segments) {
     if (block_of_[s.param] >= 0) continue;
     const auto& bucket = layout_.buckets[layout_.bucket_of[s.param]];
-    send[layout_.bucket_of[s.param]]
-        .narrow(0, s.shard_offset - bucket.shard_offset, s.length)
-        .copy_(params_[s.param].second.detach().view({-1}).narrow(0, s.param_offset, s.length));
+    send[layout_.bucket_of[s.param]].narrow(0, s.shard_offset - bucket.shard_offset, s.length).copy_(master(s));
   }
-  for (size_t b = 0; b < plain; ++b) work_[b] = comm_->allgather_async(flat_[b], send[b]);
+  if (comm_) {
+    for (size_t b = 0; b < plain; ++b) work_[b] = comm_->allgather_async(gathered[b], send[b]);
+  }
   for (size_t b = 0; b < plain; ++b) {
-    comm_->wait(work_[b], fmt::format("allgather parameter bucket {}", b));
+    if (comm_) comm_->wait(work_[b], fmt::format("allgather parameter bucket {}", b));
     const auto& bucket = layout_.buckets[b];
     for (size_t j = 0; j < bucket.params.size(); ++j) {
       auto& p = params_[bucket.params[j]].second;
-      p.detach().view({-1}).copy_(flat_[b].narrow(0, bucket.offsets[j], p.numel()));
+      p.detach().view({-1}).copy_(gathered[b].narrow(0, bucket.offsets[j], p.numel()));
     }
-    if (stage_ >= 2) flat_[b].reset();  // stage 1 keeps it: its padding is the gathered zero padding
+    if (comm_ && !masters_ && stage_ >= 2) flat_[b].reset();
   }
   gather_s_ += seconds_since(t0);
+}
+
+NamedTensors ZeroOptimizer::gather_masters(int64_t root) {
+  if (!masters_) throw std::logic_error("ZeroOptimizer::gather_masters() without fp32 masters");
+  at::NoGradGuard no_grad;
+  const bool keep = root < 0 || root == layout_.rank;
+  std::vector<at::Tensor> full(params_.size());
+  for (size_t b = 0; b < layout_.buckets.size(); ++b) {
+    const auto& bucket = layout_.buckets[b];
+    auto own = param_shard_.narrow(0, bucket.shard_offset, layout_.slice(bucket));
+    at::Tensor flat = own;  // one rank: its slice is the whole bucket
+    if (comm_) {
+      flat = at::empty({bucket.padded_numel}, param_shard_.options());
+      auto send = own.clone();
+      auto work = comm_->allgather_async(flat, send);
+      comm_->wait(work, fmt::format("allgather fp32 masters of bucket {}", b));
+    }
+    if (!keep) continue;
+    for (size_t j = 0; j < bucket.params.size(); ++j) {
+      const auto k = static_cast<size_t>(bucket.params[j]);
+      const int64_t numel = std::accumulate(sizes_[k].begin(), sizes_[k].end(), int64_t{1}, std::multiplies<int64_t>());
+      full[k] = flat.narrow(0, bucket.offsets[j], numel).view(sizes_[k]).clone();
+    }
+  }
+  NamedTensors out;
+  if (!keep) return out;
+  for (size_t k = 0; k < params_.size(); ++k) out.emplace_back(params_[k].first, full[k]);
+  return out;
+}
+
+void ZeroOptimizer::load_masters(const std::map<std::string, at::Tensor>& state, const std::string& prefix) {
+  if (!masters_) throw std::logic_error("ZeroOptimizer::load_masters() without fp32 masters");
+  at::NoGradGuard no_grad;
+  for (const auto& s : layout_.segments) {
+    const auto& name = params_[s.param].first;
+    const auto it = state.find(prefix + name);
+    if (it == state.end()) throw std::invalid_argument("training state: missing master weight '" + prefix + name + "'");
+    const auto& sizes = sizes_[s.param];
+    const int64_t numel = std::accumulate(sizes.begin(), sizes.end(), int64_t{1}, std::multiplies<int64_t>());
+    if (it->second.numel() != numel) {
+      throw std::invalid_argument(fmt::format("training state: '{}{}' has {} elements, the master expects {}", prefix,
+                                              name, it->second.numel(), numel));
+    }
+    param_shard_.narrow(0, s.shard_offset, s.length).copy_(it->second.reshape({-1}).narrow(0, s.param_offset, s.length));
+  }
 }
 
 NamedTensors ZeroOptimizer::shard_state() const {

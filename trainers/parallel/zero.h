@@ -7,7 +7,9 @@
 #include <torch/nn/module.h>
 
 #include <cstdint>
+#include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -67,6 +69,15 @@ NamedTensors adamw_runs_to_tensors(const std::vector<AdamWStateRun>& runs, const
 // Checkpoint group name of rank r's optimizer shard.
 std::string zero_shard_group(int64_t rank);
 
+// train.precision bf16 under ZeRO: the trainable parameters reach the ZeroOptimizer in float32; it keeps this
+// rank's slices of them as the float32 masters (the parameter shard, at every stage) and casts the model's
+// copies to `compute`; gradients travel in `reduce` and are summed into the float32 gradient shard; after each
+// step the all-gather hands every rank the masters rounded to `compute` (round to nearest even).
+struct ShardedMasters {
+  at::ScalarType compute = at::kBFloat16;
+  at::ScalarType reduce = at::kFloat;
+};
+
 // Gradient reduction, global-norm clipping and AdamW for ZeRO stage 1 (all-reduce, then keep the own
 // slice), stage 2 (reduce-scatter: only the own slice of the summed gradient is ever materialized in
 // the flat buffers) and stage 3 (stage 2, plus the trainable parameters of each block in `blocks` live only
@@ -78,7 +89,18 @@ class ZeroOptimizer {
  public:
   ZeroOptimizer(std::shared_ptr<Comm> comm, torch::nn::Module& model, const std::vector<ParamGroup>& groups,
                 const OptimConfig& optim, int stage, int64_t bucket_bytes,
-                const std::vector<std::vector<at::Tensor>>& blocks = {});
+                const std::vector<std::vector<at::Tensor>>& blocks = {},
+                std::optional<ShardedMasters> masters = std::nullopt);
+
+  // Sharded float32 masters (ShardedMasters): whether this optimizer keeps them.
+  bool has_masters() const { return masters_.has_value(); }
+  // The full float32 masters by parameter name, all-gathered bucket by bucket (collective): on rank `root`
+  // only (the others hold one bucket at a time and get nothing), or on every rank when root < 0.
+  NamedTensors gather_masters(int64_t root);
+  // This rank's master slices from full float32 values (`state`, keys prefix + parameter name), as a
+  // checkpoint's model holds them; the model's own copies are the caller's to load. Throws
+  // std::invalid_argument naming a missing or mis-sized entry.
+  void load_masters(const std::map<std::string, at::Tensor>& state, const std::string& prefix);
 
   // Stage 3. Every rank must make the same calls in the same order (they are collectives).
   int64_t block_count() const { return static_cast<int64_t>(block_params_.size()); }
@@ -91,7 +113,8 @@ class ZeroOptimizer {
   void reduce_block(int64_t i);
   // Every block gathered (checkpoint saving, evaluation on one rank, loading weights); block runners then
   // run blocks as they are. release_all() first copies this rank's slices back into the shards (so weights
-  // loaded while gathered take effect).
+  // loaded while gathered take effect; with masters only where the model no longer holds the master's
+  // rounding, so that the untouched masters keep their float32 precision).
   void gather_all();
   void release_all();
   bool all_gathered() const { return all_gathered_; }
@@ -132,13 +155,18 @@ class ZeroOptimizer {
   at::Tensor slot(size_t k);  // parameter k's place in its bucket's flat buffer
   at::Tensor master(const ZeroLayout::Segment& s);  // the values a segment's AdamW update writes
   void copy_own_slices_to_shard(int64_t i);
+  void refresh_plain_parameters();  // after the step: all-gather the updated slices into the parameters
 
   std::vector<std::vector<int64_t>> block_params_;  // per block, trainable parameter indices
   std::vector<int64_t> block_of_;                   // per parameter, -1 outside blocks
   std::vector<std::vector<int64_t>> sizes_;         // per parameter (block parameters lose theirs)
   std::vector<uint8_t> block_used_;                 // per parameter: got a gradient this step
-  at::Tensor param_shard_;                          // stage 3: this rank's block parameter values
+  at::Tensor param_shard_;  // stage 3: this rank's block parameter values; with masters: every master slice
   bool all_gathered_ = false;
+  std::optional<ShardedMasters> masters_;
+  at::TensorOptions shard_opts_;   // the shards' dtype (float32 with masters) on the parameters' device
+  at::ScalarType compute_dtype_;   // the model's trainable parameters
+  at::ScalarType reduce_dtype_;    // the gradient buckets and their collectives
 
   std::shared_ptr<Comm> comm_;
   int stage_;
@@ -147,6 +175,7 @@ class ZeroOptimizer {
   std::vector<double> lr_scale_, weight_decay_;
   ZeroLayout layout_;
   std::vector<at::Tensor> flat_;      // per bucket: gradients in, parameters out (padded_numel)
+  std::vector<at::Tensor> recv_;      // per bucket: the reduce-scatter's output when not in the shard's dtype
   std::vector<int64_t> ready_;
   std::vector<c10::intrusive_ptr<c10d::Work>> work_;
   std::vector<uint8_t> seen_, used_;
