@@ -73,7 +73,8 @@ at::Tensor ReplicatedSync::finish() {
   }
   if (with_grad_.empty()) {
     norm_ = at::Tensor();
-    return at::zeros({1}, at::kDouble);
+    const auto device = trainable_.empty() ? at::Device(at::kCPU) : trainable_.front().second.device();
+    return at::zeros({1}, at::TensorOptions(at::kDouble).device(device));  // beside the loss, on its device
   }
   std::vector<at::Tensor> norms;
   for (const auto& p : with_grad_) norms.push_back(p.grad().detach().norm(2.0));

@@ -364,11 +364,12 @@ at::Tensor ZeroOptimizer::finish() {
   const auto t0 = std::chrono::steady_clock::now();
   if (comm_) {
     launch_ready_in_order();
-    auto used = at::tensor(std::vector<int32_t>(used_.begin(), used_.end()), at::kInt);
-    comm_->allreduce_sum(used, "allreduce used-parameter flags");
+    auto used = at::tensor(std::vector<int32_t>(used_.begin(), used_.end()), at::kInt).to(comm_->device());
+    comm_->allreduce_sum(used, "allreduce used-parameter flags");  // NCCL reduces device tensors only
     for (size_t b = 0; b < static_cast<size_t>(layout_.plain_buckets); ++b) {
       comm_->wait(work_[b], fmt::format("{} gradient bucket {}", stage_ == 1 ? "allreduce" : "reduce-scatter", b));
     }
+    used = used.cpu();  // which gradients exist is decided on the host: one read per step
     auto acc = used.accessor<int32_t, 1>();
     for (size_t k = 0; k < used_.size(); ++k) used_[k] = acc[static_cast<int64_t>(k)] > 0;
   }
