@@ -11,11 +11,11 @@
 #include "cli/commands.h"
 #include "cli/device_arg.h"
 #include "cli/generate_args.h"
+#include "cli/model_args.h"
 #include "data/image.h"
 #include "data/template.h"
 #include "data/tokenizer.h"
 #include "owl2/infer/generate.h"
-#include "trainers/io/model_dir.h"
 
 namespace owl2::cli {
 namespace {
@@ -28,21 +28,21 @@ std::string trim(const std::string& s) {
 
 void add_chat_commands(CLI::App& app, Action& run) {
   struct Args {
-    std::string model, tokenizer, image, mode, device;
+    ModelDirArgs model;
+    std::string image, mode, device;
     DecodingArgs decoding;
   };
   auto args = std::make_shared<Args>();
 
   auto* chat = app.add_subcommand("chat", "Talk to a saved model on stdin (/image PATH, /reset, /quit)");
-  chat->add_option("--model", args->model, "Model directory (a run's final/ folder)")->required();
+  args->model.add_to(chat);
   chat->add_option("--image", args->image, "Image attached to the first message");
-  chat->add_option("--tokenizer", args->tokenizer, "SentencePiece model (default: the run's data.tokenizer)");
   chat->add_option("--image-mode", args->mode, "resize | pad | crop (default: the run's data.image_mode)");
   add_device_option(chat, args->device);
   args->decoding.add_to(chat);
   chat->callback([&run, args] {
     run = [args] {
-      auto l = owl2::load_model_dir(args->model, args->tokenizer, use_device_arg(args->device));
+      auto l = args->model.load(use_device_arg(args->device));
       ImageConfig ic;
       ic.size = l.cfg.model.vision.image_size;
       ic.mode = args->mode.empty() ? l.cfg.data.image_mode : parse_image_mode(args->mode);

@@ -10,20 +10,19 @@
 
 #include "cli/commands.h"
 #include "cli/device_arg.h"
+#include "cli/model_args.h"
 #include "data/image.h"
 #include "eval/bench_suite.h"
 #include "trainers/infer/bench_eval.h"
 #include "trainers/parallel/distributed.h"
 #include "trainers/infer/evaluate.h"
-#include "trainers/io/model_dir.h"
 
 namespace owl2::cli {
 namespace {
 
-int run_heldout(const std::string& model, const std::string& tokenizer, const torch::Device& device,
-                const std::string& heldout, const std::string& out, int64_t batch_size, int64_t limit,
-                int64_t max_new_tokens) {
-  auto l = owl2::load_model_dir(model, tokenizer, device);
+int run_heldout(const ModelDirArgs& model, const torch::Device& device, const std::string& heldout,
+                const std::string& out, int64_t batch_size, int64_t limit, int64_t max_new_tokens) {
+  auto l = model.load(device);
   EvalOptions eo;
   eo.batch_size = batch_size;
   eo.limit = limit;
@@ -50,10 +49,10 @@ int run_heldout(const std::string& model, const std::string& tokenizer, const to
   return 0;
 }
 
-int run_bench(const std::string& model, const std::string& tokenizer, const torch::Device& device,
-              BenchRunOptions bo, const std::string& image_mode) {
+int run_bench(const ModelDirArgs& model, const torch::Device& device, BenchRunOptions bo,
+              const std::string& image_mode) {
   eval::find_bench(bo.bench);  // an unknown name fails before the model loads
-  auto l = owl2::load_model_dir(model, tokenizer, device);
+  auto l = model.load(device);
   bo.image.size = l.cfg.model.vision.image_size;
   bo.image.mode = parse_image_mode(image_mode);
   // Under torchrun the questions are sharded over the ranks (NCCL between GPUs, else Gloo); rank 0 merges and
@@ -70,7 +69,8 @@ int run_bench(const std::string& model, const std::string& tokenizer, const torc
 
 void add_eval_commands(CLI::App& app, Action& run) {
   struct Args {
-    std::string model, tokenizer, heldout, out, bench, data, bench_out = "eval_results", image_mode = "resize", device;
+    ModelDirArgs model;
+    std::string heldout, out, bench, data, bench_out = "eval_results", image_mode = "resize", device;
     int64_t max_new_tokens = 64, batch_size = 32, limit = 0;
   };
   auto args = std::make_shared<Args>();
@@ -78,8 +78,7 @@ void add_eval_commands(CLI::App& app, Action& run) {
   std::string names;
   for (const auto& d : eval::bench_defs()) names += (names.empty() ? "" : ", ") + d.name;
   auto* ev = app.add_subcommand("eval", "Evaluate a saved model on a held-out question file (JSONL) or a benchmark");
-  ev->add_option("--model", args->model, "Model directory (a run's final/ folder)")->required();
-  ev->add_option("--tokenizer", args->tokenizer, "SentencePiece model (default: the run's data.tokenizer)");
+  args->model.add_to(ev);
   auto* heldout =
       ev->add_option("--heldout", args->heldout, "Questions: question_id, image, prompt, answer, type per line");
   auto* bench = ev->add_option("--bench", args->bench, "Benchmark: " + names + " (docs/eval.md)");
@@ -108,12 +107,12 @@ void add_eval_commands(CLI::App& app, Action& run) {
         bo.out_dir = args->bench_out;
         bo.batch_size = args->batch_size;
         bo.limit = args->limit;
-        return run_bench(args->model, args->tokenizer, use_device_arg(args->device), bo, args->image_mode);
+        return run_bench(args->model, use_device_arg(args->device), bo, args->image_mode);
       }
       if (args->heldout.empty())
         throw std::invalid_argument("owl2 eval needs --heldout FILE or --bench NAME --data DIR");
-      return run_heldout(args->model, args->tokenizer, use_device_arg(args->device), args->heldout, args->out,
-                         args->batch_size, args->limit, args->max_new_tokens);
+      return run_heldout(args->model, use_device_arg(args->device), args->heldout, args->out, args->batch_size,
+                         args->limit, args->max_new_tokens);
     };
   });
 }

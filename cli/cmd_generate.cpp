@@ -7,34 +7,34 @@
 #include "cli/commands.h"
 #include "cli/device_arg.h"
 #include "cli/generate_args.h"
+#include "cli/model_args.h"
 #include "data/image.h"
 #include "data/template.h"
 #include "data/tokenizer.h"
 #include "owl2/infer/generate.h"
-#include "trainers/io/model_dir.h"
 
 namespace owl2::cli {
 namespace {
 
 void add_generate_commands(CLI::App& app, Action& run) {
   struct Args {
-    std::string model, tokenizer, image, prompt;
+    ModelDirArgs model;
+    std::string image, prompt;
     std::string mode, device;
     DecodingArgs decoding;
   };
   auto args = std::make_shared<Args>();
 
   auto* gen = app.add_subcommand("generate", "Answer one prompt with a saved model (greedy, sampling or beams)");
-  gen->add_option("--model", args->model, "Model directory (a run's final/ folder)")->required();
+  args->model.add_to(gen);
   gen->add_option("--prompt", args->prompt, "The user's message")->required();
   gen->add_option("--image", args->image, "Image file shown with the prompt");
-  gen->add_option("--tokenizer", args->tokenizer, "SentencePiece model (default: the run's data.tokenizer)");
   gen->add_option("--image-mode", args->mode, "resize | pad | crop (default: the run's data.image_mode)");
   add_device_option(gen, args->device);
   args->decoding.add_to(gen);
   gen->callback([&run, args] {
     run = [args] {
-      auto l = owl2::load_model_dir(args->model, args->tokenizer, use_device_arg(args->device));
+      auto l = args->model.load(use_device_arg(args->device));
       ImageConfig ic;
       ic.size = l.cfg.model.vision.image_size;
       ic.mode = args->mode.empty() ? l.cfg.data.image_mode : parse_image_mode(args->mode);

@@ -43,6 +43,7 @@ void add_hf_commands(CLI::App& app, Action& run) {
 
   struct ExportArgs {
     std::string from, to, dtype, tokenizer, shard_size = "5GB";
+    bool allow_external_tokenizer = false;
   };
   auto ex = std::make_shared<ExportArgs>();
   auto* exp = app.add_subcommand("export", "owl2 model directory -> Hugging Face directory in the reference layout");
@@ -50,13 +51,16 @@ void add_hf_commands(CLI::App& app, Action& run) {
   exp->add_option("--to", ex->to, "Output directory")->required();
   exp->add_option("--dtype", ex->dtype, "Cast floating-point tensors: bf16, fp16 or fp32 (default: keep)");
   exp->add_option("--shard-size", ex->shard_size, "Largest shard (5GB = 5*10^9 bytes, 4GiB, ...)")->capture_default_str();
-  exp->add_option("--tokenizer", ex->tokenizer, "SentencePiece model (default: the config's data.tokenizer)");
+  exp->add_option("--tokenizer", ex->tokenizer, "SentencePiece model (default: the folder's tokenizer.model)");
+  exp->add_flag("--allow-external-tokenizer", ex->allow_external_tokenizer,
+                "Let the folder's config.yaml name a data.tokenizer outside the folder (older folders)");
   exp->callback([&run, ex] {
     run = [ex] {
       ExportOptions o;
       o.dtype = parse_dtype_flag(ex->dtype);
       o.max_shard_bytes = parse_byte_size(ex->shard_size);
       o.tokenizer = ex->tokenizer;
+      o.allow_external_tokenizer = ex->allow_external_tokenizer;
       const size_t n = export_hf(ex->from, ex->to, o);
       std::cout << fmt::format("{} -> {}: {} tensors, config.json, generation_config.json, preprocessor_config.json, "
                                "tokenizer files\n", ex->from, ex->to, n);

@@ -400,15 +400,15 @@ TEST_CASE("bad generation options name the option", "[generate]") {
 
 namespace {
 
-// A model directory with the tiny configuration (vocabulary widened to the fixture tokenizer's 1000 pieces) and
-// random weights.
+// A model directory with the tiny configuration (vocabulary widened to the fixture tokenizer's 1000 pieces),
+// random weights and its own copy of the tokenizer, as owl2 writes one.
 std::string tiny_model_dir() {
   const auto dir = owl2::test::temp_dir("owl2_chat");
-  std::ofstream(dir + "/config.yaml") << "include: " << owl2::test::source_path("configs/model/tiny.yaml") << "\n"
-                                      << "model: {decoder: {vocab_size: 1000}}\n"
-                                      << "data: {tokenizer: "
-                                      << owl2::test::source_path("tests/fixtures/tokenizer/tiny_llama.model") << "}\n";
-  MPLUGOwl2ForCausalLM model(load_config(dir + "/config.yaml").model);
+  RunConfig cfg = load_config(owl2::test::source_path("configs/model/tiny.yaml"), {"model.decoder.vocab_size=1000"});
+  cfg.data.tokenizer =
+      copy_tokenizer_into(owl2::test::source_path("tests/fixtures/tokenizer/tiny_llama.model"), dir);
+  std::ofstream(dir + "/config.yaml") << to_yaml(cfg);
+  MPLUGOwl2ForCausalLM model(cfg.model);
   init_weights(model, 3);
   save_state_dict(*model, dir);
   return dir;

@@ -33,12 +33,11 @@ std::string hf_fixture(const std::string& rel) { return source_path("tests/fixtu
 
 nlohmann::json read_json(const std::string& path) { return nlohmann::json::parse(read_text(path)); }
 
-// A model directory (config.yaml + safetensors) of the tiny golden config with every parameter random, norm gains
-// and biases included, so that any mix-up of names or bytes shows.
+// A model directory (config.yaml + safetensors + tokenizer.model) of the tiny golden config with every parameter
+// random, norm gains and biases included, so that any mix-up of names or bytes shows.
 owl2::MPLUGOwl2ForCausalLM write_model_dir(const std::string& dir, torch::Dtype dtype) {
   owl2::RunConfig cfg;
   cfg.model = owl2::test::tiny_golden_config();
-  cfg.data.tokenizer = source_path(kTokenizer);
   torch::manual_seed(7);
   owl2::MPLUGOwl2ForCausalLM model(cfg.model);
   {
@@ -47,6 +46,7 @@ owl2::MPLUGOwl2ForCausalLM write_model_dir(const std::string& dir, torch::Dtype 
   }
   model->to(dtype);
   owl2::save_state_dict(*model, dir);
+  cfg.data.tokenizer = owl2::copy_tokenizer_into(source_path(kTokenizer), dir);
   std::ofstream(dir + "/config.yaml") << owl2::to_yaml(cfg);
   return model;
 }
@@ -87,9 +87,12 @@ void round_trip(torch::Dtype dtype, const std::string& flag) {
   CHECK(src->meta("lm_head.weight").dtype == dtype);  // stored as exported, no silent widening
   owl2::load_state_dict(*after, *src);
   require_bitwise_equal(before, after);
-  // load_model_dir opens the imported directory (tokenizer copied next to the weights).
-  const auto loaded = owl2::load_model_dir(root + "/back");
-  CHECK(loaded.cfg.data.tokenizer == fs::absolute(root + "/back/tokenizer.model").lexically_normal().string());
+  // The imported folder carries its tokenizer and names it relatively: moved, it still opens.
+  CHECK_THAT(read_text(root + "/back/config.yaml"), Contains("tokenizer: tokenizer.model"));
+  CHECK(read_text(root + "/back/tokenizer.model") == read_text(source_path(kTokenizer)));
+  fs::rename(root + "/back", root + "/moved");
+  const auto loaded = owl2::load_model_dir(root + "/moved");
+  CHECK(loaded.cfg.data.tokenizer == root + "/moved/tokenizer.model");
   CHECK(torch::equal(loaded.model->lm_head->weight, before->lm_head->weight.to(torch::kFloat32)));
 }
 
@@ -113,6 +116,26 @@ std::string run_init(const std::string& out, int seed, const std::string& clip =
 }  // namespace
 
 TEST_CASE("export then import round-trips an fp32 model bit for bit", "[hf]") { round_trip(torch::kFloat32, "fp32"); }
+
+TEST_CASE("export refuses a folder whose tokenizer lies outside it by file and key, unless allowed", "[hf]") {
+  const auto root = temp_dir("owl2_hf_outside");
+  write_model_dir(root + "/src", torch::kFloat32);
+  std::string yaml = read_text(root + "/src/config.yaml");
+  const auto at = yaml.find("tokenizer: tokenizer.model");
+  REQUIRE(at != std::string::npos);
+  yaml.replace(at, 26, "tokenizer: " + source_path(kTokenizer));  // what an older owl2 recorded
+  std::ofstream(root + "/src/config.yaml") << yaml;
+  const auto refused = run_owl2("export --from " + root + "/src --to " + root + "/hf");
+  CHECK(refused.rc == 2);
+  CHECK_THAT(refused.out, Contains(root + "/src/config.yaml: data.tokenizer '" + source_path(kTokenizer) +
+                                   "' is outside the model folder") &&
+                              Contains("--allow-external-tokenizer"));
+  CHECK_FALSE(fs::exists(root + "/hf/config.json"));
+  const auto allowed = run_owl2("export --from " + root + "/src --to " + root + "/hf --allow-external-tokenizer");
+  INFO(allowed.out);
+  CHECK(allowed.rc == 0);
+  CHECK(read_text(root + "/hf/tokenizer.model") == read_text(source_path(kTokenizer)));
+}
 
 TEST_CASE("export then import round-trips a bf16 model bit for bit", "[hf]") { round_trip(torch::kBFloat16, "bf16"); }
 
@@ -143,7 +166,9 @@ TEST_CASE("init: the ViT equals HF CLIP with interpolated positions, the decoder
   const auto out = temp_dir("owl2_hf_init") + "/m";
   const auto text = run_init(out, 0);
   CHECK_THAT(text, Contains("abstractor random (seed 0)"));
-  auto loaded = owl2::load_model_dir(out, source_path(kTokenizer));
+  owl2::ModelDirOptions with_tokenizer;  // the fixture's LLaMA folder has no tokenizer.model
+  with_tokenizer.tokenizer = source_path(kTokenizer);
+  auto loaded = owl2::load_model_dir(out, with_tokenizer);
   auto& model = loaded.model;
   model->to(torch::kFloat64);
   const auto g = read_golden("tests/fixtures/hf/init_golden.safetensors");

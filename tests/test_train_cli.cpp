@@ -200,3 +200,40 @@ TEST_CASE("owl2 eval gives the same answers at any batch size, owl2 generate ans
   CHECK(not_model.rc == 2);
   CHECK_THAT(not_model.out, Contains("not a model directory"));
 }
+
+TEST_CASE("a trained model folder carries its tokenizer: moved, it generates without reading outside it",
+          "[train][cli][generate]") {
+  prepare("moved");
+  auto trained = run_owl2(train_cmd(kRoot + "/run", "--set train.steps=1"));
+  INFO(trained.out);
+  REQUIRE(trained.rc == 0);
+  const std::string tok = kRoot + "/tok.model";
+  CHECK_THAT(read_text(kRoot + "/run/final/config.yaml"), Contains("tokenizer: tokenizer.model"));
+  CHECK(read_text(kRoot + "/run/final/tokenizer.model") == read_text(tok));
+  // Move the folder and take the original tokenizer away: a read outside the folder would fail.
+  fs::create_directories(kRoot + "/shared");
+  fs::rename(kRoot + "/run/final", kRoot + "/shared/model");
+  fs::rename(tok, kRoot + "/tok.away");
+  const std::string model = kRoot + "/shared/model";
+  const std::string ask = " --prompt 'What color is the circle?' --max-new-tokens 3 --image " + kRoot +
+                          "/data/images/heldout/000000.png";
+  auto moved = run_owl2("generate --model " + model + ask);
+  INFO(moved.out);
+  CHECK(moved.rc == 0);
+
+  // The layout older versions wrote, an absolute data.tokenizer elsewhere: refused by file and key, then allowed.
+  fs::rename(kRoot + "/tok.away", tok);
+  std::string yaml = read_text(model + "/config.yaml");
+  const std::string key = "tokenizer: tokenizer.model";
+  yaml.replace(yaml.find(key), key.size(), "tokenizer: " + fs::absolute(tok).string());
+  std::ofstream(model + "/config.yaml") << yaml;
+  auto refused = run_owl2("generate --model " + model + ask);
+  CHECK(refused.rc == 2);
+  CHECK_THAT(refused.out, Contains(model + "/config.yaml: data.tokenizer '" + fs::absolute(tok).string() +
+                                   "' is outside the model folder " + model) &&
+                              Contains("The folder has its own tokenizer.model") &&
+                              Contains("--allow-external-tokenizer"));
+  auto allowed = run_owl2("generate --model " + model + ask + " --allow-external-tokenizer");
+  CHECK(allowed.rc == 0);
+  CHECK(allowed.out == moved.out);
+}

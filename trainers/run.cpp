@@ -12,10 +12,12 @@
 #include <iostream>
 
 #include "owl2/infer/device.h"
+#include "owl2/io/fileio.h"
 #include "owl2/io/state_dict.h"
 #include "trainers/checkpoint.h"
 #include "trainers/full_parameters.h"
 #include "trainers/infer/evaluate.h"
+#include "trainers/io/model_dir.h"
 #include "trainers/metrics.h"
 #include "trainers/parallel/distributed.h"
 #include "trainers/plan.h"
@@ -144,14 +146,18 @@ void evaluate_during_training(TrainingRun& run, int64_t step, bool last, StepMet
   if (last) write_eval_results(er, step, run.dir);
 }
 
-// The final weights (float32, reference names) and the config in RUN/final, written by rank 0. All ranks call it.
+// RUN/final, a model folder (trainers/io/model_dir.h) written by rank 0: the final weights (float32, reference
+// names), a copy of the tokenizer and the run's config naming it relatively, written last so that an interrupted
+// export never looks complete. All ranks call it.
 void export_final(TrainingRun& run) {
   FullParameters full(run.trainer);  // ZeRO 3: the complete model
   if (!run.lead()) return;
   const auto out = run.dir / "final";
   run.trainer.precision().end_to_fp32();  // bf16: export the fp32 masters, not their rounding
   save_state_dict(*run.model, out.string());
-  std::ofstream(out / "config.yaml") << run.options.config_text;
+  RunConfig saved = run.cfg;
+  saved.data.tokenizer = copy_tokenizer_into(run.cfg.data.tokenizer, out.string());
+  write_file_atomic((out / "config.yaml").string(), to_yaml(saved));
   std::cerr << "final weights: " << out.string() << "\n";
 }
 

@@ -22,6 +22,7 @@
 #include "owl2/model/model.h"
 #include "owl2/io/state_dict.h"
 #include "owl2/model/vision.h"
+#include "trainers/io/model_dir.h"
 
 namespace owl2 {
 namespace fs = std::filesystem;
@@ -106,6 +107,19 @@ void write_model_config(const std::string& out_dir, const RunConfig& cfg, const 
   write_file_atomic(out_dir + "/config.yaml", "# " + origin + "\n" + to_yaml(cfg));
 }
 
+// The tokenizer a new model folder carries: `candidate` (the source checkpoint's tokenizer.model) if it exists,
+// else the config's data.tokenizer (read from the working directory, as a run config's paths are), else none.
+// Checked before anything is written; the folder's config.yaml then records kModelDirTokenizer.
+std::string bundled_tokenizer(const std::string& candidate, const RunConfig& cfg, const std::string& config) {
+  if (fs::is_regular_file(candidate)) return candidate;
+  if (cfg.data.tokenizer.empty()) return "";
+  if (!fs::is_regular_file(cfg.data.tokenizer)) {
+    throw std::invalid_argument(fmt::format("{}: data.tokenizer '{}': no such file (and no {})", config,
+                                            cfg.data.tokenizer, candidate));
+  }
+  return cfg.data.tokenizer;
+}
+
 std::optional<nlohmann::json> read_json_if_present(const std::string& path) {
   if (!fs::is_regular_file(path)) return std::nullopt;
   try {
@@ -169,6 +183,7 @@ KeyReport import_hf(const std::string& hf_dir, const std::string& out_dir, const
   if (!fs::is_regular_file(config))
     throw std::invalid_argument(fmt::format("{}: no config.json; pass --config FILE", hf_dir));
   RunConfig cfg = load_config(config);
+  const std::string tok = bundled_tokenizer(hf_dir + "/tokenizer.model", cfg, config);
   const auto source = open_tensor_source(hf_dir);
   const KeyReport report = check_model_keys(*source, cfg.model, hf_dir, options.allow_unexpected);
 
@@ -177,12 +192,7 @@ KeyReport import_hf(const std::string& hf_dir, const std::string& out_dir, const
   make_dir(out_dir);
   convert_to_safetensors(kept, out_dir, options.max_shard_bytes, options.dtype);
 
-  const std::string tok = hf_dir + "/tokenizer.model";
-  if (fs::is_regular_file(tok)) {
-    copy_into(tok, out_dir + "/tokenizer.model");
-    // Absolute: data.tokenizer is read relative to the working directory, not to the config file.
-    cfg.data.tokenizer = fs::absolute(out_dir + "/tokenizer.model").lexically_normal().string();
-  }
+  if (!tok.empty()) cfg.data.tokenizer = copy_tokenizer_into(tok, out_dir);
   write_model_config(out_dir, cfg, "owl2 import from " + hf_dir + " (model section from " + config + ")");
   return report;
 }
@@ -242,13 +252,10 @@ nlohmann::json hf_preprocessor_config_json(const VisionConfig& vision) {
 }
 
 size_t export_hf(const std::string& model_dir, const std::string& hf_dir, const ExportOptions& options) {
-  const std::string config = model_dir + "/config.yaml";
-  if (!fs::is_regular_file(config))
-    throw std::invalid_argument(model_dir + ": not a model directory (no config.yaml; use a run's final/ folder)");
-  const RunConfig cfg = load_config(config);
-  const std::string tok_path = options.tokenizer.empty() ? cfg.data.tokenizer : options.tokenizer;
-  if (tok_path.empty())
-    throw std::invalid_argument(config + ": data.tokenizer is empty; pass --tokenizer (HF needs tokenizer.model)");
+  const RunConfig cfg = read_model_dir_config(model_dir);
+  const std::string tok_path = options.tokenizer.empty()
+                                   ? model_dir_tokenizer(model_dir, cfg.data.tokenizer, options.allow_external_tokenizer)
+                                   : options.tokenizer;
   const Tokenizer tokenizer(tok_path);
   const auto source = open_tensor_source(model_dir);
   const KeyReport report = check_model_keys(*source, cfg.model, model_dir, /*allow_unexpected=*/false);
@@ -365,6 +372,7 @@ std::string describe(const std::vector<std::string>& v) { return v.empty() ? "no
 
 std::string init_from_pretrained(const InitOptions& opt) {
   RunConfig cfg = load_config(opt.config);
+  const std::string tok = bundled_tokenizer(opt.llm_dir + "/tokenizer.model", cfg, opt.config);
   const ModelConfig& mc = cfg.model;
   const auto clip = open_tensor_source(opt.vision_dir);
   const auto llm = open_tensor_source(opt.llm_dir);
@@ -484,11 +492,7 @@ std::string init_from_pretrained(const InitOptions& opt) {
   make_dir(opt.out_dir);
   convert_to_safetensors(out, opt.out_dir, opt.max_shard_bytes, opt.dtype);
 
-  const std::string tok = opt.llm_dir + "/tokenizer.model";
-  if (fs::is_regular_file(tok)) {
-    copy_into(tok, opt.out_dir + "/tokenizer.model");
-    cfg.data.tokenizer = fs::absolute(opt.out_dir + "/tokenizer.model").lexically_normal().string();
-  }
+  if (!tok.empty()) cfg.data.tokenizer = copy_tokenizer_into(tok, opt.out_dir);
   write_model_config(opt.out_dir, cfg,
                      fmt::format("owl2 init: vision {}, llm {}, abstractor seed {}", opt.vision_dir, opt.llm_dir, opt.seed));
   uint64_t bytes = 0;

@@ -39,13 +39,15 @@ struct ImportOptions {
 };
 
 // HF_DIR (.bin shards + pytorch_model.bin.index.json, or safetensors) -> OUT_DIR/config.yaml + model.safetensors
-// [+ index], which load_model_dir opens. tokenizer.model, if present, is copied and becomes data.tokenizer.
+// [+ index], which load_model_dir opens. HF_DIR/tokenizer.model (else the config's data.tokenizer, if set) is
+// copied into OUT_DIR and recorded relatively (data.tokenizer: tokenizer.model).
 KeyReport import_hf(const std::string& hf_dir, const std::string& out_dir, const ImportOptions& options = {});
 
 struct ExportOptions {
   std::optional<torch::Dtype> dtype;          // cast floating-point tensors; unset: keep the stored dtype
   uint64_t max_shard_bytes = 5'000'000'000;
-  std::string tokenizer;                      // SentencePiece model; empty: the config's data.tokenizer
+  std::string tokenizer;                      // SentencePiece model; empty: the model folder's (model_dir.h)
+  bool allow_external_tokenizer = false;      // the folder's data.tokenizer may lie outside it
 };
 
 // Model directory -> HF_DIR with config.json, generation_config.json, preprocessor_config.json, tokenizer.model,
