@@ -1,6 +1,7 @@
 // `owl2 chat`: a multi-turn conversation on stdin with the model's chat template (spec §3.4, §6): the whole
-// conversation is re-encoded every turn, as the reference CLI does; `/image PATH` attaches an image to the next
-// message, `/reset` starts over, `/quit` (or end of input) leaves. Works with stdin not a terminal.
+// conversation is re-encoded every turn and a message's images go in front of it with no newline, as the
+// reference CLI does; `/image PATH` attaches an image to the next message, `/reset` starts over, `/quit` (or end
+// of input) leaves. Works with stdin not a terminal.
 #include <CLI/CLI.hpp>
 #include <unistd.h>
 
@@ -87,17 +88,19 @@ void add_chat_commands(CLI::App& app, Action& run) {
           }
           continue;
         }
-        std::string human;
-        for (int64_t i = 0; i < pending; ++i) human += kImagePlaceholder;
-        human += pending > 0 ? "\n" + msg : msg;
-        turns.push_back({Role::kHuman, human});
         try {
-          const auto prompt = l.tokenizer->encode_with_images(generation_prompt(tmpl, turns, true));
+          turns.push_back({Role::kHuman, user_message(msg, pending)});  // throws for a placeholder without image
+        } catch (const std::exception& e) {
+          std::cout << "error: " << e.what() << "\n" << std::flush;
+          continue;
+        }
+        try {
+          const auto prompt = l.tokenizer->encode_with_images(generation_prompt(tmpl, turns));
           go.max_new_tokens = fit_context(l.cfg.model, prompt, args->decoding.max_new_tokens);
           std::cout << "ASSISTANT: " << std::flush;
           const auto out = generate(l.model, {prompt}, images.empty() ? torch::Tensor() : torch::stack(images), go);
           streamer.finish(out[0].text);
-          turns.push_back({Role::kGpt, out[0].text});
+          turns.push_back({Role::kGpt, trim(out[0].text)});  // the reference keeps the stripped reply
           pending = 0;
         } catch (const std::exception& e) {
           turns.pop_back();

@@ -40,9 +40,10 @@ void add_generate_commands(CLI::App& app, Action& run) {
       ic.mode = args->mode.empty() ? l.cfg.data.image_mode : parse_image_mode(args->mode);
       torch::Tensor images;
       if (!args->image.empty()) images = preprocess_image(load_image(args->image), ic).unsqueeze(0);
-      const std::string human = args->image.empty() ? args->prompt : std::string(kImagePlaceholder) + "\n" + args->prompt;
-      const auto prompt = l.tokenizer->encode_with_images(
-          generation_prompt(chat_template(l.cfg.data.chat_template), {{Role::kHuman, human}}, true));
+      // The reference CLI's first turn: "USER: <|image|>{prompt} ASSISTANT:" (spec §6).
+      const std::string text = generation_prompt(
+          chat_template(l.cfg.data.chat_template), {{Role::kHuman, user_message(args->prompt, images.defined() ? 1 : 0)}});
+      const auto prompt = l.tokenizer->encode_with_images(text);
       auto go = args->decoding.options(*l.tokenizer);
       go.max_new_tokens = fit_context(l.cfg.model, prompt, go.max_new_tokens);
       TextStreamer streamer(*l.tokenizer, go.stop_strings, std::cout);

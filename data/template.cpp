@@ -152,8 +152,32 @@ std::string training_prompt(const ChatTemplate& tmpl, const std::vector<Turn>& t
   return build(tmpl, turns, /*for_generation=*/false, "\n");
 }
 
-std::string generation_prompt(const ChatTemplate& tmpl, const std::vector<Turn>& turns, bool image_newline) {
-  return build(tmpl, turns, /*for_generation=*/true, image_newline ? "\n" : "");
+std::string generation_prompt(const ChatTemplate& tmpl, const std::vector<Turn>& turns, ImageLayout layout) {
+  return build(tmpl, turns, /*for_generation=*/true, layout == ImageLayout::kTraining ? "\n" : "");
+}
+
+std::string user_message(std::string_view text, int64_t images) {
+  if (images < 0) throw std::invalid_argument(fmt::format("user message: {} images", images));
+  if (images == 0) {
+    if (text.find(kImagePlaceholder) != std::string_view::npos) {
+      throw std::invalid_argument(fmt::format(
+          "the message contains {} but no image is attached to it (owl2 generate: --image FILE; owl2 chat: "
+          "/image PATH before the message); the placeholder is added for each attached image",
+          kImagePlaceholder));
+    }
+    return std::string(text);
+  }
+  std::string rest;  // the text without the placeholders the user typed
+  size_t start = 0;
+  while (true) {
+    const size_t hit = text.find(kImagePlaceholder, start);
+    rest.append(text.substr(start, hit == std::string_view::npos ? std::string_view::npos : hit - start));
+    if (hit == std::string_view::npos) break;
+    start = hit + kImagePlaceholder.size();
+  }
+  std::string out;
+  for (int64_t i = 0; i < images; ++i) out += kImagePlaceholder;
+  return out + std::string(strip(rest));
 }
 
 TokenizedConversation tokenize_conversation(const Tokenizer& tok, const ChatTemplate& tmpl,

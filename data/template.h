@@ -45,10 +45,22 @@ ChatTemplate chat_template(TemplateKind kind);
 // turn index when the roles do not fit.
 std::string training_prompt(const ChatTemplate& tmpl, const std::vector<Turn>& turns);
 
+// Where a turn's image placeholders go. Training (spec §3.5): "<|image|>\n" + text. Inference (spec §6, the
+// reference CLI and README): "<|image|>" + text, no newline.
+enum class ImageLayout { kTraining, kInference };
+
 // Generation prompt: the same layout for turns that end with a human turn, followed by "ASSISTANT:" (no trailing
-// space). Placeholders are moved to the front of their turn followed by "\n" if image_newline, else directly by
-// the text (the reference's inference prompts: "USER: <|image|>What is ... ASSISTANT:").
-std::string generation_prompt(const ChatTemplate& tmpl, const std::vector<Turn>& turns, bool image_newline = false);
+// space). Placeholders are moved to the front of their turn, followed by the text directly (kInference, what
+// `owl2 generate` and `owl2 chat` send) or by "\n" (kTraining, what the held-out evaluation of a run sends).
+std::string generation_prompt(const ChatTemplate& tmpl, const std::vector<Turn>& turns,
+                              ImageLayout layout = ImageLayout::kInference);
+
+// A user's message with `images` images attached, as `owl2 generate` and `owl2 chat` put it into a human turn.
+// The reference CLI sends "<|image|>" + text for its one image (spec §6). Placeholders the user typed are removed
+// and the text stripped, as the reference's conversation class does for a message that carries an image, so a
+// message has exactly one placeholder per attached image, in front. Without images the text is kept as typed;
+// a placeholder in it has no image and throws std::invalid_argument.
+std::string user_message(std::string_view text, int64_t images);
 
 struct TokenizedConversation {
   std::vector<int64_t> input_ids;  // kImageTokenIndex (-200) for each image

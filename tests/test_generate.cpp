@@ -444,11 +444,17 @@ TEST_CASE("owl2 chat on piped stdin: two turns with history, a missing /image fi
   o.max_new_tokens = 4;
   o.stop_strings = {"</s>"};
   o.detokenize = [&](const Ids& ids) { return l.tokenizer->decode(ids); };
-  std::vector<Turn> turns{{Role::kHuman, "Hello"}};
-  const auto first = generate(l.model, {l.tokenizer->encode_with_images(generation_prompt(tmpl, turns, true))}, {}, o)[0].text;
-  turns.push_back({Role::kGpt, first});
-  turns.push_back({Role::kHuman, std::string(kImagePlaceholder) + "\nWhat is in the picture?"});
-  const auto second = generate(l.model, {l.tokenizer->encode_with_images(generation_prompt(tmpl, turns, true))},
+  // The reference CLI's layout (spec §6): the image in front of its message with no newline, the stripped
+  // reply in the history.
+  std::vector<Turn> turns{{Role::kHuman, user_message("Hello", 0)}};
+  const auto first = generate(l.model, {l.tokenizer->encode_with_images(generation_prompt(tmpl, turns))}, {}, o)[0].text;
+  const auto b = first.find_first_not_of(" \t\r\n"), e = first.find_last_not_of(" \t\r\n");
+  const std::string reply = b == std::string::npos ? "" : first.substr(b, e - b + 1);
+  turns.push_back({Role::kGpt, reply});
+  turns.push_back({Role::kHuman, user_message("What is in the picture?", 1)});
+  REQUIRE(generation_prompt(tmpl, turns) == "USER: Hello ASSISTANT:" + (reply.empty() ? "" : " " + reply + "</s>") +
+                                                "USER: <|image|>What is in the picture? ASSISTANT:");
+  const auto second = generate(l.model, {l.tokenizer->encode_with_images(generation_prompt(tmpl, turns))},
                                preprocess_image(load_image(image), ic).unsqueeze(0), o)[0].text;
 
   CHECK(count_of(r.out, "ASSISTANT: ") == 3);

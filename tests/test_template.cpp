@@ -4,6 +4,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include <set>
+
 #include "data/template.h"
 #include "tests/helpers.h"
 #include "tests/tokenizer_fixture.h"
@@ -41,7 +43,7 @@ TEST_CASE("mplug_owl2 prompts: no system prompt, image moved to the front with a
   CHECK(training_prompt(t, conv) == "USER: <|image|>\nWhat is this? ASSISTANT: A circle.</s>USER: Colour? ASSISTANT: Red.</s>");
   const std::vector<Turn> ask{{Role::kHuman, "<|image|>What is this?"}};
   CHECK(generation_prompt(t, ask) == "USER: <|image|>What is this? ASSISTANT:");
-  CHECK(generation_prompt(t, ask, true) == "USER: <|image|>\nWhat is this? ASSISTANT:");
+  CHECK(generation_prompt(t, ask, owl2::ImageLayout::kTraining) == "USER: <|image|>\nWhat is this? ASSISTANT:");
   const std::vector<Turn> follow{conv[0], conv[1], {Role::kHuman, "Colour?"}};
   CHECK(generation_prompt(t, follow) == "USER: <|image|>What is this? ASSISTANT: A circle.</s>USER: Colour? ASSISTANT:");
   // Several images in one turn keep their count.
@@ -50,6 +52,64 @@ TEST_CASE("mplug_owl2 prompts: no system prompt, image moved to the front with a
   // A turn that is only an image: the trailing newline is stripped.
   CHECK(training_prompt(t, {{Role::kHuman, "<|image|>"}, {Role::kGpt, "A dog."}}) ==
         "USER: <|image|> ASSISTANT: A dog.</s>");
+}
+
+TEST_CASE("generate and chat prompts equal the reference CLI's, the training layout keeps its newline", "[template]") {
+  // Golden prompts and ids: scripts/make_prompt_golden.py, the reference CLI's conversation building and
+  // tokenizer_image_token on the reference tokenizer (an image first turn, a second turn, a text-only turn, a
+  // typed placeholder, the vicuna_v1 template).
+  const auto g = nlohmann::json::parse(read_text(source_path("tests/fixtures/tokenizer/generation_prompts.json")));
+  REQUIRE(g["cases"].size() == 5);
+  std::set<std::string> names;
+  for (const auto& c : g["cases"]) {
+    const auto name = c["name"].get<std::string>();
+    INFO("case: " << name);
+    names.insert(name);
+    const auto tmpl = chat_template(c["template"].get<std::string>());
+    // As owl2 generate / owl2 chat build it: the image belongs to the first message, replies go in the history.
+    std::vector<Turn> turns;
+    const auto& cturns = c["turns"];
+    for (size_t i = 0; i < cturns.size(); ++i) {
+      const int64_t images = i == 0 && c["image"].get<bool>() ? 1 : 0;
+      turns.push_back({Role::kHuman, owl2::user_message(cturns[i]["user"].get<std::string>(), images)});
+      if (!cturns[i]["reply"].is_null()) turns.push_back({Role::kGpt, cturns[i]["reply"].get<std::string>()});
+    }
+    const auto prompt = generation_prompt(tmpl, turns);
+    CHECK(prompt == c["prompt"].get<std::string>());
+    CHECK(tiny().encode_with_images(prompt) == c["ids"].get<Ids>());
+    // The same conversation as a training sample: "<|image|>\n" + text.
+    turns.push_back({Role::kGpt, c["answer"].get<std::string>()});
+    CHECK(training_prompt(tmpl, turns) == c["training_prompt"].get<std::string>());
+    const auto sample = tokenize_conversation(tiny(), tmpl, turns);
+    CHECK(sample.input_ids == c["training_ids"].get<Ids>());
+    CHECK_FALSE(sample.mismatch);
+  }
+  CHECK(names == std::set<std::string>{"image first turn", "second turn", "text-only turn", "typed placeholder",
+                                       "vicuna_v1 image first turn"});
+  // The three layouts spelled out, so that a regenerated golden cannot drift unnoticed.
+  CHECK(g["cases"][0]["prompt"] == "USER: <|image|>What is in the picture? ASSISTANT:");
+  CHECK(g["cases"][0]["training_prompt"] == "USER: <|image|>\nWhat is in the picture? ASSISTANT: A red circle.</s>");
+  CHECK(g["cases"][1]["prompt"] ==
+        "USER: <|image|>What is in the picture? ASSISTANT: A red circle.</s>USER: Where is it? ASSISTANT:");
+  CHECK(g["cases"][2]["prompt"] == "USER: Text only question 12? ASSISTANT:");
+  CHECK(g["cases"][3]["prompt"] == "USER: <|image|>Compare  with the square ASSISTANT:");
+}
+
+TEST_CASE("user_message puts one placeholder per attached image in front, a typed one without image is an error",
+          "[template]") {
+  using owl2::user_message;
+  CHECK(user_message("What is this?", 1) == "<|image|>What is this?");
+  CHECK(user_message("Compare these", 2) == "<|image|><|image|>Compare these");
+  // Typed placeholders stand for the attached images: removed, the text stripped (the reference's conversation
+  // class does the same for a message that carries an image).
+  CHECK(user_message(" <|image|>\nWhat is this? ", 1) == "<|image|>What is this?");
+  CHECK(user_message("a <|image|> b <|image|>", 1) == "<|image|>a  b");
+  CHECK(user_message("", 1) == "<|image|>");
+  // Without an image the text is kept as typed.
+  CHECK(user_message(" Hello there ", 0) == " Hello there ");
+  CHECK_THROWS_WITH(user_message("Describe <|image|>", 0),
+                    Contains("the message contains <|image|> but no image is attached") && Contains("--image FILE") &&
+                        Contains("/image PATH"));
 }
 
 TEST_CASE("vicuna_v1 prompts carry the system prompt, a system turn replaces it", "[template]") {

@@ -80,7 +80,9 @@ EvalResult evaluate_heldout(MPLUGOwl2ForCausalLM& model, const Tokenizer& tokeni
     for (size_t i = start; i < end; ++i) {
       const auto& q = qs[i];
       const std::string human = q.image.empty() ? q.prompt : std::string(kImagePlaceholder) + "\n" + q.prompt;
-      prompts.push_back(tokenizer.encode_with_images(generation_prompt(tmpl, {{Role::kHuman, human}}, true)));
+      // The layout the run trained on ("<|image|>\n" + question), not the reference CLI's (docs/generation.md).
+      prompts.push_back(
+          tokenizer.encode_with_images(generation_prompt(tmpl, {{Role::kHuman, human}}, ImageLayout::kTraining)));
       if (!q.image.empty()) images.push_back(preprocess_image(load_image(q.image), options.image));
     }
     const auto answers = greedy_generate(model, prompts, images.empty() ? torch::Tensor() : torch::stack(images), gen);
