@@ -1,8 +1,13 @@
 // `owl2 generate`: one prompt, optionally with an image, on a saved model directory (trainers/io/model_dir.h),
-// streamed to stdout token by token (spec §6 for the template, stop string and defaults).
+// streamed to stdout token by token, or with --json printed as one JSON object for scripts and evaluation
+// harnesses. The prompt is the reference CLI's first turn, "USER: <|image|>{prompt} ASSISTANT:" (spec §6;
+// docs/generation.md for the layout and the JSON fields).
 #include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
 
+#include <chrono>
 #include <iostream>
+#include <optional>
 
 #include "cli/commands.h"
 #include "cli/device_arg.h"
@@ -16,12 +21,53 @@
 namespace owl2::cli {
 namespace {
 
+using Clock = std::chrono::steady_clock;
+
+double seconds(Clock::time_point from, Clock::time_point to) { return std::chrono::duration<double>(to - from).count(); }
+
+const char* stop_reason(FinishReason f) {
+  switch (f) {
+    case FinishReason::kEos: return "eos";
+    case FinishReason::kStop: return "stop";
+    case FinishReason::kLength: return "length";
+  }
+  return "?";
+}
+
+// The command starts at `began`; the model, image and prompt are ready at `start`; the first new token is
+// reported at `first` (unset when none was); generate() returns at `end`.
+struct GenerationTimes {
+  Clock::time_point began, start, end;
+  std::optional<Clock::time_point> first;
+};
+
+// load_s: model, image and prompt. ttft_s: start of generation (image encoding and prefill included) to the first new token, or to the end when
+// the answer is empty. tokens_per_s: the decode steps after the first token (one per further token, plus the one
+// that chose EOS) per second. Beam search chooses its tokens when the search ends, so there ttft_s is the whole
+// search and tokens_per_s is new tokens over the whole search.
+nlohmann::json timings_json(const GenerationTimes& t, const Generation& g, bool beams) {
+  const auto n = static_cast<int64_t>(g.tokens.size());
+  const double total = seconds(t.start, t.end);
+  nlohmann::json j = {{"load_s", seconds(t.began, t.start)},
+                      {"ttft_s", total}, {"total_s", total}, {"tokens_per_s", nullptr}};
+  if (beams || !t.first) {
+    if (n > 0 && total > 0) j["tokens_per_s"] = static_cast<double>(n) / total;
+    return j;
+  }
+  j["ttft_s"] = seconds(t.start, *t.first);
+  const int64_t steps = n - 1 + (g.finish == FinishReason::kEos ? 1 : 0);
+  const double decode = seconds(*t.first, t.end);
+  if (steps > 0 && decode > 0) j["tokens_per_s"] = static_cast<double>(steps) / decode;
+  return j;
+}
+
 void add_generate_commands(CLI::App& app, Action& run) {
   struct Args {
     ModelDirArgs model;
     std::string image, prompt;
     std::string mode, device;
     DecodingArgs decoding;
+    bool json = false;
   };
   auto args = std::make_shared<Args>();
 
@@ -30,10 +76,15 @@ void add_generate_commands(CLI::App& app, Action& run) {
   gen->add_option("--prompt", args->prompt, "The user's message")->required();
   gen->add_option("--image", args->image, "Image file shown with the prompt");
   gen->add_option("--image-mode", args->mode, "resize | pad | crop (default: the run's data.image_mode)");
+  gen->add_flag("--json", args->json,
+                "Print one JSON object (prompt and generated ids, text, log-probs, stop reason, timings) "
+                "instead of streaming the text");
   add_device_option(gen, args->device);
   args->decoding.add_to(gen);
   gen->callback([&run, args] {
     run = [args] {
+      GenerationTimes times;
+      times.began = Clock::now();
       auto l = args->model.load(use_device_arg(args->device));
       ImageConfig ic;
       ic.size = l.cfg.model.vision.image_size;
@@ -46,10 +97,31 @@ void add_generate_commands(CLI::App& app, Action& run) {
       const auto prompt = l.tokenizer->encode_with_images(text);
       auto go = args->decoding.options(*l.tokenizer);
       go.max_new_tokens = fit_context(l.cfg.model, prompt, go.max_new_tokens);
-      TextStreamer streamer(*l.tokenizer, go.stop_strings, std::cout);
-      if (!args->decoding.no_stream) go.on_token = [&streamer](int64_t, int64_t token) { streamer.push(token); };
-      const auto out = generate(l.model, {prompt}, images, go);
-      streamer.finish(out[0].text);
+      if (!args->json) {
+        TextStreamer streamer(*l.tokenizer, go.stop_strings, std::cout);
+        if (!args->decoding.no_stream) go.on_token = [&streamer](int64_t, int64_t token) { streamer.push(token); };
+        const auto out = generate(l.model, {prompt}, images, go);
+        streamer.finish(out[0].text);
+        return 0;
+      }
+      go.logprobs = true;
+      go.on_token = [&times](int64_t, int64_t) {
+        if (!times.first) times.first = Clock::now();  // after the token's host sync: the time it was known
+      };
+      times.start = Clock::now();
+      const auto out = generate(l.model, {prompt}, images, go)[0];
+      times.end = Clock::now();
+      const nlohmann::json j = {{"prompt", text},
+                                {"prompt_ids", prompt},
+                                {"image", args->image.empty() ? nlohmann::json(nullptr) : nlohmann::json(args->image)},
+                                {"generated_ids", out.tokens},
+                                {"text", out.text},
+                                {"logprobs", out.logprobs},
+                                {"eos_logprob", out.eos_logprob},  // NaN (not EOS) is written as null
+                                {"stop_reason", stop_reason(out.finish)},
+                                {"timings", timings_json(times, out, go.num_beams > 1)}};
+      // A token cut inside a UTF-8 character leaves invalid bytes: written as U+FFFD rather than failing.
+      std::cout << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n" << std::flush;
       return 0;
     };
   });

@@ -1,9 +1,11 @@
 // Generation (owl2/infer/generate.h, kv_cache.h, sampling.h): the KV cache against a full recomputation in float64,
 // batch invariance of greedy, sampling and beam search, the logits processors on hand-computed cases, beam
-// search on a hand-made distribution, stops, and `owl2 chat` on piped stdin.
+// search on a hand-made distribution, stops, log-probabilities against a separate forward pass, `owl2 chat` on
+// piped stdin and `owl2 generate --json`.
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -400,6 +402,117 @@ TEST_CASE("bad generation options name the option", "[generate]") {
 
 namespace {
 
+// The log-probability of each of `answer`'s tokens under one forward pass of the training code over prompt +
+// answer (batch 1, no cache): row S - n - 1 + k of the spliced sequence's logits predicts answer[k].
+std::vector<double> forward_logprobs(MPLUGOwl2ForCausalLM& model, const Ids& prompt, const Ids& answer,
+                                     const torch::Tensor& images) {
+  Ids seq = prompt;
+  seq.insert(seq.end(), answer.begin(), answer.end());
+  const auto ids = torch::tensor(seq, torch::kInt64).unsqueeze(0);
+  ModelInputs in{ids, torch::ones_like(ids), images, {}};
+  torch::NoGradGuard no_grad;
+  const auto logp_SV = model->forward(in).logits.select(0, 0).to(torch::kFloat64).log_softmax(-1);
+  const int64_t S = logp_SV.size(0), n = static_cast<int64_t>(answer.size());
+  std::vector<double> out;
+  for (int64_t k = 0; k < n; ++k) out.push_back(logp_SV[S - n - 1 + k][answer[static_cast<size_t>(k)]].item<double>());
+  return out;
+}
+
+void check_logprobs(Tiny& t, const Generation& g, const Ids& prompt, const torch::Tensor& images) {
+  REQUIRE(g.logprobs.size() == g.tokens.size());
+  const auto expected = forward_logprobs(t.model, prompt, g.tokens, images);
+  for (size_t k = 0; k < expected.size(); ++k) {
+    INFO("token " << k);
+    CHECK(std::abs(g.logprobs[k] - expected[k]) < 1e-10);
+    CHECK(g.logprobs[k] < 0);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("logprobs are the model's raw log-probabilities of the chosen tokens, as a separate forward pass gives them",
+          "[generate]") {
+  Tiny t;
+  GenerateOptions o;
+  o.max_new_tokens = 6;
+  o.eos_id = -1;
+  o.logprobs = true;
+  // Greedy in a batch, with a repetition penalty: the penalty picks the tokens, the reported log-probabilities
+  // are still the model's own.
+  o.repetition_penalty = 1.5;
+  const auto greedy = generate(t.model, kPrompts, t.images(0, 3), o);
+  int64_t first_image = 0;
+  for (size_t b = 0; b < kPrompts.size(); ++b) {
+    INFO("greedy prompt " << b);
+    const auto images = t.images(first_image, kImageCounts[b]);
+    first_image += kImageCounts[b];
+    REQUIRE(greedy[b].tokens.size() == 6);
+    check_logprobs(t, greedy[b], kPrompts[b], images);
+    CHECK(std::isnan(greedy[b].eos_logprob));
+  }
+  // The penalized distribution gives another value for the first token: the test tells the two apart.
+  {
+    torch::NoGradGuard no_grad;
+    const auto logits_V = recompute_last_logits(t, {kPrompts[1]}, {}).select(0, 0);
+    auto seen_V = torch::zeros({logits_V.size(0)}, torch::kBool);
+    for (int64_t id : kPrompts[1]) seen_V.index_put_({id}, true);
+    const auto penalized_V = apply_repetition_penalty(logits_V, seen_V, 1.5).log_softmax(-1);
+    CHECK(std::abs(penalized_V[greedy[1].tokens[0]].item<double>() - greedy[1].logprobs[0]) > 1e-6);
+  }
+  // Sampling at temperature 0.7 with top-k: the log-probabilities are those of the untempered distribution.
+  o.repetition_penalty = 1.0;
+  o.do_sample = true;
+  o.temperature = 0.7;
+  o.top_k = 5;
+  o.seed = 11;
+  const auto sampled = generate(t.model, {kPrompts[0]}, t.images(0, 1), o)[0];
+  check_logprobs(t, sampled, kPrompts[0], t.images(0, 1));
+  // Beam search: the winning hypothesis' tokens; with length penalty 1 its score is their mean.
+  o.do_sample = false;
+  o.num_beams = 3;
+  const auto beam = generate(t.model, {kPrompts[2]}, t.images(1, 2), o)[0];
+  check_logprobs(t, beam, kPrompts[2], t.images(1, 2));
+  double sum = 0;
+  for (double lp : beam.logprobs) sum += lp;
+  CHECK(std::abs(sum / 6.0 - beam.score) < 1e-10);
+}
+
+TEST_CASE("logprobs: the EOS's log-probability is reported apart, stop sequences drop theirs", "[generate]") {
+  Tiny t;
+  GenerateOptions o;
+  o.max_new_tokens = 5;
+  o.eos_id = -1;
+  o.logprobs = true;
+  const auto free_run = generate(t.model, {kPrompts[1]}, {}, o)[0].tokens;
+  // Call EOS the first token that did not occur before it (as in the EOS test).
+  size_t k = 1;
+  while (k < free_run.size() && std::count(free_run.begin(), free_run.begin() + static_cast<int64_t>(k), free_run[k]) > 0) ++k;
+  REQUIRE(k < free_run.size());
+  for (const int64_t beams : {1, 2}) {
+    INFO("beams " << beams);
+    o.eos_id = free_run[k];
+    o.num_beams = beams;
+    const auto g = generate(t.model, {kPrompts[1]}, {}, o)[0];
+    if (beams == 1) REQUIRE(g.tokens == Ids(free_run.begin(), free_run.begin() + static_cast<int64_t>(k)));
+    if (g.finish != FinishReason::kEos) continue;  // beam search may prefer a hypothesis that runs to the length
+    check_logprobs(t, g, kPrompts[1], {});
+    Ids with_eos = g.tokens;
+    with_eos.push_back(o.eos_id);
+    CHECK(std::abs(g.eos_logprob - forward_logprobs(t.model, kPrompts[1], with_eos, {}).back()) < 1e-10);
+  }
+  // A stop sequence: its tokens leave the result and so do their log-probabilities.
+  o.eos_id = -1;
+  o.num_beams = 1;
+  o.stop_sequences = {{free_run[2]}};
+  const auto stop_at = std::find(free_run.begin(), free_run.end(), free_run[2]);
+  const auto stopped = generate(t.model, {kPrompts[1]}, {}, o)[0];
+  CHECK(stopped.finish == FinishReason::kStop);
+  CHECK(stopped.tokens == Ids(free_run.begin(), stop_at));
+  check_logprobs(t, stopped, kPrompts[1], {});
+}
+
+namespace {
+
 // A model directory with the tiny configuration (vocabulary widened to the fixture tokenizer's 1000 pieces),
 // random weights and its own copy of the tokenizer, as owl2 writes one.
 std::string tiny_model_dir() {
@@ -469,6 +582,68 @@ TEST_CASE("owl2 chat on piped stdin: two turns with history, a missing /image fi
   const auto g = owl2::test::run_owl2("generate --model " + dir + " --prompt Hello --max-new-tokens 4");
   CHECK(g.rc == 0);
   CHECK(g.out == first + "\n");
+}
+
+TEST_CASE("owl2 generate --json prints one object: the reference CLI's prompt ids, the answer, raw log-probs, timings",
+          "[generate][cli]") {
+  const auto dir = tiny_model_dir();
+  const auto image = owl2::test::source_path("tests/fixtures/image/logo2.png");
+  const auto golden = nlohmann::json::parse(
+      owl2::test::read_text(owl2::test::source_path("tests/fixtures/tokenizer/generation_prompts.json")))["cases"];
+  REQUIRE(golden[0]["name"] == "image first turn");
+  // min_new_tokens = max_new_tokens: five tokens whatever the random model prefers, and a processor that the
+  // reported log-probabilities must ignore.
+  const auto r = owl2::test::run_owl2_streams("generate --model " + dir + " --image " + image +
+                                              " --prompt 'What is in the picture?' --max-new-tokens 5 "
+                                              "--min-new-tokens 5 --json");
+  INFO(r.out << r.err);
+  REQUIRE(r.rc == 0);
+  CHECK(std::count(r.out.begin(), r.out.end(), '\n') == 1);
+  const auto j = nlohmann::json::parse(r.out);  // stdout holds the object and nothing else
+  CHECK(j["prompt"] == golden[0]["prompt"]);
+  CHECK(j["prompt_ids"] == golden[0]["ids"]);
+  CHECK(j["image"] == image);
+
+  // The same answer in process; its log-probabilities from a separate forward pass in float64.
+  auto l = load_model_dir(dir);
+  ImageConfig ic;
+  ic.size = l.cfg.model.vision.image_size;
+  ic.mode = l.cfg.data.image_mode;
+  const auto images = preprocess_image(load_image(image), ic).unsqueeze(0);
+  GenerateOptions o;
+  o.max_new_tokens = o.min_new_tokens = 5;
+  o.stop_strings = {"</s>"};
+  o.detokenize = [&](const Ids& ids) { return l.tokenizer->decode(ids); };
+  const auto prompt = j["prompt_ids"].get<Ids>();
+  const auto g = generate(l.model, {prompt}, images, o)[0];
+  REQUIRE(g.tokens.size() == 5);
+  CHECK(j["generated_ids"].get<Ids>() == g.tokens);
+  CHECK(j["text"] == g.text);
+  CHECK(j["stop_reason"] == "length");
+  CHECK(j["eos_logprob"].is_null());
+  l.model->to(torch::kFloat64);
+  const auto expected = forward_logprobs(l.model, prompt, g.tokens, images.to(torch::kFloat64));
+  const auto logprobs = j["logprobs"].get<std::vector<double>>();
+  REQUIRE(logprobs.size() == expected.size());
+  for (size_t k = 0; k < expected.size(); ++k) CHECK(std::abs(logprobs[k] - expected[k]) < 1e-4);  // fp32 run
+  const auto& t = j["timings"];
+  CHECK(t["load_s"].get<double>() > 0);
+  CHECK(t["ttft_s"].get<double>() > 0);
+  CHECK(t["total_s"].get<double>() >= t["ttft_s"].get<double>());
+  CHECK(t["tokens_per_s"].get<double>() > 0);
+
+  // A text-only prompt, and a typed placeholder with no image to stand for.
+  const auto text = owl2::test::run_owl2_streams("generate --model " + dir +
+                                                 " --prompt 'Text only question 12?' --max-new-tokens 2 --json");
+  REQUIRE(text.rc == 0);
+  const auto tj = nlohmann::json::parse(text.out);
+  CHECK(tj["prompt"] == golden[2]["prompt"]);
+  CHECK(tj["prompt_ids"] == golden[2]["ids"]);
+  CHECK(tj["image"].is_null());
+  const auto bad = owl2::test::run_owl2_streams("generate --model " + dir + " --prompt '<|image|> hi' --json");
+  CHECK(bad.rc == 2);
+  CHECK(bad.out.empty());
+  CHECK_THAT(bad.err, Contains("the message contains <|image|> but no image is attached"));
 }
 
 TEST_CASE("owl2 bench generate: owl2 and the Python reference with its own KV cache pick the same tokens",

@@ -107,6 +107,14 @@ void mark_seen(torch::Tensor& seen_RV, const std::vector<int64_t>& tokens_R) {
   seen_RV.index_put_({rows, cols}, true);
 }
 
+// The raw log-probability of each row's chosen token: log_softmax of the logits before any processor (see
+// GenerateOptions::logprobs). Host sync: one small copy per step.
+std::vector<double> chosen_logprobs(const torch::Tensor& logits_RV, const std::vector<int64_t>& tokens_R) {
+  const auto idx_R1 = torch::tensor(tokens_R, torch::kInt64).to(logits_RV.device()).unsqueeze(1);
+  const auto logp_R = logits_RV.log_softmax(-1).gather(1, idx_R1).squeeze(1).to(torch::kCPU, torch::kFloat64);
+  return {logp_R.data_ptr<double>(), logp_R.data_ptr<double>() + logp_R.numel()};
+}
+
 void finish_text(Generation& g, const GenerateOptions& o) {
   if (o.detokenize && g.finish != FinishReason::kStop) g.text = o.detokenize(g.tokens);
 }
@@ -124,7 +132,8 @@ std::vector<Generation> greedy_or_sample(TokenSource& st, torch::Tensor logits_R
     }
   }
   for (int64_t step = 0; step < o.max_new_tokens; ++step) {
-    const auto scores_RV = process(at_least_float32(logits_RV), o, seen_RV, step);
+    const auto raw_RV = at_least_float32(logits_RV);
+    const auto scores_RV = process(raw_RV, o, seen_RV, step);
     std::vector<int64_t> next(row_sample.size());
     if (o.do_sample) {
       for (size_t r = 0; r < next.size(); ++r) {
@@ -134,18 +143,22 @@ std::vector<Generation> greedy_or_sample(TokenSource& st, torch::Tensor logits_R
       const auto argmax = scores_RV.argmax(-1).cpu();  // host sync: one per step
       next.assign(argmax.data_ptr<int64_t>(), argmax.data_ptr<int64_t>() + argmax.numel());
     }
+    const std::vector<double> logp_R = o.logprobs ? chosen_logprobs(raw_RV, next) : std::vector<double>();
     std::vector<int64_t> keep_rows, keep_tokens;
     for (size_t r = 0; r < next.size(); ++r) {
       const int64_t b = row_sample[r], t = next[r];
       auto& g = out[static_cast<size_t>(b)];
       if (t == o.eos_id) {
         g.finish = FinishReason::kEos;
+        if (o.logprobs) g.eos_logprob = logp_R[r];
         continue;
       }
       g.tokens.push_back(t);
+      if (o.logprobs) g.logprobs.push_back(logp_R[r]);
       if (o.on_token) o.on_token(b, t);
       if (auto m = match_stop(g.tokens, o); m.hit) {
         g.tokens.resize(g.tokens.size() - m.drop_tokens);
+        if (o.logprobs) g.logprobs.resize(g.tokens.size());
         g.text = std::move(m.text);
         if (m.drop_tokens > 0 && o.detokenize) g.text = o.detokenize(g.tokens);
         g.finish = FinishReason::kStop;
@@ -173,6 +186,7 @@ std::vector<Generation> greedy_or_sample(TokenSource& st, torch::Tensor logits_R
 // One beam-search hypothesis: its new tokens and summed log-prob (running) or length-penalized score (finished).
 struct Hyp {
   std::vector<int64_t> tokens;
+  std::vector<double> logprobs;  // raw, per token (GenerateOptions::logprobs)
   double score = 0;
   FinishReason finish = FinishReason::kLength;
   StopMatch stop;
@@ -204,7 +218,9 @@ std::vector<Generation> beam_search(TokenSource& st, torch::Tensor logits_RV, to
   std::iota(active.begin(), active.end(), 0);
 
   for (int64_t step = 0; step < o.max_new_tokens && !active.empty(); ++step) {
-    const auto logp_RV = process(at_least_float32(logits_RV).log_softmax(-1), o, seen_RV, step).to(torch::kCPU, torch::kFloat64);
+    const auto raw_logp_RV = at_least_float32(logits_RV).log_softmax(-1);
+    const auto logp_RV = process(raw_logp_RV, o, seen_RV, step).to(torch::kCPU, torch::kFloat64);
+    const auto chosen_logp_RV = o.logprobs ? raw_logp_RV.to(torch::kCPU, torch::kFloat64) : torch::Tensor();
     const int64_t V = logp_RV.size(1);
     std::vector<int64_t> next_rows, next_tokens, next_active;
     for (size_t a = 0; a < active.size(); ++a) {
@@ -226,6 +242,10 @@ std::vector<Generation> beam_search(TokenSource& st, torch::Tensor logits_RV, to
         Cand c{flat / V, flat % V, {}, false};
         c.hyp.tokens = s.running[static_cast<size_t>(c.beam)].tokens;
         c.hyp.tokens.push_back(c.token);
+        if (o.logprobs) {
+          c.hyp.logprobs = s.running[static_cast<size_t>(c.beam)].logprobs;
+          c.hyp.logprobs.push_back(chosen_logp_RV[static_cast<int64_t>(a) * N + c.beam][c.token].item<double>());
+        }
         c.hyp.score = vals[j].item<double>();
         if (c.token == o.eos_id) {
           c.ends = true;
@@ -298,11 +318,19 @@ std::vector<Generation> beam_search(TokenSource& st, torch::Tensor logits_RV, to
     if (o.max_new_tokens == 0) continue;
     const Hyp& best = s.finished.empty() ? s.running[0] : s.finished[0];
     g.tokens = best.tokens;
+    g.logprobs = best.logprobs;
     g.score = best.score;
     g.finish = best.finish;
-    if (g.finish == FinishReason::kEos) g.tokens.pop_back();
+    if (g.finish == FinishReason::kEos) {
+      g.tokens.pop_back();
+      if (o.logprobs) {
+        g.eos_logprob = g.logprobs.back();
+        g.logprobs.pop_back();
+      }
+    }
     if (g.finish == FinishReason::kStop) {
       g.tokens.resize(g.tokens.size() - best.stop.drop_tokens);
+      if (o.logprobs) g.logprobs.resize(g.tokens.size());
       g.text = best.stop.drop_tokens > 0 && o.detokenize ? o.detokenize(g.tokens) : best.stop.text;
     }
     finish_text(g, o);

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -54,6 +55,11 @@ struct GenerateOptions {
   // Called for every new token of every sample as soon as it is chosen (EOS is not reported). Beam search
   // reports the winning hypothesis' tokens when its search ends.
   std::function<void(int64_t sample, int64_t token)> on_token;
+
+  // Record Generation::logprobs: each chosen token's log-probability under the model's own next-token
+  // distribution, log_softmax of the raw logits, before the repetition penalty, min_new_tokens, temperature,
+  // top-k and top-p (what OpenAI-style APIs report; the processors only decide which token is chosen).
+  bool logprobs = false;
 };
 
 struct Generation {
@@ -61,6 +67,10 @@ struct Generation {
   std::string text;             // detokenize(tokens) cut before a matched stop string; empty without detokenize
   FinishReason finish = FinishReason::kLength;
   double score = 0.0;  // beam search: the length-penalized score of the returned hypothesis
+  // With GenerateOptions::logprobs: one raw log-probability per entry of `tokens`, and the EOS's when
+  // finish == kEos (NaN otherwise).
+  std::vector<double> logprobs;
+  double eos_logprob = std::numeric_limits<double>::quiet_NaN();
 };
 
 // What the search loops need from a model: the next-token logits of every row after one more token per row, and
