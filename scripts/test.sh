@@ -10,6 +10,8 @@
 # Arguments pass to both ctest runs (e.g. -R config).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+start=$(date +%s)
+elapsed() { echo "[test] $1 after $(( $(date +%s) - start )) s"; }
 cuda=${OWL2_CUDA_BUILD:-auto}
 if [ "$cuda" = auto ]; then
   if command -v nvcc >/dev/null || [ -x "${CUDA_HOME:-/usr/local/cuda}/bin/nvcc" ]; then
@@ -20,11 +22,16 @@ if [ "$cuda" = auto ]; then
   fi
 fi
 if [ "$cuda" = 1 ]; then bash scripts/setup.sh --cuda-build; else bash scripts/setup.sh; fi
+elapsed "set up"
 bash scripts/build.sh
+elapsed "CPU build"
 echo "[test] running the test suite (CPU build: ${OWL2_BUILD_DIR:-build})"
 ctest --test-dir "${OWL2_BUILD_DIR:-build}" -j"${OWL2_TEST_JOBS:-2}" --output-on-failure "$@"
+elapsed "CPU suite"
 if [ "$cuda" = 1 ]; then
   OWL2_BUILD_DIR=build-cuda OWL2_VENV=.venv-cuda bash scripts/build.sh
+  elapsed "CUDA build"
   echo "[test] running the test suite (CUDA build: build-cuda)"
   ctest --test-dir build-cuda -j"${OWL2_TEST_JOBS:-2}" --output-on-failure "$@"
+  elapsed "CUDA suite"
 fi

@@ -58,7 +58,7 @@ std::vector<std::string> list_dir(const std::string& dir) {
   return out;
 }
 
-void make_dir(const std::string& dir) {
+void create_dir(const std::string& dir) {
   if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST)
     throw std::runtime_error(fmt::format("{}: cannot create directory: {}", dir, std::strerror(errno)));
 }
@@ -115,7 +115,7 @@ std::string CheckpointManager::latest() const {
 }
 
 void CheckpointManager::clean_leftovers() const {
-  make_dir(root_);
+  create_dir(root_);
   for (const auto& n : list_dir(root_))  // leftovers of a save or prune that was killed
     if (n.rfind(".tmp-", 0) == 0 || n.rfind(".trash-", 0) == 0) remove_tree(root_ + "/" + n);
 }
@@ -142,7 +142,7 @@ std::string CheckpointManager::save(const TrainingCheckpoint& ckpt) {
   clean_leftovers();
   stage("begin");
   const std::string tmp = fmt::format("{}/.tmp-{}-{}", root_, step_dir_name(ckpt.step), ::getpid());
-  make_dir(tmp);
+  create_dir(tmp);
   json files = json::object();
   const auto after = [this](const std::string& s) { stage(s); };
   write_groups(tmp, ckpt.tensors, files, after);
@@ -158,7 +158,7 @@ std::string CheckpointManager::save(const TrainingCheckpoint& ckpt, const SaveGr
   const std::string tmp = fmt::format("{}/.tmp-{}-w{}", root_, step_dir_name(ckpt.step), group.world_size);
   if (lead) {
     clean_leftovers();
-    make_dir(tmp);
+    create_dir(tmp);
   }
   stage("begin");
   group.barrier(fmt::format("barrier before writing checkpoint step {}", ckpt.step));

@@ -26,9 +26,6 @@ bool glob_match(const std::string& p, const std::string& s) {
   return pi == p.size();
 }
 
-namespace {
-
-// "model.vision_model.encoder.layers.3.mlp.fc1.weight" -> "model.vision_model"; "lm_head.weight" -> "lm_head".
 std::string top_level(const std::string& name) {
   const auto a = name.find('.');
   if (a == std::string::npos) return name;
@@ -36,6 +33,8 @@ std::string top_level(const std::string& name) {
   const auto b = name.find('.', a + 1);
   return b == std::string::npos ? name : name.substr(0, b);
 }
+
+namespace {
 
 // BEiT-style ViT layer id: 0 embeddings, i+1 block i, L+1 post-LN; -1 outside the ViT.
 int64_t vision_layer_id(const std::string& name, int64_t layers) {

@@ -12,6 +12,10 @@ namespace owl2 {
 
 bool glob_match(const std::string& pattern, const std::string& name);
 
+// The module a parameter belongs to for the per-module tables: "model.vision_model.encoder.layers.3.mlp.fc1.weight"
+// -> "model.vision_model", "lm_head.weight" -> "lm_head".
+std::string top_level(const std::string& name);
+
 // Sets requires_grad on every parameter by the first matching rule. Throws std::invalid_argument when a rule
 // matches no parameter, or when a parameter matches no rule (a rules list should end with "*").
 // Returns a table (one line per top-level module: trainable / frozen parameter counts).

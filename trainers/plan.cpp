@@ -11,13 +11,6 @@
 namespace owl2 {
 namespace {
 
-std::string top_level(const std::string& name) {
-  const auto a = name.find('.');
-  if (a == std::string::npos || name.compare(0, a, "model") != 0) return name.substr(0, a);
-  const auto b = name.find('.', a + 1);
-  return b == std::string::npos ? name : name.substr(0, b);
-}
-
 std::string gib(double bytes) { return fmt::format("{:.2f} GiB", bytes / double(1ull << 30)); }
 
 // Forward FLOPs and saved-activation bytes per token of one transformer stack (see docs/plan.md).

@@ -227,7 +227,7 @@ int run_training(const RunConfig& cfg, const RunOptions& options) {
     if (position) prefetcher.load_state(*position);
   }
   const HeldoutEval heldout = make_heldout_eval(cfg);
-  MetricsLogger log((run_dir / fmt::format("metrics{}.jsonl", lead ? "" : "." + std::to_string(env.rank))).string(),
+  MetricsLogger log((run_dir / fmt::format("metrics{}.jsonl", lead ? std::string() : fmt::format(".{}", env.rank))).string(),
                     t.steps, peak_flops_for_device(device), lead && isatty(STDERR_FILENO), stderr,
                     lead ? t.log_every : t.steps + 1);
   if (trainer.data_parallel() && lead) {

@@ -5,6 +5,8 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include <time.h>
+
 #include <filesystem>
 #include <string>
 
@@ -19,6 +21,13 @@ inline CLI::App* bench_group(CLI::App& app) {
   auto* bench = app.add_subcommand("bench", "Benchmarks");
   bench->require_subcommand(1);
   return bench;
+}
+
+// CPU time of this process (all threads), for the per-core rates the benchmarks print.
+inline double cpu_seconds() {
+  timespec ts{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
 }
 
 // The checkout root: three levels above build/bin/owl2 when that holds scripts/bench/, else the working directory.

@@ -37,12 +37,6 @@ struct Rate {
   int64_t images = 0;
 };
 
-double cpu_seconds() {
-  timespec ts{};
-  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
-}
-
 std::string make_jpeg(int64_t width, int64_t height) {
 #ifdef OWL2_WITH_OPENCV
   // A deterministic photo-like scene: smooth gradients, a few shapes and sensor-like noise.
