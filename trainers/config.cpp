@@ -90,6 +90,7 @@ template <class V> void fields(V& v, TrainConfig& c) {
   v("log_every", c.log_every);
   v("save_every", c.save_every);
   v("keep_last", c.keep_last);
+  v("tensorboard", c.tensorboard);
 }
 
 template <class V> void fields(V& v, DataSource& c) {

@@ -60,6 +60,7 @@ struct TrainConfig {
   int64_t log_every = 10;           // plain progress lines off a terminal
   int64_t save_every = 0;           // steps between training checkpoints; 0: only at the end
   int64_t keep_last = 2;            // training checkpoints kept
+  bool tensorboard = true;          // rank 0 also writes TensorBoard event files next to metrics.jsonl
 };
 
 // The dtype of ZeRO's gradient collectives under train.precision bf16 (docs/distributed.md): fp32 (the bf16

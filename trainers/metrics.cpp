@@ -88,21 +88,41 @@ std::string MetricsLogger::progress_line(const StepMetrics& m) const {
   return line;
 }
 
+std::vector<std::pair<std::string, double>> MetricsLogger::scalars_of_line(const std::string& json_line) {
+  std::vector<std::pair<std::string, double>> out;
+  const nlohmann::json line = nlohmann::json::parse(json_line);
+  for (const auto& [k, v] : line.items()) {
+    if (k == "step") continue;
+    if (v.is_number()) out.emplace_back(k, v.get<double>());
+    else if (v.is_boolean()) out.emplace_back(k, v.get<bool>() ? 1.0 : 0.0);
+    else if (v.is_null()) out.emplace_back(k, NAN);
+  }
+  return out;
+}
+
+void MetricsLogger::attach_tensorboard(std::unique_ptr<TensorBoardWriter> writer) { tensorboard_ = std::move(writer); }
+
+void MetricsLogger::text(const std::string& tag, const std::string& markdown, int64_t step) {
+  if (tensorboard_) tensorboard_->text(tag, markdown, step);
+}
+
 void MetricsLogger::log(const StepMetrics& m) {
-  jsonl_ << json_line(m) << '\n';
+  const std::string line = json_line(m);
+  jsonl_ << line << '\n';
   jsonl_.flush();
+  if (tensorboard_) tensorboard_->scalars(scalars_of_line(line), m.step);
   elapsed_ += m.step_seconds;
   ++logged_;
-  const std::string line = progress_line(m);
+  const std::string progress = progress_line(m);
   if (tty_) {
     const int width = 24;
     const double frac = total_steps_ > 0 ? double(m.step + 1) / double(total_steps_) : 0;
     const int fill = static_cast<int>(frac * width);
     std::fprintf(out_, "\r[%s%s] %s\x1b[K", std::string(fill, '#').c_str(), std::string(width - fill, '.').c_str(),
-                 line.c_str());
+                 progress.c_str());
     bar_open_ = true;
   } else if ((m.step + 1) % print_every_ == 0 || m.step + 1 == total_steps_ || m.skipped) {
-    std::fprintf(out_, "%s\n", line.c_str());
+    std::fprintf(out_, "%s\n", progress.c_str());
   }
   std::fflush(out_);
 }

@@ -1,5 +1,5 @@
-// Observability of a run: JSONL metrics per step, a progress line (a bar on a terminal, plain lines
-// otherwise), throughput and the MFU estimate.
+// Observability of a run: JSONL metrics per step (and the same scalars in TensorBoard when attached), a
+// progress line (a bar on a terminal, plain lines otherwise), throughput and the MFU estimate.
 #pragma once
 #include <c10/core/Device.h>
 
@@ -12,6 +12,10 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
+
+#include "trainers/tensorboard.h"
 
 namespace owl2 {
 
@@ -41,12 +45,21 @@ class MetricsLogger {
   void log(const StepMetrics& m);
   void note(const std::string& line);  // a plain message that does not break the bar
 
+  // From now on each log() also writes every number of its JSON line (all but "step"; true/false as 1/0,
+  // null as NaN) as a TensorBoard scalar of the same name at that step.
+  void attach_tensorboard(std::unique_ptr<TensorBoardWriter> writer);
+  // A markdown text in TensorBoard at `step` (nothing without an attached writer).
+  void text(const std::string& tag, const std::string& markdown, int64_t step);
+
   // The JSON line written for m (exposed for tests).
   std::string json_line(const StepMetrics& m) const;
+  // The TensorBoard scalars of a JSON line, in its key order.
+  static std::vector<std::pair<std::string, double>> scalars_of_line(const std::string& json_line);
   std::string progress_line(const StepMetrics& m) const;
 
  private:
   std::ofstream jsonl_;
+  std::unique_ptr<TensorBoardWriter> tensorboard_;
   int64_t total_steps_;
   double peak_flops_;
   bool tty_;

@@ -23,6 +23,7 @@
 #include "trainers/plan.h"
 #include "trainers/prefetch.h"
 #include "trainers/setup.h"
+#include "trainers/tensorboard.h"
 #include "trainers/test_seam.h"
 #include "trainers/trainer.h"
 
@@ -143,6 +144,7 @@ void evaluate_during_training(TrainingRun& run, int64_t step, bool last, StepMet
   for (const auto& [type, acc] : er.accuracy) m.extra["eval_" + type] = acc;
   if (er.count.count("caption")) m.extra["eval_caption_cider"] = er.caption_cider;
   run.log.note(fmt::format("eval at step {}:\n{}", step, er.table()));
+  run.log.text("eval/heldout", er.markdown(), m.step);
   if (last) write_eval_results(er, step, run.dir);
 }
 
@@ -230,6 +232,16 @@ int run_training(const RunConfig& cfg, const RunOptions& options) {
   MetricsLogger log((run_dir / fmt::format("metrics{}.jsonl", lead ? std::string() : fmt::format(".{}", env.rank))).string(),
                     t.steps, peak_flops_for_device(device), lead && isatty(STDERR_FILENO), stderr,
                     lead ? t.log_every : t.steps + 1);
+  if (lead && t.tensorboard) {
+    // A new events file per invocation, starting at the step this one trains first (tensorboard.h: TensorBoard
+    // then drops what an interrupted earlier invocation logged from there on, as the later lines of
+    // metrics.jsonl supersede the earlier ones of a re-run step).
+    auto writer = std::make_unique<TensorBoardWriter>(run_dir.string(), trainer.step_count());
+    log.note("tensorboard: " + writer->path());
+    log.attach_tensorboard(std::move(writer));
+    const std::string& yaml = options.config_text;
+    log.text("config", "```yaml\n" + yaml + (yaml.ends_with('\n') ? "" : "\n") + "```\n", trainer.step_count());
+  }
   if (trainer.data_parallel() && lead) {
     log.note(fmt::format("gradient all-reduce without overlap (calibration): {:.4f} s",
                          trainer.data_parallel()->unoverlapped_comm_seconds()));

@@ -60,6 +60,14 @@ std::string EvalResult::table() const {
   return t;
 }
 
+std::string EvalResult::markdown() const {
+  std::string t = "| question type | questions | accuracy |\n|---|---:|---:|\n";
+  for (const auto& [type, acc] : accuracy) t += fmt::format("| {} | {} | {:.1f}% |\n", type, count.at(type), 100 * acc);
+  t += fmt::format("| short answers | | {:.1f}% |\n", 100 * short_answer_accuracy);
+  t += fmt::format("| caption CIDEr | | {:.1f} |\n", 100 * caption_cider);
+  return t;
+}
+
 EvalResult evaluate_heldout(MPLUGOwl2ForCausalLM& model, const Tokenizer& tokenizer,
                             const std::vector<HeldoutQuestion>& all, const EvalOptions& options) {
   const bool was_training = model->is_training();

@@ -38,6 +38,7 @@ struct EvalResult {
   double caption_cider = 0;                // CIDEr-D x 1 (the coco scale: 1.0 = 100)
   std::vector<std::pair<HeldoutQuestion, std::string>> predictions;
   std::string table() const;
+  std::string markdown() const;  // the same rows as a markdown table (TensorBoard's text plugin renders it)
 };
 
 // Normalizes a short answer for exact match: lower case, surrounding space and a final period removed.
