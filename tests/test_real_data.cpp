@@ -13,6 +13,8 @@
 #include <fstream>
 #include <map>
 #include <set>
+#include <string>
+#include <vector>
 
 #include "data/dataset.h"
 #include "data/image.h"
@@ -29,12 +31,21 @@ using nlohmann::json;
 
 namespace {
 
-// shared/data/real/<name>. shared/ sits beside the checkout here and in CI: a missing file fails the test.
+// shared/data/real/<name>: $OWL2_REAL_DATA if set, else shared/ beside the checkout (here and in CI) or inside it.
+// A missing file fails the test, naming the places looked at.
 std::string real_data(const std::string& name) {
-  const fs::path p = fs::path(OWL2_SOURCE_DIR).parent_path() / "shared" / "data" / "real" / name;
-  if (!fs::exists(p)) FAIL(p.string() << " is missing: these tests read the public files of shared/data/real/, "
-                                          "which sits beside the checkout");
-  return p.string();
+  std::vector<fs::path> dirs;
+  if (const char* env = std::getenv("OWL2_REAL_DATA")) dirs.emplace_back(env);
+  dirs.push_back(fs::path(OWL2_SOURCE_DIR).parent_path() / "shared" / "data" / "real");
+  dirs.push_back(fs::path(OWL2_SOURCE_DIR) / "shared" / "data" / "real");
+  std::string tried;
+  for (const auto& d : dirs) {
+    if (fs::exists(d / name)) return (d / name).string();
+    tried += " " + (d / name).string();
+  }
+  FAIL(name << " is missing (looked at" << tried << "): these tests read the public files of shared/data/real/, "
+            "which sits beside the checkout; OWL2_REAL_DATA=DIR names another place");
+  return {};
 }
 
 const json& golden() {
