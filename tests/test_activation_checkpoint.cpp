@@ -3,6 +3,13 @@
 #include <torch/torch.h>
 
 #include "trainers/activation_checkpoint.h"
+#include "owl2/model/init.h"
+#include "owl2/model/model.h"
+#include "tests/helpers.h"
+#include "trainers/config.h"
+
+// The whole file in its own namespace: unity batches compile several test files as one translation unit.
+namespace owl2_test_activation_checkpoint {
 
 using namespace owl2;
 
@@ -63,11 +70,6 @@ TEST_CASE("checkpointing still trains parameters when no input requires grad", "
   REQUIRE(blk->fc1->weight.grad().defined());
   CHECK(blk->fc1->weight.grad().abs().sum().item<double>() > 0);
 }
-
-#include "owl2/model/init.h"
-#include "owl2/model/model.h"
-#include "tests/helpers.h"
-#include "trainers/config.h"
 
 TEST_CASE("activation checkpointing of the ViT, abstractor and decoder gives the same loss and gradients", "[train][checkpoint][model]") {
   const auto cfg = owl2::load_config(owl2::test::source_path("configs/model/tiny.yaml")).model;
@@ -137,3 +139,5 @@ TEST_CASE("each stack tells its block runner the index of the block it runs", "[
   CHECK(decoder == range(cfg.decoder.num_hidden_layers));
   CHECK(decoder.size() == 2);  // the tiny config has more than one block per stack where it matters
 }
+
+}  // namespace owl2_test_activation_checkpoint

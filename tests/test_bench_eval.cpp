@@ -16,6 +16,9 @@
 #include "eval/score_files.h"
 #include "tests/eval_helpers.h"
 
+// The whole file in its own namespace: unity batches compile several test files as one translation unit.
+namespace owl2_test_bench_eval {
+
 using Catch::Matchers::Contains;
 using owl2::test::read_text;
 using owl2::test::run_owl2;
@@ -619,3 +622,5 @@ TEST_CASE("owl2 eval --bench under torchrun: 2 ranks answer their shards, rank 0
   const std::string log = read_text(out + "/two.log");
   CHECK(log.find("{\"bench\"") == log.rfind("{\"bench\""));
 }
+
+}  // namespace owl2_test_bench_eval

@@ -17,6 +17,9 @@
 #include "owl2/io/torch_bin.h"
 #include "tests/helpers.h"
 
+// The whole file in its own namespace: unity batches compile several test files as one translation unit.
+namespace owl2_test_checkpoint_io {
+
 using namespace std::string_literals;
 
 using Catch::Matchers::Contains;
@@ -423,3 +426,5 @@ TEST_CASE("a broken index json names the index and the shard or tensor at fault"
   REQUIRE_THROWS_WITH(owl2::open_tensor_source(dir), Contains(index + ": not valid JSON"));
   REQUIRE_THROWS_WITH(owl2::open_tensor_source(dir + "/nothing"), Contains("no such file or directory"));
 }
+
+}  // namespace owl2_test_checkpoint_io

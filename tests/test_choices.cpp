@@ -10,6 +10,9 @@
 #include "owl2/io/dtype_names.h"
 #include "trainers/config.h"
 
+// The whole file in its own namespace: unity batches compile several test files as one translation unit.
+namespace owl2_test_choices {
+
 using Catch::Matchers::Contains;
 using namespace owl2;
 
@@ -98,3 +101,5 @@ TEST_CASE("owl2 score has a table row for every metric it documents", "[eval][ch
   CHECK_THROWS_WITH(eval::score_files("cidr", "a", "b"),
                     Contains("unknown metric 'cidr': expected one of cider, bleu") && Contains("mmlu"));
 }
+
+}  // namespace owl2_test_choices

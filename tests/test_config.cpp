@@ -4,6 +4,9 @@
 #include "tests/helpers.h"
 #include "trainers/config.h"
 
+// The whole file in its own namespace: unity batches compile several test files as one translation unit.
+namespace owl2_test_config {
+
 using Catch::Matchers::Contains;
 using owl2::ConfigError;
 using owl2::load_config;
@@ -159,3 +162,5 @@ TEST_CASE("config.json values of the wrong type name the JSON field", "[config]"
   REQUIRE_THROWS_WITH(load_config(source_path("build/hf_wrong.json")),
                       Contains("hf_wrong.json (hidden_size): model.decoder.hidden_size: expected an integer, got 'large'"));
 }
+
+}  // namespace owl2_test_config

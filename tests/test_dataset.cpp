@@ -12,6 +12,9 @@
 #include "data/tar.h"
 #include "tests/helpers.h"
 
+// The whole file in its own namespace: unity batches compile several test files as one translation unit.
+namespace owl2_test_dataset {
+
 namespace fs = std::filesystem;
 using namespace owl2::data;
 
@@ -339,3 +342,5 @@ TEST_CASE("dataset: owl2 data synth output verifies clean in every format", "[da
   CHECK_THAT(bad.out, Catch::Contains("heldout 0"));
   fs::remove_all(dir);
 }
+
+}  // namespace owl2_test_dataset

@@ -11,6 +11,9 @@
 #include "trainers/checkpoint.h"
 #include "trainers/parallel/distributed.h"
 
+// The whole file in its own namespace: unity batches compile several test files as one translation unit.
+namespace owl2_test_device {
+
 using Catch::Matchers::Contains;
 using owl2::DeviceKind;
 using owl2::parse_device;
@@ -107,3 +110,5 @@ TEST_CASE("a process group of one runs every collective owl2 uses on tensors of 
   comm.barrier("barrier");
   if (cuda) CHECK(t.device().is_cuda());
 }
+
+}  // namespace owl2_test_device

@@ -24,6 +24,9 @@
 #include "trainers/parallel/zero.h"
 #include "trainers/parallel/zero3.h"
 
+// The whole file in its own namespace: unity batches compile several test files as one translation unit.
+namespace owl2_test_distributed {
+
 using Catch::Matchers::Contains;
 using namespace owl2;
 using namespace owl2::test;
@@ -873,3 +876,5 @@ TEST_CASE("owl2 train at ZeRO 3 on 2 ranks logs the ZeRO-2 losses, writes comple
   const auto resumed = losses(root + "/one");
   for (int64_t step = 2; step < 4; ++step) CHECK(resumed.at(step) == Approx(three.at(step)).epsilon(1e-5));
 }
+
+}  // namespace owl2_test_distributed

@@ -5,6 +5,9 @@
 #include "eval/bench_files.h"
 #include "tests/eval_helpers.h"
 
+// The whole file in its own namespace: unity batches compile several test files as one translation unit.
+namespace owl2_test_eval_bench_files {
+
 using Catch::Matchers::Contains;
 using owl2::test::run_owl2;
 using owl2::test::source_path;
@@ -144,3 +147,5 @@ TEST_CASE("owl2 score --metric seed: exact string match per question type", "[ev
   CHECK(r.rc == 2);
   CHECK_THAT(r.out, Contains("seed_bad.jsonl: line 1: 'question_id' must be an integer or a string, found array [1]"));
 }
+
+}  // namespace owl2_test_eval_bench_files

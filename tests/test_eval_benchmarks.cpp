@@ -4,6 +4,9 @@
 
 #include "eval/benchmarks.h"
 
+// The whole file in its own namespace: unity batches compile several test files as one translation unit.
+namespace owl2_test_eval_benchmarks {
+
 using Catch::Matchers::Contains;
 using namespace owl2::eval;
 
@@ -173,3 +176,5 @@ TEST_CASE("MMMU multiple-choice parsing", "[eval][mmmu]") {
   CHECK(mmmu_parse_multi_choice("I think that it is the nucleus of the cell", opts) == 'B');
   CHECK(mmmu_parse_multi_choice("nucleus", opts) == std::nullopt);  // texts only for answers over 5 words
 }
+
+}  // namespace owl2_test_eval_benchmarks

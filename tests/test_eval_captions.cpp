@@ -7,6 +7,9 @@
 #include "eval/score_files.h"
 #include "tests/eval_helpers.h"
 
+// The whole file in its own namespace: unity batches compile several test files as one translation unit.
+namespace owl2_test_eval_captions {
+
 using Catch::Matchers::Contains;
 using owl2::eval::CaptionSet;
 using owl2::test::load_fixture;
@@ -192,3 +195,5 @@ TEST_CASE("owl2 score names the file and the entry of malformed caption files", 
   CHECK(r.rc == 2);
   CHECK_THAT(r.out, Contains("unknown metric 'meteor'"));
 }
+
+}  // namespace owl2_test_eval_captions

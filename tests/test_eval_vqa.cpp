@@ -5,6 +5,9 @@
 #include "eval/vqa_accuracy.h"
 #include "tests/eval_helpers.h"
 
+// The whole file in its own namespace: unity batches compile several test files as one translation unit.
+namespace owl2_test_eval_vqa {
+
 using Catch::Matchers::Contains;
 using owl2::eval::evalai_process_answer;
 using owl2::eval::GtAnswer;
@@ -210,3 +213,5 @@ TEST_CASE("owl2 score reads the VizWiz format keyed by image name", "[eval][vqa]
   CHECK(dup.rc == 2);
   CHECK_THAT(dup.out, Contains("vizwiz_dup.json: entry 1: duplicate image 'VizWiz_val_00000002.jpg' (first at entry 0)"));
 }
+
+}  // namespace owl2_test_eval_vqa

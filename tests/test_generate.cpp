@@ -24,6 +24,9 @@
 #include "tests/golden_io.h"
 #include "tests/helpers.h"
 
+// The whole file in its own namespace: unity batches compile several test files as one translation unit.
+namespace owl2_test_generate {
+
 using namespace owl2;
 using Catch::Matchers::Contains;
 using owl2::test::max_abs_diff;
@@ -702,3 +705,5 @@ TEST_CASE("beam search equals HF transformers' beam search on a toy model (scrip
   CHECK(checked == 72);
   CHECK(ended_by_eos > 10);  // the cases exercise finished hypotheses, not only max length
 }
+
+}  // namespace owl2_test_generate

@@ -10,6 +10,9 @@
 #include "tests/toy_lm.h"
 #include "trainers/parallel/gradient_sync.h"
 
+// The whole file in its own namespace: unity batches compile several test files as one translation unit.
+namespace owl2_test_gradient_sync {
+
 using Catch::Matchers::Contains;
 using namespace owl2;
 using namespace owl2::test;
@@ -140,3 +143,5 @@ TEST_CASE("the gradient sync is picked from the ZeRO stage and the world size", 
   REQUIRE_THROWS_WITH(make_gradient_sync(s.cfg, nullptr, *s.model, s.groups, *s.precision),
                       Contains("ZeRO 3: the model has no block stack to shard"));
 }
+
+}  // namespace owl2_test_gradient_sync

@@ -16,6 +16,9 @@
 #include "trainers/io/hf_io.h"
 #include "trainers/io/model_dir.h"
 
+// The whole file in its own namespace: unity batches compile several test files as one translation unit.
+namespace owl2_test_hf_io {
+
 using Catch::Matchers::Contains;
 using owl2::test::max_abs_diff;
 using owl2::test::read_golden;
@@ -379,3 +382,5 @@ TEST_CASE("export writes the processor, generation and tokenizer files of the re
   CHECK(read_json(hf + "special_tokens_map.json")["unk_token"] == "<unk>");
   CHECK(read_text(hf + "tokenizer.model") == read_text(source_path(kTokenizer)));
 }
+
+}  // namespace owl2_test_hf_io

@@ -9,6 +9,9 @@
 #include "data/image.h"
 #include "tests/helpers.h"
 
+// The whole file in its own namespace: unity batches compile several test files as one translation unit.
+namespace owl2_test_image {
+
 using Catch::Matchers::Contains;
 using owl2::ImageConfig;
 using owl2::ImageMode;
@@ -192,3 +195,5 @@ TEST_CASE("owl2 bench data runs end to end and rejects a bad mode", "[image][cli
   CHECK_THAT(r.out, Contains("JPEG 640x480") && Contains("-> float32 [3, 64, 64], mode crop") &&
                         Contains("owl2 img/cpu-s"));
 }
+
+}  // namespace owl2_test_image

@@ -9,6 +9,9 @@
 
 #include "data/loader.h"
 
+// The whole file in its own namespace: unity batches compile several test files as one translation unit.
+namespace owl2_test_loader {
+
 using namespace owl2::data;
 
 namespace {
@@ -306,3 +309,5 @@ TEST_CASE("loader: failing transforms and over-long examples are skipped or trun
   CHECK_THROWS_WITH(ToyLoader(ds, o, to_ex, collate, {[](const Ex& e) { return e.length; }, nullptr}),
                     Catch::Contains("needs a truncate hook"));
 }
+
+}  // namespace owl2_test_loader

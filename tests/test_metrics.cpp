@@ -11,6 +11,9 @@
 #include "tests/helpers.h"
 #include "trainers/metrics.h"
 
+// The whole file in its own namespace: unity batches compile several test files as one translation unit.
+namespace owl2_test_metrics {
+
 using Catch::Matchers::Contains;
 using namespace owl2;
 
@@ -110,3 +113,5 @@ TEST_CASE("the step timer on the CPU uses the host clock and a CPU has no device
   CHECK(t.data_seconds < t.step_seconds);
   CHECK_FALSE(take_device_peak_memory_bytes(c10::Device(c10::kCPU)).has_value());
 }
+
+}  // namespace owl2_test_metrics

@@ -10,6 +10,9 @@
 #include "trainers/config.h"
 #include "trainers/io/model_dir.h"
 
+// The whole file in its own namespace: unity batches compile several test files as one translation unit.
+namespace owl2_test_model_dir {
+
 using Catch::Matchers::Contains;
 using owl2::test::read_text;
 using owl2::test::source_path;
@@ -136,3 +139,5 @@ TEST_CASE("a model folder's config.yaml may include files inside the folder only
   CHECK_THROWS_WITH(owl2::read_model_dir_config(dir), Contains(dir + "/parts/model.yaml:1: include '../../outside.yaml'"));
   CHECK_THROWS_WITH(owl2::read_model_dir_config(root), Contains(root + ": not a model directory"));
 }
+
+}  // namespace owl2_test_model_dir

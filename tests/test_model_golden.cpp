@@ -4,6 +4,9 @@
 #include "owl2/model/model.h"
 #include "tests/golden_io.h"
 
+// The whole file in its own namespace: unity batches compile several test files as one translation unit.
+namespace owl2_test_model_golden {
+
 using namespace owl2;
 using owl2::test::load_golden_weights;
 using owl2::test::max_abs_diff;
@@ -132,3 +135,5 @@ TEST_CASE("the model runs in bf16 and float32 close to the float64 golden logits
     CHECK(std::abs(out.loss.item<double>() - t.g.at("out.loss").item<double>()) < (dtype == torch::kFloat32 ? 1e-5 : 0.1));
   }
 }
+
+}  // namespace owl2_test_model_golden

@@ -13,6 +13,9 @@
 #include "tests/helpers.h"
 #include "trainers/config.h"
 
+// The whole file in its own namespace: unity batches compile several test files as one translation unit.
+namespace owl2_test_model_init {
+
 using namespace owl2;
 using Catch::Matchers::Contains;
 
@@ -148,3 +151,5 @@ TEST_CASE("init statistics follow the documented scheme per tensor class", "[mod
     CHECK(p[name].std().item<double>() > 0.5 * kInitStd);
   }
 }
+
+}  // namespace owl2_test_model_init

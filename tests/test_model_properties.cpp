@@ -8,6 +8,9 @@
 #include "owl2/model/model.h"
 #include "tests/golden_io.h"
 
+// The whole file in its own namespace: unity batches compile several test files as one translation unit.
+namespace owl2_test_model_properties {
+
 using namespace owl2;
 using Catch::Matchers::Contains;
 using test::max_abs_diff;
@@ -357,3 +360,5 @@ TEST_CASE("ViT positions: other image sizes need interpolation, which keeps the 
   CHECK(pos4.sizes() == torch::IntArrayRef{1, 17, 16});
   CHECK(torch::equal(pos4.slice(1, 0, 1), pos.slice(1, 0, 1)));
 }
+
+}  // namespace owl2_test_model_properties

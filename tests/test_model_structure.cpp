@@ -8,6 +8,10 @@
 #include "tests/golden_io.h"
 #include "tests/helpers.h"
 #include "trainers/config.h"
+#include "owl2/io/weights.h"
+
+// The whole file in its own namespace: unity batches compile several test files as one translation unit.
+namespace owl2_test_model_structure {
 
 using namespace owl2;
 using Catch::Matchers::Contains;
@@ -62,9 +66,6 @@ TEST_CASE("init_weights applies the documented init scheme", "[model]") {
   CHECK(std::abs(p["lm_head.weight"].std().item<double>() - 0.02) < 0.003);
 }
 
-#include "owl2/io/weights.h"
-#include "trainers/config.h"
-
 TEST_CASE("stage hand-over: 16 px weights load into a 32 px model with interpolated ViT positions", "[model][checkpoint]") {
   auto small_cfg = owl2::load_config(owl2::test::source_path("configs/model/tiny.yaml"),
                                      {"model.vision.image_size=16", "model.abstractor.grid_size=4"}).model;
@@ -94,3 +95,5 @@ TEST_CASE("stage hand-over: 16 px weights load into a 32 px model with interpola
   owl2::MPLUGOwl2ForCausalLM other(wide);
   REQUIRE_THROWS_WITH(owl2::load_model_weights(other, dir), Catch::Matchers::Contains("no grid interpolation"));
 }
+
+}  // namespace owl2_test_model_structure

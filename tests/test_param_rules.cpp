@@ -4,6 +4,9 @@
 
 #include "trainers/param_rules.h"
 
+// The whole file in its own namespace: unity batches compile several test files as one translation unit.
+namespace owl2_test_param_rules {
+
 using Catch::Matchers::Contains;
 using namespace owl2;
 
@@ -150,3 +153,5 @@ TEST_CASE("cosine schedule: linear warm-up, cosine to the minimum", "[train][rul
   CHECK(cosine_lr(500, 110, 10, 1.0, 0.1) == Approx(0.1));
   CHECK(cosine_lr(0, 100, 0, 2.0, 0.0) == Approx(2.0));
 }
+
+}  // namespace owl2_test_param_rules

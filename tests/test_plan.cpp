@@ -3,6 +3,9 @@
 
 #include "trainers/plan.h"
 
+// The whole file in its own namespace: unity batches compile several test files as one translation unit.
+namespace owl2_test_plan {
+
 using Catch::Matchers::Contains;
 using namespace owl2;
 
@@ -61,3 +64,5 @@ TEST_CASE("plan: the ZeRO stage comes from distributed.zero_stage unless given",
   CHECK(given.optimizer_bytes == 800);
   CHECK(given.grads_bytes == 400);
 }
+
+}  // namespace owl2_test_plan

@@ -21,6 +21,9 @@
 #include "trainers/precision.h"
 #include "trainers/trainer.h"
 
+// The whole file in its own namespace: unity batches compile several test files as one translation unit.
+namespace owl2_test_precision {
+
 using Catch::Matchers::Contains;
 using namespace owl2;
 namespace fs = std::filesystem;
@@ -348,3 +351,5 @@ TEST_CASE("on CUDA the tiny model trains in fp32, bf16-autocast and bf16 and tra
     CHECK(run.autocast_seen == (mode == "bf16-autocast"));  // CUDA autocast, not CPU autocast
   }
 }
+
+}  // namespace owl2_test_precision

@@ -9,11 +9,13 @@
 #include "data/example.h"
 #include "trainers/prefetch.h"
 #include "trainers/trainer.h"
+#include "tests/toy_lm.h"
+
+// The whole file in its own namespace: unity batches compile several test files as one translation unit.
+namespace owl2_test_prefetch {
 
 using Catch::Matchers::Contains;
 using namespace owl2;
-
-#include "tests/toy_lm.h"
 
 namespace {
 
@@ -236,3 +238,5 @@ TEST_CASE("prefetcher on CUDA yields the CPU batches on the device", "[prefetch]
   }
   CHECK(cuda.state().position == cpu.state().position);
 }
+
+}  // namespace owl2_test_prefetch

@@ -21,6 +21,9 @@
 #include "eval/bench_suite.h"
 #include "tests/helpers.h"
 
+// The whole file in its own namespace: unity batches compile several test files as one translation unit.
+namespace owl2_test_real_data {
+
 using Catch::Matchers::Contains;
 using owl2::test::read_text;
 using owl2::test::run_owl2;
@@ -400,3 +403,5 @@ TEST_CASE("the POPE question files through owl2 eval --bench pope: hand-made ans
     CHECK(json::parse(again.out) == g["scores"][split]);
   }
 }
+
+}  // namespace owl2_test_real_data

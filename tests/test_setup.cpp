@@ -19,6 +19,9 @@
 #include "trainers/test_seam.h"
 #include "trainers/trainer.h"
 
+// The whole file in its own namespace: unity batches compile several test files as one translation unit.
+namespace owl2_test_setup {
+
 using Catch::Matchers::Contains;
 using namespace owl2;
 
@@ -148,3 +151,5 @@ TEST_CASE("TestSeam: kills only the named rank before the named step, on the fir
 TEST_CASE("load_tokenizer: a run without data.tokenizer names the key", "[setup]") {
   CHECK_THROWS_WITH(load_tokenizer(tiny_run()), Contains("data.tokenizer"));
 }
+
+}  // namespace owl2_test_setup

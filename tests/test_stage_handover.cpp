@@ -13,6 +13,9 @@
 #include "owl2/io/safetensors.h"
 #include "tests/helpers.h"
 
+// The whole file in its own namespace: unity batches compile several test files as one translation unit.
+namespace owl2_test_stage_handover {
+
 using Catch::Matchers::Contains;
 using owl2::test::run_owl2;
 using owl2::test::source_path;
@@ -78,3 +81,5 @@ TEST_CASE("a stage-1 run at 16 px starts a 32 px stage-2 run through init with i
   // Not a nearest-neighbour copy: interpolation creates new values.
   CHECK_FALSE(torch::equal(pos32.slice(1, 1, 2), pos16.slice(1, 1, 2)));
 }
+
+}  // namespace owl2_test_stage_handover

@@ -12,6 +12,9 @@
 #include "data/tar.h"
 #include "tests/helpers.h"
 
+// The whole file in its own namespace: unity batches compile several test files as one translation unit.
+namespace owl2_test_synth {
+
 namespace fs = std::filesystem;
 using namespace owl2::data;
 
@@ -311,3 +314,5 @@ TEST_CASE("rng: splitmix64 reference values, unbiased range, permutations", "[da
   CHECK(mix_seed(1, 2, 3) != mix_seed(2, 1, 3));
   CHECK(mix_seed(1, 2, 3) == mix_seed(1, 2, 3));
 }
+
+}  // namespace owl2_test_synth

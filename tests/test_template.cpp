@@ -10,6 +10,9 @@
 #include "tests/helpers.h"
 #include "tests/tokenizer_fixture.h"
 
+// The whole file in its own namespace: unity batches compile several test files as one translation unit.
+namespace owl2_test_template {
+
 using Catch::Matchers::Contains;
 using owl2::chat_template;
 using owl2::generation_prompt;
@@ -216,3 +219,5 @@ TEST_CASE("prompts, ids and labels match the golden conversations", "[template]"
   }
   CHECK(mismatches == 2);
 }
+
+}  // namespace owl2_test_template

@@ -15,6 +15,9 @@
 #include "tests/helpers.h"
 #include "trainers/tensorboard.h"
 
+// The whole file in its own namespace: unity batches compile several test files as one translation unit.
+namespace owl2_test_tensorboard {
+
 using Catch::Matchers::Contains;
 using owl2::test::read_text;
 using owl2::test::run_owl2;
@@ -225,3 +228,5 @@ TEST_CASE(
   CHECK(event_files(off).empty());
   CHECK(fs::exists(off + "/metrics.jsonl"));
 }
+
+}  // namespace owl2_test_tensorboard

@@ -8,6 +8,9 @@
 #include "tests/helpers.h"
 #include "tests/tokenizer_fixture.h"
 
+// The whole file in its own namespace: unity batches compile several test files as one translation unit.
+namespace owl2_test_tokenizer {
+
 using Catch::Matchers::Contains;
 using owl2::kImageTokenIndex;
 using owl2::Tokenizer;
@@ -89,3 +92,5 @@ TEST_CASE("a missing or non-LLaMA model file is an error naming the path", "[tok
   const std::string not_a_model = source_path("tests/fixtures/tokenizer/golden.json");
   CHECK_THROWS_WITH(Tokenizer(not_a_model), Contains(not_a_model));
 }
+
+}  // namespace owl2_test_tokenizer

@@ -17,6 +17,9 @@
 
 #include "tests/helpers.h"
 
+// The whole file in its own namespace: unity batches compile several test files as one translation unit.
+namespace owl2_test_train_cli {
+
 using Catch::Matchers::Contains;
 using owl2::test::read_text;
 using owl2::test::run_owl2;
@@ -237,3 +240,5 @@ TEST_CASE("a trained model folder carries its tokenizer: moved, it generates wit
   CHECK(allowed.rc == 0);
   CHECK(allowed.out == moved.out);
 }
+
+}  // namespace owl2_test_train_cli

@@ -6,6 +6,9 @@
 #include "tests/golden_io.h"
 #include "trainers/trainer.h"
 
+// The whole file in its own namespace: unity batches compile several test files as one translation unit.
+namespace owl2_test_train_golden {
+
 using namespace owl2;
 
 TEST_CASE("first ten losses match the Python reference with the same weights, data and recipe", "[train][golden]") {
@@ -45,3 +48,5 @@ TEST_CASE("first ten losses match the Python reference with the same weights, da
   }
   CHECK(owl2::test::max_abs_diff(model->lm_head->weight, expect.at("w.lm_head.weight")) < 1e-9);
 }
+
+}  // namespace owl2_test_train_golden

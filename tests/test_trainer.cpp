@@ -4,11 +4,13 @@
 #include <torch/torch.h>
 
 #include "trainers/trainer.h"
+#include "tests/toy_lm.h"
+
+// The whole file in its own namespace: unity batches compile several test files as one translation unit.
+namespace owl2_test_trainer {
 
 using Catch::Matchers::Contains;
 using namespace owl2;
-
-#include "tests/toy_lm.h"
 
 using namespace owl2::test;
 
@@ -137,3 +139,5 @@ TEST_CASE("AdamW uses the configured betas, epsilon, weight decay and the warm-u
   // p1 = p0 (1 - lr wd) - lr * m̂ / (sqrt(v̂) + eps), with m̂ = g = 3, v̂ = g² on the first step.
   CHECK(m->w.item<double>() == Approx(2.0 * (1 - 0.1 * 0.5) - 0.1 * 3.0 / (3.0 + 1.0)).epsilon(1e-12));
 }
+
+}  // namespace owl2_test_trainer

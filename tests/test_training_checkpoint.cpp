@@ -22,6 +22,9 @@
 #include "tests/helpers.h"
 #include "trainers/checkpoint.h"
 
+// The whole file in its own namespace: unity batches compile several test files as one translation unit.
+namespace owl2_test_training_checkpoint {
+
 using Catch::Matchers::Contains;
 using owl2::CheckpointManager;
 using owl2::TrainingCheckpoint;
@@ -394,3 +397,5 @@ TEST_CASE("several ranks write one checkpoint: every shard is CRC-checked, a dea
   CHECK(r.checkpoint->step == 4);
   CHECK_THAT(r.summary(), Contains("optimizer.rank-00001.safetensors checksum mismatch"));
 }
+
+}  // namespace owl2_test_training_checkpoint
