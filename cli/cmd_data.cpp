@@ -76,6 +76,9 @@ void add_data_commands(CLI::App& app, Action& run) {
   synth->add_option("--train-text", synth_opts->train_text, "Text-only training samples");
   synth->add_option("--heldout-text", synth_opts->heldout_text, "Text-only held-out questions");
   synth->add_option("--shard-size", synth_opts->shard_size, "Pairs per pretraining tar shard (<= 10000)");
+  synth->add_option("--rounds", synth_opts->rounds,
+                    "Question rounds per training image conversation (default 3; at most the 6 or 7 that apply)")
+      ->check(CLI::Range(1, 7));
   synth->callback([&run, synth_opts] {
     run = [synth_opts] {
       const auto s = data::write_synth_dataset(*synth_opts);

@@ -264,6 +264,8 @@ SynthSummary write_synth_dataset(const SynthOptions& o) {
     throw std::invalid_argument(fmt::format("synth: shard size {} must be in [1, 10000]", o.shard_size));
   if (o.image_size < 16 || o.image_size > 1024)
     throw std::invalid_argument(fmt::format("synth: image size {} must be in [16, 1024]", o.image_size));
+  if (o.rounds < 1 || o.rounds > 7)
+    throw std::invalid_argument(fmt::format("synth: rounds {} must be in [1, 7]", o.rounds));
 
   const fs::path root(o.out_dir);
   for (const char* d : {"images/train", "images/heldout", "pretrain"}) fs::create_directories(root / d);
@@ -298,12 +300,13 @@ SynthSummary write_synth_dataset(const SynthOptions& o) {
     ++summary.pretrain_pairs;
     if (static_cast<int64_t>(shard.size()) == 3 * o.shard_size) flush_shard();
 
-    // One conversation per image: three rounds of different question types, the first with the image.
+    // One conversation per image: `rounds` rounds of different question types in a seeded order, the first
+    // with the image.
     Rng rng(mix_seed(o.seed, 11, static_cast<uint64_t>(i)));
     auto qs = all_questions(s, rng);
     const auto order = permutation(qs.size(), rng);
     ojson conv = ojson::array();
-    for (size_t r = 0; r < 3; ++r) {
+    for (size_t r = 0; r < std::min(qs.size(), static_cast<size_t>(o.rounds)); ++r) {
       const Question& q = qs[order[r]];
       conv.push_back(turn("human", r == 0 ? "<|image|>\n" + q.prompt : q.prompt));
       conv.push_back(turn("gpt", q.answer));
@@ -386,6 +389,7 @@ SynthSummary write_synth_dataset(const SynthOptions& o) {
                  {"train_text", o.train_text},
                  {"heldout_text", o.heldout_text},
                  {"shard_size", o.shard_size},
+                 {"rounds", o.rounds},
                  {"pretrain_pairs", summary.pretrain_pairs},
                  {"pretrain_shards", summary.pretrain_shards},
                  {"instruct_samples", summary.instruct_samples},

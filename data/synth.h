@@ -19,6 +19,8 @@ struct SynthOptions {
   int64_t train_text = 500;       // text-only instruction samples in the training split
   int64_t heldout_text = 50;      // text-only questions in the held-out split
   int64_t shard_size = 1000;      // samples per pretraining tar shard
+  int rounds = 3;                 // question rounds per training image conversation, 1..7 (capped at the
+                                  // questions that apply: 7 for one shape, 6 for several)
 };
 
 // One rendered scene: `count` shapes of one colour and kind. A single shape sits in one of the

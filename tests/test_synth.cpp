@@ -177,6 +177,46 @@ TEST_CASE("synth: LLaVA JSON has image placeholders on the first human turn only
   fs::remove_all(dir);
 }
 
+TEST_CASE("synth: rounds sets the question rounds per image conversation, each type asked once", "[data][synth]") {
+  const auto dir3 = temp_dir("synth_rounds3"), dir7 = temp_dir("synth_rounds7");
+  SynthOptions o3 = small(dir3, 4), o7 = small(dir7, 4);
+  o7.rounds = 7;
+  write_synth_dataset(o3);
+  write_synth_dataset(o7);
+  const auto j3 = nlohmann::json::parse(owl2::test::read_text((dir3 / "llava_train.json").string()));
+  const auto j7 = nlohmann::json::parse(owl2::test::read_text((dir7 / "llava_train.json").string()));
+  REQUIRE(j3.size() == j7.size());
+  int images = 0;
+  for (size_t k = 0; k < j7.size(); ++k) {
+    const auto& c3 = j3[k].at("conversations");
+    const auto& c7 = j7[k].at("conversations");
+    CHECK(j3[k].at("id") == j7[k].at("id"));
+    if (!j7[k].contains("image")) {
+      CHECK(c7 == c3);  // text-only samples do not change
+      continue;
+    }
+    ++images;
+    // Every question that applies, once: 7 for one shape (position included), 6 for several.
+    const int index = std::stoi(j7[k].at("id").get<std::string>().substr(std::string("synth-train-").size()));
+    const size_t expected = make_scene(4, "train", index).count == 1 ? 7 : 6;
+    CHECK(c7.size() == 2 * expected);
+    std::set<std::string> prompts;
+    for (size_t t = 0; t < c7.size(); t += 2) prompts.insert(c7[t].at("value").get<std::string>());
+    CHECK(prompts.size() == expected);
+    // The default 3 rounds are the first 3 of the same seeded order.
+    REQUIRE(c3.size() == 6);
+    for (size_t t = 0; t < c3.size(); ++t) CHECK(c3[t] == c7[t]);
+  }
+  CHECK(images == 30);
+  SynthOptions bad = o3;
+  bad.rounds = 8;
+  CHECK_THROWS_WITH(write_synth_dataset(bad), Catch::Contains("rounds 8"));
+  bad.rounds = 0;
+  CHECK_THROWS_WITH(write_synth_dataset(bad), Catch::Contains("rounds 0"));
+  fs::remove_all(dir3);
+  fs::remove_all(dir7);
+}
+
 TEST_CASE("tar: written shards index back with offsets that read the same bytes", "[data][tar]") {
   const auto dir = temp_dir("tar_rt");
   std::vector<TarFile> files{{"a.txt", "hello"}, {"b.bin", std::string(1000, '\x7f')}, {"empty", ""},
