@@ -1,0 +1,178 @@
+// The AVX2 bf16 matrix-vector kernel and the dispatch in front of at::linear; see bf16_gemv.h.
+// Legend: M rows of x, K input features, N output features (rows of the weight).
+#include "owl2/model/bf16_gemv.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+
+#include <cstdint>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+namespace owl2 {
+namespace {
+
+#if defined(__x86_64__)
+// The kernel is compiled for AVX2 + FMA whatever the project's flags, and only called after a run-time check.
+#define OWL2_BF16_GEMV_TARGET __attribute__((target("avx2,fma")))
+
+// 8 bf16 -> 8 fp32: a bf16 is the high half of the fp32 with the same bits.
+OWL2_BF16_GEMV_TARGET inline __m256 bf16_gemv_load8(const uint16_t* p) {
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+OWL2_BF16_GEMV_TARGET inline float bf16_gemv_hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+inline float bf16_gemv_scalar(uint16_t bits) { return c10::detail::f32_from_bits(bits); }
+
+// R weight rows against MB rows of x (fp32, row stride K), each weight vector loaded once for all MB rows:
+// out_MR[m * R + r] = sum_k x[m][k] * w[r][k].
+template <int R, int MB>
+OWL2_BF16_GEMV_TARGET void bf16_gemv_block(const float* x, const uint16_t* w, int64_t K, float* out_MR) {
+  __m256 acc[MB][R];
+  for (int m = 0; m < MB; ++m)
+    for (int r = 0; r < R; ++r) acc[m][r] = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + 8 <= K; k += 8) {
+    __m256 xv[MB];
+    for (int m = 0; m < MB; ++m) xv[m] = _mm256_loadu_ps(x + m * K + k);
+    for (int r = 0; r < R; ++r) {
+      const __m256 wv = bf16_gemv_load8(w + r * K + k);
+      for (int m = 0; m < MB; ++m) acc[m][r] = _mm256_fmadd_ps(xv[m], wv, acc[m][r]);
+    }
+  }
+  for (int m = 0; m < MB; ++m) {
+    for (int r = 0; r < R; ++r) {
+      float s = bf16_gemv_hsum(acc[m][r]);
+      for (int64_t t = k; t < K; ++t) s += x[m * K + t] * bf16_gemv_scalar(w[r * K + t]);
+      out_MR[m * R + r] = s;
+    }
+  }
+}
+
+// Output features [n_begin, n_end) of all M rows: y_MN = round_bf16(x_MK w_NK^T + b_N).
+OWL2_BF16_GEMV_TARGET void bf16_gemv_range(const float* x_MK, int64_t M, const uint16_t* w_NK, const uint16_t* b_N,
+                                           int64_t K, int64_t N, int64_t n_begin, int64_t n_end, c10::BFloat16* y_MN) {
+  constexpr int R = 4;
+  float out[2 * R];
+  auto store = [&](int64_t m0, int mb, int64_t n0, int r_count) {
+    for (int i = 0; i < mb; ++i) {
+      for (int r = 0; r < r_count; ++r) {
+        const float bias = b_N ? bf16_gemv_scalar(b_N[n0 + r]) : 0.0f;
+        y_MN[(m0 + i) * N + n0 + r] = c10::BFloat16(out[i * r_count + r] + bias);  // round to nearest even
+      }
+    }
+  };
+  int64_t n = n_begin;
+  for (; n + R <= n_end; n += R) {
+    int64_t m = 0;
+    for (; m + 2 <= M; m += 2) {
+      bf16_gemv_block<R, 2>(x_MK + m * K, w_NK + n * K, K, out);
+      store(m, 2, n, R);
+    }
+    if (m < M) {
+      bf16_gemv_block<R, 1>(x_MK + m * K, w_NK + n * K, K, out);
+      store(m, 1, n, R);
+    }
+  }
+  for (; n < n_end; ++n) {
+    for (int64_t m = 0; m < M; ++m) {
+      bf16_gemv_block<1, 1>(x_MK + m * K, w_NK + n * K, K, out);
+      store(m, 1, n, 1);
+    }
+  }
+}
+#undef OWL2_BF16_GEMV_TARGET
+#endif  // __x86_64__
+
+bool bf16_gemv_has_avx2() {
+#if defined(__x86_64__)
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return ok;
+#else
+  return false;
+#endif
+}
+
+}  // namespace
+
+bool bf16_gemv_cpu_supported() {
+#if defined(__x86_64__)
+  // With AVX512-BF16 or AMX, at::linear's oneDNN kernels use the native bf16 dot products.
+  static const bool ok =
+      bf16_gemv_has_avx2() && !__builtin_cpu_supports("avx512bf16") && !__builtin_cpu_supports("amx-bf16");
+  return ok;
+#else
+  return false;
+#endif
+}
+
+bool bf16_gemv_applies(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
+  const auto bf16 = at::kBFloat16;
+  const auto plain_cpu = [&](const at::Tensor& t) {
+    return t.scalar_type() == bf16 && t.device().is_cpu() && t.layout() == at::kStrided;
+  };
+  if (!x.defined() || !weight.defined() || !plain_cpu(x) || !plain_cpu(weight)) return false;
+  if (weight.dim() != 2 || !weight.is_contiguous() || x.dim() < 1 || x.size(-1) != weight.size(1)) return false;
+  if (bias.defined() && (!plain_cpu(bias) || bias.dim() != 1 || bias.size(0) != weight.size(0))) return false;
+  const int64_t K = weight.size(1);
+  if (K == 0 || weight.size(0) == 0) return false;
+  const int64_t M = x.numel() / K;
+  if (M < 1 || M > kBf16GemvMaxRows) return false;
+  // The kernel records no autograd graph.
+  if (at::GradMode::is_enabled() &&
+      (x.requires_grad() || weight.requires_grad() || (bias.defined() && bias.requires_grad()))) {
+    return false;
+  }
+  return bf16_gemv_cpu_supported();
+}
+
+at::Tensor bf16_gemv(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
+  TORCH_CHECK(bf16_gemv_has_avx2(), "bf16_gemv: this CPU has no AVX2/FMA (use at::linear)");
+  TORCH_CHECK(x.scalar_type() == at::kBFloat16 && weight.scalar_type() == at::kBFloat16,
+              "bf16_gemv: expected bf16 x and weight, got ", x.scalar_type(), " and ", weight.scalar_type());
+  TORCH_CHECK(weight.dim() == 2 && weight.is_contiguous(), "bf16_gemv: expected a contiguous [N,K] weight, got ",
+              weight.sizes(), " with strides ", weight.strides());
+  TORCH_CHECK(x.dim() >= 1 && x.size(-1) == weight.size(1), "bf16_gemv: x ", x.sizes(), " does not match weight ",
+              weight.sizes());
+  TORCH_CHECK(!bias.defined() || (bias.scalar_type() == at::kBFloat16 && bias.numel() == weight.size(0)),
+              "bf16_gemv: expected a bf16 bias of ", weight.size(0), " values");
+  const int64_t N = weight.size(0), K = weight.size(1);
+  auto out_shape = x.sizes().vec();
+  out_shape.back() = N;
+  auto y = at::empty(out_shape, x.options());
+  const int64_t M = K == 0 ? 0 : x.numel() / K;
+  if (y.numel() == 0) return y;
+  if (K == 0) return bias.defined() ? y.copy_(bias.expand_as(y)) : y.zero_();
+#if defined(__x86_64__)
+  const auto x_MK = x.reshape({M, K}).to(at::kFloat).contiguous();  // widened once, read N/4 times from cache
+  const auto b_N = bias.defined() ? bias.contiguous() : bias;
+  const float* xp = x_MK.data_ptr<float>();
+  const auto* wp = reinterpret_cast<const uint16_t*>(weight.data_ptr<at::BFloat16>());
+  const auto* bp = b_N.defined() ? reinterpret_cast<const uint16_t*>(b_N.data_ptr<at::BFloat16>()) : nullptr;
+  auto* yp = y.data_ptr<at::BFloat16>();
+  // Blocks of 4 output features; a task reads at least ~64 KB of weights so that threads pay off.
+  const int64_t blocks = (N + 3) / 4;
+  const int64_t grain = std::max<int64_t>(1, (32 * 1024) / (4 * K));
+  at::parallel_for(0, blocks, grain, [&](int64_t b0, int64_t b1) {
+    bf16_gemv_range(xp, M, wp, bp, K, N, b0 * 4, std::min(N, b1 * 4), yp);
+  });
+#endif
+  return y;
+}
+
+at::Tensor linear_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
+  if (bf16_gemv_applies(x, weight, bias)) return bf16_gemv(x, weight, bias);
+  return at::linear(x, weight, bias);
+}
+
+}  // namespace owl2
