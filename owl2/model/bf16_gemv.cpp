@@ -19,12 +19,6 @@ namespace {
 // The kernel is compiled for AVX2 + FMA whatever the project's flags, and only called after a run-time check.
 #define OWL2_BF16_GEMV_TARGET __attribute__((target("avx2,fma")))
 
-// 8 bf16 -> 8 fp32: a bf16 is the high half of the fp32 with the same bits.
-OWL2_BF16_GEMV_TARGET inline __m256 bf16_gemv_load8(const uint16_t* p) {
-  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-}
-
 OWL2_BF16_GEMV_TARGET inline float bf16_gemv_hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -34,26 +28,54 @@ OWL2_BF16_GEMV_TARGET inline float bf16_gemv_hsum(__m256 v) {
 
 inline float bf16_gemv_scalar(uint16_t bits) { return c10::detail::f32_from_bits(bits); }
 
-// R weight rows against MB rows of x (fp32, row stride K), each weight vector loaded once for all MB rows:
-// out_MR[m * R + r] = sum_k x[m][k] * w[r][k].
-template <int R, int MB>
-OWL2_BF16_GEMV_TARGET void bf16_gemv_block(const float* x, const uint16_t* w, int64_t K, float* out_MR) {
-  __m256 acc[MB][R];
-  for (int m = 0; m < MB; ++m)
-    for (int r = 0; r < R; ++r) acc[m][r] = _mm256_setzero_ps();
+// A bf16 is the high half of the fp32 with the same bits, so interleaving 16 weights with zeros widens them in
+// two instructions: unpacklo gives weights 0-3 and 8-11 (one 128-bit lane each), unpackhi 4-7 and 12-15. x is
+// stored in that order once per call (bf16_gemv_permute), so the products pair up.
+void bf16_gemv_permute(const float* x, int64_t K, float* xp) {
   int64_t k = 0;
-  for (; k + 8 <= K; k += 8) {
-    __m256 xv[MB];
-    for (int m = 0; m < MB; ++m) xv[m] = _mm256_loadu_ps(x + m * K + k);
+  for (; k + 16 <= K; k += 16) {
+    for (int i = 0; i < 4; ++i) {
+      xp[k + i] = x[k + i];
+      xp[k + 4 + i] = x[k + 8 + i];
+      xp[k + 8 + i] = x[k + 4 + i];
+      xp[k + 12 + i] = x[k + 12 + i];
+    }
+  }
+  for (; k < K; ++k) xp[k] = x[k];
+}
+
+// R weight rows against MB rows of x (permuted as above, row stride K), each weight vector loaded once for all MB
+// rows: out_MR[m * R + r] = sum_k x[m][k] * w[r][k]. With one row of x, the two halves accumulate apart so that
+// eight FMA chains are in flight.
+template <int R, int MB>
+OWL2_BF16_GEMV_TARGET void bf16_gemv_block(const float* xp, const uint16_t* w, int64_t K, float* out_MR) {
+  constexpr int A = MB == 1 ? 2 : 1;
+  __m256 acc[MB][R][A];
+  for (int m = 0; m < MB; ++m)
+    for (int r = 0; r < R; ++r)
+      for (int a = 0; a < A; ++a) acc[m][r][a] = _mm256_setzero_ps();
+  const __m256i zero = _mm256_setzero_si256();
+  int64_t k = 0;
+  for (; k + 16 <= K; k += 16) {
+    __m256 xlo[MB], xhi[MB];
+    for (int m = 0; m < MB; ++m) {
+      xlo[m] = _mm256_loadu_ps(xp + m * K + k);
+      xhi[m] = _mm256_loadu_ps(xp + m * K + k + 8);
+    }
     for (int r = 0; r < R; ++r) {
-      const __m256 wv = bf16_gemv_load8(w + r * K + k);
-      for (int m = 0; m < MB; ++m) acc[m][r] = _mm256_fmadd_ps(xv[m], wv, acc[m][r]);
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + r * K + k));
+      const __m256 lo = _mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, v));
+      const __m256 hi = _mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, v));
+      for (int m = 0; m < MB; ++m) {
+        acc[m][r][0] = _mm256_fmadd_ps(xlo[m], lo, acc[m][r][0]);
+        acc[m][r][A - 1] = _mm256_fmadd_ps(xhi[m], hi, acc[m][r][A - 1]);
+      }
     }
   }
   for (int m = 0; m < MB; ++m) {
     for (int r = 0; r < R; ++r) {
-      float s = bf16_gemv_hsum(acc[m][r]);
-      for (int64_t t = k; t < K; ++t) s += x[m * K + t] * bf16_gemv_scalar(w[r * K + t]);
+      float s = bf16_gemv_hsum(A == 2 ? _mm256_add_ps(acc[m][r][0], acc[m][r][A - 1]) : acc[m][r][0]);
+      for (int64_t t = k; t < K; ++t) s += xp[m * K + t] * bf16_gemv_scalar(w[r * K + t]);  // tail: not permuted
       out_MR[m * R + r] = s;
     }
   }
@@ -155,8 +177,10 @@ at::Tensor bf16_gemv(const at::Tensor& x, const at::Tensor& weight, const at::Te
   if (K == 0) return bias.defined() ? y.copy_(bias.expand_as(y)) : y.zero_();
 #if defined(__x86_64__)
   const auto x_MK = x.reshape({M, K}).to(at::kFloat).contiguous();  // widened once, read N/4 times from cache
+  auto xp_MK = at::empty_like(x_MK);
+  for (int64_t m = 0; m < M; ++m) bf16_gemv_permute(x_MK.data_ptr<float>() + m * K, K, xp_MK.data_ptr<float>() + m * K);
   const auto b_N = bias.defined() ? bias.contiguous() : bias;
-  const float* xp = x_MK.data_ptr<float>();
+  const float* xp = xp_MK.data_ptr<float>();
   const auto* wp = reinterpret_cast<const uint16_t*>(weight.data_ptr<at::BFloat16>());
   const auto* bp = b_N.defined() ? reinterpret_cast<const uint16_t*>(b_N.data_ptr<at::BFloat16>()) : nullptr;
   auto* yp = y.data_ptr<at::BFloat16>();

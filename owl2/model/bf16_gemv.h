@@ -8,7 +8,7 @@
 namespace owl2 {
 
 // Rows of x (all leading dimensions together) up to which the kernel is used; measured in docs/generation.md.
-inline constexpr int64_t kBf16GemvMaxRows = 4;
+inline constexpr int64_t kBf16GemvMaxRows = 8;
 
 // Whether this CPU takes the kernel: x86-64 with AVX2 and FMA, and neither AVX512-BF16 nor AMX-BF16 (where
 // at::linear's oneDNN path uses them). False on every other architecture.
