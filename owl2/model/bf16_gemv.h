@@ -22,7 +22,8 @@ bool bf16_gemv_applies(const at::Tensor& x, const at::Tensor& weight, const at::
 // [N,K] bf16 contiguous, bias [N] bf16 or undefined; returns [..., N] bf16. Throws when the CPU lacks AVX2/FMA.
 at::Tensor bf16_gemv(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias);
 
-// at::linear(x, weight, bias), through the kernel where bf16_gemv_applies().
+// at::linear(x, weight, bias), through the kernel where bf16_gemv_applies(); on the same CPUs, more bf16 rows
+// without autograd are computed in fp32 (x, weight and bias widened) and rounded to bf16 once.
 at::Tensor linear_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias);
 
 }  // namespace owl2
