@@ -1,4 +1,4 @@
-// The flags that open a model folder (trainers/io/model_dir.h), shared by generate, chat and eval.
+// The flags that open a model folder (trainers/io/model_dir.h) and pick its dtype, shared by generate, chat and eval.
 #pragma once
 #include <CLI/CLI.hpp>
 
@@ -9,7 +9,7 @@
 namespace owl2::cli {
 
 struct ModelDirArgs {
-  std::string dir, tokenizer;
+  std::string dir, tokenizer, dtype = "fp32";
   bool allow_external_tokenizer = false;
 
   void add_to(CLI::App* cmd) {
@@ -17,10 +17,14 @@ struct ModelDirArgs {
     cmd->add_option("--tokenizer", tokenizer, "SentencePiece model (default: the folder's tokenizer.model)");
     cmd->add_flag("--allow-external-tokenizer", allow_external_tokenizer,
                   "Let the folder's config.yaml name a data.tokenizer outside the folder (older folders)");
+    cmd->add_option("--dtype", dtype,
+                    "fp32 (default) or bf16: the dtype the model's weights and activations are cast to after loading; "
+                    "softmax and log-probs stay fp32 (docs/generation.md)");
   }
 
   LoadedModel load(const torch::Device& device) const {
     ModelDirOptions o;
+    o.dtype = parse_inference_dtype(dtype);  // before the weights are read: a bad value fails fast
     o.tokenizer = tokenizer;
     o.device = device;
     o.allow_external_tokenizer = allow_external_tokenizer;

@@ -1,7 +1,10 @@
-// The model's parameter-holding layers: registration only, and the same ATen calls as torch::nn's forward.
+// The model's parameter-holding layers: registration only, and the same ATen calls as torch::nn's forward (Linear may
+// take the bf16 matrix-vector kernel instead, bf16_gemv.h).
 #include "owl2/model/layers.h"
 
 #include <ATen/ATen.h>
+
+#include "owl2/model/bf16_gemv.h"
 
 namespace owl2 {
 
@@ -10,7 +13,8 @@ LinearImpl::LinearImpl(int64_t in_features, int64_t out_features, bool with_bias
   if (with_bias) bias = register_parameter("bias", torch::empty({out_features}));
 }
 
-torch::Tensor LinearImpl::forward(const torch::Tensor& x) { return at::linear(x, weight, bias); }
+// at::linear, or the bf16 matrix-vector kernel for few rows on CPUs without native bf16 (bf16_gemv.h).
+torch::Tensor LinearImpl::forward(const torch::Tensor& x) { return linear_forward(x, weight, bias); }
 
 LayerNormImpl::LayerNormImpl(int64_t dim, double eps_) : eps(eps_) {
   weight = register_parameter("weight", torch::empty({dim}));

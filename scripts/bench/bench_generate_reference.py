@@ -6,7 +6,10 @@ mPLUG-Owl2 code pins, spec §7.15): every layer keeps its post-RoPE keys / value
 each step; the prefill runs the modality-adaptive layers over the spliced prompt (image positions through the
 image copies), decode steps are text tokens (spec §1.4); attention is an explicit matmul with an fp32 softmax.
 
-Usage: bench_generate_reference.py --spec JSON (config, weights file, batch sizes, prompt and generation
+Each dtype of the spec (fp32, bf16) casts the model's weights and the images to it, as `owl2 generate --dtype` does;
+norms and the attention softmax stay in fp32 (the reference layers upcast), the argmax reads the logits as they are.
+
+Usage: bench_generate_reference.py --spec JSON (config, weights file, dtypes, batch sizes, prompt and generation
 lengths; written by `owl2 bench generate`). Prints one JSON line with the timings and the generated tokens.
 """
 import argparse
@@ -95,21 +98,25 @@ def main():
     model = ReferenceOwl2(cfg).float().eval()
     model.load_owl2(load_file(spec["weights"]))
     inputs = load_file(spec["inputs"])
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
     results = []
-    for B in spec["batches"]:
-        ids, images = inputs["input_ids"][:B], inputs["images"][:B]
-        assert int((ids == IMAGE_TOKEN_INDEX).sum()) == B
-        greedy(model, ids, images, 2)  # warm-up
-        ttft, decode, cpu, tokens = [], [], [], None
-        for _ in range(spec["iters"]):
-            tokens, t_first, t_rest, c_rest = greedy(model, ids, images, spec["new_tokens"])
-            ttft.append(t_first)
-            decode.append(t_rest)
-            cpu.append(c_rest)
-        n = spec["new_tokens"]
-        results.append({"batch": B, "ttft_s": statistics.median(ttft), "decode_s": statistics.median(decode),
-                        "decode_cpu_s": statistics.median(cpu),
-                        "decode_tokens_per_s": B * (n - 1) / statistics.median(decode), "tokens": tokens.tolist()})
+    for name in spec.get("dtypes", ["fp32"]):
+        model.to(dtypes[name])  # from the fp32 weights on the first dtype; fp32 -> bf16 rounds once
+        for B in spec["batches"]:
+            ids, images = inputs["input_ids"][:B], inputs["images"][:B].to(dtypes[name])
+            assert int((ids == IMAGE_TOKEN_INDEX).sum()) == B
+            greedy(model, ids, images, 2)  # warm-up
+            ttft, decode, cpu, tokens = [], [], [], None
+            for _ in range(spec["iters"]):
+                tokens, t_first, t_rest, c_rest = greedy(model, ids, images, spec["new_tokens"])
+                ttft.append(t_first)
+                decode.append(t_rest)
+                cpu.append(c_rest)
+            n = spec["new_tokens"]
+            results.append({"dtype": name, "batch": B, "ttft_s": statistics.median(ttft),
+                            "decode_s": statistics.median(decode), "decode_cpu_s": statistics.median(cpu),
+                            "decode_tokens_per_s": B * (n - 1) / statistics.median(decode),
+                            "tokens": tokens.tolist()})
     print(json.dumps({"threads": torch.get_num_threads(), "results": results}))
 
 

@@ -96,6 +96,12 @@ std::string copy_tokenizer_into(const std::string& tokenizer, const std::string&
   return kModelDirTokenizer;
 }
 
+torch::Dtype parse_inference_dtype(const std::string& name) {
+  if (name == "fp32") return torch::kFloat32;
+  if (name == "bf16") return torch::kBFloat16;
+  throw std::invalid_argument("--dtype '" + name + "': expected fp32 or bf16");
+}
+
 RunConfig read_model_dir_config(const std::string& dir) {
   const auto config = (fs::path(dir) / "config.yaml").string();
   if (!fs::is_regular_file(config)) {
@@ -119,6 +125,16 @@ LoadedModel load_model_dir(const std::string& dir, const ModelDirOptions& option
   load.convert_dtype = true;  // weights may be stored in bf16 / fp16 (owl2 import/export --dtype); the model is fp32
   load_model_weights(l.model, dir, load);
   l.model->to(options.device);
+  if (options.dtype != torch::kFloat32) {
+    // Module::to(dtype) would cast integer tensors too; the model has none today, but only floats are meant.
+    torch::NoGradGuard no_grad;
+    for (auto& p : l.model->parameters()) {
+      if (p.is_floating_point()) p.set_data(p.to(options.dtype));
+    }
+    for (auto& b : l.model->buffers()) {
+      if (b.is_floating_point()) b.set_data(b.to(options.dtype));
+    }
+  }
   l.model->eval();
   return l;
 }

@@ -12,6 +12,10 @@
 
 namespace owl2 {
 
+// "fp32" | "bf16" -> the dtype generation, chat and evaluation run the model in (`--dtype`); throws
+// std::invalid_argument naming the option and the accepted values otherwise.
+torch::Dtype parse_inference_dtype(const std::string& name);
+
 // The file name of a model folder's tokenizer, and what its config.yaml records as data.tokenizer.
 inline constexpr const char* kModelDirTokenizer = "tokenizer.model";
 
@@ -24,6 +28,7 @@ struct LoadedModel {
 struct ModelDirOptions {
   std::string tokenizer;                  // a SentencePiece model to use instead of the folder's (any path)
   torch::Device device = torch::kCPU;
+  torch::Dtype dtype = torch::kFloat32;   // the floating-point parameters and buffers are cast to it after loading
   bool allow_external_tokenizer = false;  // data.tokenizer may name a file outside the folder
 };
 
@@ -31,7 +36,8 @@ struct ModelDirOptions {
 // a file outside DIR, naming the line (owl2 writes resolved configs without `include:`).
 RunConfig read_model_dir_config(const std::string& dir);
 
-// Reads DIR/config.yaml (read_model_dir_config), builds the model, loads the weights, moves it to `device` and switches it to eval mode.
+// Reads DIR/config.yaml (read_model_dir_config), builds the model, loads the weights, moves it to `device`, casts
+// its floating-point tensors to `dtype` and switches it to eval mode.
 // The tokenizer is options.tokenizer if given, else model_dir_tokenizer().
 LoadedModel load_model_dir(const std::string& dir, const ModelDirOptions& options = {});
 
