@@ -145,4 +145,33 @@ TEST_CASE("linear_forward takes the kernel only for few bf16 rows without autogr
   CHECK(max_ulp_distance(lin(x1), exact_bf16(x1, w, b)) <= 1);
 }
 
+TEST_CASE("attention_forward widens bf16 attention to fp32 on the kernel's CPUs and is SDPA everywhere else",
+          "[bf16_gemv]") {
+  torch::manual_seed(3);
+  const auto q = torch::randn({2, 4, 5, 32}).to(torch::kBFloat16);
+  const auto k = torch::randn({2, 4, 7, 32}).to(torch::kBFloat16);
+  const auto v = torch::randn({2, 4, 7, 32}).to(torch::kBFloat16);
+  const bool widen = bf16_gemv_cpu_supported();
+  CHECK(bf16_widen_on_cpu(q) == widen);
+  CHECK_FALSE(bf16_widen_on_cpu(q.to(torch::kFloat)));
+  CHECK_FALSE(bf16_widen_on_cpu(torch::Tensor()));
+  const auto widened =
+      at::scaled_dot_product_attention(q.to(torch::kFloat), k.to(torch::kFloat), v.to(torch::kFloat)).to(torch::kBFloat16);
+  const auto out = attention_forward(q, k, v);
+  CHECK(out.scalar_type() == torch::kBFloat16);
+  CHECK(torch::equal(out, widen ? widened : at::scaled_dot_product_attention(q, k, v)));
+  // Within one bf16 rounding of the float64 attention of the same inputs either way.
+  const auto exact = at::scaled_dot_product_attention(q.to(torch::kFloat64), k.to(torch::kFloat64), v.to(torch::kFloat64));
+  CHECK((out.to(torch::kFloat64) - exact).abs().max().item<double>() <= 1e-2 * exact.abs().max().item<double>());
+  // fp32 is untouched, and autograd keeps ATen's bf16 path (its backward).
+  const auto qf = q.to(torch::kFloat), kf = k.to(torch::kFloat), vf = v.to(torch::kFloat);
+  CHECK(torch::equal(attention_forward(qf, kf, vf), at::scaled_dot_product_attention(qf, kf, vf)));
+  const auto qg = q.clone().requires_grad_(true);
+  CHECK_FALSE(bf16_widen_on_cpu(qg));
+  const auto og = attention_forward(qg, k, v);
+  CHECK(torch::equal(og.detach(), at::scaled_dot_product_attention(q, k, v)));
+  og.to(torch::kFloat).sum().backward();
+  CHECK(qg.grad().defined());
+}
+
 }  // namespace owl2_test_bf16_gemv

@@ -4,6 +4,8 @@
 
 #include <ATen/ops/scaled_dot_product_attention.h>
 
+#include "owl2/model/bf16_gemv.h"
+
 namespace owl2 {
 namespace nn = torch::nn;
 
@@ -38,8 +40,9 @@ torch::Tensor AbstractorAttentionImpl::forward(const torch::Tensor& q_NQD, const
   const auto q = query(q_NQD + qpos_QD.to(q_NQD.dtype())).view({N, Q, num_heads, K}).transpose(1, 2);
   const auto k = key(kv_NSD + kpos_SD.to(kv_NSD.dtype())).view({N, S, num_heads, K}).transpose(1, 2);
   const auto v = value(kv_NSD).view({N, S, num_heads, K}).transpose(1, 2);
-  // No mask (all queries and image tokens are valid); softmax in the activation dtype.
-  const auto ctx_NhQK = at::scaled_dot_product_attention(q, k, v);
+  // No mask (all queries and image tokens are valid); softmax in the activation dtype (bf16 inference on CPUs
+  // without native bf16: in fp32, rounded once).
+  const auto ctx_NhQK = attention_forward(q, k, v);
   return ctx_NhQK.transpose(1, 2).reshape({N, Q, D});
 }
 

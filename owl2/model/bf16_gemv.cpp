@@ -4,6 +4,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/ops/scaled_dot_product_attention.h>
 #include <c10/util/BFloat16.h>
 
 #include <cstdint>
@@ -192,6 +193,16 @@ at::Tensor bf16_gemv(const at::Tensor& x, const at::Tensor& weight, const at::Te
   });
 #endif
   return y;
+}
+
+bool bf16_widen_on_cpu(const at::Tensor& t) {
+  return t.defined() && t.scalar_type() == at::kBFloat16 && t.device().is_cpu() &&
+         !(at::GradMode::is_enabled() && t.requires_grad()) && bf16_gemv_cpu_supported();
+}
+
+at::Tensor attention_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  if (!bf16_widen_on_cpu(q) || k.requires_grad() || v.requires_grad()) return at::scaled_dot_product_attention(q, k, v);
+  return at::scaled_dot_product_attention(q.to(at::kFloat), k.to(at::kFloat), v.to(at::kFloat)).to(q.scalar_type());
 }
 
 at::Tensor linear_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {

@@ -22,6 +22,15 @@ bool bf16_gemv_applies(const at::Tensor& x, const at::Tensor& weight, const at::
 // [N,K] bf16 contiguous, bias [N] bf16 or undefined; returns [..., N] bf16. Throws when the CPU lacks AVX2/FMA.
 at::Tensor bf16_gemv(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias);
 
+// Whether `t` is a bf16 CPU tensor on a CPU that takes the kernel, with no autograd wanted: there ATen's bf16
+// matrix products (linear beyond kBf16GemvMaxRows rows, attention) are slower than widening to fp32, so the model
+// computes those in fp32 and rounds once; the decoder's KV cache then holds fp32 (the bf16 keys and values widened
+// exactly). Always false for fp32 / fp64 models, on CUDA and on CPUs with native bf16.
+bool bf16_widen_on_cpu(const at::Tensor& t);
+
+// at::scaled_dot_product_attention(q, k, v) with no mask; where bf16_widen_on_cpu(q), in fp32 and rounded once.
+at::Tensor attention_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
+
 // at::linear(x, weight, bias), through the kernel where bf16_gemv_applies(); on the same CPUs, more bf16 rows
 // without autograd are computed in fp32 (x, weight and bias widened) and rounded to bf16 once.
 at::Tensor linear_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias);

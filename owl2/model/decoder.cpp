@@ -6,6 +6,8 @@
 
 #include <tuple>
 
+#include "owl2/model/bf16_gemv.h"
+
 namespace owl2 {
 namespace nn = torch::nn;
 
@@ -109,9 +111,19 @@ torch::Tensor DecoderAttentionImpl::forward(const torch::Tensor& x_BSD, const Ro
   const auto q_BHSK = apply_rotary(q_proj(x_BSD).view({B, S, num_heads, head_dim}).transpose(1, 2), rope);
   auto k_BGSK = apply_rotary(k_proj(x_BSD, routing).view({B, S, num_kv_heads, head_dim}).transpose(1, 2), rope);
   auto v_BGSK = v_proj(x_BSD, routing).view({B, S, num_kv_heads, head_dim}).transpose(1, 2);
+  // bf16 inference on a CPU without native bf16 (bf16_widen_on_cpu): ATen's bf16 attention there runs its products
+  // through a slow generic path, so queries, keys and values are widened to fp32 (exactly), the cache holds fp32 and
+  // the context is rounded to bf16 once.
+  const bool widen = kv != nullptr ? bf16_widen_on_cpu(x_BSD) && !q_BHSK.requires_grad() : false;
+  const auto q_in = widen ? q_BHSK.to(torch::kFloat32) : q_BHSK;
+  if (widen) {
+    k_BGSK = k_BGSK.to(torch::kFloat32);
+    v_BGSK = v_BGSK.to(torch::kFloat32);
+  }
   // Cached keys / values are post-RoPE and keep the copy (text or image) that produced them (spec §1.4).
   if (kv != nullptr) std::tie(k_BGSK, v_BGSK) = kv->append(k_BGSK, v_BGSK);
-  const auto ctx_BHSK = decoder_attention(q_BHSK, k_BGSK, v_BGSK, mask_B1SS);
+  auto ctx_BHSK = decoder_attention(q_in, k_BGSK, v_BGSK, mask_B1SS);
+  if (widen) ctx_BHSK = ctx_BHSK.to(x_BSD.scalar_type());
   return o_proj(ctx_BHSK.transpose(1, 2).reshape({B, S, num_heads * head_dim}));
 }
 

@@ -6,6 +6,8 @@
 
 #include <cmath>
 
+#include "owl2/model/bf16_gemv.h"
+
 namespace owl2 {
 namespace nn = torch::nn;
 
@@ -37,8 +39,8 @@ torch::Tensor VisionAttentionImpl::forward(const torch::Tensor& x_NTD) {
   const int64_t N = x_NTD.size(0), T = x_NTD.size(1), D = x_NTD.size(2), K = D / num_heads;
   // Row r of query_key_value is head r / 3K, part (r % 3K) / K (0 q, 1 k, 2 v), dim r % K.
   const auto qkv_3NhTK = query_key_value(x_NTD).view({N, T, num_heads, 3, K}).permute({3, 0, 2, 1, 4});
-  // Softmax in the activation dtype, no mask (spec §1.1).
-  const auto ctx_NhTK = at::scaled_dot_product_attention(qkv_3NhTK[0], qkv_3NhTK[1], qkv_3NhTK[2]);
+  // Softmax in the activation dtype, no mask (spec §1.1); bf16 inference on CPUs without native bf16 in fp32.
+  const auto ctx_NhTK = attention_forward(qkv_3NhTK[0], qkv_3NhTK[1], qkv_3NhTK[2]);
   return dense(ctx_NhTK.transpose(1, 2).reshape({N, T, D}));
 }
 
