@@ -805,7 +805,11 @@ TEST_CASE("owl2 train: a rank SIGKILLed under torchrun --max-restarts 1 resumes 
   // Rank 1 dies before step 3 (the newest checkpoint is step 2); torchrun restarts both ranks once.
   const auto log = launch("OWL2_TEST_KILL_AT_STEP=3 OWL2_TEST_KILL_RANK=1", "killed", "--max-restarts 1");
   CHECK_THAT(log, Contains("failed (exitcode: -9) local_rank: 1"));  // torchrun saw the SIGKILL
-  CHECK_THAT(log, Contains("rank 0 of 2, step 3: collective") && Contains("rank 1 is behind, at step 2"));
+  // Rank 0 names the dead rank when Gloo reports the broken connection before torchrun stops it; under load torchrun
+  // can stop it first (the stalled-rank test checks that message without a race).
+  if (log.find("rank 0 of 2, step 3: collective") != std::string::npos) {
+    CHECK_THAT(log, Contains("rank 1 is behind, at step 2"));
+  }
   CHECK_THAT(log, Contains("resumed from " + root + "/killed/checkpoints/step-000000002 at step 2"));
   const auto killed = losses(root + "/killed");
   REQUIRE(killed.size() == 5);
