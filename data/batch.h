@@ -11,7 +11,10 @@ struct Batch {
   at::Tensor attention_mask;  // [B,T] int64, 1 = real token (padding may be on either side)
   at::Tensor labels;          // [B,T] int64, -100 = not supervised
   at::Tensor images;          // [N,C,H,W] float, the batch's images in reading order; undefined if none
-  int64_t samples = 0;
+  // Packed rows only (data.pack_tokens): [B,T] int64, which sample of its row each token belongs to (0, 1, ...
+  // in order, contiguous), -1 on padding. Undefined for ordinary batches (one sample per row).
+  at::Tensor segment_ids;
+  int64_t samples = 0;        // samples in the batch (a packed row holds several)
 
   // Supervised next-token predictions: labels at positions 1.. that are not -100. Image placeholders carry
   // -100, so this equals the count over the spliced sequence. One host sync; call it before the step.

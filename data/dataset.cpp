@@ -151,7 +151,10 @@ class TarShards : public Dataset {
   const std::string& name() const override { return name_; }
   SampleInfo info(size_t i) const override { return info_of(items_.at(i).images.size(), {}, items_.at(i).caption); }
 
-  RawSample get(size_t i) const override {
+  RawSample get(size_t i) const override { return read(i, true); }
+  RawSample text(size_t i) const override { return read(i, false); }
+
+  RawSample read(size_t i, bool with_images) const {
     const Item& it = items_.at(i);
     const std::string& shard = shards_[it.shard];
     RawSample r;
@@ -159,7 +162,7 @@ class TarShards : public Dataset {
     r.id = it.key;
     r.caption = it.caption;
     for (const auto& m : it.images) {
-      r.images.push_back(read_tar_member(shard, m));
+      if (with_images) r.images.push_back(read_tar_member(shard, m));
       r.image_paths.push_back(shard + ":" + m.name);
     }
     return r;
@@ -277,6 +280,11 @@ class EntryDataset : public Dataset {
     return info_of(e.image_paths.size(), e.turns, e.caption);
   }
   RawSample get(size_t i) const override {
+    RawSample r = text(i);
+    for (const auto& p : r.image_paths) r.images.push_back(read_file_bytes(p));
+    return r;
+  }
+  RawSample text(size_t i) const override {
     const Entry& e = entries_.at(i);
     RawSample r;
     r.source = name_;
@@ -284,7 +292,6 @@ class EntryDataset : public Dataset {
     r.turns = e.turns;
     r.caption = e.caption;
     r.image_paths = e.image_paths;
-    for (const auto& p : e.image_paths) r.images.push_back(read_file_bytes(p));
     return r;
   }
 
@@ -511,6 +518,10 @@ class Mixture : public Dataset {
   RawSample get(size_t i) const override {
     const auto& [k, j] = entries_.at(i);
     return sources_[k].dataset->get(j);
+  }
+  RawSample text(size_t i) const override {
+    const auto& [k, j] = entries_.at(i);
+    return sources_[k].dataset->text(j);
   }
   SampleInfo info(size_t i) const override {
     const auto& [k, j] = entries_.at(i);

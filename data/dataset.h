@@ -43,6 +43,13 @@ class Dataset {
   virtual RawSample get(size_t index) const = 0;
   virtual SampleInfo info(size_t index) const = 0;
   virtual const std::string& name() const = 0;
+  // The sample without its image bytes (images empty; image_paths, turns and caption as get() gives them):
+  // what the packer tokenizes to learn a sample's length. The default reads the images and drops them.
+  virtual RawSample text(size_t index) const {
+    RawSample s = get(index);
+    s.images.clear();
+    return s;
+  }
 };
 
 // Reasons for skipping input (the keys of BadInputLog::counts()).

@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 #include <sentencepiece_trainer.h>
 
+#include <algorithm>
 #include <functional>
 #include <stdexcept>
 
@@ -26,10 +27,22 @@ Example ExampleBuilder::operator()(data::RawSample&& s) const {
       e.images.push_back(preprocess_image(rgb, opt_.image));
     }
   }
+  tokenize(s, e.images.size(), e);
+  return e;
+}
+
+int64_t ExampleBuilder::spliced_tokens(const data::RawSample& s, int64_t visual_tokens_per_image) const {
+  Example e;
+  const size_t images = std::max(s.images.size(), s.image_paths.size());
+  tokenize(s, images, e);
+  return static_cast<int64_t>(e.input_ids.size()) + static_cast<int64_t>(images) * (visual_tokens_per_image - 1);
+}
+
+void ExampleBuilder::tokenize(const data::RawSample& s, size_t num_images, Example& e) const {
   if (s.turns.empty()) {
-    if (s.images.size() != 1) {
+    if (num_images != 1) {
       throw std::runtime_error(fmt::format("{}: sample '{}': an image-text pair needs exactly 1 image, has {}",
-                                           s.source, s.id, s.images.size()));
+                                           s.source, s.id, num_images));
     }
     e.input_ids = tok_->encode_with_images(std::string(kImagePlaceholder) + s.caption);
     e.input_ids.push_back(Tokenizer::kEosId);
@@ -38,20 +51,19 @@ Example ExampleBuilder::operator()(data::RawSample&& s) const {
     for (auto& l : e.labels) {
       if (l == kImageTokenIndex) l = kIgnoreIndex;
     }
-    return e;
+    return;
   }
   std::vector<Turn> turns;
   turns.reserve(s.turns.size());
   for (const auto& t : s.turns) turns.push_back({parse_role(t.from), t.value});
   auto conv = tokenize_conversation(*tok_, tmpl_, turns);
-  if (conv.num_images != static_cast<int64_t>(e.images.size())) {
+  if (conv.num_images != static_cast<int64_t>(num_images)) {
     throw std::runtime_error(fmt::format("{}: sample '{}': {} image placeholders but {} images", s.source, s.id,
-                                         conv.num_images, e.images.size()));
+                                         conv.num_images, num_images));
   }
   e.input_ids = std::move(conv.input_ids);
   e.labels = std::move(conv.labels);
   e.masked = conv.mismatch;
-  return e;
 }
 
 int64_t spliced_length(const Example& e, int64_t visual_tokens_per_image) {
@@ -93,6 +105,48 @@ Batch collate(std::vector<Example>&& examples) {
       labels[i][static_cast<int64_t>(t)] = e.masked ? kIgnoreIndex : e.labels[t];
       mask[i][static_cast<int64_t>(t)] = 1;
     }
+    for (const auto& im : e.images) images.push_back(im);
+  }
+  if (!images.empty()) b.images = at::stack(images);
+  return b;
+}
+
+Batch collate_packed(std::vector<Example>&& examples, const std::vector<size_t>& row_of) {
+  if (row_of.size() != examples.size())
+    throw std::invalid_argument(fmt::format("collate_packed: {} examples but {} row numbers", examples.size(), row_of.size()));
+  // Rows in order, renumbered so that rows left empty (all their samples failed or were dropped) vanish.
+  std::vector<size_t> row_len, row_index(examples.size());
+  for (size_t k = 0; k < examples.size(); ++k) {
+    if (k > 0 && row_of[k] < row_of[k - 1]) throw std::invalid_argument("collate_packed: row numbers must not decrease");
+    if (k == 0 || row_of[k] != row_of[k - 1]) row_len.push_back(0);
+    row_index[k] = row_len.size() - 1;
+    row_len.back() += examples[k].input_ids.size();
+  }
+  Batch b;
+  b.samples = static_cast<int64_t>(examples.size());
+  const int64_t R = static_cast<int64_t>(row_len.size());
+  const int64_t T = row_len.empty() ? 0 : static_cast<int64_t>(*std::max_element(row_len.begin(), row_len.end()));
+  b.input_ids = at::zeros({R, T}, at::kLong);
+  b.labels = at::full({R, T}, kIgnoreIndex, at::kLong);
+  b.attention_mask = at::zeros({R, T}, at::kLong);
+  b.segment_ids = at::full({R, T}, -1, at::kLong);
+  auto ids = b.input_ids.accessor<int64_t, 2>();
+  auto labels = b.labels.accessor<int64_t, 2>();
+  auto mask = b.attention_mask.accessor<int64_t, 2>();
+  auto seg = b.segment_ids.accessor<int64_t, 2>();
+  std::vector<at::Tensor> images;
+  int64_t t = 0, segment = 0;
+  for (size_t k = 0; k < examples.size(); ++k) {
+    const auto& e = examples[k];
+    const auto r = static_cast<int64_t>(row_index[k]);
+    if (k == 0 || row_index[k] != row_index[k - 1]) t = segment = 0;
+    for (size_t i = 0; i < e.input_ids.size(); ++i, ++t) {
+      ids[r][t] = e.input_ids[i];
+      labels[r][t] = e.masked || i == 0 ? kIgnoreIndex : e.labels[i];
+      mask[r][t] = 1;
+      seg[r][t] = segment;
+    }
+    ++segment;
     for (const auto& im : e.images) images.push_back(im);
   }
   if (!images.empty()) b.images = at::stack(images);

@@ -39,9 +39,16 @@ class ExampleBuilder {
   // a conversation goes through the chat template with the reference's label masking (spec §3.5).
   // Throws std::runtime_error naming the sample on undecodable images or placeholder/image mismatches.
   Example operator()(data::RawSample&& sample) const;
+  // The decoder length the sample's Example will have (spliced_length), from its text alone: the same
+  // tokenization without decoding an image. `sample` may lack image bytes (Dataset::text); its images are
+  // counted from image_paths. Throws as operator() does on placeholder/image mismatches.
+  int64_t spliced_tokens(const data::RawSample& sample, int64_t visual_tokens_per_image) const;
   const Tokenizer& tokenizer() const { return *tok_; }
 
  private:
+  // Token ids and labels of `s` with `num_images` images.
+  void tokenize(const data::RawSample& s, size_t num_images, Example& e) const;
+
   std::shared_ptr<const Tokenizer> tok_;
   ExampleOptions opt_;
   ChatTemplate tmpl_;
@@ -56,6 +63,11 @@ void truncate_example(Example& e, int64_t max_length, int64_t visual_tokens_per_
 
 // Right-pads with pad id 0 and label -100; attention_mask marks real tokens; images are stacked in order.
 Batch collate(std::vector<Example>&& examples);
+
+// Packed rows: example k goes to row row_of[k] (non-decreasing, starting at 0), the row's samples one after
+// the other. Right-padded like collate; segment_ids number the samples of each row (-1 on padding); each
+// sample's first label is ignored (it would be predicted by the previous sample). Rows left empty are dropped.
+Batch collate_packed(std::vector<Example>&& examples, const std::vector<size_t>& row_of);
 
 // Trains a SentencePiece BPE model with LLaMA's special ids (unk 0, bos 1, eos 2, no pad) on the text of
 // `lines`, writing `out_prefix`.model; `vocab_size` is an upper bound for small corpora.

@@ -39,16 +39,107 @@ void chunk(const std::vector<size_t>& indices, const LoaderOptions& o, std::vect
   }
 }
 
-}  // namespace
+// Rank r's share: entries r, r + W, ...; every rank gets the same number.
+template <class T>
+std::vector<T> take_rank(std::vector<T>&& all, const LoaderOptions& o) {
+  const size_t world = static_cast<size_t>(o.world_size), per_rank = all.size() / world;
+  std::vector<T> mine;
+  mine.reserve(per_rank);
+  for (size_t k = 0; k < per_rank; ++k) mine.push_back(std::move(all[static_cast<size_t>(o.rank) + k * world]));
+  return mine;
+}
 
-std::vector<std::vector<size_t>> plan_epoch(const Dataset& dataset, const LoaderOptions& o, int64_t epoch) {
-  const size_t n = dataset.size();
+template <class T>
+void shuffle_in_place(std::vector<T>& items, uint64_t seed, int64_t epoch) {
+  Rng rng(mix_seed(seed, static_cast<uint64_t>(epoch), 2));
+  const auto perm = permutation(items.size(), rng);
+  std::vector<T> shuffled;
+  shuffled.reserve(items.size());
+  for (size_t k : perm) shuffled.push_back(std::move(items[k]));
+  items = std::move(shuffled);
+}
+
+std::vector<size_t> epoch_order(size_t n, const LoaderOptions& o, int64_t epoch) {
   std::vector<size_t> order(n);
   for (size_t i = 0; i < n; ++i) order[i] = i;
   if (o.shuffle) {
     Rng rng(mix_seed(o.seed, static_cast<uint64_t>(epoch), 1));
     order = permutation(n, rng);
   }
+  return order;
+}
+
+}  // namespace
+
+std::vector<std::vector<size_t>> pack_rows(const std::vector<size_t>& order, const std::vector<int64_t>& lengths,
+                                           int64_t budget, size_t buffer) {
+  if (budget < 1) throw std::invalid_argument("pack_rows: the token budget must be >= 1");
+  buffer = std::max<size_t>(1, buffer);
+  std::vector<std::vector<size_t>> rows;
+  std::vector<size_t> window;  // in stream order
+  size_t next = 0;
+  const auto refill = [&] {
+    while (window.size() < buffer && next < order.size()) window.push_back(order[next++]);
+  };
+  const auto len = [&](size_t index) {
+    const int64_t l = lengths.at(index);
+    if (l > budget)
+      throw std::invalid_argument(fmt::format("pack_rows: sample {} has {} tokens, more than the row's {}", index, l, budget));
+    return std::max<int64_t>(l, 0);
+  };
+  refill();
+  while (!window.empty()) {
+    std::vector<size_t> row{window.front()};
+    int64_t left = budget - len(window.front());
+    window.erase(window.begin());
+    for (;;) {
+      refill();
+      size_t best = window.size();
+      for (size_t k = 0; k < window.size(); ++k) {
+        const int64_t l = len(window[k]);
+        if (l <= left && (best == window.size() || l > len(window[best]))) best = k;
+      }
+      if (best == window.size()) break;
+      left -= len(window[best]);
+      row.push_back(window[best]);
+      window.erase(window.begin() + static_cast<std::ptrdiff_t>(best));
+    }
+    rows.push_back(std::move(row));
+  }
+  return rows;
+}
+
+std::vector<std::vector<std::vector<size_t>>> plan_packed_epoch(const Dataset& dataset, const LoaderOptions& o,
+                                                                int64_t epoch, const std::vector<int64_t>& lengths) {
+  if (o.pack_tokens < 1) throw std::invalid_argument("plan_packed_epoch: pack_tokens must be >= 1");
+  if (lengths.size() != dataset.size())
+    throw std::invalid_argument(fmt::format("plan_packed_epoch: {} lengths for {} samples", lengths.size(), dataset.size()));
+  const auto order = epoch_order(dataset.size(), o, epoch);
+  std::vector<std::vector<std::vector<size_t>>> batches;
+  const auto add = [&](const std::vector<size_t>& samples) {
+    auto rows = pack_rows(samples, lengths, o.pack_tokens, o.pack_buffer);
+    for (size_t b = 0; b < rows.size(); b += o.batch_size) {
+      const size_t e = std::min(rows.size(), b + o.batch_size);
+      if (e - b < o.batch_size && o.drop_last) break;
+      batches.emplace_back(std::make_move_iterator(rows.begin() + static_cast<std::ptrdiff_t>(b)),
+                           std::make_move_iterator(rows.begin() + static_cast<std::ptrdiff_t>(e)));
+    }
+  };
+  if (!o.group_by_modality) {
+    add(order);
+  } else {
+    std::vector<size_t> image, text;
+    for (size_t i : order) (dataset.info(i).num_images > 0 ? image : text).push_back(i);
+    add(image);
+    add(text);
+    if (o.shuffle) shuffle_in_place(batches, o.seed, epoch);
+  }
+  return take_rank(std::move(batches), o);
+}
+
+std::vector<std::vector<size_t>> plan_epoch(const Dataset& dataset, const LoaderOptions& o, int64_t epoch) {
+  const size_t n = dataset.size();
+  const std::vector<size_t> order = epoch_order(n, o, epoch);
 
   std::vector<std::vector<size_t>> batches;
   if (!o.group_by_modality) {
@@ -72,22 +163,9 @@ std::vector<std::vector<size_t>> plan_epoch(const Dataset& dataset, const Loader
       }
       chunk(*group, o, batches);
     }
-    if (o.shuffle) {
-      Rng rng(mix_seed(o.seed, static_cast<uint64_t>(epoch), 2));
-      const auto perm = permutation(batches.size(), rng);
-      std::vector<std::vector<size_t>> shuffled;
-      shuffled.reserve(batches.size());
-      for (size_t k : perm) shuffled.push_back(std::move(batches[k]));
-      batches = std::move(shuffled);
-    }
+    if (o.shuffle) shuffle_in_place(batches, o.seed, epoch);
   }
-
-  // Rank r takes batches r, r + W, ...; every rank gets the same number.
-  const size_t world = static_cast<size_t>(o.world_size), per_rank = batches.size() / world;
-  std::vector<std::vector<size_t>> mine;
-  mine.reserve(per_rank);
-  for (size_t k = 0; k < per_rank; ++k) mine.push_back(std::move(batches[static_cast<size_t>(o.rank) + k * world]));
-  return mine;
+  return take_rank(std::move(batches), o);
 }
 
 }  // namespace owl2::data

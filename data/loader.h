@@ -3,6 +3,7 @@
 // order-preserving prefetch queue, length validation before collation, and exact mid-epoch resume.
 // Semantics: docs/datasets.md ("Loader").
 #pragma once
+#include <algorithm>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -51,6 +52,11 @@ struct LoaderOptions {
   // worst files, checked once at least bad_check_after samples were taken (1 disables).
   double max_bad_fraction = 0.01;
   int64_t bad_check_after = 200;
+  // Packing (docs/datasets.md, "Packing"): > 0 places samples into rows of at most pack_tokens tokens by a
+  // best-fit over a look-ahead of pack_buffer samples; batch_size then counts rows. Needs the planned_length
+  // hook; max_length becomes min(max_length, pack_tokens).
+  int64_t pack_tokens = 0;
+  size_t pack_buffer = 64;
 };
 
 // The epoch's batches (dataset indices) for options.rank. A pure function of the dataset size, the
@@ -58,6 +64,21 @@ struct LoaderOptions {
 // built from a permutation seeded by (seed, epoch), then rank r takes batches r, r + W, r + 2W, ...
 // (the last size % W batches are left out so every rank has the same number).
 std::vector<std::vector<size_t>> plan_epoch(const Dataset& dataset, const LoaderOptions& options, int64_t epoch);
+
+// Best-fit packing of `order` (dataset indices; lengths[i] the length of index i, each <= budget) into rows
+// of at most `budget` tokens. A row starts with the oldest sample of a look-ahead window of `buffer` samples
+// (so no sample waits for more than `buffer` rows), then takes, while any fits, the longest sample of the
+// window that fits what is left (the earliest of equals), refilling the window from `order`. Deterministic;
+// every index lands in exactly one row, in window order.
+std::vector<std::vector<size_t>> pack_rows(const std::vector<size_t>& order, const std::vector<int64_t>& lengths,
+                                           int64_t budget, size_t buffer);
+
+// The packed epoch for options.rank (options.pack_tokens > 0): batches of batch_size rows, each row a list of
+// dataset indices. The same permutation as plan_epoch; with group_by_modality, image and text-only samples are
+// packed into separate rows and batches. Rank r takes batches r, r + W, ... of the one global list, so W ranks
+// see together what 1 rank sees over W consecutive batches. `lengths` holds every sample's planned length.
+std::vector<std::vector<std::vector<size_t>>> plan_packed_epoch(const Dataset& dataset, const LoaderOptions& options,
+                                                                int64_t epoch, const std::vector<int64_t>& lengths);
 
 // Counts of what the loader changed or left out, over the loader's lifetime.
 struct LoaderCounters {
@@ -75,9 +96,15 @@ class Loader {
  public:
   using Transform = std::function<Example(RawSample&&)>;
   using Collate = std::function<Batch(std::vector<Example>&&)>;
+  // Packing: the examples of a batch and the row of each (non-decreasing from 0).
+  using PackedCollate = std::function<Batch(std::vector<Example>&&, const std::vector<size_t>& row_of)>;
   struct LengthHooks {
     std::function<int64_t(const Example&)> length;             // e.g. tokens + visual tokens per image
     std::function<void(Example&, int64_t max_length)> truncate;  // needed for LengthPolicy::kTruncate
+    // Packing: a sample's length from its dataset index, without transforming it (called once per index,
+    // from up to num_workers threads). It must not be less than length() of the sample's example.
+    std::function<int64_t(size_t index)> planned_length = {};
+    PackedCollate packed_collate = {};  // packing: collates a batch of rows
   };
 
   Loader(std::shared_ptr<const Dataset> dataset, LoaderOptions options, Transform transform, Collate collate,
@@ -88,6 +115,13 @@ class Loader {
         collate_(std::move(collate)),
         hooks_(std::move(hooks)),
         log_(log ? std::move(log) : std::make_shared<BadInputLog>(&std::cerr)) {
+    if (opt_.pack_tokens < 0) throw std::invalid_argument("loader: pack_tokens must be >= 0");
+    if (opt_.pack_tokens > 0) {
+      if (!hooks_.planned_length || !hooks_.length || !hooks_.packed_collate)
+        throw std::invalid_argument("loader: packing needs the planned_length, length and packed_collate hooks");
+      if (opt_.pack_buffer < 1) throw std::invalid_argument("loader: pack_buffer must be >= 1");
+      opt_.max_length = opt_.max_length > 0 ? std::min(opt_.max_length, opt_.pack_tokens) : opt_.pack_tokens;
+    }
     if (!dataset_) throw std::invalid_argument("loader: dataset is null");
     if (opt_.batch_size < 1) throw std::invalid_argument("loader: batch_size must be >= 1");
     if (opt_.world_size < 1 || opt_.rank < 0 || opt_.rank >= opt_.world_size)
@@ -110,7 +144,11 @@ class Loader {
       const auto& indices = plan_[static_cast<size_t>(pos_)];
       std::vector<Example> examples;
       examples.reserve(indices.size());
+      std::vector<size_t> row_of;  // packing: the row of each example kept
+      const std::vector<size_t>* rows = packing() ? &rows_[static_cast<size_t>(pos_)] : nullptr;
+      size_t row = 0, row_end = rows && !rows->empty() ? (*rows)[0] : 0;
       for (size_t k = 0; k < indices.size(); ++k) {
+        while (rows && k >= row_end) row_end += (*rows)[++row];
         std::optional<Example> ex = take();
         ++counters_.taken;
         if (!ex) {
@@ -129,6 +167,7 @@ class Loader {
           }
         }
         examples.push_back(std::move(*ex));
+        if (rows) row_of.push_back(row);
       }
       ++pos_;
       if (counters_.taken >= opt_.bad_check_after)
@@ -139,6 +178,7 @@ class Loader {
         continue;
       }
       counters_.examples += static_cast<int64_t>(examples.size());
+      if (rows) return hooks_.packed_collate(std::move(examples), row_of);
       return collate_(std::move(examples));
     }
     return std::nullopt;
@@ -149,7 +189,11 @@ class Loader {
   LoaderState state() const { return {seed_, epoch_, pos_}; }
   void load_state(const LoaderState& s) { reset(s); }
   size_t num_batches() const { return plan_.size(); }
-  const std::vector<std::vector<size_t>>& plan() const { return plan_; }
+  const std::vector<std::vector<size_t>>& plan() const { return plan_; }  // dataset indices per batch
+  // Packing: the number of samples in each row of each batch (plan()[b] is its rows one after the other).
+  const std::vector<std::vector<size_t>>& row_sizes() const { return rows_; }
+  bool packing() const { return opt_.pack_tokens > 0; }
+  const std::vector<int64_t>& planned_lengths() const { return lengths_; }
   LoaderCounters counters() const { return counters_; }
   const BadInputLog& bad_input() const { return *log_; }
 
@@ -158,7 +202,21 @@ class Loader {
     stop_workers();
     LoaderOptions o = opt_;
     o.seed = s.seed;
-    plan_ = plan_epoch(*dataset_, o, s.epoch);
+    if (packing()) {
+      if (lengths_.empty()) compute_lengths();
+      plan_.clear();
+      rows_.clear();
+      for (auto& batch : plan_packed_epoch(*dataset_, o, s.epoch, lengths_)) {
+        plan_.emplace_back();
+        rows_.emplace_back();
+        for (auto& r : batch) {
+          plan_.back().insert(plan_.back().end(), r.begin(), r.end());
+          rows_.back().push_back(r.size());
+        }
+      }
+    } else {
+      plan_ = plan_epoch(*dataset_, o, s.epoch);
+    }
     if (s.position < 0 || s.position > static_cast<int64_t>(plan_.size()))
       throw std::invalid_argument(fmt::format("loader: state position {} is outside epoch {} of {} batches",
                                               s.position, s.epoch, plan_.size()));
@@ -173,6 +231,26 @@ class Loader {
     slots_.resize(opt_.prefetch);  // resize, not assign: Example may be move-only
     ready_.assign(opt_.prefetch, 0);
     stop_ = false;
+  }
+
+  // Every sample's planned length, capped at max_length (a longer sample is dropped or truncated to it in
+  // next()). A sample whose length cannot be computed gets 1: its transform will fail and be reported there.
+  void compute_lengths() {
+    const size_t n = dataset_->size();
+    lengths_.assign(n, 1);
+    const size_t threads = std::max<size_t>(1, static_cast<size_t>(opt_.num_workers));
+    std::vector<std::thread> pool;
+    for (size_t w = 0; w < threads; ++w) {
+      pool.emplace_back([&, w] {
+        for (size_t i = w; i < n; i += threads) {
+          try {
+            lengths_[i] = std::clamp<int64_t>(hooks_.planned_length(i), 1, opt_.max_length);
+          } catch (const std::exception&) {
+          }
+        }
+      });
+    }
+    for (auto& t : pool) t.join();
   }
 
   // Loads and transforms one sample; a failure is reported and gives nullopt.
@@ -248,6 +326,8 @@ class Loader {
   int64_t pos_ = 0;
   std::vector<std::vector<size_t>> plan_;
   std::vector<size_t> items_;  // dataset indices of the remaining batches, flattened
+  std::vector<std::vector<size_t>> rows_;  // packing: samples per row, per batch
+  std::vector<int64_t> lengths_;           // packing: planned length per dataset index
 
   std::mutex mu_;
   std::condition_variable cv_;

@@ -881,4 +881,38 @@ TEST_CASE("owl2 train at ZeRO 3 on 2 ranks logs the ZeRO-2 losses, writes comple
   for (int64_t step = 2; step < 4; ++step) CHECK(resumed.at(step) == Approx(three.at(step)).epsilon(1e-5));
 }
 
+TEST_CASE("owl2 train with packed rows: 2 ranks equal 1 rank, and the rows hold several samples", "[dist][slow][packing]") {
+  const std::string root = "build/test_dist_packing";
+  fs::remove_all(root);
+  REQUIRE(run_owl2("data synth --out " + root + "/data --train 24 --heldout 2 --train-text 8 --heldout-text 2").rc == 0);
+  REQUIRE(run_owl2("tokenizer train --text " + root + "/data/corpus.txt --vocab-size 256 --out " + root + "/tok").rc == 0);
+  std::ofstream(root + "/pack.yaml")
+      << "include: " << source_path("configs/model/tiny.yaml") << "\n"
+      << "optim: {lr: 2.0e-3, warmup_steps: 2}\n"
+      << "train: {steps: 3, global_batch_size: 4, micro_batch_size: 2, max_length: 256, log_every: 1}\n"
+      << "data: {tokenizer: " << root << "/tok.model, sources: [{path: " << root
+      << "/data/llava_train.json}], num_workers: 0, pack_tokens: 400, pack_buffer: 8}\n";
+  const auto one = run_owl2("train --config " + root + "/pack.yaml --set train.out_dir=" + root + "/one");
+  INFO(one.out);
+  REQUIRE(one.rc == 0);
+  const std::string cmd = "timeout 300 " + torchrun() + " --standalone --nproc-per-node 2 --no-python " + OWL2_BINARY +
+                          " train --config " + root + "/pack.yaml --set train.out_dir=" + root + "/two > " + root +
+                          "/two.log 2>&1";
+  INFO(cmd);
+  const int rc = std::system(cmd.c_str());
+  INFO(read_text(root + "/two.log"));
+  REQUIRE(rc == 0);
+  const auto a = losses(root + "/one"), b = losses(root + "/two");
+  REQUIRE(a.size() == 3);
+  REQUIRE(b.size() == 3);
+  for (int64_t step = 0; step < 3; ++step) CHECK(b.at(step) == Approx(a.at(step)).epsilon(1e-5));
+  // Packed: more samples than rows went into each step (4 rows of up to 400 tokens; a sample is about 100-200).
+  std::ifstream f(root + "/one/metrics.jsonl");
+  std::string line;
+  REQUIRE(std::getline(f, line));
+  const auto m = nlohmann::json::parse(line);
+  INFO(line);
+  CHECK(m.at("samples").get<int64_t>() > 4);
+}
+
 }  // namespace owl2_test_distributed

@@ -259,7 +259,9 @@ TEST_CASE("loader: failing transforms and over-long examples are skipped or trun
     if (std::stoul(s.id) % 10 == 7) throw std::runtime_error("cannot decode");
     return to_ex(std::move(s));
   };
-  ToyLoader::LengthHooks hooks{[](const Ex& e) { return e.length; }, [](Ex& e, int64_t max) { e.length = max; }};
+  ToyLoader::LengthHooks hooks;
+  hooks.length = [](const Ex& e) { return e.length; };
+  hooks.truncate = [](Ex& e, int64_t max) { e.length = max; };
   size_t too_long = 0;
   for (size_t i = 0; i < 60; ++i) too_long += i % 10 != 7 && (i * 37) % 50 > 40;
   REQUIRE(too_long > 0);

@@ -108,6 +108,8 @@ template <class V> void fields(V& v, DataConfig& c) {
   v("group_by_modality", c.group_by_modality);
   v.choice("length_policy", c.length_policy, data::kLengthPolicyNames);
   v("max_bad_fraction", c.max_bad_fraction);
+  v("pack_tokens", c.pack_tokens);
+  v("pack_buffer", c.pack_buffer);
 }
 
 template <class V> void fields(V& v, InitConfig& c) {
@@ -521,6 +523,8 @@ void validate_run(const RunConfig& c, const Reader& r) {
   if (d.max_bad_fraction < 0 || d.max_bad_fraction > 1) {
     r.fail("data.max_bad_fraction", fmt::format("must be in [0, 1], got {}", d.max_bad_fraction));
   }
+  if (d.pack_tokens < 0) r.fail("data.pack_tokens", fmt::format("must be >= 0 (0 disables packing), got {}", d.pack_tokens));
+  if (d.pack_buffer < 1) r.fail("data.pack_buffer", fmt::format("must be >= 1, got {}", d.pack_buffer));
   const auto& dist = c.distributed;
   if (dist.zero_stage < 0 || dist.zero_stage > 3) {
     r.fail("distributed.zero_stage", fmt::format("must be 0, 1, 2 or 3, got {}", dist.zero_stage));

@@ -94,6 +94,10 @@ struct DataConfig {
   bool group_by_modality = false;
   data::LengthPolicy length_policy = data::LengthPolicy::kDrop;  // drop | truncate samples over train.max_length
   double max_bad_fraction = 0.01;
+  // Sequence packing (docs/datasets.md, "Packing"): > 0 packs samples into rows of at most this many decoder
+  // tokens (visual tokens counted); train.*_batch_size then count rows. 0 = one sample per row.
+  int64_t pack_tokens = 0;
+  int64_t pack_buffer = 64;  // look-ahead of the best-fit packer, in samples
 };
 
 // Where the weights start: a directory or file of owl2 / HF-layout weights; empty: the documented random init.

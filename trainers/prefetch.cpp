@@ -33,6 +33,7 @@ Batch map_tensors(const Batch& b, F f) {
   out.input_ids = f(b.input_ids);
   out.attention_mask = f(b.attention_mask);
   out.labels = f(b.labels);
+  if (b.segment_ids.defined()) out.segment_ids = f(b.segment_ids);
   if (b.images.defined()) out.images = f(b.images);
   out.samples = b.samples;
   return out;

@@ -65,6 +65,7 @@ TrainingPolicies apply_training_policies(MPLUGOwl2ForCausalLM& model, const RunC
 LossSumFn model_loss_sum(MPLUGOwl2ForCausalLM model) {
   return [impl = model.ptr()](const Batch& b) {
     ModelInputs in{b.input_ids, b.attention_mask, b.images, b.labels};
+    in.segment_ids = b.segment_ids;
     return impl->forward(in).loss_sum;
   };
 }
@@ -98,9 +99,18 @@ ExampleLoader make_loader(const RunConfig& cfg, const DistEnv& env, std::shared_
   lo.group_by_modality = cfg.data.group_by_modality;
   lo.max_length = t.max_length;
   lo.length_policy = cfg.data.length_policy;
+  lo.pack_tokens = cfg.data.pack_tokens;
+  lo.pack_buffer = static_cast<size_t>(cfg.data.pack_buffer);
   const int64_t vis = cfg.model.visual_tokens_per_image();
-  ExampleLoader::LengthHooks hooks{[vis](const Example& e) { return spliced_length(e, vis); },
-                                   [vis](Example& e, int64_t max) { truncate_example(e, max, vis); }};
+  ExampleLoader::LengthHooks hooks;
+  hooks.length = [vis](const Example& e) { return spliced_length(e, vis); };
+  hooks.truncate = [vis](Example& e, int64_t max) { truncate_example(e, max, vis); };
+  if (lo.pack_tokens > 0) {
+    hooks.planned_length = [builder, dataset, vis](size_t i) { return builder->spliced_tokens(dataset->text(i), vis); };
+    hooks.packed_collate = [](std::vector<Example>&& ex, const std::vector<size_t>& row_of) {
+      return collate_packed(std::move(ex), row_of);
+    };
+  }
   return ExampleLoader(dataset, lo, [builder](data::RawSample&& s) { return (*builder)(std::move(s)); },
                        [](std::vector<Example>&& ex) { return collate(std::move(ex)); }, hooks);
 }

@@ -75,7 +75,7 @@ torch::Tensor apply_rotary(const torch::Tensor& x_BhSK, const Rotary& rope) {
 }
 
 torch::Tensor decoder_attention(const torch::Tensor& q_BHSK, const torch::Tensor& k_BGSK, const torch::Tensor& v_BGSK,
-                                const torch::Tensor& mask_B1SS) {
+                                const torch::Tensor& mask_B1SS, const SegmentSpans* spans) {
   auto k = k_BGSK, v = v_BGSK;
   const int64_t groups = q_BHSK.size(1) / k_BGSK.size(1);
   if (groups > 1) {
@@ -89,7 +89,25 @@ torch::Tensor decoder_attention(const torch::Tensor& q_BHSK, const torch::Tensor
     // is_causal masks the upper triangle from the top-left corner: only meaningful for square attention.
     TORCH_CHECK(q_BHSK.size(2) == k.size(2), "decoder_attention: causal attention without a mask needs as many keys (",
                 k.size(2), ") as queries (", q_BHSK.size(2), "); pass the mask of a KV cache");
-    return at::scaled_dot_product_attention(q_BHSK, k, v, {}, 0.0, /*is_causal=*/true);
+    if (spans == nullptr) return at::scaled_dot_product_attention(q_BHSK, k, v, {}, 0.0, /*is_causal=*/true);
+    // Packed rows: each span alone, causal (SDPA's fused CPU kernel per span; no S x S mask is built).
+    const int64_t B = q_BHSK.size(0), S = q_BHSK.size(2);
+    TORCH_CHECK(static_cast<int64_t>(spans->starts.size()) == B, "decoder_attention: spans for ",
+                spans->starts.size(), " rows, the batch has ", B);
+    std::vector<torch::Tensor> rows;
+    for (int64_t b = 0; b < B; ++b) {
+      const auto& st = spans->starts[static_cast<size_t>(b)];
+      std::vector<torch::Tensor> parts;
+      for (size_t i = 0; i < st.size(); ++i) {
+        const int64_t s0 = st[i], s1 = i + 1 < st.size() ? st[i + 1] : S;
+        TORCH_CHECK(0 <= s0 && s0 < s1 && s1 <= S, "decoder_attention: bad span [", s0, ", ", s1, ") of row ", b);
+        const auto cut = [&](const torch::Tensor& t) { return t.slice(0, b, b + 1).slice(2, s0, s1); };
+        parts.push_back(at::scaled_dot_product_attention(cut(q_BHSK), cut(k), cut(v), {}, 0.0, /*is_causal=*/true));
+      }
+      TORCH_CHECK(!st.empty() && st.front() == 0, "decoder_attention: the spans of row ", b, " must start at 0");
+      rows.push_back(parts.size() == 1 ? parts.front() : torch::cat(parts, 2));
+    }
+    return B == 1 ? rows.front() : torch::cat(rows, 0);
   }
   return at::scaled_dot_product_attention(q_BHSK, k, v, mask_B1SS);
 }
@@ -106,7 +124,7 @@ DecoderAttentionImpl::DecoderAttentionImpl(const DecoderConfig& cfg)
 
 torch::Tensor DecoderAttentionImpl::forward(const torch::Tensor& x_BSD, const Rotary& rope,
                                             const torch::Tensor& mask_B1SS, const ModalityRouting& routing,
-                                            LayerKV* kv) {
+                                            LayerKV* kv, const SegmentSpans* spans) {
   const int64_t B = x_BSD.size(0), S = x_BSD.size(1);
   const auto q_BHSK = apply_rotary(q_proj(x_BSD).view({B, S, num_heads, head_dim}).transpose(1, 2), rope);
   auto k_BGSK = apply_rotary(k_proj(x_BSD, routing).view({B, S, num_kv_heads, head_dim}).transpose(1, 2), rope);
@@ -122,7 +140,7 @@ torch::Tensor DecoderAttentionImpl::forward(const torch::Tensor& x_BSD, const Ro
   }
   // Cached keys / values are post-RoPE and keep the copy (text or image) that produced them (spec §1.4).
   if (kv != nullptr) std::tie(k_BGSK, v_BGSK) = kv->append(k_BGSK, v_BGSK);
-  auto ctx_BHSK = decoder_attention(q_in, k_BGSK, v_BGSK, mask_B1SS);
+  auto ctx_BHSK = decoder_attention(q_in, k_BGSK, v_BGSK, mask_B1SS, spans);
   if (widen) ctx_BHSK = ctx_BHSK.to(x_BSD.scalar_type());
   return o_proj(ctx_BHSK.transpose(1, 2).reshape({B, S, num_heads * head_dim}));
 }
@@ -147,8 +165,8 @@ DecoderLayerImpl::DecoderLayerImpl(const DecoderConfig& cfg) {
 }
 
 torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x_BSD, const Rotary& rope, const torch::Tensor& mask_B1SS,
-                                        const ModalityRouting& routing, LayerKV* kv) {
-  const auto h_BSD = x_BSD + self_attn(input_layernorm(x_BSD, routing), rope, mask_B1SS, routing, kv);
+                                        const ModalityRouting& routing, LayerKV* kv, const SegmentSpans* spans) {
+  const auto h_BSD = x_BSD + self_attn(input_layernorm(x_BSD, routing), rope, mask_B1SS, routing, kv, spans);
   return h_BSD + mlp(post_attention_layernorm(h_BSD, routing));
 }
 
@@ -161,6 +179,15 @@ torch::Tensor causal_padding_mask(const torch::Tensor& valid_BS) {
   // [B,S(q),S(k)]: causal & valid key, or the diagonal for a query with no valid key so far.
   const auto mask = (causal_SS.unsqueeze(0) & valid.unsqueeze(1)) | (eye_SS.unsqueeze(0) & (~seen_valid_BS).unsqueeze(2));
   return mask.unsqueeze(1);
+}
+
+torch::Tensor causal_segment_mask(const torch::Tensor& valid_BS, const torch::Tensor& segment_ids_BS) {
+  TORCH_CHECK(segment_ids_BS.sizes() == valid_BS.sizes(), "segment ids ", segment_ids_BS.sizes(),
+              " must match the mask ", valid_BS.sizes());
+  const int64_t S = valid_BS.size(1);
+  const auto same_B1SS = (segment_ids_BS.unsqueeze(2) == segment_ids_BS.unsqueeze(1)).unsqueeze(1);
+  const auto eye = torch::eye(S, same_B1SS.options());
+  return (causal_padding_mask(valid_BS) & same_B1SS) | eye;
 }
 
 bool is_right_padded(const torch::Tensor& valid_BS) {

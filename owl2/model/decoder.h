@@ -7,6 +7,7 @@
 
 #include <functional>
 #include <memory>
+#include <vector>
 
 #include "owl2/model/config.h"
 #include "owl2/model/kv_cache.h"
@@ -55,13 +56,22 @@ Rotary rotary_tables(const torch::Tensor& position_ids_BS, int64_t head_dim, dou
 // HF rotate-half RoPE on x [B,h,S,K].
 torch::Tensor apply_rotary(const torch::Tensor& x_BhSK, const Rotary& rope);
 
+// Packed rows (sequence packing): where each sample of each row starts. starts[b] ascends from 0; span k of
+// row b is [starts[b][k], starts[b][k+1]) and the last one ends at the row's length (trailing padding is a span
+// of its own). Attention over spans is causal within each span and never crosses one: what a block-diagonal
+// causal mask gives, at the cost of each span's own length.
+struct SegmentSpans {
+  std::vector<std::vector<int64_t>> starts;
+};
+
 // Causal attention with an explicit boolean mask [B,1,S,S'] (true = may attend) and a softmax in at
 // least float32 (spec §1.3). q [B,H,S,K], k / v [B,G,S',K]. The one place attention is computed, so a
 // KV cache only has to concatenate past k / v before calling it. An undefined mask means SDPA's is_causal
 // with no mask (S == S'): exact for a batch without padding and for the real positions of right-padded rows,
 // and the only form the CUDA flash kernel accepts (docs/model.md, "Attention kernels").
+// With `spans` (and no mask) each span of each row attends causally to itself only, one SDPA call per span.
 torch::Tensor decoder_attention(const torch::Tensor& q_BHSK, const torch::Tensor& k_BGSK, const torch::Tensor& v_BGSK,
-                                const torch::Tensor& mask_B1SS);
+                                const torch::Tensor& mask_B1SS, const SegmentSpans* spans = nullptr);
 
 class DecoderAttentionImpl : public torch::nn::Module {
  public:
@@ -69,7 +79,7 @@ class DecoderAttentionImpl : public torch::nn::Module {
   // x: normalized hidden states; returns o_proj(attention) [B,S,D]. With `kv`, the new post-RoPE keys and
   // values are appended to that layer's cache and the queries attend over the whole cache (mask [B,1,S,L+S]).
   torch::Tensor forward(const torch::Tensor& x_BSD, const Rotary& rope, const torch::Tensor& mask_B1SS,
-                        const ModalityRouting& routing, LayerKV* kv = nullptr);
+                        const ModalityRouting& routing, LayerKV* kv = nullptr, const SegmentSpans* spans = nullptr);
 
   int64_t num_heads, num_kv_heads, head_dim;
   Linear q_proj{nullptr}, o_proj{nullptr};
@@ -90,7 +100,7 @@ class DecoderLayerImpl : public torch::nn::Module {
  public:
   explicit DecoderLayerImpl(const DecoderConfig& cfg);
   torch::Tensor forward(const torch::Tensor& x_BSD, const Rotary& rope, const torch::Tensor& mask_B1SS,
-                        const ModalityRouting& routing, LayerKV* kv = nullptr);
+                        const ModalityRouting& routing, LayerKV* kv = nullptr, const SegmentSpans* spans = nullptr);
 
   Multiway input_layernorm{nullptr}, post_attention_layernorm{nullptr};
   DecoderAttention self_attn{nullptr};
@@ -101,6 +111,10 @@ TORCH_MODULE(DecoderLayer);
 // The boolean attention mask [B,1,S,S] for a [B,S] validity mask: causal and key-valid; a query with no
 // valid key at or before it (leading padding) attends to itself only, so no row is empty.
 torch::Tensor causal_padding_mask(const torch::Tensor& valid_BS);
+
+// The same mask confined to each sample of a packed row: a query attends to keys of its own segment only
+// (segment_ids_BS [B,S], equal ids = same sample). Every query keeps at least its own position.
+torch::Tensor causal_segment_mask(const torch::Tensor& valid_BS, const torch::Tensor& segment_ids_BS);
 
 // True when every row of valid_BS [B,S] (bool or int, nonzero = real) is real tokens followed only by padding:
 // rows without padding and rows of padding only count. Such a batch may drop the explicit mask for is_causal

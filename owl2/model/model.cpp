@@ -53,6 +53,14 @@ SplicedBatch MPLUGOwl2ForCausalLMImpl::splice_inputs(const ModelInputs& in) {
   }
   const int64_t* ids = ids_BT.data_ptr<int64_t>();
   const bool* mask = mask_BT.data_ptr<bool>();
+  torch::Tensor seg_cpu;
+  const int64_t* seg_in = nullptr;
+  if (in.segment_ids.defined()) {
+    seg_cpu = in.segment_ids.to(torch::kCPU, torch::kInt64).contiguous();
+    TORCH_CHECK(seg_cpu.sizes() == ids_BT.sizes(), "segment_ids ", seg_cpu.sizes(), " must match input_ids ",
+                ids_BT.sizes());
+    seg_in = seg_cpu.data_ptr<int64_t>();
+  }
 
   std::vector<int64_t> images_per_sample(B, 0);
   int64_t num_placeholders = 0;
@@ -76,7 +84,9 @@ SplicedBatch MPLUGOwl2ForCausalLMImpl::splice_inputs(const ModelInputs& in) {
   // Source row of every spliced position in the table [text tokens (B*T) ; visual tokens (N*V) ; zero row].
   const int64_t zero_row = B * T + N * V;
   std::vector<int64_t> src(B * S, zero_row), modality(B * S, 0), labels(B * S, kIgnoreIndex), position(B * S, 0);
+  std::vector<int64_t> segment(B * S, -1);
   std::vector<uint8_t> valid(B * S, 0);
+  bool packed = false;  // some row holds more than one sample
   std::vector<int64_t> text_idx, image_idx;
   const int64_t* lab = has_labels ? labels_cpu.data_ptr<int64_t>() : nullptr;
   int64_t image = 0;
@@ -85,29 +95,51 @@ SplicedBatch MPLUGOwl2ForCausalLMImpl::splice_inputs(const ModelInputs& in) {
     int64_t s = b * S + (left_padded ? S - len : 0);
     for (int64_t t = 0; t < T; ++t) {
       const int64_t i = b * T + t;
+      const int64_t seg = seg_in && mask[i] ? seg_in[i] : -1;
       if (ids[i] == kImageTokenIndex) {
         for (int64_t v = 0; v < V; ++v, ++s) {
           src[s] = B * T + image * V + v;
           modality[s] = 1;  // all V positions, vit_eos included (spec §1.4)
           valid[s] = 1;
+          segment[s] = seg;
         }
         ++image;
       } else {
         src[s] = i;
         valid[s] = mask[i];
+        segment[s] = seg;
         if (lab) labels[s] = lab[i];
         ++s;
       }
     }
-    // Positions start at 0 at the first real token: a left-padded sample sees the positions it has alone.
-    int64_t first = S;
-    for (int64_t k = 0; k < S; ++k) {
-      if (valid[b * S + k]) {
-        first = k;
-        break;
+    if (!seg_in) {
+      // Positions start at 0 at the first real token: a left-padded sample sees the positions it has alone.
+      int64_t first = S;
+      for (int64_t k = 0; k < S; ++k) {
+        if (valid[b * S + k]) {
+          first = k;
+          break;
+        }
       }
+      for (int64_t k = 0; k < S; ++k) position[b * S + k] = std::max<int64_t>(0, k - first);
+      continue;
     }
-    for (int64_t k = 0; k < S; ++k) position[b * S + k] = std::max<int64_t>(0, k - first);
+    // A packed row: each sample's positions start at 0 at its first token, and that token is not a target of
+    // the previous sample's last one (the label at a sample's start is ignored, as it is for a sample alone).
+    int64_t current = -1, start = 0;
+    for (int64_t k = 0; k < S; ++k) {
+      const int64_t m = b * S + k;
+      if (!valid[m]) continue;
+      if (segment[m] != current) {
+        TORCH_CHECK(segment[m] > current, "segment_ids of row ", b, " must be contiguous and increasing; found ",
+                    segment[m], " after ", current);
+        packed |= current >= 0;
+        current = segment[m];
+        start = k;
+        labels[m] = kIgnoreIndex;
+      }
+      position[m] = k - start;
+    }
   }
   for (int64_t m = 0; m < B * S; ++m) (modality[m] ? image_idx : text_idx).push_back(m);
 
@@ -130,13 +162,26 @@ SplicedBatch MPLUGOwl2ForCausalLMImpl::splice_inputs(const ModelInputs& in) {
   }
 
   SplicedBatch out;
-  out.causal_is_exact = pads_unsupervised && is_right_padded(torch::from_blob(valid.data(), {B, S}, torch::kUInt8));
+  out.causal_is_exact = !packed && pads_unsupervised && is_right_padded(torch::from_blob(valid.data(), {B, S}, torch::kUInt8));
   out.inputs_embeds_BSD = torch::cat(rows, 0).index_select(0, to_device(src, {B * S})).view({B, S, -1});
   out.has_padding = std::find(valid.begin(), valid.end(), 0) != valid.end();
   out.attention_mask_BS = torch::from_blob(valid.data(), {B, S}, torch::kUInt8).to(torch::kBool).to(device);
   out.modality_BS = to_device(modality, {B, S});
   out.position_ids_BS = to_device(position, {B, S});
   if (has_labels) out.labels_BS = to_device(labels, {B, S});
+  if (packed) {
+    out.segment_ids_BS = to_device(segment, {B, S});
+    if (pads_unsupervised && is_right_padded(torch::from_blob(valid.data(), {B, S}, torch::kUInt8))) {
+      auto spans = std::make_shared<SegmentSpans>();
+      for (int64_t b = 0; b < B; ++b) {
+        auto& st = spans->starts.emplace_back(std::vector<int64_t>{0});
+        for (int64_t k = 1; k < S; ++k) {
+          if (segment[b * S + k] != segment[b * S + k - 1]) st.push_back(k);  // a new sample, or the padding
+        }
+      }
+      out.spans = std::move(spans);
+    }
+  }
   out.routing.num_text = static_cast<int64_t>(text_idx.size());
   out.routing.num_image = static_cast<int64_t>(image_idx.size());
   out.routing.text_idx_M = to_device(text_idx, {out.routing.num_text});
@@ -146,16 +191,23 @@ SplicedBatch MPLUGOwl2ForCausalLMImpl::splice_inputs(const ModelInputs& in) {
 
 torch::Tensor MPLUGOwl2ForCausalLMImpl::decode(const torch::Tensor& inputs_embeds_BSD,
                                                const torch::Tensor& attention_mask_BS,
-                                               const torch::Tensor& position_ids_BS, const ModalityRouting& routing) {
-  const auto mask_B1SS = attention_mask_BS.defined() ? causal_padding_mask(attention_mask_BS) : torch::Tensor();
+                                               const torch::Tensor& position_ids_BS, const ModalityRouting& routing,
+                                               const torch::Tensor& segment_ids_BS,
+                                               std::shared_ptr<const SegmentSpans> spans) {
+  TORCH_CHECK(!spans || !attention_mask_BS.defined(), "decode: segment spans replace the attention mask");
+  TORCH_CHECK(!segment_ids_BS.defined() || attention_mask_BS.defined(),
+              "decode: segment ids need the explicit attention mask");
+  const auto mask_B1SS = !attention_mask_BS.defined() ? torch::Tensor()
+                         : segment_ids_BS.defined()   ? causal_segment_mask(attention_mask_BS, segment_ids_BS)
+                                                      : causal_padding_mask(attention_mask_BS);
   const auto rope = rotary_tables(position_ids_BS, cfg.decoder.head_dim(), cfg.decoder.rope_theta,
                                   inputs_embeds_BSD.scalar_type());
   auto x_BSD = inputs_embeds_BSD;
   for (int64_t i = 0; const auto& layer : *model->layers) {
     auto block = std::dynamic_pointer_cast<DecoderLayerImpl>(layer);
     x_BSD = run_block(decoder_block_runner, i++,
-                      [block, rope, mask_B1SS, routing](const std::vector<torch::Tensor>& in) {
-                        return block->forward(in[0], rope, mask_B1SS, routing);
+                      [block, rope, mask_B1SS, routing, spans](const std::vector<torch::Tensor>& in) {
+                        return block->forward(in[0], rope, mask_B1SS, routing, nullptr, spans.get());
                       },
                       {x_BSD});
   }
@@ -180,10 +232,12 @@ torch::Tensor MPLUGOwl2ForCausalLMImpl::decode_cached(const torch::Tensor& input
 ModelOutput MPLUGOwl2ForCausalLMImpl::forward(const ModelInputs& inputs) {
   auto batch = splice_inputs(inputs);
   // Without an explicit mask SDPA can take the fused kernels (flash on CUDA for bf16 / fp16); see docs/model.md.
-  const bool causal = inputs.padding_attention == PaddingAttention::kCausalWhenExact && batch.causal_is_exact;
+  const bool fused = inputs.padding_attention == PaddingAttention::kCausalWhenExact;
+  const bool causal = fused && batch.causal_is_exact, per_span = fused && batch.spans != nullptr;
   ModelOutput out;
-  out.logits = lm_head(decode(batch.inputs_embeds_BSD, causal ? torch::Tensor() : batch.attention_mask_BS,
-                              batch.position_ids_BS, batch.routing));
+  out.logits = lm_head(decode(batch.inputs_embeds_BSD, causal || per_span ? torch::Tensor() : batch.attention_mask_BS,
+                              batch.position_ids_BS, batch.routing, causal || per_span ? torch::Tensor() : batch.segment_ids_BS,
+                              per_span ? batch.spans : nullptr));
   out.attention_mask = batch.attention_mask_BS;
   out.modality = batch.modality_BS;
   out.position_ids = batch.position_ids_BS;

@@ -8,6 +8,7 @@
 #include <torch/nn/module.h>
 #include <torch/nn/modules/container/modulelist.h>
 
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -23,7 +24,8 @@ namespace owl2 {
 // How forward() applies padding in the decoder's attention (docs/model.md, "Attention kernels").
 enum class PaddingAttention {
   // SDPA with is_causal and no mask when that is exact for every real position and the loss: no padding, or
-  // right padding (what collate produces) whose pads predict no label. Padded positions then attend causally to
+  // right padding (what collate produces) whose pads predict no label. Packed rows of that form run attention
+  // per sample span (SegmentSpans) instead of the block-diagonal mask. Padded positions then attend causally to
   // earlier pads, so their logits are not the reference's; no loss term or gradient reads them. Any other batch
   // (left padding, holes, supervised pads) gets the explicit mask. Decided on splice_inputs' host copy of the
   // mask, so the choice costs no extra sync.
@@ -40,6 +42,11 @@ struct ModelInputs {
   bool pad_left = false;         // align every spliced sample to the right edge even when input_ids has no
                                  // padding (generation: prompts of one length with different image counts)
   PaddingAttention padding_attention = PaddingAttention::kCausalWhenExact;
+  // Packed rows: [B,T] int64, the sample of each token within its row (0, 1, ... contiguous and non-decreasing
+  // over the real tokens; padding is ignored). Each sample then attends only to itself (block-diagonal causal),
+  // its positions restart at 0, and its first token is not predicted from the previous sample: the logits, loss
+  // and gradients equal those of the samples run one by one. Undefined: one sample per row.
+  torch::Tensor segment_ids = {};
 };
 
 struct ModelOutput {
@@ -59,6 +66,10 @@ struct SplicedBatch {
   torch::Tensor modality_BS;        // int64, 0 text, 1 image
   torch::Tensor position_ids_BS;    // int64, 0 at each sample's first real token
   torch::Tensor labels_BS;          // int64 or undefined
+  torch::Tensor segment_ids_BS;     // int64 (-1 on padding); defined only when some row holds several samples
+  // With segment_ids_BS, for right-padded rows whose pads predict no label: each sample's span, so attention
+  // runs per sample (kCausalWhenExact) instead of through the block-diagonal mask. Null otherwise.
+  std::shared_ptr<const SegmentSpans> spans;
   bool has_padding = true;          // false: every position is a real token
   bool causal_is_exact = false;     // is_causal without a mask gives every real position and the loss exactly:
                                     // each row is real tokens then padding, and no pad predicts a label
@@ -91,10 +102,12 @@ class MPLUGOwl2ForCausalLMImpl : public torch::nn::Module {
   // (placeholder counts and the routing indices). Throws if placeholders and images disagree.
   SplicedBatch splice_inputs(const ModelInputs& inputs);
   // The decoder on spliced embeddings: final-norm hidden states [B,S,D]. A defined attention mask builds the
-  // explicit causal + padding mask; an undefined one runs SDPA with is_causal and no mask (exact without padding
-  // and, for the real positions, with right padding; see SplicedBatch::causal_is_exact).
+  // explicit causal + padding mask (block-diagonal with segment ids: each sample of a packed row sees only
+  // itself); an undefined one runs SDPA with is_causal and no mask (exact without padding and, for the real
+  // positions, with right padding; see SplicedBatch::causal_is_exact).
   torch::Tensor decode(const torch::Tensor& inputs_embeds_BSD, const torch::Tensor& attention_mask_BS,
-                       const torch::Tensor& position_ids_BS, const ModalityRouting& routing);
+                       const torch::Tensor& position_ids_BS, const ModalityRouting& routing,
+                       const torch::Tensor& segment_ids_BS = {}, std::shared_ptr<const SegmentSpans> spans = nullptr);
   // The decoder over S new positions with a KV cache (spec §1.4, §6): their keys / values are appended to
   // `cache` and they attend to every valid cached position. valid_BS marks real new tokens (left padding of a
   // prefill is false). Returns final-norm hidden states [B,S,D]; the training path (decode) is untouched.
