@@ -214,6 +214,14 @@ done
 bench "stage2_${S2_LAYERS}layers_bf16" --config "$S2" --device "$DEVICE" --steps 3 --warmup 2 "${S2_BATCH[@]}" \
   --set train.precision=bf16 --set model.decoder.num_hidden_layers="$S2_LAYERS"
 
+step "packing: padded, grouped and packed batches of the LLaVA-shaped lengths (owl2 bench packing)"
+if out=$("$BIN"/owl2 bench packing --device "$DEVICE" --samples 256 --repeats 2 2> "$LOG/bench_packing.log"); then
+  echo "$out" >> "$LOG/bench.jsonl"
+  note "packing: $(tail -1 "$LOG/bench_packing.log")"
+else
+  note "FAIL packing (exit $?): $(tail -3 "$LOG/bench_packing.log" | tr '\n' ' ')"
+fi
+
 echo
 echo "=== summary (also in $SUMMARY)"
 cat "$SUMMARY"

@@ -10,6 +10,8 @@
 #include <numeric>
 #include <set>
 
+#include <torch/cuda.h>
+
 #include "data/example.h"
 #include "data/loader.h"
 #include "data/template.h"
@@ -381,6 +383,42 @@ TEST_CASE("planned lengths from the text alone equal the examples' spliced lengt
       CHECK(text.images.empty());
       const int64_t planned = builder.spliced_tokens(text, 65);
       CHECK(planned == spliced_length(builder(ds->get(i)), 65));
+    }
+  }
+}
+
+TEST_CASE("on CUDA a packed row gives each sample the logits it has alone, in float32 and bf16", "[packing][gpu]") {
+  if (!torch::cuda::is_available()) {
+    WARN("no CUDA device: nothing to check (CTest leaves [gpu] out of CPU builds)");
+    return;
+  }
+  auto model = packing_golden_model();
+  const auto examples = mixed_examples();
+  const int64_t V = model->cfg.visual_tokens_per_image();
+  auto copy = examples;
+  const std::vector<size_t> row_of{0, 0, 0, 1, 1};
+  const Batch packed = collate_packed(std::move(copy), row_of);
+  torch::NoGradGuard no_grad;
+  std::vector<torch::Tensor> alone;  // float64 on the CPU
+  for (const auto& e : examples) alone.push_back(model->forward(inputs_of(single(e))).logits[0]);
+  for (const auto dtype : {torch::kFloat32, torch::kBFloat16}) {
+    INFO(dtype);
+    model->to(torch::kCUDA, dtype);
+    auto in = inputs_of(packed);
+    in.input_ids = in.input_ids.cuda();
+    in.attention_mask = in.attention_mask.cuda();
+    in.labels = in.labels.cuda();
+    in.segment_ids = in.segment_ids.cuda();
+    in.images = in.images.to(torch::kCUDA, dtype);
+    const auto logits = model->forward(in).logits.to(torch::kCPU, torch::kFloat64);
+    std::vector<int64_t> offset(2, 0);
+    for (size_t k = 0; k < examples.size(); ++k) {
+      const auto r = static_cast<int64_t>(row_of[k]);
+      const int64_t len = spliced_length(examples[k], V);
+      const double scale = alone[k].abs().max().item<double>();
+      CHECK(max_abs_diff(logits[r].slice(0, offset[static_cast<size_t>(r)], offset[static_cast<size_t>(r)] + len), alone[k]) <
+            (dtype == torch::kFloat32 ? 1e-4 : 5e-2) * std::max(1.0, scale));
+      offset[static_cast<size_t>(r)] += len;
     }
   }
 }

@@ -7,6 +7,10 @@
 
 #include <time.h>
 
+#include <array>
+#include <cstdio>
+#include <stdexcept>
+
 #include <filesystem>
 #include <string>
 
@@ -45,6 +49,19 @@ inline std::filesystem::path source_root() {
 // A Python program of the benchmarks, by file name under scripts/bench/ of the checkout.
 inline std::string bench_script(const std::string& name) {
   return (source_root() / "scripts" / "bench" / name).string();
+}
+
+// Runs `cmd` through the shell and returns what it writes to stdout; `status` gets pclose's status. Throws only
+// when the shell cannot be started.
+inline std::string capture_output(const std::string& cmd, int& status) {
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p) throw std::runtime_error("bench: cannot start: " + cmd);
+  std::string out;
+  std::array<char, 4096> buf{};
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
+  status = pclose(p);
+  return out;
 }
 
 // `s` as one single-quoted shell word.

@@ -41,13 +41,8 @@ long peak_rss_kb() {
 }
 
 std::string run_capture(const std::string& cmd) {
-  std::string out;
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) throw std::runtime_error("cannot run: " + cmd);
-  std::array<char, 4096> buf{};
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
-  const int rc = pclose(p);
+  int rc = 0;
+  const std::string out = capture_output(cmd, rc);
   if (rc != 0) throw std::runtime_error(fmt::format("'{}' failed (status {}): {}", cmd, rc, out));
   return out;
 }

@@ -95,13 +95,8 @@ Rate bench_python(const std::string& python, const fs::path& dir, const ImageCon
                        images_per_proc, (dir / fmt::format("pil_{}.bin", p)).string());
   }
   cmd += "wait) 2>&1";
-  FILE* pipe = popen(cmd.c_str(), "r");
-  if (!pipe) throw std::runtime_error("bench data: cannot start " + python);
-  std::string output;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, pipe)) > 0) output.append(buf, n);
-  pclose(pipe);
+  int status = 0;
+  const std::string output = capture_output(cmd, status);
   double first = 1e300, last = 0, cpu = 0;
   int64_t total = 0;
   int reports = 0;

@@ -197,13 +197,8 @@ void add_bench_generate(CLI::App& app, Action& run) {
         const auto cmdline = fmt::format("{} {} --spec {}", shell_quote(python),
                                          shell_quote(bench_script("bench_generate_reference.py")),
                                          shell_quote(spec.dump()));
-        std::string text;
-        FILE* p = popen(cmdline.c_str(), "r");
-        if (!p) throw std::runtime_error("bench generate: cannot start: " + cmdline);
-        std::array<char, 4096> buf{};
-        size_t n;
-        while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) text.append(buf.data(), n);
-        const int rc = pclose(p);
+        int rc = 0;
+        const std::string text = capture_output(cmdline, rc);
         fs::remove_all(tmp);
         if (rc != 0 || text.find('{') == std::string::npos) {
           throw std::runtime_error("bench generate: the Python reference failed (" + cmdline + "):\n" + text);

@@ -30,17 +30,6 @@ double peak_rss_mib() {
   return static_cast<double>(u.ru_maxrss) / 1024.0;  // ru_maxrss is KiB on Linux
 }
 
-std::string run_capture(const std::string& cmd, int& rc) {
-  std::string out;
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) throw std::runtime_error("bench: cannot start: " + cmd);
-  std::array<char, 4096> buf{};
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
-  rc = pclose(p);
-  return out;
-}
-
 void add_bench_model(CLI::App& app, Action& run) {
   CLI::App* bench = bench_group(app);
   struct Args {
@@ -112,7 +101,7 @@ void add_bench_model(CLI::App& app, Action& run) {
       const auto cmd = fmt::format("{} {} --spec {}", shell_quote(python),
                                    shell_quote(bench_script("bench_reference.py")),
                                    shell_quote(spec.dump()));
-      const auto text = run_capture(cmd, rc);
+      const auto text = capture_output(cmd, rc);
       if (rc != 0) throw std::runtime_error("bench: the Python reference failed (" + cmd + "):\n" + text);
       const auto r = nlohmann::json::parse(text.substr(text.rfind('{')));
       const double ref_median = r.at("median_s").get<double>();

@@ -90,24 +90,33 @@ torch::Tensor decoder_attention(const torch::Tensor& q_BHSK, const torch::Tensor
     TORCH_CHECK(q_BHSK.size(2) == k.size(2), "decoder_attention: causal attention without a mask needs as many keys (",
                 k.size(2), ") as queries (", q_BHSK.size(2), "); pass the mask of a KV cache");
     if (spans == nullptr) return at::scaled_dot_product_attention(q_BHSK, k, v, {}, 0.0, /*is_causal=*/true);
-    // Packed rows: each span alone, causal (SDPA's fused CPU kernel per span; no S x S mask is built).
-    const int64_t B = q_BHSK.size(0), S = q_BHSK.size(2);
+    // Packed rows: each span alone, causal (SDPA's fused CPU kernel per span; no S x S mask is built). The
+    // tokens of all rows are split once along [B*S] (its backward is one concatenation), not sliced per span.
+    const int64_t B = q_BHSK.size(0), H = q_BHSK.size(1), S = q_BHSK.size(2), K = q_BHSK.size(3);
     TORCH_CHECK(static_cast<int64_t>(spans->starts.size()) == B, "decoder_attention: spans for ",
                 spans->starts.size(), " rows, the batch has ", B);
-    std::vector<torch::Tensor> rows;
+    std::vector<int64_t> sizes;
     for (int64_t b = 0; b < B; ++b) {
       const auto& st = spans->starts[static_cast<size_t>(b)];
-      std::vector<torch::Tensor> parts;
+      TORCH_CHECK(!st.empty() && st.front() == 0, "decoder_attention: the spans of row ", b, " must start at 0");
       for (size_t i = 0; i < st.size(); ++i) {
         const int64_t s0 = st[i], s1 = i + 1 < st.size() ? st[i + 1] : S;
-        TORCH_CHECK(0 <= s0 && s0 < s1 && s1 <= S, "decoder_attention: bad span [", s0, ", ", s1, ") of row ", b);
-        const auto cut = [&](const torch::Tensor& t) { return t.slice(0, b, b + 1).slice(2, s0, s1); };
-        parts.push_back(at::scaled_dot_product_attention(cut(q_BHSK), cut(k), cut(v), {}, 0.0, /*is_causal=*/true));
+        TORCH_CHECK(s0 < s1 && s1 <= S, "decoder_attention: bad span [", s0, ", ", s1, ") of row ", b);
+        sizes.push_back(s1 - s0);
       }
-      TORCH_CHECK(!st.empty() && st.front() == 0, "decoder_attention: the spans of row ", b, " must start at 0");
-      rows.push_back(parts.size() == 1 ? parts.front() : torch::cat(parts, 2));
     }
-    return B == 1 ? rows.front() : torch::cat(rows, 0);
+    const auto tokens = [&](const torch::Tensor& t) { return t.transpose(1, 2).reshape({B * S, H, K}).split_with_sizes(sizes); };
+    const auto qs = tokens(q_BHSK), ks = tokens(k), vs = tokens(v);
+    std::vector<torch::Tensor> ctx;
+    ctx.reserve(sizes.size());
+    for (size_t i = 0; i < sizes.size(); ++i) {
+      const auto head_major = [](const torch::Tensor& t) { return t.transpose(0, 1).unsqueeze(0); };  // [1,H,len,K]
+      ctx.push_back(at::scaled_dot_product_attention(head_major(qs[i]), head_major(ks[i]), head_major(vs[i]), {}, 0.0,
+                                                     /*is_causal=*/true)
+                        .squeeze(0)
+                        .transpose(0, 1));
+    }
+    return torch::cat(ctx, 0).view({B, S, H, K}).transpose(1, 2);
   }
   return at::scaled_dot_product_attention(q_BHSK, k, v, mask_B1SS);
 }
