@@ -1,7 +1,13 @@
 // owl2 plan: memory per device under each ZeRO stage, and input validation.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
+#include <fstream>
+
+#include "tests/helpers.h"
+#include "trainers/param_rules.h"
 #include "trainers/plan.h"
+#include "trainers/setup.h"
 
 // The whole file in its own namespace: unity batches compile several test files as one translation unit.
 namespace owl2_test_plan {
@@ -32,7 +38,8 @@ TEST_CASE("plan: weights, gradients and optimizer state per device under each Ze
   CHECK(p1.optimizer_bytes == 400);
   CHECK(p1.grads_bytes == 400);
   auto p3 = make_plan(cfg, kParams, {2, 3});
-  CHECK(p3.weights_bytes == 2000);
+  CHECK(p3.zero3_sharded_params == 0);  // the decoder layer is frozen: stage 3 leaves it replicated
+  CHECK(p3.weights_bytes == 4000);
   CHECK(p3.grads_bytes == 200);
   CHECK(p3.flops_per_step == Approx(p0.flops_per_step / 2));
   CHECK(p0.activations_checkpointed_bytes < p0.activations_bytes);
@@ -63,6 +70,52 @@ TEST_CASE("plan: the ZeRO stage comes from distributed.zero_stage unless given",
   const auto given = make_plan(cfg, kParams, {2, 0});
   CHECK(given.optimizer_bytes == 800);
   CHECK(given.grads_bytes == 400);
+}
+
+TEST_CASE("plan: ZeRO 3 shards the trainable decoder-layer parameters and holds one block gathered", "[plan]") {
+  auto cfg = tiny_run();
+  cfg.freeze = {{"*", true}};
+  const NamedSizes params = {{"model.vision_model.embeddings.cls_token", 100},
+                             {"model.layers.0.mlp.up_proj.weight", 300},
+                             {"model.layers.1.mlp.up_proj.weight", 200},
+                             {"model.layers.1.self_attn.q_proj.weight", 200},
+                             {"model.norm.weight", 50},
+                             {"lm_head.weight", 600}};
+  const auto p = make_plan(cfg, params, {4, 3});
+  CHECK(p.zero3_sharded_params == 700);
+  CHECK(p.zero3_largest_block == 400);  // model.layers.1
+  // Replicated 750 + sharded 700 / 4 + one gathered block of 400, in fp32.
+  CHECK(p.weights_bytes == Approx((750 + 175 + 400) * 4.0));
+  CHECK_THAT(p.report, Contains("700 trainable decoder-layer parameters sharded"));
+}
+
+TEST_CASE("plan: the parameters it shards at ZeRO 3 are those the trainer's sharded stacks hold", "[plan]") {
+  const std::string dir = test::temp_dir("owl2_plan_zero3");
+  std::ofstream(dir + "/run.yaml") << "include: " << test::source_path("configs/model/tiny.yaml") << "\n"
+                                   << "distributed: {zero_stage: 3}\n"
+                                   << "freeze: [{pattern: 'model.layers.*.multiway.1.*', trainable: false},"
+                                   << " {pattern: 'model.layers.1.mlp.*', trainable: false}, {pattern: '*'}]\n";
+  const RunConfig cfg = load_config(dir + "/run.yaml", {});
+  auto model = build_model(cfg, {.load_init = false});
+  apply_freeze_rules(*model, cfg.freeze);
+  const auto policies = apply_training_policies(model, cfg);
+  // What the trainer shards: the trainable parameters of its stacks' blocks (ZeroOptimizer, stage 3).
+  int64_t trainer = 0, largest = 0;
+  for (const auto& stack : policies.sharded_stacks) {
+    for (const auto& block : stack.blocks) {
+      int64_t n = 0;
+      for (const auto& t : block->parameters()) n += t.requires_grad() ? t.numel() : 0;
+      trainer += n;
+      largest = std::max(largest, n);
+    }
+  }
+  NamedSizes sizes;
+  for (const auto& item : model->named_parameters()) sizes.emplace_back(item.key(), item.value().numel());
+  const auto plan = make_plan(cfg, sizes, {2, 3});
+  REQUIRE(trainer > 0);
+  CHECK(plan.zero3_sharded_params == trainer);
+  CHECK(plan.zero3_largest_block == largest);
+  CHECK(plan.zero3_sharded_params < plan.trainable_params);  // embeddings, lm_head, ViT stay replicated
 }
 
 }  // namespace owl2_test_plan

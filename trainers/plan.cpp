@@ -3,10 +3,12 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <map>
 #include <stdexcept>
 
 #include "trainers/param_rules.h"
+#include "trainers/sharding.h"
 
 namespace owl2 {
 namespace {
@@ -48,6 +50,7 @@ Plan make_plan(const RunConfig& cfg, const NamedSizes& params, const PlanInputs&
   }
   Plan plan;
   std::map<std::string, ComponentCount> comps;
+  std::map<std::string, int64_t> block_sizes;  // ZeRO 3: sharded parameters per block
   std::vector<std::string> order;
   for (const auto& [name, numel] : params) {
     bool trainable = false;
@@ -56,6 +59,10 @@ Plan make_plan(const RunConfig& cfg, const NamedSizes& params, const PlanInputs&
         trainable = r.trainable;
         break;
       }
+    }
+    if (in.zero_stage >= 3 && zero3_shards(name, trainable)) {
+      plan.zero3_sharded_params += numel;
+      block_sizes[zero3_block(name)] += numel;
     }
     const std::string top = top_level(name);
     if (!comps.count(top)) order.push_back(top);
@@ -79,7 +86,10 @@ Plan make_plan(const RunConfig& cfg, const NamedSizes& params, const PlanInputs&
   const double compute_bytes = bf16 ? 2 : 4;
   const double W = double(in.world_size);
   const double P = double(plan.total_params), T = double(plan.trainable_params);
-  plan.weights_bytes = P * compute_bytes / (in.zero_stage >= 3 ? W : 1);
+  for (const auto& [block, n] : block_sizes) plan.zero3_largest_block = std::max(plan.zero3_largest_block, n);
+  // Stage 3: the sharded parameters as this rank's slices, plus one block gathered at a time; the rest replicated.
+  const double S3 = double(plan.zero3_sharded_params);
+  plan.weights_bytes = ((P - S3) + S3 / W + double(plan.zero3_largest_block)) * compute_bytes;
   plan.grads_bytes = T * 4 / (in.zero_stage >= 2 ? W : 1);                       // fp32 accumulation
   plan.optimizer_bytes = T * (8 + (bf16 ? 4 : 0)) / (in.zero_stage >= 1 ? W : 1);  // moments (+ fp32 master)
 
@@ -135,7 +145,11 @@ Plan make_plan(const RunConfig& cfg, const NamedSizes& params, const PlanInputs&
   r += fmt::format("per device: world size {}, ZeRO stage {}, precision {}, micro-batch {}, {} decoder tokens/sample\n",
                    in.world_size, in.zero_stage, precision_name(t.precision), t.micro_batch_size,
                    static_cast<int64_t>(dec_tokens));
-  r += fmt::format("  weights            {:>12}\n", gib(plan.weights_bytes));
+  r += fmt::format("  weights            {:>12}{}\n", gib(plan.weights_bytes),
+                   in.zero_stage >= 3 ? fmt::format(" ({} trainable decoder-layer parameters sharded, one block of up to {} "
+                                                    "gathered; the rest replicated)",
+                                                    plan.zero3_sharded_params, plan.zero3_largest_block)
+                                      : std::string());
   r += fmt::format("  gradients          {:>12}\n", gib(plan.grads_bytes));
   r += fmt::format("  optimizer state    {:>12}\n", gib(plan.optimizer_bytes));
   r += fmt::format("  activations        {:>12} without checkpointing\n", gib(plan.activations_bytes));

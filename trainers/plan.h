@@ -33,6 +33,9 @@ struct Plan {
   std::vector<ComponentCount> components;
   int64_t total_params = 0, trainable_params = 0;
   double weights_bytes = 0, grads_bytes = 0, optimizer_bytes = 0;
+  // ZeRO 3 (zero3_shards, trainers/sharding.h): the parameters sharded, and the largest block, which a rank
+  // holds gathered while it runs (weights_bytes counts it in full).
+  int64_t zero3_sharded_params = 0, zero3_largest_block = 0;
   double activations_bytes = 0, activations_checkpointed_bytes = 0;
   double flops_per_step = 0;  // per device
   std::string report;         // the printed table

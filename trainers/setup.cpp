@@ -9,6 +9,7 @@
 #include "owl2/io/weights.h"
 #include "owl2/model/init.h"
 #include "trainers/activation_checkpoint.h"
+#include "trainers/sharding.h"
 
 namespace owl2 {
 namespace {
@@ -51,13 +52,16 @@ TrainingPolicies apply_training_policies(MPLUGOwl2ForCausalLM& model, const RunC
   if (ac.abstractor) model->model->visual_abstractor->block_runner = checkpointing_runner();
   if (ac.decoder) model->decoder_block_runner = checkpointing_runner();
 
-  // ZeRO 3 shards the decoder layers only: the vision tower and the abstractor are skipped on text-only
-  // batches, which would leave ranks in different per-block collectives (docs/distributed.md, "ZeRO stage 3").
+  // ZeRO 3 shards the stacks of kZero3Stacks (trainers/sharding.h, shared with the planner): the decoder layers.
   TrainingPolicies policies;
   if (cfg.distributed.zero_stage == 3) {
-    ShardedStack decoder{"decoder", {}, &model->decoder_block_runner};
-    for (size_t i = 0; i < model->model->layers->size(); ++i) decoder.blocks.push_back(model->model->layers->ptr(i));
-    policies.sharded_stacks.push_back(decoder);
+    for (const auto& stack : kZero3Stacks) {
+      if (std::string_view(stack.name) != "decoder")
+        throw std::logic_error(std::string("ZeRO 3: no blocks known for the stack '") + stack.name + "'");
+      ShardedStack decoder{stack.name, {}, &model->decoder_block_runner};
+      for (size_t i = 0; i < model->model->layers->size(); ++i) decoder.blocks.push_back(model->model->layers->ptr(i));
+      policies.sharded_stacks.push_back(decoder);
+    }
   }
   return policies;
 }

@@ -1,0 +1,39 @@
+// What ZeRO stage 3 shards, decided in one place for the trainer and the planner: apply_training_policies()
+// builds its sharded stacks from kZero3Stacks, and make_plan() divides by the world size exactly the parameters
+// zero3_shards() names (docs/distributed.md, "ZeRO stage 3"; docs/plan.md).
+#pragma once
+#include <string>
+#include <string_view>
+
+namespace owl2 {
+
+struct Zero3Stack {
+  const char* name;    // the stack ("decoder")
+  const char* prefix;  // its blocks' parameter names: prefix + block index + "."
+};
+// Only the decoder layers: the vision tower and the abstractor are skipped on text-only batches, which would
+// leave ranks in different per-block collectives.
+inline constexpr Zero3Stack kZero3Stacks[] = {{"decoder", "model.layers."}};
+
+// True when stage 3 shards this parameter: trainable and inside a block of a sharded stack. Frozen parameters
+// stay replicated in the compute dtype.
+inline bool zero3_shards(std::string_view name, bool trainable) {
+  if (!trainable) return false;
+  for (const auto& s : kZero3Stacks) {
+    if (name.substr(0, std::string_view(s.prefix).size()) == s.prefix) return true;
+  }
+  return false;
+}
+
+// The block a sharded parameter belongs to ("model.layers.3" for "model.layers.3.mlp.up_proj.weight").
+inline std::string zero3_block(std::string_view name) {
+  for (const auto& s : kZero3Stacks) {
+    const std::string_view prefix(s.prefix);
+    if (name.substr(0, prefix.size()) != prefix) continue;
+    const auto dot = name.find('.', prefix.size());
+    return std::string(name.substr(0, dot == std::string_view::npos ? name.size() : dot));
+  }
+  return {};
+}
+
+}  // namespace owl2
