@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "data/loader.h"
+#include "data/tokenizer.h"
 #include "owl2/io/safetensors.h"
 #include "owl2/io/state_dict.h"
 #include "tests/helpers.h"
@@ -913,6 +914,87 @@ TEST_CASE("owl2 train with packed rows: 2 ranks equal 1 rank, and the rows hold 
   const auto m = nlohmann::json::parse(line);
   INFO(line);
   CHECK(m.at("samples").get<int64_t>() > 4);
+}
+
+TEST_CASE("owl2 train: held-out evaluation on 2 ranks answers every question once, as 1 rank does", "[dist][slow]") {
+  const std::string root = "build/test_dist_eval";
+  fs::remove_all(root);
+  REQUIRE(run_owl2("data synth --out " + root + "/data --train 8 --heldout 3 --train-text 4 --heldout-text 3").rc == 0);
+  REQUIRE(run_owl2("tokenizer train --text " + root + "/data/corpus.txt --vocab-size 256 --out " + root + "/tok").rc == 0);
+  // The model's vocabulary is the tokenizer's, so every id the untrained model answers with decodes.
+  const int64_t vocab = owl2::Tokenizer(root + "/tok.model").vocab_size();
+  std::ofstream(root + "/eval.yaml")
+      << "include: " << source_path("configs/model/tiny.yaml") << "\n"
+      << "model: {decoder: {vocab_size: " << vocab << "}}\n"
+      << "optim: {lr: 1.0e-9, min_lr: 0, warmup_steps: 0}\n"  // the weights stay the initial ones in effect
+      << "train: {steps: 1, global_batch_size: 2, micro_batch_size: 1, max_length: 256, log_every: 1}\n"
+      << "data: {tokenizer: " << root << "/tok.model, sources: [{path: " << root
+      << "/data/llava_train.json}], num_workers: 0}\n"
+      << "eval: {heldout: " << root << "/data/heldout.jsonl, batch_size: 3, max_new_tokens: 4}\n";
+  const auto one = run_owl2("train --config " + root + "/eval.yaml --set train.out_dir=" + root + "/one");
+  INFO(one.out);
+  REQUIRE(one.rc == 0);
+  const std::string cmd = "timeout 300 " + torchrun() + " --standalone --nproc-per-node 2 --no-python " + OWL2_BINARY +
+                          " train --config " + root + "/eval.yaml --set train.out_dir=" + root + "/two > " + root +
+                          "/two.log 2>&1";
+  INFO(cmd);
+  const int rc = std::system(cmd.c_str());
+  INFO(read_text(root + "/two.log"));
+  REQUIRE(rc == 0);
+  const std::string a = read_text(root + "/one/predictions.jsonl"), b = read_text(root + "/two/predictions.jsonl");
+  std::istringstream lines(a);
+  int64_t n = 0, expect = 0;
+  for (std::string line; std::getline(lines, line); ++n) CHECK(nlohmann::json::parse(line).at("question_id") == expect++);
+  REQUIRE(n > 6);  // more than two batches of 3, so both ranks answer
+  CHECK(b == a);
+  CHECK(read_text(root + "/two/eval.json") == read_text(root + "/one/eval.json"));
+}
+
+TEST_CASE("owl2 train at ZeRO 3: one rank text-only and the other with an image each step, equal to 1 rank",
+          "[dist][slow]") {
+  const std::string root = "build/test_dist_mixed";
+  fs::remove_all(root);
+  REQUIRE(run_owl2("data synth --out " + root + "/data --train 8 --heldout 2 --train-text 4 --heldout-text 2").rc == 0);
+  REQUIRE(run_owl2("tokenizer train --text " + root + "/data/corpus.txt --vocab-size 256 --out " + root + "/tok").rc == 0);
+  // Two samples, one without and one with an image: with one sample per rank, every step mixes the modalities.
+  const auto all = nlohmann::json::parse(read_text(root + "/data/llava_train.json"));
+  nlohmann::json two = nlohmann::json::array();
+  for (bool image : {false, true}) {
+    for (const auto& e : all) {
+      if (e.contains("image") == image) {
+        two.push_back(e);
+        break;
+      }
+    }
+  }
+  REQUIRE(two.size() == 2);
+  std::ofstream(root + "/data/mixed.json") << two.dump();
+  std::ofstream(root + "/mixed.yaml")
+      << "include: " << source_path("configs/model/tiny.yaml") << "\n"
+      << "optim: {lr: 2.0e-3, warmup_steps: 1}\n"
+      << "train: {steps: 3, global_batch_size: 2, micro_batch_size: 1, max_length: 256, log_every: 1}\n"
+      << "data: {tokenizer: " << root << "/tok.model, sources: [{path: " << root << "/data/mixed.json}], num_workers: 0}\n"
+      << "distributed: {zero_stage: 3, timeout_s: 60}\n";
+  const auto one = run_owl2("train --config " + root + "/mixed.yaml --set train.out_dir=" + root + "/one");
+  INFO(one.out);
+  REQUIRE(one.rc == 0);
+  const std::string cmd = "timeout 300 " + torchrun() + " --standalone --nproc-per-node 2 --no-python " + OWL2_BINARY +
+                          " train --config " + root + "/mixed.yaml --set train.out_dir=" + root + "/two > " + root +
+                          "/two.log 2>&1";
+  INFO(cmd);
+  const int rc = std::system(cmd.c_str());
+  INFO(read_text(root + "/two.log"));
+  REQUIRE(rc == 0);
+  const auto a = losses(root + "/one"), b = losses(root + "/two");
+  REQUIRE(a.size() == 3);
+  REQUIRE(b.size() == 3);
+  for (int64_t step = 0; step < 3; ++step) CHECK(b.at(step) == Approx(a.at(step)).epsilon(1e-5));
+  const SafetensorsFile w1(root + "/one/final/model.safetensors"), w2(root + "/two/final/model.safetensors");
+  REQUIRE(w2.names() == w1.names());
+  for (const auto& name : w1.names()) {
+    INFO(name);
+    CHECK((w2.get(name) - w1.get(name)).abs().max().item<double>() < 1e-4);
+  }
 }
 
 }  // namespace owl2_test_distributed

@@ -134,12 +134,31 @@ void write_eval_results(const EvalResult& er, int64_t step, const fs::path& dir)
   }
 }
 
-// The held-out evaluation after `step`: its scores go into the step's metrics (eval_*) and its table into the
-// log; after the last step also eval.json and predictions.jsonl. All ranks call it (the ZeRO 3 gather).
+// The held-out evaluation after `step`, on every rank: the questions' batches are dealt out to the ranks
+// (batch k to rank k mod W, so each batch is answered exactly as one process would), the answers gathered, and
+// rank 0 scores them. The scores go into the step's metrics (eval_*) and the table into the log; after the last
+// step also eval.json and predictions.jsonl. All ranks call it (ZeRO 3 gathers the blocks for it).
 void evaluate_during_training(TrainingRun& run, int64_t step, bool last, StepMetrics& m) {
-  FullParameters full(run.trainer);  // ZeRO 3: rank 0 evaluates alone, so no per-block gathers
+  FullParameters full(run.trainer);
+  const auto& opt = run.heldout.options;
+  std::vector<HeldoutQuestion> qs = run.heldout.questions;
+  if (opt.limit > 0 && static_cast<int64_t>(qs.size()) > opt.limit) qs.resize(static_cast<size_t>(opt.limit));
+  const auto batch = static_cast<size_t>(opt.batch_size), W = static_cast<size_t>(run.env.world_size);
+  std::vector<HeldoutQuestion> mine;
+  for (size_t start = batch * static_cast<size_t>(run.env.rank); start < qs.size(); start += batch * W)
+    mine.insert(mine.end(), qs.begin() + static_cast<std::ptrdiff_t>(start),
+                qs.begin() + static_cast<std::ptrdiff_t>(std::min(qs.size(), start + batch)));
+  const auto answers = answer_heldout(run.model, run.tokenizer, mine, opt);
+  const auto gathered = run.comm.allgather_strings(nlohmann::json(answers).dump(), fmt::format("held-out answers at step {}", step));
   if (!run.lead()) return;
-  const auto er = evaluate_heldout(run.model, run.tokenizer, run.heldout.questions, run.heldout.options);
+  std::vector<std::vector<std::string>> per_rank;
+  for (const auto& g : gathered) per_rank.push_back(nlohmann::json::parse(g).get<std::vector<std::string>>());
+  std::vector<std::pair<HeldoutQuestion, std::string>> predictions;
+  std::vector<size_t> used(W, 0);
+  for (size_t start = 0, k = 0; start < qs.size(); start += batch, ++k) {
+    for (size_t i = start; i < std::min(qs.size(), start + batch); ++i) predictions.emplace_back(qs[i], per_rank.at(k % W).at(used[k % W]++));
+  }
+  const auto er = score_heldout(std::move(predictions));
   m.extra["eval_short_answer_accuracy"] = er.short_answer_accuracy;
   for (const auto& [type, acc] : er.accuracy) m.extra["eval_" + type] = acc;
   if (er.count.count("caption")) m.extra["eval_caption_cider"] = er.caption_cider;

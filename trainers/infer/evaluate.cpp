@@ -70,13 +70,20 @@ std::string EvalResult::markdown() const {
 
 EvalResult evaluate_heldout(MPLUGOwl2ForCausalLM& model, const Tokenizer& tokenizer,
                             const std::vector<HeldoutQuestion>& all, const EvalOptions& options) {
+  std::vector<HeldoutQuestion> qs = all;
+  if (options.limit > 0 && static_cast<int64_t>(qs.size()) > options.limit) qs.resize(static_cast<size_t>(options.limit));
+  const auto answers = answer_heldout(model, tokenizer, qs, options);
+  std::vector<std::pair<HeldoutQuestion, std::string>> predictions;
+  for (size_t i = 0; i < qs.size(); ++i) predictions.emplace_back(qs[i], answers[i]);
+  return score_heldout(std::move(predictions));
+}
+
+std::vector<std::string> answer_heldout(MPLUGOwl2ForCausalLM& model, const Tokenizer& tokenizer,
+                                        const std::vector<HeldoutQuestion>& qs, const EvalOptions& options) {
   const bool was_training = model->is_training();
   model->eval();
   const auto tmpl = chat_template(options.chat_template);
-  std::vector<HeldoutQuestion> qs = all;
-  if (options.limit > 0 && static_cast<int64_t>(qs.size()) > options.limit) qs.resize(static_cast<size_t>(options.limit));
-  // Batches of questions that either all have an image or none has, so that images stack.
-  EvalResult res;
+  std::vector<std::string> out;
   GenerateOptions gen;
   gen.max_new_tokens = options.max_new_tokens;
   gen.eos_id = Tokenizer::kEosId;
@@ -94,8 +101,15 @@ EvalResult evaluate_heldout(MPLUGOwl2ForCausalLM& model, const Tokenizer& tokeni
       if (!q.image.empty()) images.push_back(preprocess_image(load_image(q.image), options.image));
     }
     const auto answers = greedy_generate(model, prompts, images.empty() ? torch::Tensor() : torch::stack(images), gen);
-    for (size_t i = start; i < end; ++i) res.predictions.emplace_back(qs[i], tokenizer.decode(answers[i - start]));
+    for (size_t i = start; i < end; ++i) out.push_back(tokenizer.decode(answers[i - start]));
   }
+  if (was_training) model->train();
+  return out;
+}
+
+EvalResult score_heldout(std::vector<std::pair<HeldoutQuestion, std::string>> predictions) {
+  EvalResult res;
+  res.predictions = std::move(predictions);
   std::map<std::string, int64_t> correct;
   eval::CaptionSet captions;
   for (const auto& [q, pred] : res.predictions) {
@@ -125,7 +139,6 @@ EvalResult evaluate_heldout(MPLUGOwl2ForCausalLM& model, const Tokenizer& tokeni
   }
   res.short_answer_accuracy = short_n > 0 ? double(short_ok) / double(short_n) : 0;
   if (!captions.hyps.empty()) res.caption_cider = eval::cider_d(captions).corpus;
-  if (was_training) model->train();
   return res;
 }
 

@@ -44,7 +44,17 @@ struct EvalResult {
 // Normalizes a short answer for exact match: lower case, surrounding space and a final period removed.
 std::string normalize_answer(const std::string& text);
 
+// options.limit first, then answer_heldout and score_heldout.
 EvalResult evaluate_heldout(MPLUGOwl2ForCausalLM& model, const Tokenizer& tokenizer,
                             const std::vector<HeldoutQuestion>& questions, const EvalOptions& options);
+
+// Greedy answers to `questions` in order, options.batch_size at a time (options.limit is not applied). A
+// question's answer depends only on the batch it is in, so callers that split the work by whole batches (the
+// ranks of a training run) get the answers of one process.
+std::vector<std::string> answer_heldout(MPLUGOwl2ForCausalLM& model, const Tokenizer& tokenizer,
+                                        const std::vector<HeldoutQuestion>& questions, const EvalOptions& options);
+
+// Accuracy per type, short-answer accuracy and caption CIDEr-D of (question, prediction) pairs.
+EvalResult score_heldout(std::vector<std::pair<HeldoutQuestion, std::string>> predictions);
 
 }  // namespace owl2

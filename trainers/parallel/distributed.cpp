@@ -163,6 +163,33 @@ c10::intrusive_ptr<c10d::Work> Comm::reduce_scatter_sum_async(at::Tensor& out_ch
   return backend_->_reduce_scatter_base(out_chunk, in_full, c10d::ReduceScatterOptions{});
 }
 
+std::vector<std::string> Comm::allgather_strings(const std::string& mine, const std::string& what) {
+  const int64_t W = world_size(), r = rank();
+  if (!backend_) return {mine};
+  auto sizes = at::zeros({W}, at::TensorOptions().dtype(at::kLong));
+  sizes[r] = static_cast<int64_t>(mine.size());
+  sizes = sizes.to(device_);
+  allreduce_sum(sizes, what + " (sizes)");
+  const auto n = sizes.cpu();
+  std::vector<int64_t> offset(static_cast<size_t>(W) + 1, 0);
+  for (int64_t k = 0; k < W; ++k) offset[static_cast<size_t>(k) + 1] = offset[static_cast<size_t>(k)] + n[k].item<int64_t>();
+  // int32 slots: sums of one non-zero byte and zeros are exact in every backend's supported dtypes.
+  auto bytes = at::zeros({std::max<int64_t>(1, offset.back())}, at::TensorOptions().dtype(at::kInt));
+  auto* b = bytes.data_ptr<int32_t>();
+  for (size_t i = 0; i < mine.size(); ++i) b[offset[static_cast<size_t>(r)] + static_cast<int64_t>(i)] = static_cast<unsigned char>(mine[i]);
+  bytes = bytes.to(device_);
+  allreduce_sum(bytes, what);
+  const auto all = bytes.cpu();
+  const auto* a = all.data_ptr<int32_t>();
+  std::vector<std::string> out;
+  for (int64_t k = 0; k < W; ++k) {
+    std::string s;
+    for (int64_t i = offset[static_cast<size_t>(k)]; i < offset[static_cast<size_t>(k) + 1]; ++i) s.push_back(static_cast<char>(a[i]));
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
 c10::intrusive_ptr<c10d::Work> Comm::allgather_async(at::Tensor& out_full, at::Tensor& in_chunk) {
   return backend_->_allgather_base(out_full, in_chunk, c10d::AllgatherOptions{});
 }

@@ -65,6 +65,9 @@ class Comm {
   double sum(double value, const std::string& what);
   void broadcast(at::Tensor& t, int64_t root, const std::string& what);
   void barrier(const std::string& what);
+  // Every rank's `mine`, in rank order, on every rank (two all-reduces: the sizes, then the bytes, each rank's in
+  // its own slot). For small payloads such as evaluation answers.
+  std::vector<std::string> allgather_strings(const std::string& mine, const std::string& what);
   // Flat collectives for ZeRO: `in` has world_size() equal chunks; rank r receives (the sum of) chunk r.
   // Gloo implements both on CPU in this LibTorch, so no all-reduce emulation is needed.
   c10::intrusive_ptr<c10d::Work> reduce_scatter_sum_async(at::Tensor& out_chunk, at::Tensor& in_full);
