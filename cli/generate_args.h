@@ -55,6 +55,7 @@ struct DecodingArgs {
     o.max_new_tokens = max_new_tokens;
     o.min_new_tokens = min_new_tokens;
     o.eos_id = Tokenizer::kEosId;
+    o.vocab_limit = tok.vocab_size();
     o.pad_id = Tokenizer::kPadId;
     o.do_sample = temperature > 0.001;
     o.temperature = o.do_sample ? temperature : 1.0;

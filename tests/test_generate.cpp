@@ -206,6 +206,36 @@ TEST_CASE("EOS ends a sample and the others go on, min_new_tokens suppresses EOS
   CHECK(forced.tokens[k] != free_run[k]);
 }
 
+TEST_CASE("vocab_limit: ids past a smaller tokenizer's vocabulary are never chosen, in greedy, sampling and beams",
+          "[generate]") {
+  Tiny t;
+  GenerateOptions o;
+  o.max_new_tokens = 6;
+  o.eos_id = -1;
+  const auto free_run = generate(t.model, {kPrompts[1]}, {}, o)[0].tokens;
+  const int64_t top = *std::max_element(free_run.begin(), free_run.end());
+  REQUIRE(top > 0);
+  o.vocab_limit = top;  // the largest id of the free run is now out of range
+  for (int mode = 0; mode < 3; ++mode) {
+    INFO("mode " << mode);
+    GenerateOptions m = o;
+    if (mode == 1) {
+      m.do_sample = true;
+      m.seed = 3;
+    }
+    if (mode == 2) m.num_beams = 3;
+    const auto limited = generate(t.model, {kPrompts[1]}, {}, m)[0].tokens;
+    REQUIRE(limited.size() == 6);
+    for (int64_t id : limited) CHECK(id < top);
+  }
+  // Up to the first step that chose the now-excluded id, greedy is unchanged.
+  const auto greedy = generate(t.model, {kPrompts[1]}, {}, o)[0].tokens;
+  const auto first = std::find(free_run.begin(), free_run.end(), top) - free_run.begin();
+  CHECK(Ids(greedy.begin(), greedy.begin() + first) == Ids(free_run.begin(), free_run.begin() + first));
+  o.vocab_limit = -1;
+  CHECK_THROWS_WITH(generate(t.model, {kPrompts[1]}, {}, o), Catch::Matchers::Contains("vocab_limit must be >= 0"));
+}
+
 TEST_CASE("stop strings stop and are cut from the text, stop sequences are dropped from the tokens", "[generate]") {
   Tiny t;
   GenerateOptions o;

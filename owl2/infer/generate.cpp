@@ -24,6 +24,7 @@ void validate(const GenerateOptions& o, size_t num_prompts) {
   auto bad = [](const std::string& m) { throw std::invalid_argument("generate: " + m); };
   if (o.max_new_tokens < 0) bad(fmt::format("max_new_tokens must be >= 0, got {}", o.max_new_tokens));
   if (o.min_new_tokens < 0) bad(fmt::format("min_new_tokens must be >= 0, got {}", o.min_new_tokens));
+  if (o.vocab_limit < 0) bad(fmt::format("vocab_limit must be >= 0, got {}", o.vocab_limit));
   if (o.num_beams < 1) bad(fmt::format("num_beams must be >= 1, got {}", o.num_beams));
   if (o.num_beams > 1 && o.do_sample) bad("beam search with sampling is not implemented (num_beams > 1 needs greedy)");
   if (o.do_sample && !(o.temperature > 0)) bad(fmt::format("temperature must be > 0 when sampling, got {}", o.temperature));
@@ -73,6 +74,10 @@ StopMatch match_stop(const std::vector<int64_t>& tokens, const GenerateOptions& 
 // The scores a token is chosen from: logits (greedy, sampling) or log-probs (beam search) after the processors,
 // in HF's order. `step` counts the new tokens so far.
 torch::Tensor process(torch::Tensor scores_RV, const GenerateOptions& o, const torch::Tensor& seen_RV, int64_t step) {
+  if (o.vocab_limit > 0 && o.vocab_limit < scores_RV.size(1)) {
+    scores_RV = scores_RV.clone();
+    scores_RV.slice(1, o.vocab_limit).fill_(kNegInf);
+  }
   if (seen_RV.defined()) scores_RV = apply_repetition_penalty(scores_RV, seen_RV, o.repetition_penalty);
   if (step < o.min_new_tokens && o.eos_id >= 0 && o.eos_id < scores_RV.size(1)) {
     scores_RV = scores_RV.index_fill(1, torch::tensor({o.eos_id}, torch::kInt64).to(scores_RV.device()), kNegInf);

@@ -27,6 +27,9 @@ struct GenerateOptions {
   int64_t eos_id = 2;
   int64_t pad_id = 0;
   int64_t min_new_tokens = 0;  // EOS is suppressed before this many new tokens (HF MinNewTokensLengthLogitsProcessor)
+  // > 0: ids from this one up are never chosen. Set to the tokenizer's size when the model's vocabulary is larger
+  // (its extra rows have no text to decode to); 0 = the whole vocabulary.
+  int64_t vocab_limit = 0;
 
   // Processors in HF's order: repetition penalty, min_new_tokens, then (sampling only) temperature, top-k, top-p.
   double repetition_penalty = 1.0;  // over the prompt's text tokens and the generated ones; 1 = off

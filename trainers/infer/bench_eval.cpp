@@ -64,6 +64,7 @@ BenchRunResult run_benchmark(MPLUGOwl2ForCausalLM& model, const Tokenizer& token
   gen.max_new_tokens = def.decoding.max_new_tokens;
   gen.min_new_tokens = def.decoding.min_new_tokens;  // the captions need 8 (spec §5.2)
   gen.eos_id = Tokenizer::kEosId;
+  gen.vocab_limit = tokenizer.vocab_size();
   gen.pad_id = Tokenizer::kPadId;
   const std::string cache_file = eval::rank_cache_path(dir, rank);
   const size_t batch = static_cast<size_t>(std::max<int64_t>(1, options.batch_size));

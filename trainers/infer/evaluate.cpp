@@ -87,6 +87,7 @@ std::vector<std::string> answer_heldout(MPLUGOwl2ForCausalLM& model, const Token
   GenerateOptions gen;
   gen.max_new_tokens = options.max_new_tokens;
   gen.eos_id = Tokenizer::kEosId;
+  gen.vocab_limit = tokenizer.vocab_size();  // a model vocabulary larger than the tokenizer's: never an undecodable id
   gen.pad_id = Tokenizer::kPadId;
   for (size_t start = 0; start < qs.size(); start += static_cast<size_t>(options.batch_size)) {
     const size_t end = std::min(qs.size(), start + static_cast<size_t>(options.batch_size));
