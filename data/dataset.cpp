@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cctype>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -126,11 +127,34 @@ bool is_image_ext(std::string ext) {
   return false;
 }
 
+// The shards a JSON shard list names, relative to its folder.
+std::vector<std::string> read_shard_list(const std::string& path) {
+  std::ifstream f(path);
+  const json j = json::parse(f, nullptr, false);
+  if (j.is_discarded() || !j.is_array())
+    throw std::runtime_error(fmt::format("{}: a shard list must be a JSON array of shard paths", path));
+  const fs::path root = fs::path(path).parent_path();
+  std::vector<std::string> shards;
+  for (size_t i = 0; i < j.size(); ++i) {
+    if (!j[i].is_string()) throw std::runtime_error(fmt::format("{}: entry {} is not a string (a shard path)", path, i));
+    const fs::path p = j[i].get<std::string>();
+    shards.push_back((p.is_absolute() ? p : root / p).string());
+  }
+  return shards;
+}
+
 class TarShards : public Dataset {
  public:
   TarShards(const std::string& path, const ReadOptions& options) : name_(path) {
     auto log = log_of(options);
-    if (fs::is_directory(path)) {
+    if (path.find('{') != std::string::npos || is_shard_list(path)) {
+      shards_ = path.find('{') != std::string::npos ? expand_shard_pattern(path) : read_shard_list(path);
+      if (shards_.empty()) throw std::runtime_error(fmt::format("{}: the shard list names no shards", path));
+      for (const auto& s : shards_) {
+        if (!fs::is_regular_file(s))
+          throw std::runtime_error(fmt::format("{}: shard {} does not exist ({} shards named)", path, s, shards_.size()));
+      }
+    } else if (fs::is_directory(path)) {
       for (const auto& e : fs::directory_iterator(path)) {
         const std::string n = e.path().filename().string();
         if (e.is_regular_file() && (ends_with(n, ".tar") || ends_with(n, ".tar.gz") || ends_with(n, ".tgz")))
@@ -392,6 +416,66 @@ fs::path root_of(const std::string& path, const ReadOptions& o) {
 
 }  // namespace
 
+std::vector<std::string> expand_shard_pattern(const std::string& pattern) {
+  constexpr size_t kMaxNames = 10'000'000;
+  const auto bad = [&](const std::string& why) {
+    return std::invalid_argument(fmt::format("shard pattern '{}': {}", pattern, why));
+  };
+  const size_t open = pattern.find('{');
+  if (open == std::string::npos) {
+    if (pattern.find('}') != std::string::npos) throw bad("'}' without '{'");
+    return {pattern};
+  }
+  const size_t close = pattern.find('}', open);
+  if (close == std::string::npos) throw bad("'{' without '}'");
+  const std::string body = pattern.substr(open + 1, close - open - 1);
+  if (body.find('{') != std::string::npos) throw bad("nested braces");
+  std::vector<std::string> choices;
+  if (const size_t dots = body.find(".."); dots != std::string::npos) {
+    const std::string a = body.substr(0, dots), b = body.substr(dots + 2);
+    const auto digits = [](const std::string& x) {
+      return !x.empty() && x.size() <= 18 && std::all_of(x.begin(), x.end(), [](unsigned char c) { return std::isdigit(c); });
+    };
+    if (!digits(a) || !digits(b)) throw bad(fmt::format("'{{{}}}' is not a range of non-negative integers", body));
+    const int64_t lo = std::stoll(a), hi = std::stoll(b);
+    if (lo > hi) throw bad(fmt::format("the range {{{}}} decreases", body));
+    if (static_cast<uint64_t>(hi - lo) >= kMaxNames) throw bad(fmt::format("more than {} names", kMaxNames));
+    const size_t width = (a.size() > 1 && a[0] == '0') || a.size() == b.size() ? a.size() : 0;
+    for (int64_t i = lo; i <= hi; ++i) choices.push_back(fmt::format("{:0{}d}", i, width));
+  } else {
+    size_t from = 0;
+    for (size_t comma; (comma = body.find(',', from)) != std::string::npos; from = comma + 1)
+      choices.push_back(body.substr(from, comma - from));
+    choices.push_back(body.substr(from));
+  }
+  const auto rest = expand_shard_pattern(pattern.substr(close + 1));
+  if (choices.size() * rest.size() > kMaxNames) throw bad(fmt::format("more than {} names", kMaxNames));
+  std::vector<std::string> out;
+  out.reserve(choices.size() * rest.size());
+  const std::string head = pattern.substr(0, open);
+  for (const auto& c : choices)
+    for (const auto& r : rest) out.push_back(head + c + r);
+  return out;
+}
+
+bool is_shard_list(const std::string& path) {
+  if (!ends_with(path, ".json") || !fs::is_regular_file(path)) return false;
+  std::ifstream f(path);
+  char c = 0;
+  bool in_array = false;
+  for (int n = 0; n < 4096 && f.get(c); ++n) {
+    if (std::isspace(static_cast<unsigned char>(c))) continue;
+    if (!in_array) {
+      if (c != '[') return false;
+      in_array = true;
+      continue;
+    }
+    return c == '"';
+  }
+  return false;
+}
+
+
 std::shared_ptr<Dataset> open_tar_shards(const std::string& path, const ReadOptions& options) {
   return std::make_shared<TarShards>(path, options);
 }
@@ -458,7 +542,9 @@ std::shared_ptr<Dataset> open_llava_json(const std::string& path, const ReadOpti
 
 std::shared_ptr<Dataset> open_dataset(const std::string& path, const ReadOptions& options) {
   const auto ends = [&](const char* s) { return ends_with(path, s); };
-  if (fs::is_directory(path) || ends(".tar") || ends(".tar.gz") || ends(".tgz")) return open_tar_shards(path, options);
+  if (fs::is_directory(path) || ends(".tar") || ends(".tar.gz") || ends(".tgz") || path.find('{') != std::string::npos ||
+      is_shard_list(path))
+    return open_tar_shards(path, options);
   if (ends(".jsonl")) return open_jsonl(path, options);
   if (ends(".json")) return open_llava_json(path, options);
   throw std::invalid_argument(fmt::format(

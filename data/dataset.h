@@ -100,9 +100,21 @@ struct ReadOptions {
 };
 
 // WebDataset tar shards in the img2dataset layout (key.{jpg,png,...} + key.txt and/or key.json with
-// "caption"): `path` is one .tar (plain or compressed) or a folder whose *.tar files are read in
-// name order. Members are grouped by key (the basename up to its first dot).
+// "caption"): `path` is one .tar (plain or compressed), a folder whose *.tar files are read in name order, a
+// brace pattern (`shards-{000000..000099}.tar`, see expand_shard_pattern) or a JSON shard list (a .json file
+// holding an array of shard paths, relative to its folder). Members are grouped by key (the basename up to its
+// first dot). A shard named by a pattern or a list that does not exist is an error naming it.
 std::shared_ptr<Dataset> open_tar_shards(const std::string& path, const ReadOptions& options = {});
+
+// Expands WebDataset-style braces: `{a..b}` is the integers a to b (zero-padded to a's width when a has a
+// leading zero or both ends have the same width), `{x,y}` the alternatives; several braces multiply, left to
+// right. Throws std::invalid_argument naming the pattern for an unbalanced brace, a decreasing or non-numeric
+// range, or more than 10 million names.
+std::vector<std::string> expand_shard_pattern(const std::string& pattern);
+
+// Whether `path` is a JSON shard list: a .json file whose top-level array starts with a string (LLaVA JSON
+// starts with an object). Reads only the first bytes.
+bool is_shard_list(const std::string& path);
 
 // JSONL, one sample per line: {"image": path or [paths], "caption" (or "text"): ...} for pairs,
 // {"conversations": [...]} as in LLaVA, or {"question", "answer"} (and optional "prompt") as in
@@ -114,7 +126,8 @@ std::shared_ptr<Dataset> open_jsonl(const std::string& path, const ReadOptions& 
 // "<image>" is accepted as an alias of "<|image|>". A file that is not valid JSON is an error.
 std::shared_ptr<Dataset> open_llava_json(const std::string& path, const ReadOptions& options = {});
 
-// By kind: a folder or *.tar / *.tar.gz -> tar shards, *.jsonl -> JSONL, *.json -> LLaVA JSON.
+// By kind: a folder, *.tar / *.tar.gz, a brace pattern or a JSON shard list -> tar shards, *.jsonl -> JSONL,
+// other *.json -> LLaVA JSON.
 std::shared_ptr<Dataset> open_dataset(const std::string& path, const ReadOptions& options = {});
 
 // A weighted mixture: source k contributes round(size * w_k / sum w) samples (largest remainder),

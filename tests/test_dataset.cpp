@@ -343,4 +343,20 @@ TEST_CASE("dataset: owl2 data synth output verifies clean in every format", "[da
   fs::remove_all(dir);
 }
 
+TEST_CASE("shard patterns: ranges keep their zero padding, alternatives and several braces multiply", "[dataset]") {
+  using owl2::data::expand_shard_pattern;
+  CHECK(expand_shard_pattern("a.tar") == std::vector<std::string>{"a.tar"});
+  CHECK(expand_shard_pattern("s-{000008..000011}.tar") ==
+        std::vector<std::string>{"s-000008.tar", "s-000009.tar", "s-000010.tar", "s-000011.tar"});
+  CHECK(expand_shard_pattern("s-{8..11}.tar") == std::vector<std::string>{"s-8.tar", "s-9.tar", "s-10.tar", "s-11.tar"});
+  CHECK(expand_shard_pattern("{a,b}/p{0..1}.tar") ==
+        std::vector<std::string>{"a/p0.tar", "a/p1.tar", "b/p0.tar", "b/p1.tar"});
+  CHECK(expand_shard_pattern("x{00..99}").size() == 100);
+  CHECK_THROWS_WITH(expand_shard_pattern("s-{3..1}.tar"), Catch::Matchers::Contains("'s-{3..1}.tar': the range {3..1} decreases"));
+  CHECK_THROWS_WITH(expand_shard_pattern("s-{1..x}.tar"), Catch::Matchers::Contains("not a range of non-negative integers"));
+  CHECK_THROWS_WITH(expand_shard_pattern("s-{1..2.tar"), Catch::Matchers::Contains("'{' without '}'"));
+  CHECK_THROWS_WITH(expand_shard_pattern("s-1}.tar"), Catch::Matchers::Contains("'}' without '{'"));
+  CHECK_THROWS_WITH(expand_shard_pattern("{0..99999}{0..999}"), Catch::Matchers::Contains("more than 10000000 names"));
+}
+
 }  // namespace owl2_test_dataset

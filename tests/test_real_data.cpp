@@ -113,6 +113,35 @@ TEST_CASE("the CC12M shard through the WebDataset reader: 32 pairs with the capt
   }
 }
 
+TEST_CASE("WebDataset shards named by a brace pattern or a JSON shard list read as the tar itself", "[real][dataset]") {
+  namespace data = owl2::data;
+  const fs::path shard = real_data("cc12m-train-0000.tar");
+  const std::string dir = owl2::test::temp_dir("owl2_shard_names");
+  // Two copies of the real shard, named as a sharded dataset would be.
+  for (const char* name : {"/part-00.tar", "/part-01.tar"}) fs::copy_file(shard, dir + name);
+  std::ofstream(dir + "/shards.json") << R"(["part-00.tar", "part-01.tar"])";
+  data::ReadOptions o;
+  o.max_bad_fraction = 0;
+  const auto one = data::open_tar_shards(shard.string(), o);
+  const auto pattern = data::open_dataset(dir + "/part-{00..01}.tar", o);
+  const auto list = data::open_dataset(dir + "/shards.json", o);
+  REQUIRE(one->size() == 32);
+  for (const auto& ds : {pattern, list}) {
+    REQUIRE(ds->size() == 64);
+    for (size_t i = 0; i < ds->size(); ++i) {
+      const auto a = ds->get(i), b = one->get(i % 32);
+      CHECK(a.caption == b.caption);
+      CHECK(a.images == b.images);
+      CHECK(a.image_paths.at(0).find(i < 32 ? "part-00.tar:" : "part-01.tar:") != std::string::npos);
+    }
+  }
+  CHECK(data::is_shard_list(dir + "/shards.json"));
+  CHECK_THROWS_WITH(data::open_dataset(dir + "/part-{00..02}.tar", o),
+                    Catch::Matchers::Contains("part-02.tar does not exist (3 shards named)"));
+  std::ofstream(dir + "/bad.json") << R"(["part-00.tar", 7])";
+  CHECK_THROWS_WITH(data::open_dataset(dir + "/bad.json", o), Catch::Matchers::Contains("bad.json: entry 1 is not a string"));
+}
+
 TEST_CASE("CC12M JPEGs preprocess within 1e-6 of PIL + CLIPImageProcessor in all three modes", "[real][image]") {
   if (!owl2::image_decoding_available()) return;
   // One intra-op thread: the tensors are small, and under CTest's parallel load a pool is 3x slower (measured).
