@@ -11,6 +11,7 @@
 #include <string>
 
 #include "owl2/model/config.h"
+#include "owl2/model/model.h"
 #include "tests/helpers.h"
 
 namespace owl2::test {
@@ -73,6 +74,14 @@ inline void load_golden_weights(torch::nn::Module& module, const std::map<std::s
 
 inline double max_abs_diff(const torch::Tensor& a, const torch::Tensor& b) {
   return (a.to(torch::kFloat64) - b.to(torch::kFloat64)).abs().max().item<double>();
+}
+
+// The tiny golden model in float64 with the weights of tests/golden/model_tiny.safetensors.
+inline MPLUGOwl2ForCausalLM tiny_golden_model() {
+  MPLUGOwl2ForCausalLM model(tiny_golden_config());
+  model->to(torch::kFloat64);
+  load_golden_weights(*model, read_golden("tests/golden/model_tiny.safetensors"));
+  return model;
 }
 
 }  // namespace owl2::test

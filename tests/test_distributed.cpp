@@ -775,6 +775,27 @@ std::map<int64_t, double> losses(const std::string& run) {
   return out;
 }
 
+// A synthetic shapes set (owl2 data synth SYNTH_ARGS) in ROOT/data and a 256-piece tokenizer ROOT/tok.model.
+void make_run_data(const std::string& root, const std::string& synth_args) {
+  fs::remove_all(root);
+  REQUIRE(run_owl2("data synth --out " + root + "/data " + synth_args).rc == 0);
+  REQUIRE(run_owl2("tokenizer train --text " + root + "/data/corpus.txt --vocab-size 256 --out " + root + "/tok").rc == 0);
+}
+
+// `owl2 train --config CONFIG` on 1 rank into ROOT/one, then under torchrun on 2 ranks into ROOT/two.
+void train_one_and_two_ranks(const std::string& root, const std::string& config) {
+  const auto one = run_owl2("train --config " + config + " --set train.out_dir=" + root + "/one");
+  INFO(one.out);
+  REQUIRE(one.rc == 0);
+  const std::string cmd = "timeout 300 " + torchrun() + " --standalone --nproc-per-node 2 --no-python " + OWL2_BINARY +
+                          " train --config " + config + " --set train.out_dir=" + root + "/two > " + root +
+                          "/two.log 2>&1";
+  INFO(cmd);
+  const int rc = std::system(cmd.c_str());
+  INFO(read_text(root + "/two.log"));
+  REQUIRE(rc == 0);
+}
+
 }  // namespace
 
 TEST_CASE("owl2 train: a rank SIGKILLed under torchrun --max-restarts 1 resumes to the uninterrupted loss", "[dist][slow]") {
@@ -839,9 +860,7 @@ TEST_CASE("owl2 train: a rank SIGKILLed under torchrun --max-restarts 1 resumes 
 TEST_CASE("owl2 train at ZeRO 3 on 2 ranks logs the ZeRO-2 losses, writes complete weights, resumes at 1 rank",
           "[dist][slow]") {
   const std::string root = "build/test_dist_zero3";
-  fs::remove_all(root);
-  REQUIRE(run_owl2("data synth --out " + root + "/data --train 16 --heldout 2 --train-text 4 --heldout-text 2").rc == 0);
-  REQUIRE(run_owl2("tokenizer train --text " + root + "/data/corpus.txt --vocab-size 256 --out " + root + "/tok").rc == 0);
+  make_run_data(root, "--train 16 --heldout 2 --train-text 4 --heldout-text 2");
   for (int stage : {2, 3}) {
     std::ofstream(root + "/zero" + std::to_string(stage) + ".yaml")
         << "include: " << source_path("configs/model/tiny.yaml") << "\n"
@@ -884,25 +903,14 @@ TEST_CASE("owl2 train at ZeRO 3 on 2 ranks logs the ZeRO-2 losses, writes comple
 
 TEST_CASE("owl2 train with packed rows: 2 ranks equal 1 rank, and the rows hold several samples", "[dist][slow][packing]") {
   const std::string root = "build/test_dist_packing";
-  fs::remove_all(root);
-  REQUIRE(run_owl2("data synth --out " + root + "/data --train 24 --heldout 2 --train-text 8 --heldout-text 2").rc == 0);
-  REQUIRE(run_owl2("tokenizer train --text " + root + "/data/corpus.txt --vocab-size 256 --out " + root + "/tok").rc == 0);
+  make_run_data(root, "--train 24 --heldout 2 --train-text 8 --heldout-text 2");
   std::ofstream(root + "/pack.yaml")
       << "include: " << source_path("configs/model/tiny.yaml") << "\n"
       << "optim: {lr: 2.0e-3, warmup_steps: 2}\n"
       << "train: {steps: 3, global_batch_size: 4, micro_batch_size: 2, max_length: 256, log_every: 1}\n"
       << "data: {tokenizer: " << root << "/tok.model, sources: [{path: " << root
       << "/data/llava_train.json}], num_workers: 0, pack_tokens: 400, pack_buffer: 8}\n";
-  const auto one = run_owl2("train --config " + root + "/pack.yaml --set train.out_dir=" + root + "/one");
-  INFO(one.out);
-  REQUIRE(one.rc == 0);
-  const std::string cmd = "timeout 300 " + torchrun() + " --standalone --nproc-per-node 2 --no-python " + OWL2_BINARY +
-                          " train --config " + root + "/pack.yaml --set train.out_dir=" + root + "/two > " + root +
-                          "/two.log 2>&1";
-  INFO(cmd);
-  const int rc = std::system(cmd.c_str());
-  INFO(read_text(root + "/two.log"));
-  REQUIRE(rc == 0);
+  train_one_and_two_ranks(root, root + "/pack.yaml");
   const auto a = losses(root + "/one"), b = losses(root + "/two");
   REQUIRE(a.size() == 3);
   REQUIRE(b.size() == 3);
@@ -918,9 +926,7 @@ TEST_CASE("owl2 train with packed rows: 2 ranks equal 1 rank, and the rows hold 
 
 TEST_CASE("owl2 train: held-out evaluation on 2 ranks answers every question once, as 1 rank does", "[dist][slow]") {
   const std::string root = "build/test_dist_eval";
-  fs::remove_all(root);
-  REQUIRE(run_owl2("data synth --out " + root + "/data --train 8 --heldout 3 --train-text 4 --heldout-text 3").rc == 0);
-  REQUIRE(run_owl2("tokenizer train --text " + root + "/data/corpus.txt --vocab-size 256 --out " + root + "/tok").rc == 0);
+  make_run_data(root, "--train 8 --heldout 3 --train-text 4 --heldout-text 3");
   // The model's vocabulary is the tokenizer's, so every id the untrained model answers with decodes.
   const int64_t vocab = owl2::Tokenizer(root + "/tok.model").vocab_size();
   std::ofstream(root + "/eval.yaml")
@@ -931,16 +937,7 @@ TEST_CASE("owl2 train: held-out evaluation on 2 ranks answers every question onc
       << "data: {tokenizer: " << root << "/tok.model, sources: [{path: " << root
       << "/data/llava_train.json}], num_workers: 0}\n"
       << "eval: {heldout: " << root << "/data/heldout.jsonl, batch_size: 3, max_new_tokens: 4}\n";
-  const auto one = run_owl2("train --config " + root + "/eval.yaml --set train.out_dir=" + root + "/one");
-  INFO(one.out);
-  REQUIRE(one.rc == 0);
-  const std::string cmd = "timeout 300 " + torchrun() + " --standalone --nproc-per-node 2 --no-python " + OWL2_BINARY +
-                          " train --config " + root + "/eval.yaml --set train.out_dir=" + root + "/two > " + root +
-                          "/two.log 2>&1";
-  INFO(cmd);
-  const int rc = std::system(cmd.c_str());
-  INFO(read_text(root + "/two.log"));
-  REQUIRE(rc == 0);
+  train_one_and_two_ranks(root, root + "/eval.yaml");
   const std::string a = read_text(root + "/one/predictions.jsonl"), b = read_text(root + "/two/predictions.jsonl");
   std::istringstream lines(a);
   int64_t n = 0, expect = 0;
@@ -953,9 +950,7 @@ TEST_CASE("owl2 train: held-out evaluation on 2 ranks answers every question onc
 TEST_CASE("owl2 train at ZeRO 3: one rank text-only and the other with an image each step, equal to 1 rank",
           "[dist][slow]") {
   const std::string root = "build/test_dist_mixed";
-  fs::remove_all(root);
-  REQUIRE(run_owl2("data synth --out " + root + "/data --train 8 --heldout 2 --train-text 4 --heldout-text 2").rc == 0);
-  REQUIRE(run_owl2("tokenizer train --text " + root + "/data/corpus.txt --vocab-size 256 --out " + root + "/tok").rc == 0);
+  make_run_data(root, "--train 8 --heldout 2 --train-text 4 --heldout-text 2");
   // Two samples, one without and one with an image: with one sample per rank, every step mixes the modalities.
   const auto all = nlohmann::json::parse(read_text(root + "/data/llava_train.json"));
   nlohmann::json two = nlohmann::json::array();
@@ -975,16 +970,7 @@ TEST_CASE("owl2 train at ZeRO 3: one rank text-only and the other with an image 
       << "train: {steps: 3, global_batch_size: 2, micro_batch_size: 1, max_length: 256, log_every: 1}\n"
       << "data: {tokenizer: " << root << "/tok.model, sources: [{path: " << root << "/data/mixed.json}], num_workers: 0}\n"
       << "distributed: {zero_stage: 3, timeout_s: 60}\n";
-  const auto one = run_owl2("train --config " + root + "/mixed.yaml --set train.out_dir=" + root + "/one");
-  INFO(one.out);
-  REQUIRE(one.rc == 0);
-  const std::string cmd = "timeout 300 " + torchrun() + " --standalone --nproc-per-node 2 --no-python " + OWL2_BINARY +
-                          " train --config " + root + "/mixed.yaml --set train.out_dir=" + root + "/two > " + root +
-                          "/two.log 2>&1";
-  INFO(cmd);
-  const int rc = std::system(cmd.c_str());
-  INFO(read_text(root + "/two.log"));
-  REQUIRE(rc == 0);
+  train_one_and_two_ranks(root, root + "/mixed.yaml");
   const auto a = losses(root + "/one"), b = losses(root + "/two");
   REQUIRE(a.size() == 3);
   REQUIRE(b.size() == 3);

@@ -17,13 +17,6 @@ using test::max_abs_diff;
 
 namespace {
 
-MPLUGOwl2ForCausalLM golden_model() {
-  MPLUGOwl2ForCausalLM model(test::tiny_golden_config());
-  model->to(torch::kFloat64);
-  test::load_golden_weights(*model, test::read_golden("tests/golden/model_tiny.safetensors"));
-  return model;
-}
-
 // For every multiway parameter: multiway.1 <- f(multiway.0, multiway.1).
 template <class F> void edit_image_copies(MPLUGOwl2ForCausalLM& model, F f) {
   torch::NoGradGuard no_grad;
@@ -87,7 +80,7 @@ torch::Tensor shifted_loss(const torch::Tensor& logits_BSV, const torch::Tensor&
 }  // namespace
 
 TEST_CASE("with both multiway copies equal the decoder equals HF LLaMA", "[model][property]") {
-  auto model = golden_model();
+  auto model = test::tiny_golden_model();
   edit_image_copies(model, [](const torch::Tensor& text, const torch::Tensor&) { return text; });
   const auto g = test::read_golden("tests/golden/llama_check.safetensors");
   const auto ids_BT = g.at("input_ids");
@@ -101,7 +94,7 @@ TEST_CASE("with both multiway copies equal the decoder equals HF LLaMA", "[model
 }
 
 TEST_CASE("changing the image copies leaves a text-only sample's logits unchanged", "[model][property]") {
-  auto model = golden_model();
+  auto model = test::tiny_golden_model();
   const auto g = test::read_golden("tests/golden/model_tiny.safetensors");
   ModelInputs in{g.at("in.input_ids"), g.at("in.attention_mask"), g.at("in.images"), {}};
   const auto before = model->forward(in).logits;
@@ -145,7 +138,7 @@ TEST_CASE("the fused query_key_value is read per head as [q|k|v], not as Q|K|V b
 }
 
 TEST_CASE("a left- or right-padded batch gives each sample the logits it has alone", "[model][property]") {
-  auto model = golden_model();
+  auto model = test::tiny_golden_model();
   torch::NoGradGuard no_grad;
   const auto g = test::read_golden("tests/golden/model_tiny.safetensors");
   const auto images = g.at("in.images");
@@ -178,7 +171,7 @@ TEST_CASE("a left- or right-padded batch gives each sample the logits it has alo
 
 TEST_CASE("right padding: is_causal without a mask gives the masked loss and every gradient in float64",
           "[model][property][attention]") {
-  auto model = golden_model();
+  auto model = test::tiny_golden_model();
   const auto in = mixed_batch();
   REQUIRE(model->splice_inputs(in).causal_is_exact);
   struct Run {
@@ -218,7 +211,7 @@ TEST_CASE("right padding: is_causal without a mask gives the masked loss and eve
 
 TEST_CASE("right padding: real positions' logits are the masked ones, padded positions differ",
           "[model][property][attention]") {
-  auto model = golden_model();
+  auto model = test::tiny_golden_model();
   torch::NoGradGuard no_grad;
   const auto in = mixed_batch();
   const auto masked = model->forward(with_padding_attention(in, PaddingAttention::kExplicitMask));
@@ -236,7 +229,7 @@ TEST_CASE("right padding: real positions' logits are the masked ones, padded pos
 
 TEST_CASE("left padding, holes and supervised pads keep the explicit mask: is_causal alone would be wrong there",
           "[model][property][attention]") {
-  auto model = golden_model();
+  auto model = test::tiny_golden_model();
   torch::NoGradGuard no_grad;
   const auto left = mixed_batch(/*left=*/true);
   const auto batch = model->splice_inputs(left);
@@ -290,7 +283,7 @@ TEST_CASE("decoder_attention without a mask refuses non-square attention", "[mod
 }
 
 TEST_CASE("loss_sum and num_label_tokens add up across micro-batches", "[model][property]") {
-  auto model = golden_model();
+  auto model = test::tiny_golden_model();
   const auto g = test::read_golden("tests/golden/model_tiny.safetensors");
   const auto full = model->forward({g.at("in.input_ids"), g.at("in.attention_mask"), g.at("in.images"), g.at("in.labels")});
   // Sample 0 holds images 0 and 1, samples 1..2 hold image 2.

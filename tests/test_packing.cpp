@@ -29,13 +29,6 @@ using test::max_abs_diff;
 
 namespace {
 
-MPLUGOwl2ForCausalLM packing_golden_model() {
-  MPLUGOwl2ForCausalLM model(test::tiny_golden_config());
-  model->to(torch::kFloat64);
-  test::load_golden_weights(*model, test::read_golden("tests/golden/model_tiny.safetensors"));
-  return model;
-}
-
 // A templated conversation of the tiny tokenizer as an Example, with `images` taken from `pool` in turn.
 Example conversation(const std::vector<Turn>& turns, const torch::Tensor& pool, int64_t& next_image) {
   const auto conv = tokenize_conversation(test::tiny_tokenizer(), chat_template(TemplateKind::kMplugOwl2), turns);
@@ -83,7 +76,7 @@ std::map<std::string, torch::Tensor> grads_of(MPLUGOwl2ForCausalLM& model) {
 }  // namespace
 
 TEST_CASE("a packed row's logits, loss and gradients equal its samples run one by one in float64", "[packing][model]") {
-  auto model = packing_golden_model();
+  auto model = test::tiny_golden_model();
   const auto examples = mixed_examples();
   const int64_t V = model->cfg.visual_tokens_per_image();
 
@@ -143,7 +136,7 @@ TEST_CASE("a packed row's logits, loss and gradients equal its samples run one b
 }
 
 TEST_CASE("without segment ids the same row mixes its samples: the mask is what keeps them apart", "[packing][model]") {
-  auto model = packing_golden_model();
+  auto model = test::tiny_golden_model();
   auto examples = mixed_examples();
   const Batch packed = collate_packed(std::move(examples), {0, 0, 0, 1, 1});
   torch::NoGradGuard no_grad;
@@ -392,7 +385,7 @@ TEST_CASE("on CUDA a packed row gives each sample the logits it has alone, in fl
     WARN("no CUDA device: nothing to check (CTest leaves [gpu] out of CPU builds)");
     return;
   }
-  auto model = packing_golden_model();
+  auto model = test::tiny_golden_model();
   const auto examples = mixed_examples();
   const int64_t V = model->cfg.visual_tokens_per_image();
   auto copy = examples;
