@@ -42,7 +42,7 @@ void add_hf_commands(CLI::App& app, Action& run) {
   });
 
   struct ExportArgs {
-    std::string from, to, dtype, tokenizer, shard_size = "5GB";
+    std::string from, to, dtype, tokenizer, merge_lora, shard_size = "5GB";
     bool allow_external_tokenizer = false;
   };
   auto ex = std::make_shared<ExportArgs>();
@@ -54,9 +54,13 @@ void add_hf_commands(CLI::App& app, Action& run) {
   exp->add_option("--tokenizer", ex->tokenizer, "SentencePiece model (default: the folder's tokenizer.model)");
   exp->add_flag("--allow-external-tokenizer", ex->allow_external_tokenizer,
                 "Let the folder's config.yaml name a data.tokenizer outside the folder (older folders)");
+  exp->add_option("--merge-lora", ex->merge_lora,
+                  "LoRA adapter directory (adapter_config.json + adapter_model.safetensors) to merge into the weights")
+      ->check(CLI::ExistingDirectory);
   exp->callback([&run, ex] {
     run = [ex] {
       ExportOptions o;
+      o.merge_lora = ex->merge_lora;
       o.dtype = parse_dtype_flag(ex->dtype);
       o.max_shard_bytes = parse_byte_size(ex->shard_size);
       o.tokenizer = ex->tokenizer;

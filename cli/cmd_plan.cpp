@@ -4,6 +4,7 @@
 #include <iostream>
 
 #include "cli/commands.h"
+#include "owl2/model/lora.h"
 #include "owl2/model/model.h"
 #include "trainers/config.h"
 #include "trainers/plan.h"
@@ -30,7 +31,12 @@ void add_plan_commands(CLI::App& app, Action& run) {
     run = [args] {
       const RunConfig cfg = load_config(args->config, args->sets);
       NamedSizes sizes;
-      for (const auto& p : parameter_shapes(cfg.model)) sizes.emplace_back(p.name, p.numel());
+      auto shapes = parameter_shapes(cfg.model);
+      if (cfg.lora.rank > 0) {
+        const auto adapters = lora_parameter_shapes(shapes, cfg.lora);
+        shapes.insert(shapes.end(), adapters.begin(), adapters.end());
+      }
+      for (const auto& p : shapes) sizes.emplace_back(p.name, p.numel());
       std::cout << make_plan(cfg, sizes, args->in).report;
       return 0;
     };

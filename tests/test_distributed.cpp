@@ -17,10 +17,14 @@
 #include "data/loader.h"
 #include "data/tokenizer.h"
 #include "owl2/io/safetensors.h"
+#include "owl2/io/lora_files.h"
 #include "owl2/io/state_dict.h"
+#include "owl2/model/lora.h"
+#include "tests/golden_io.h"
 #include "tests/helpers.h"
 #include "tests/toy_lm.h"
 #include "trainers/checkpoint.h"
+#include "trainers/io/model_dir.h"
 #include "trainers/trainer.h"
 #include "trainers/parallel/zero.h"
 #include "trainers/parallel/zero3.h"
@@ -981,6 +985,109 @@ TEST_CASE("owl2 train at ZeRO 3: one rank text-only and the other with an image 
     INFO(name);
     CHECK((w2.get(name) - w1.get(name)).abs().max().item<double>() < 1e-4);
   }
+}
+
+
+TEST_CASE("owl2 train with LoRA at ZeRO 3: the base stays bit-identical, 2 ranks equal 1 rank, resume is bit-exact, "
+          "final/ is the merged model", "[dist][slow][lora]") {
+  const std::string root = "build/test_dist_lora";
+  make_run_data(root, "--train 16 --heldout 2 --train-text 4 --heldout-text 2");
+  const std::string data = "data: {tokenizer: " + root + "/tok.model, sources: [{path: " + root +
+                           "/data/llava_train.json}], num_workers: 0}\n";
+  // The base: one full step, so that its weights are not the documented init.
+  std::ofstream(root + "/base.yaml") << "include: " << source_path("configs/model/tiny.yaml") << "\n"
+                                     << "train: {steps: 1, global_batch_size: 2, micro_batch_size: 1, max_length: 256}\n"
+                                     << data;
+  const auto base_run = run_owl2("train --config " + root + "/base.yaml --set train.out_dir=" + root + "/base");
+  INFO(base_run.out);
+  REQUIRE(base_run.rc == 0);
+  std::ofstream(root + "/lora.yaml")
+      << "include: " << source_path("configs/model/tiny.yaml") << "\n"
+      << "optim: {lr: 5.0e-3, warmup_steps: 1}\n"
+      << "train: {steps: 4, global_batch_size: 4, micro_batch_size: 1, max_length: 256, save_every: 2, log_every: 1}\n"
+      << data << "init: {from: " << root << "/base/final}\n"
+      << "distributed: {zero_stage: 3, timeout_s: 60}\n"
+      << "lora: {rank: 4, alpha: 8, modules_to_save: [model.visual_abstractor.visual_fc]}\n";
+  train_one_and_two_ranks(root, root + "/lora.yaml");
+  const auto a = losses(root + "/one"), b = losses(root + "/two");
+  REQUIRE(a.size() == 4);
+  REQUIRE(b.size() == 4);
+  for (int64_t step = 0; step < 4; ++step) CHECK(b.at(step) == Approx(a.at(step)).epsilon(1e-5));
+  CHECK(a.at(3) < a.at(0));
+
+  // Only the adapters and the module to save trained: every other base tensor is bit-identical.
+  const SafetensorsFile base(root + "/base/final/model.safetensors"),
+      ckpt(root + "/one/checkpoints/step-000000004/model.safetensors");
+  size_t changed = 0;
+  for (const auto& name : base.names()) {
+    INFO(name);
+    REQUIRE(ckpt.contains(name));
+    if (name.starts_with("model.visual_abstractor.visual_fc.")) {
+      CHECK_FALSE(torch::equal(ckpt.get(name), base.get(name)));
+      ++changed;
+    } else {
+      CHECK(torch::equal(ckpt.get(name), base.get(name)));
+    }
+  }
+  CHECK(changed == 2);
+  CHECK(ckpt.get("model.layers.1.mlp.down_proj.lora_B.weight").abs().max().item<double>() > 0);
+  for (const auto& dir : {root + "/one/checkpoints/step-000000002/adapter", root + "/one/final/adapter"}) {
+    CHECK(fs::exists(dir + "/adapter_config.json"));
+    CHECK(fs::exists(dir + "/adapter_model.safetensors"));
+  }
+  // final/ holds the merged weights (reference names only) and a config without LoRA.
+  const SafetensorsFile merged(root + "/one/final/model.safetensors");
+  CHECK(merged.names() == base.names());
+  CHECK_THAT(read_text(root + "/one/final/config.yaml"), Contains("rank: 0"));
+
+  // The base + adapter in float64: merging changes the logits by < 1e-10, and the run's merged folder agrees.
+  {
+    auto base_model = load_model_dir(root + "/base/final").model;
+    base_model->to(torch::kFloat64);
+    load_lora_adapter(*base_model, root + "/one/final/adapter");
+    const auto ids = torch::tensor({{1, 17, 33, 250, 4, 90, 91, 3}}, torch::kInt64);
+    torch::NoGradGuard no_grad;
+    const auto adapter_logits = base_model->forward({ids, {}, {}, {}}).logits;
+    merge_lora(*base_model);
+    CHECK(max_abs_diff(base_model->forward({ids, {}, {}, {}}).logits, adapter_logits) < 1e-10);
+    auto final_model = load_model_dir(root + "/one/final").model;
+    CHECK(max_abs_diff(final_model->forward({ids, {}, {}, {}}).logits, adapter_logits) < 1e-4);
+  }
+  // `owl2 export --merge-lora` of base + adapter writes what exporting the run's merged folder writes.
+  const auto e1 = run_owl2("export --from " + root + "/base/final --merge-lora " + root + "/one/final/adapter --to " +
+                           root + "/hf_merged");
+  INFO(e1.out);
+  REQUIRE(e1.rc == 0);
+  REQUIRE(run_owl2("export --from " + root + "/one/final --to " + root + "/hf_final").rc == 0);
+  const SafetensorsFile h1(root + "/hf_merged/model.safetensors"), h2(root + "/hf_final/model.safetensors");
+  REQUIRE(h1.names() == h2.names());
+  for (const auto& name : h1.names()) {
+    INFO(name);
+    CHECK(max_abs_diff(h1.get(name), h2.get(name)) < 1e-6);
+  }
+  // Generation from base + adapter (unmerged) answers as the merged folder does.
+  const std::string ask = " --prompt \"What is shown?\" --max-new-tokens 8 --json";
+  const auto g1 = run_owl2("generate --model " + root + "/base/final --adapter " + root + "/one/final/adapter" + ask);
+  const auto g2 = run_owl2("generate --model " + root + "/one/final" + ask);
+  INFO(g1.out << g2.out);
+  REQUIRE(g1.rc == 0);
+  REQUIRE(g2.rc == 0);
+  CHECK(nlohmann::json::parse(g1.out).at("generated_ids") == nlohmann::json::parse(g2.out).at("generated_ids"));
+
+  // Resuming from the step-2 checkpoint on 1 rank repeats steps 2 and 3 bit for bit.
+  fs::create_directories(root + "/resumed/checkpoints");
+  fs::copy(root + "/one/checkpoints/step-000000002", root + "/resumed/checkpoints/step-000000002",
+           fs::copy_options::recursive);
+  std::ofstream(root + "/resumed/checkpoints/latest") << "step-000000002\n";
+  const auto resumed = run_owl2("train --config " + root + "/lora.yaml --set train.out_dir=" + root + "/resumed");
+  INFO(resumed.out);
+  REQUIRE(resumed.rc == 0);
+  const auto r = losses(root + "/resumed");
+  for (int64_t step = 2; step < 4; ++step) CHECK(r.at(step) == a.at(step));
+  const SafetensorsFile f1(root + "/one/final/adapter/adapter_model.safetensors"),
+      f2(root + "/resumed/final/adapter/adapter_model.safetensors");
+  REQUIRE(f1.names() == f2.names());
+  for (const auto& name : f1.names()) CHECK(torch::equal(f1.get(name), f2.get(name)));
 }
 
 }  // namespace owl2_test_distributed

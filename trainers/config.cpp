@@ -132,6 +132,15 @@ template <class V> void fields(V& v, DistributedConfig& c) {
   v.choice("reduce_dtype", c.reduce_dtype, kReduceDtypeNames);
 }
 
+template <class V> void fields(V& v, LoraSpec& c) {
+  v("rank", c.rank);
+  v("alpha", c.alpha);
+  v("dropout", c.dropout);
+  v("rslora", c.rslora);
+  v("targets", c.targets);
+  v("modules_to_save", c.modules_to_save);
+}
+
 template <class V> void fields(V& v, FreezeRule& c) {
   v("pattern", c.pattern);
   v("trainable", c.trainable);
@@ -154,6 +163,7 @@ template <class V> void fields(V& v, RunConfig& c) {
   v("distributed", c.distributed);
   v("freeze", c.freeze);
   v("param_groups", c.param_groups);
+  v("lora", c.lora);
 }
 
 template <class T> struct is_vector : std::false_type {};
@@ -545,6 +555,19 @@ void validate_run(const RunConfig& c, const Reader& r) {
   if (c.freeze.empty()) r.fail("freeze", "must list at least one rule (e.g. {pattern: \"*\", trainable: true})");
   for (size_t i = 0; i < c.freeze.size(); ++i) {
     if (c.freeze[i].pattern.empty()) r.fail(fmt::format("freeze[{}].pattern", i), "must not be empty");
+  }
+  const auto& l = c.lora;
+  if (l.rank < 0) r.fail("lora.rank", fmt::format("must be >= 0 (0 disables LoRA), got {}", l.rank));
+  if (l.rank > 0) {
+    if (!(l.alpha > 0)) r.fail("lora.alpha", fmt::format("must be positive, got {}", l.alpha));
+    if (!(l.dropout >= 0 && l.dropout < 1)) r.fail("lora.dropout", fmt::format("must be in [0, 1), got {}", l.dropout));
+    if (l.targets.empty()) r.fail("lora.targets", "must list at least one module pattern");
+    for (size_t i = 0; i < l.targets.size(); ++i) {
+      if (l.targets[i].empty()) r.fail(fmt::format("lora.targets[{}]", i), "must not be empty");
+    }
+    for (size_t i = 0; i < l.modules_to_save.size(); ++i) {
+      if (l.modules_to_save[i].empty()) r.fail(fmt::format("lora.modules_to_save[{}]", i), "must not be empty");
+    }
   }
   if (c.param_groups.empty()) r.fail("param_groups", "must list at least one group (e.g. {pattern: \"*\"})");
   for (size_t i = 0; i < c.param_groups.size(); ++i) {

@@ -11,6 +11,7 @@
 #include "owl2/infer/device.h"
 #include "owl2/io/name_table.h"
 #include "owl2/model/config.h"
+#include "owl2/model/lora.h"
 
 namespace owl2 {
 
@@ -138,12 +139,15 @@ struct RunConfig {
   InitConfig init;
   EvalConfig eval;
   DistributedConfig distributed;
-  std::vector<FreezeRule> freeze{{"*", true}};
+  std::vector<FreezeRule> freeze{{"*", true}};  // replaced by the LoRA rule when lora.rank > 0
   // No weight decay on biases and norms (the reference trainer's rule); everything else in one group.
   std::vector<ParamGroupRule> param_groups{{"no_decay", "*.bias", 1.0, 0.0},
                                            {"norms", "*norm*", 1.0, 0.0},
                                            {"ffn_ln", "*ffn_ln*", 1.0, 0.0},
                                            {"default", "*", 1.0, std::nullopt}};
+  // LoRA fine-tuning (owl2/model/lora.h, docs/lora.md): rank > 0 adds adapters to lora.targets and trains only
+  // them and lora.modules_to_save; every other parameter is frozen whatever `freeze` says.
+  LoraSpec lora;
 };
 
 // Reads `path`, resolves `include:` (relative to the including file, later wins), applies the

@@ -9,23 +9,6 @@
 
 namespace owl2 {
 
-bool glob_match(const std::string& p, const std::string& s) {
-  size_t pi = 0, si = 0, star = std::string::npos, mark = 0;
-  while (si < s.size()) {
-    if (pi < p.size() && (p[pi] == '?' || p[pi] == s[si])) {
-      ++pi, ++si;
-    } else if (pi < p.size() && p[pi] == '*') {
-      star = pi++, mark = si;
-    } else if (star != std::string::npos) {
-      pi = star + 1, si = ++mark;
-    } else {
-      return false;
-    }
-  }
-  while (pi < p.size() && p[pi] == '*') ++pi;
-  return pi == p.size();
-}
-
 std::string top_level(const std::string& name) {
   const auto a = name.find('.');
   if (a == std::string::npos) return name;
@@ -84,7 +67,7 @@ std::string apply_freeze_rules(torch::nn::Module& model, const std::vector<Freez
 
 std::vector<ParamGroup> resolve_param_groups(torch::nn::Module& model, const std::vector<ParamGroupRule>& rules,
                                              double default_weight_decay, double vision_layer_decay,
-                                             int64_t vision_layers) {
+                                             int64_t vision_layers, bool drop_unmatched) {
   std::vector<int64_t> hits(rules.size(), 0);
   std::map<std::pair<size_t, int64_t>, ParamGroup> groups;  // (rule, vit layer id) -> group, in rule order
   for (auto& item : model.named_parameters(/*recurse=*/true)) {
@@ -110,7 +93,7 @@ std::vector<ParamGroup> resolve_param_groups(torch::nn::Module& model, const std
     g.params.push_back(item.value());
     g.numel += item.value().numel();
   }
-  for (size_t r = 0; r < rules.size(); ++r) {
+  for (size_t r = 0; r < rules.size() && !drop_unmatched; ++r) {
     if (hits[r] == 0) {
       throw std::invalid_argument(fmt::format(
           "param_groups[{}]: pattern '{}' matches no trainable parameter (earlier groups or freezing may claim them)", r,
@@ -120,6 +103,24 @@ std::vector<ParamGroup> resolve_param_groups(torch::nn::Module& model, const std
   std::vector<ParamGroup> out;
   for (auto& kv : groups) out.push_back(std::move(kv.second));
   return out;
+}
+
+std::vector<FreezeRule> effective_freeze_rules(const RunConfig& cfg) {
+  if (cfg.lora.rank <= 0) return cfg.freeze;
+  std::vector<FreezeRule> rules{{"*.lora_A.weight", true}, {"*.lora_B.weight", true}};
+  for (const auto& m : cfg.lora.modules_to_save) rules.push_back({m + ".*", true});
+  rules.push_back({"*", false});
+  return rules;
+}
+
+bool default_param_groups(const std::vector<ParamGroupRule>& rules) {
+  const auto defaults = RunConfig{}.param_groups;
+  if (rules.size() != defaults.size()) return false;
+  for (size_t i = 0; i < rules.size(); ++i) {
+    const auto &a = rules[i], &b = defaults[i];
+    if (a.name != b.name || a.pattern != b.pattern || a.lr_scale != b.lr_scale || a.weight_decay != b.weight_decay) return false;
+  }
+  return true;
 }
 
 std::string describe_param_groups(const std::vector<ParamGroup>& groups) {

@@ -6,11 +6,10 @@
 #include <string>
 #include <vector>
 
+#include "owl2/model/glob.h"
 #include "trainers/config.h"
 
 namespace owl2 {
-
-bool glob_match(const std::string& pattern, const std::string& name);
 
 // The module a parameter belongs to for the per-module tables: "model.vision_model.encoder.layers.3.mlp.fc1.weight"
 // -> "model.vision_model", "lm_head.weight" -> "lm_head".
@@ -20,6 +19,13 @@ std::string top_level(const std::string& name);
 // matches no parameter, or when a parameter matches no rule (a rules list should end with "*").
 // Returns a table (one line per top-level module: trainable / frozen parameter counts).
 std::string apply_freeze_rules(torch::nn::Module& model, const std::vector<FreezeRule>& rules);
+
+// The freeze rules a run applies: cfg.freeze, or with LoRA (lora.rank > 0) the adapters and the parameters of
+// lora.modules_to_save trainable and everything else frozen.
+std::vector<FreezeRule> effective_freeze_rules(const RunConfig& cfg);
+
+// True when `rules` are RunConfig's default parameter groups.
+bool default_param_groups(const std::vector<ParamGroupRule>& rules);
 
 // A resolved optimizer group: the tensors and their LR scale and weight decay.
 struct ParamGroup {
@@ -32,12 +38,12 @@ struct ParamGroup {
 };
 
 // Assigns every trainable parameter to the first matching group rule; throws std::invalid_argument when a rule
-// matches no trainable parameter or a trainable parameter is left unclaimed. With vision_layer_decay < 1, the
+// matches no trainable parameter (unless drop_unmatched: the default groups under LoRA, where no bias may train) or a trainable parameter is left unclaimed. With vision_layer_decay < 1, the
 // groups are split further by ViT depth: block i of L gets decay^(L - i), the embeddings decay^(L + 1), and the
 // ViT post-LN and everything outside the ViT 1 (BEiT-style layer ids).
 std::vector<ParamGroup> resolve_param_groups(torch::nn::Module& model, const std::vector<ParamGroupRule>& rules,
                                              double default_weight_decay, double vision_layer_decay,
-                                             int64_t vision_layers);
+                                             int64_t vision_layers, bool drop_unmatched = false);
 
 // A printable table of the groups (name, tensors, parameters, lr scale, weight decay).
 std::string describe_param_groups(const std::vector<ParamGroup>& groups);

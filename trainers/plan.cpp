@@ -52,9 +52,10 @@ Plan make_plan(const RunConfig& cfg, const NamedSizes& params, const PlanInputs&
   std::map<std::string, ComponentCount> comps;
   std::map<std::string, int64_t> block_sizes;  // ZeRO 3: sharded parameters per block
   std::vector<std::string> order;
+  const auto freeze = effective_freeze_rules(cfg);
   for (const auto& [name, numel] : params) {
     bool trainable = false;
-    for (const auto& r : cfg.freeze) {
+    for (const auto& r : freeze) {
       if (glob_match(r.pattern, name)) {
         trainable = r.trainable;
         break;
@@ -111,13 +112,15 @@ Plan make_plan(const RunConfig& cfg, const NamedSizes& params, const PlanInputs&
             double(m.decoder.num_hidden_layers), double(m.decoder.hidden_size), double(m.decoder.num_attention_heads),
             double(m.decoder.intermediate_size), T - vit.trainable - abs.trainable, true};
 
-  // Backward factor: 2 with trainable weights (activation + weight gradients), 1 when gradients only pass
-  // through (frozen weights below a trainable part), 0 when nothing below needs them.
+  // Backward factor: 1 for the activation gradients when anything in or below the stack trains (0 otherwise),
+  // plus the trainable fraction of its weights for the weight gradients (1 when all train; a LoRA-adapted stack
+  // computes only its adapters' weight gradients).
   const bool vit_bwd = vit.trainable > 0;
   const bool abs_bwd = vit_bwd || abs.trainable > 0;
   const bool dec_bwd = abs_bwd || dec.trainable > 0;
   auto train_flops = [](const Stack& s, bool through) {
-    return s.forward_flops() * (1 + (s.trainable > 0 ? 2 : (through ? 1 : 0)));
+    const double weight_grads = s.params > 0 ? std::min(1.0, s.trainable / s.params) : 0.0;
+    return s.forward_flops() * (1 + (through || s.trainable > 0 ? 1 : 0) + weight_grads);
   };
   const double per_sample = train_flops(vit, vit_bwd) + train_flops(abs, abs_bwd) + train_flops(dec, dec_bwd);
   plan.flops_per_step = per_sample * double(t.global_batch_size) / W;
@@ -142,6 +145,16 @@ Plan make_plan(const RunConfig& cfg, const NamedSizes& params, const PlanInputs&
   r += fmt::format("{:<28} {:>16} {:>16}\n", "module", "parameters", "trainable");
   for (const auto& c : plan.components) r += fmt::format("{:<28} {:>16} {:>16}\n", c.name, c.params, c.trainable);
   r += fmt::format("{:<28} {:>16} {:>16}\n\n", "total", plan.total_params, plan.trainable_params);
+  if (cfg.lora.rank > 0) {
+    int64_t adapter_params = 0, adapter_tensors = 0;
+    for (const auto& [name, numel] : params) {
+      if (is_lora_parameter(name)) adapter_params += numel, ++adapter_tensors;
+    }
+    r += fmt::format("LoRA rank {} (alpha {}): {} adapter parameters on {} modules; {} more trainable in "
+                     "lora.modules_to_save; the base is frozen in {}\n\n",
+                     cfg.lora.rank, cfg.lora.alpha, adapter_params, adapter_tensors / 2,
+                     plan.trainable_params - adapter_params, bf16 ? "bf16" : "fp32");
+  }
   r += fmt::format("per device: world size {}, ZeRO stage {}, precision {}, micro-batch {}, {} decoder tokens/sample\n",
                    in.world_size, in.zero_stage, precision_name(t.precision), t.micro_batch_size,
                    static_cast<int64_t>(dec_tokens));

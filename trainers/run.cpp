@@ -13,6 +13,7 @@
 
 #include "owl2/infer/device.h"
 #include "owl2/io/fileio.h"
+#include "owl2/io/lora_files.h"
 #include "owl2/io/state_dict.h"
 #include "trainers/checkpoint.h"
 #include "trainers/full_parameters.h"
@@ -90,6 +91,7 @@ struct TrainingRun {
   MetricsLogger& log;
   int64_t accum = 1;
   double flops = 0;
+  const TrainingPolicies& policies;
   bool lead() const { return env.rank == 0; }
 };
 
@@ -167,16 +169,32 @@ void evaluate_during_training(TrainingRun& run, int64_t step, bool last, StepMet
   if (last) write_eval_results(er, step, run.dir);
 }
 
+// LoRA: the adapter in PEFT's layout (owl2/io/lora_files.h) in DIR/adapter, from the trainer's state (float32
+// masters under bf16), written by rank 0. All ranks call it (ZeRO 3 gathers the blocks for it).
+void save_adapter(TrainingRun& run, const fs::path& dir) {
+  FullParameters full(run.trainer);
+  if (!run.lead()) return;
+  save_lora_adapter((dir / "adapter").string(), run.trainer.precision().model_state(), run.cfg.lora,
+                    run.policies.lora_saved_modules, run.cfg.init.from);
+}
+
 // RUN/final, a model folder (trainers/io/model_dir.h) written by rank 0: the final weights (float32, reference
 // names), a copy of the tokenizer and the run's config naming it relatively, written last so that an interrupted
 // export never looks complete. All ranks call it.
+// LoRA: final/adapter/ holds the adapter, and the weights are the merged model (lora_files.h; docs/lora.md).
 void export_final(TrainingRun& run) {
   FullParameters full(run.trainer);  // ZeRO 3: the complete model
   if (!run.lead()) return;
   const auto out = run.dir / "final";
   run.trainer.precision().end_to_fp32();  // bf16: export the fp32 masters, not their rounding
-  save_state_dict(*run.model, out.string());
   RunConfig saved = run.cfg;
+  if (run.cfg.lora.rank > 0) {
+    save_lora_adapter((out / "adapter").string(), module_state(*run.model), run.cfg.lora, run.policies.lora_saved_modules,
+                      run.cfg.init.from);
+    merge_lora(*run.model);
+    saved.lora.rank = 0;  // the folder's weights are merged: loading it adds no adapter
+  }
+  save_state_dict(*run.model, out.string());
   saved.data.tokenizer = copy_tokenizer_into(run.cfg.data.tokenizer, out.string());
   write_file_atomic((out / "config.yaml").string(), to_yaml(saved));
   std::cerr << "final weights: " << out.string() << "\n";
@@ -204,6 +222,7 @@ void train_loop(TrainingRun& run) {
     if ((t.save_every > 0 && step % t.save_every == 0) || last) {
       const auto dir =
           save_training_checkpoint(run.ckpts, run.trainer, run.data.state(), run.options.config_text, group);
+      if (run.cfg.lora.rank > 0) save_adapter(run, dir);
       if (run.lead()) run.log.note("saved " + dir);
     }
     if (run.options.stop_after > 0 && done_here >= run.options.stop_after) break;
@@ -240,6 +259,13 @@ int run_training(const RunConfig& cfg, const RunOptions& options) {
   DevicePrefetcher prefetcher(loader, accum, cfg.model.visual_tokens_per_image(), device);
   const double flops = step_flops(cfg, model, env.world_size);  // before ZeRO 3 empties the block parameters
   Trainer trainer(*model, model_loss_sum(model), cfg, comm, policies.sharded_stacks);
+  if (lead && cfg.lora.rank > 0) {
+    std::cerr << fmt::format("LoRA: rank {}, alpha {}, {} adapted modules{}; the freeze rules are replaced: only "
+                             "the adapters{} train\n",
+                             cfg.lora.rank, cfg.lora.alpha, policies.lora_modules.size(),
+                             policies.lora_saved_modules.empty() ? "" : fmt::format(", {} modules to save", policies.lora_saved_modules.size()),
+                             policies.lora_saved_modules.empty() ? "" : " and the modules to save");
+  }
   if (lead) std::cerr << "parameters:\n" << trainer.freeze_table() << "optimizer groups:\n" << trainer.groups_table();
 
   CheckpointManager ckpts((run_dir / "checkpoints").string(), static_cast<int>(t.keep_last));
@@ -267,7 +293,7 @@ int run_training(const RunConfig& cfg, const RunOptions& options) {
   }
 
   TrainingRun run{cfg, options, env, *comm, run_dir, model, *tokenizer, prefetcher, trainer, ckpts, heldout, log,
-                  accum, flops};
+                  accum, flops, policies};
   train_loop(run);
   if (trainer.step_count() >= t.steps) export_final(run);
   comm->barrier("final barrier");

@@ -47,13 +47,21 @@ MPLUGOwl2ForCausalLM build_model(const RunConfig& cfg, const ModelBuild& how) {
 }
 
 TrainingPolicies apply_training_policies(MPLUGOwl2ForCausalLM& model, const RunConfig& cfg) {
+  TrainingPolicies policies;
+  if (cfg.lora.rank > 0) {
+    try {
+      policies.lora_saved_modules = lora_modules_to_save(*model, cfg.lora);
+      policies.lora_modules = add_lora(*model, cfg.lora, static_cast<uint64_t>(cfg.train.seed) + kLoraSeedOffset);
+    } catch (const std::invalid_argument& e) {
+      throw ConfigError(e.what());
+    }
+  }
   const auto& ac = cfg.train.activation_checkpointing;
   if (ac.vision) model->model->vision_model->block_runner = checkpointing_runner();
   if (ac.abstractor) model->model->visual_abstractor->block_runner = checkpointing_runner();
   if (ac.decoder) model->decoder_block_runner = checkpointing_runner();
 
   // ZeRO 3 shards the stacks of kZero3Stacks (trainers/sharding.h, shared with the planner): the decoder layers.
-  TrainingPolicies policies;
   if (cfg.distributed.zero_stage == 3) {
     for (const auto& stack : kZero3Stacks) {
       if (std::string_view(stack.name) != "decoder")

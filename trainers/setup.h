@@ -39,9 +39,16 @@ struct TrainingPolicies {
   // ZeRO stage 3: the stacks whose blocks the Trainer shards (its constructor shards them and installs their
   // runners). Empty at other stages.
   std::vector<ShardedStack> sharded_stacks;
+  // lora.rank > 0: the Linear layers that carry an adapter, and the modules trained in full with them.
+  std::vector<std::string> lora_modules, lora_saved_modules;
 };
 
+// The seed of the LoRA A matrices is train.seed plus this (their own generator: the global RNG is untouched).
+inline constexpr uint64_t kLoraSeedOffset = 0x10a4;
+
 // Applies what is put on the model from outside, every rank alike, in this fixed order:
+//  0. LoRA adapters (lora.rank > 0) on lora.targets, before anything collects the parameters (a bad target or
+//     lora.modules_to_save pattern is a ConfigError naming it);
 //  1. activation checkpointing (train.activation_checkpointing): a checkpointing block runner on each chosen
 //     stack;
 //  2. the sharding set-up (distributed.zero_stage 3): the decoder layers as the one sharded stack. It comes

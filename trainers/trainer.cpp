@@ -14,9 +14,10 @@ namespace owl2 {
 Trainer::Trainer(torch::nn::Module& model, LossSumFn loss_sum, const RunConfig& cfg, std::shared_ptr<Comm> comm,
                  const std::vector<ShardedStack>& stacks)
     : model_(model), loss_sum_(std::move(loss_sum)), cfg_(cfg) {
-  freeze_table_ = apply_freeze_rules(model_, cfg_.freeze);
+  freeze_table_ = apply_freeze_rules(model_, effective_freeze_rules(cfg_));
   groups_ = resolve_param_groups(model_, cfg_.param_groups, cfg_.optim.weight_decay, cfg_.optim.vision_layer_decay,
-                                 cfg_.model.vision.num_hidden_layers);
+                                 cfg_.model.vision.num_hidden_layers,
+                                 /*drop_unmatched=*/cfg_.lora.rank > 0 && default_param_groups(cfg_.param_groups));
   // bf16 under ZeRO: the optimizer shards the float32 masters (parallel/zero.h), MixedPrecision keeps none.
   precision_ = std::make_unique<MixedPrecision>(cfg_.train.precision, model_, groups_,
                                                 /*sharded_masters=*/cfg_.distributed.zero_stage >= 1);

@@ -14,7 +14,13 @@ LinearImpl::LinearImpl(int64_t in_features, int64_t out_features, bool with_bias
 }
 
 // at::linear, or the bf16 matrix-vector kernel for few rows on CPUs without native bf16 (bf16_gemv.h).
-torch::Tensor LinearImpl::forward(const torch::Tensor& x) { return linear_forward(x, weight, bias); }
+// The adapter's dropout acts on its input only (training mode), as PEFT's.
+torch::Tensor LinearImpl::forward(const torch::Tensor& x) {
+  auto y = linear_forward(x, weight, bias);
+  if (!lora_A) return y;
+  const auto h = lora_dropout > 0 && is_training() ? at::dropout(x, lora_dropout, /*train=*/true) : x;
+  return y + lora_B->forward(lora_A->forward(h)) * lora_scaling;
+}
 
 LayerNormImpl::LayerNormImpl(int64_t dim, double eps_) : eps(eps_) {
   weight = register_parameter("weight", torch::empty({dim}));

@@ -5,15 +5,21 @@
 #include <torch/nn/module.h>
 #include <torch/nn/pimpl.h>
 
+#include <memory>
+
 namespace owl2 {
 
 // y = x W^T + b: weight [out,in], bias [out] (undefined and unregistered when `bias` is false).
+// With a LoRA adapter (owl2/model/lora.h; submodules `lora_A` [r,in] and `lora_B` [out,r], PEFT's names):
+// y = x W^T + b + lora_B(lora_A(dropout(x))) * lora_scaling.
 class LinearImpl : public torch::nn::Module {
  public:
   LinearImpl(int64_t in_features, int64_t out_features, bool bias = true);
   torch::Tensor forward(const torch::Tensor& x);
 
   torch::Tensor weight, bias;
+  std::shared_ptr<LinearImpl> lora_A, lora_B;  // null without an adapter
+  double lora_scaling = 0.0, lora_dropout = 0.0;
 };
 TORCH_MODULE(Linear);
 

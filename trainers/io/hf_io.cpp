@@ -19,6 +19,7 @@
 #include "owl2/io/dtype_names.h"
 #include "owl2/model/init.h"
 #include "owl2/io/fileio.h"
+#include "owl2/io/lora_files.h"
 #include "owl2/model/model.h"
 #include "owl2/io/state_dict.h"
 #include "owl2/model/vision.h"
@@ -261,7 +262,38 @@ size_t export_hf(const std::string& model_dir, const std::string& hf_dir, const 
   const KeyReport report = check_model_keys(*source, cfg.model, model_dir, /*allow_unexpected=*/false);
 
   ComposedSource out;
-  for (const auto& n : report.matched) add_passthrough(out, *source, n);
+  if (options.merge_lora.empty()) {
+    for (const auto& n : report.matched) add_passthrough(out, *source, n);
+  } else {
+    auto files = std::make_shared<const AdapterFiles>(read_lora_adapter(options.merge_lora));
+    std::set<std::string> used;
+    for (const auto& n : report.matched) {
+      const TensorMeta m = source->meta(n);
+      const std::string module = n.ends_with(".weight") ? n.substr(0, n.size() - 7) : std::string();
+      const TensorSource* src = source.get();
+      if (!module.empty() && files->adapters.count(module)) {
+        out.add(n, m.dtype, m.shape, [src, files, n, module] { return merged_weight(src->get(n), *files, module); },
+                files->weights_path);
+        used.insert(module);
+      } else if (files->full.count(n)) {
+        if (files->full.at(n).sizes() != c10::IntArrayRef(m.shape)) {
+          throw std::runtime_error(fmt::format("{}: '{}' has shape {}, the model's is {}", files->weights_path, n,
+                                               shape_str(files->full.at(n).sizes().vec()), shape_str(m.shape)));
+        }
+        out.add(n, m.dtype, m.shape, [files, n, dtype = m.dtype] { return files->full.at(n).to(dtype); },
+                files->weights_path);
+        used.insert(n);
+      } else {
+        add_passthrough(out, *source, n);
+      }
+    }
+    for (const auto& [module, _] : files->adapters) {
+      if (!used.count(module)) throw std::runtime_error(fmt::format("{}: the model has no module '{}'", files->weights_path, module));
+    }
+    for (const auto& [name, _] : files->full) {
+      if (!used.count(name)) throw std::runtime_error(fmt::format("{}: the model has no parameter '{}'", files->weights_path, name));
+    }
+  }
   // The abstractor's sin-cos tables (spec §1.2), float32 like the reference buffers.
   const auto& a = cfg.model.abstractor;
   const Shape q_shape{a.num_learnable_queries, a.hidden_size}, k_shape{a.grid_size * a.grid_size + 1, a.hidden_size};

@@ -48,6 +48,9 @@ struct ExportOptions {
   uint64_t max_shard_bytes = 5'000'000'000;
   std::string tokenizer;                      // SentencePiece model; empty: the model folder's (model_dir.h)
   bool allow_external_tokenizer = false;      // the folder's data.tokenizer may lie outside it
+  // A LoRA adapter directory (PEFT layout, owl2/io/lora_files.h) merged into the weights as they are written:
+  // W + scaling * B A per adapted Linear, the saved modules' parameters replaced; one tensor at a time.
+  std::string merge_lora;
 };
 
 // Model directory -> HF_DIR with config.json, generation_config.json, preprocessor_config.json, tokenizer.model,

@@ -1,6 +1,8 @@
 // Opening a model folder without reading outside it; see model_dir.h.
 #include "trainers/io/model_dir.h"
 
+#include "owl2/io/lora_files.h"
+
 #include <fmt/format.h>
 #include <yaml-cpp/yaml.h>
 
@@ -124,6 +126,7 @@ LoadedModel load_model_dir(const std::string& dir, const ModelDirOptions& option
   LoadOptions load;
   load.convert_dtype = true;  // weights may be stored in bf16 / fp16 (owl2 import/export --dtype); the model is fp32
   load_model_weights(l.model, dir, load);
+  if (!options.adapter.empty()) load_lora_adapter(*l.model, options.adapter);
   l.model->to(options.device);
   if (options.dtype != torch::kFloat32) {
     // Module::to(dtype) would cast integer tensors too; the model has none today, but only floats are meant.

@@ -30,6 +30,7 @@ struct ModelDirOptions {
   torch::Device device = torch::kCPU;
   torch::Dtype dtype = torch::kFloat32;   // the floating-point parameters and buffers are cast to it after loading
   bool allow_external_tokenizer = false;  // data.tokenizer may name a file outside the folder
+  std::string adapter;                    // a LoRA adapter directory (PEFT layout) applied unmerged after loading
 };
 
 // DIR/config.yaml, parsed. Throws std::invalid_argument when DIR has no config.yaml, or when the config includes
@@ -37,7 +38,8 @@ struct ModelDirOptions {
 RunConfig read_model_dir_config(const std::string& dir);
 
 // Reads DIR/config.yaml (read_model_dir_config), builds the model, loads the weights, moves it to `device`, casts
-// its floating-point tensors to `dtype` and switches it to eval mode.
+// its floating-point tensors to `dtype` and switches it to eval mode. With options.adapter, the adapter's LoRA
+// layers are added and its saved modules loaded before the move and cast (owl2/io/lora_files.h).
 // The tokenizer is options.tokenizer if given, else model_dir_tokenizer().
 LoadedModel load_model_dir(const std::string& dir, const ModelDirOptions& options = {});
 

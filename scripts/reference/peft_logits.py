@@ -1,0 +1,58 @@
+#!/usr/bin/env python3
+"""Loads a LoRA adapter directory with the `peft` package onto the tiny reference model and writes its logits.
+
+    .venv/bin/python scripts/reference/peft_logits.py ADAPTER_DIR OUT.safetensors
+
+The base weights and the batch are tests/golden/model_tiny.safetensors (scripts/make_golden.py); the adapter is
+applied by `PeftModel.from_pretrained`, so this checks owl2's adapter files against PEFT's own reading of them.
+OUT holds `logits` [B, S, V] (float64) and `merged_logits` (the same after PEFT's merge_and_unload).
+"""
+import os
+import sys
+
+import torch
+from safetensors.torch import load_file, save_file
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+from reference import ReferenceOwl2, ReferenceConfig  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(HERE))
+
+# Must equal TINY in scripts/make_golden.py and tiny_golden_config() in tests/golden_io.h.
+TINY = ReferenceConfig(
+    vision=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, num_channels=3,
+                image_size=12, patch_size=4, layer_norm_eps=1e-6),
+    abstractor=dict(num_learnable_queries=4, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                    intermediate_size=24, encoder_hidden_size=16, grid_size=3, layer_norm_eps=1e-6,
+                    attn_norm_eps=1e-5),
+    decoder=dict(vocab_size=48, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=4, max_position_embeddings=64, rms_norm_eps=1e-6, rope_theta=10000.0))
+
+
+def tiny_base():
+    """The tiny reference model in float64 with the golden weights, and the golden batch."""
+    golden = load_file(os.path.join(ROOT, "tests", "golden", "model_tiny.safetensors"))
+    ref = ReferenceOwl2(TINY).double().eval()
+    ref.load_owl2({k[2:]: v for k, v in golden.items() if k.startswith("w.")})
+    inputs = (golden["in.input_ids"], golden["in.attention_mask"], golden["in.images"])
+    return ref, inputs
+
+
+def logits_of(model, inputs):
+    with torch.no_grad():
+        return model(*inputs, None)["logits"].detach().contiguous()
+
+
+def main():
+    from peft import PeftModel
+    adapter_dir, out = sys.argv[1], sys.argv[2]
+    ref, inputs = tiny_base()
+    peft_model = PeftModel.from_pretrained(ref, adapter_dir).double().eval()
+    logits = logits_of(peft_model, inputs)
+    merged = logits_of(peft_model.merge_and_unload(), inputs)
+    save_file({"logits": logits, "merged_logits": merged}, out)
+
+
+if __name__ == "__main__":
+    main()
