@@ -7,6 +7,7 @@
 #include "tests/helpers.h"
 #include "trainers/param_rules.h"
 #include "trainers/plan.h"
+#include "owl2/model/lora.h"
 #include "trainers/setup.h"
 
 // The whole file in its own namespace: unity batches compile several test files as one translation unit.
@@ -116,6 +117,32 @@ TEST_CASE("plan: the parameters it shards at ZeRO 3 are those the trainer's shar
   CHECK(plan.zero3_sharded_params == trainer);
   CHECK(plan.zero3_largest_block == largest);
   CHECK(plan.zero3_sharded_params < plan.trainable_params);  // embeddings, lm_head, ViT stay replicated
+}
+
+TEST_CASE("plan: 7B stage-2 LoRA (rank 64) counts its adapters and fits a 40 GB GPU at sequence 2048", "[plan][lora]") {
+  const RunConfig cfg = load_config(owl2::test::source_path("configs/owl2-7b/lora.yaml"));
+  REQUIRE(cfg.lora.rank == 64);
+  auto shapes = parameter_shapes(cfg.model);
+  const auto adapters = lora_parameter_shapes(shapes, cfg.lora);
+  shapes.insert(shapes.end(), adapters.begin(), adapters.end());
+  NamedSizes sizes;
+  for (const auto& p : shapes) sizes.emplace_back(p.name, p.numel());
+  const Plan plan = make_plan(cfg, sizes, {1, 0});
+  // Per layer, rank x (in + out) for q and o (4096 -> 4096), the four k / v copies (4096 -> 4096), gate and up
+  // (4096 -> 11008) and down (11008 -> 4096); 32 layers.
+  const int64_t per_layer = 64 * (6 * (4096 + 4096) + 3 * (4096 + 11008));
+  int64_t adapter_params = 0;
+  for (const auto& [name, n] : sizes) adapter_params += is_lora_parameter(name) ? n : 0;
+  CHECK(adapter_params == 32 * per_layer);
+  CHECK(adapters.size() == 2 * 32 * 9);
+  // Trainable: the adapters and the abstractor (lora.modules_to_save); the rest is frozen.
+  int64_t abstractor = 0;
+  for (const auto& c : plan.components) abstractor += c.name == "model.visual_abstractor" ? c.params : 0;
+  CHECK(plan.trainable_params == adapter_params + abstractor);
+  const double total = plan.weights_bytes + plan.grads_bytes + plan.optimizer_bytes + plan.activations_checkpointed_bytes;
+  CHECK(total < 40e9);
+  CHECK(plan.weights_bytes == Approx(2.0 * double(plan.total_params)));  // the frozen base in bf16
+  CHECK_THAT(plan.report, Contains("LoRA rank 64 (alpha 128): 193462272 adapter parameters on 288 modules"));
 }
 
 }  // namespace owl2_test_plan

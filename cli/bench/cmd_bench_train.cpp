@@ -3,6 +3,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 #include <torch/cuda.h>
 #include <torch/utils.h>
@@ -10,6 +11,7 @@
 #include <algorithm>
 #include <chrono>
 #include <iostream>
+#include <memory>
 #include <thread>
 
 #include "cli/bench/bench_common.h"
@@ -35,6 +37,7 @@ struct BenchArgs {
   std::vector<std::string> sets;
   std::string device = "cpu";
   int steps = 5, warmup = 2, threads = 0;
+  std::vector<std::string> against;  // overrides of a second configuration timed side by side
 };
 
 // One micro-batch of train.micro_batch_size samples, each one image and exactly train.max_length decoder tokens
@@ -62,45 +65,105 @@ Batch synthetic_batch(const RunConfig& cfg, torch::Device device, int64_t seed) 
   return b;
 }
 
-int run_bench_train(const BenchArgs& a) {
-  RunConfig cfg = load_config(a.config, a.sets);
-  if (a.threads > 0) torch::set_num_threads(a.threads);
-  const torch::Device device = use_device_arg(a.device);
+// One configuration under test: its model, Trainer and synthetic micro-batches, and the step times measured.
+struct Variant {
+  std::string label;
+  RunConfig cfg;
+  MPLUGOwl2ForCausalLM model{nullptr};
+  std::unique_ptr<Trainer> trainer;
+  std::vector<Batch> micro;
+  Plan plan;
+  std::vector<double> seconds;
+  double loss = 0;
+};
+
+std::unique_ptr<Variant> make_variant(const BenchArgs& a, const std::vector<std::string>& extra_sets,
+                                      const std::string& label, torch::Device device) {
+  auto v = std::make_unique<Variant>();
+  v->label = label;
+  std::vector<std::string> sets = a.sets;
+  sets.insert(sets.end(), extra_sets.begin(), extra_sets.end());
+  v->cfg = load_config(a.config, sets);
+  const auto& cfg = v->cfg;
   const int64_t accum = cfg.train.global_batch_size / cfg.train.micro_batch_size;
   if (accum < 1 || cfg.train.global_batch_size % cfg.train.micro_batch_size != 0) {
     throw std::invalid_argument(fmt::format("train.global_batch_size {} is not a multiple of train.micro_batch_size {}",
                                             cfg.train.global_batch_size, cfg.train.micro_batch_size));
   }
   // The run's model and policies, with the initial weights (throughput does not depend on the values).
-  MPLUGOwl2ForCausalLM model = build_model(cfg, {.device = device, .load_init = false});
-  const TrainingPolicies policies = apply_training_policies(model, cfg);
+  v->model = build_model(cfg, {.device = device, .load_init = false});
+  const TrainingPolicies policies = apply_training_policies(v->model, cfg);
   NamedSizes sizes;
-  for (const auto& item : model->named_parameters()) sizes.emplace_back(item.key(), item.value().numel());
-  const Plan plan = make_plan(cfg, sizes, PlanInputs{});
+  for (const auto& item : v->model->named_parameters()) sizes.emplace_back(item.key(), item.value().numel());
+  v->plan = make_plan(cfg, sizes, PlanInputs{});
+  v->trainer = std::make_unique<Trainer>(*v->model, model_loss_sum(v->model), cfg, /*comm=*/nullptr, policies.sharded_stacks);
+  for (int64_t i = 0; i < accum; ++i) v->micro.push_back(synthetic_batch(cfg, device, cfg.train.seed + i));
+  return v;
+}
 
-  Trainer trainer(*model, model_loss_sum(model), cfg, /*comm=*/nullptr, policies.sharded_stacks);
-  std::vector<Batch> micro;
-  for (int64_t i = 0; i < accum; ++i) micro.push_back(synthetic_batch(cfg, device, cfg.train.seed + i));
-  auto sync = [&] {
-    if (device.is_cuda()) torch::cuda::synchronize();
-  };
-  std::vector<double> seconds;
-  double loss = 0;
-  for (int i = 0; i < a.warmup + a.steps; ++i) {
-    sync();
-    const auto t0 = std::chrono::steady_clock::now();
-    const auto r = trainer.step(micro);  // the loss and grad norm are read on the host once, at the end of the step
-    sync();
-    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    loss = r.loss;
-    if (i >= a.warmup) seconds.push_back(s);
-    std::cerr << fmt::format("step {}{}: {:.3f} s, loss {:.4f}\n", i, i < a.warmup ? " (warm-up)" : "", s, r.loss);
-  }
-  std::sort(seconds.begin(), seconds.end());
-  const double med = seconds.empty() ? 0 : seconds[seconds.size() / 2];
+double median(std::vector<double> xs) {
+  std::sort(xs.begin(), xs.end());
+  return xs.empty() ? 0 : xs[xs.size() / 2];
+}
+
+nlohmann::json report(const BenchArgs& a, const Variant& v, torch::Device device, int64_t peak_mem) {
+  const auto& cfg = v.cfg;
+  const double med = median(v.seconds);
   const double samples = double(cfg.train.global_batch_size);
   const double tokens = samples * double(cfg.train.max_length);
   const double peak = device.is_cuda() ? peak_flops_for_device() : 0;
+  nlohmann::json j;
+  j["config"] = a.config;
+  if (!v.label.empty()) j["variant"] = v.label;
+  j["device"] = describe_device(device);
+  j["precision"] = precision_name(cfg.train.precision);
+  j["threads"] = torch::get_num_threads();
+  j["params"] = v.plan.total_params;
+  j["trainable_params"] = v.plan.trainable_params;
+  j["micro_batch"] = cfg.train.micro_batch_size;
+  j["accumulation"] = static_cast<int64_t>(v.micro.size());
+  j["tokens_per_sample"] = cfg.train.max_length;
+  j["median_step_s"] = med;
+  j["samples_per_s"] = med > 0 ? samples / med : 0;
+  j["tokens_per_s"] = med > 0 ? tokens / med : 0;
+  j["model_flops_per_step"] = v.plan.flops_per_step;
+  j["tflops_per_s"] = med > 0 ? v.plan.flops_per_step / med / 1e12 : 0;
+  if (peak > 0 && med > 0) j["mfu"] = v.plan.flops_per_step / med / peak;
+  j["peak_memory_bytes"] = peak_mem;
+  j["last_loss"] = v.loss;
+  std::cout << j.dump() << "\n";
+  std::cerr << fmt::format(
+      "bench train: {}{} on {}, {}: {:.4g} s/step, {:.1f} samples/s, {:.0f} tokens/s, {:.3g} TFLOP/s{}, peak memory "
+      "{:.2f} GiB\n",
+      a.config, v.label.empty() ? "" : " [" + v.label + "]", a.device, precision_name(cfg.train.precision), med,
+      j["samples_per_s"].get<double>(), j["tokens_per_s"].get<double>(), j["tflops_per_s"].get<double>(),
+      j.contains("mfu") ? fmt::format(", MFU {:.1f}%", 100 * j["mfu"].get<double>()) : "", double(peak_mem) / double(1 << 30));
+  return j;
+}
+
+int run_bench_train(const BenchArgs& a) {
+  if (a.threads > 0) torch::set_num_threads(a.threads);
+  const torch::Device device = use_device_arg(a.device);
+  std::vector<std::unique_ptr<Variant>> variants;
+  variants.push_back(make_variant(a, {}, a.against.empty() ? "" : "base", device));
+  if (!a.against.empty()) variants.push_back(make_variant(a, a.against, fmt::format("{}", fmt::join(a.against, " ")), device));
+  auto sync = [&] {
+    if (device.is_cuda()) torch::cuda::synchronize();
+  };
+  // With --against the two configurations alternate step by step, so both see the same machine.
+  for (int i = 0; i < a.warmup + a.steps; ++i) {
+    for (auto& v : variants) {
+      sync();
+      const auto t0 = std::chrono::steady_clock::now();
+      const auto r = v->trainer->step(v->micro);  // the loss and grad norm are read on the host once, at the end
+      sync();
+      const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      v->loss = r.loss;
+      if (i >= a.warmup) v->seconds.push_back(s);
+      std::cerr << fmt::format("step {}{}{}: {:.3f} s, loss {:.4f}\n", i, i < a.warmup ? " (warm-up)" : "",
+                               v->label.empty() ? "" : " [" + v->label + "]", s, r.loss);
+    }
+  }
   int64_t peak_mem = peak_rss_bytes();
 #ifdef OWL2_WITH_CUDA
   if (device.is_cuda()) {
@@ -108,31 +171,14 @@ int run_bench_train(const BenchArgs& a) {
     peak_mem = stats.allocated_bytes[0].peak;  // index 0: StatType::AGGREGATE (its namespace moved between releases)
   }
 #endif
-  nlohmann::json j;
-  j["config"] = a.config;
-  j["device"] = describe_device(device);
-  j["precision"] = precision_name(cfg.train.precision);
-  j["threads"] = torch::get_num_threads();
-  j["params"] = plan.total_params;
-  j["trainable_params"] = plan.trainable_params;
-  j["micro_batch"] = cfg.train.micro_batch_size;
-  j["accumulation"] = accum;
-  j["tokens_per_sample"] = cfg.train.max_length;
-  j["median_step_s"] = med;
-  j["samples_per_s"] = med > 0 ? samples / med : 0;
-  j["tokens_per_s"] = med > 0 ? tokens / med : 0;
-  j["model_flops_per_step"] = plan.flops_per_step;
-  j["tflops_per_s"] = med > 0 ? plan.flops_per_step / med / 1e12 : 0;
-  if (peak > 0 && med > 0) j["mfu"] = plan.flops_per_step / med / peak;
-  j["peak_memory_bytes"] = peak_mem;
-  j["last_loss"] = loss;
-  std::cout << j.dump() << "\n";
-  std::cerr << fmt::format(
-      "bench train: {} on {}, {}: {:.4g} s/step, {:.1f} samples/s, {:.0f} tokens/s, {:.3g} TFLOP/s{}, peak memory "
-      "{:.2f} GiB\n",
-      a.config, a.device, precision_name(cfg.train.precision), med, j["samples_per_s"].get<double>(), j["tokens_per_s"].get<double>(),
-      j["tflops_per_s"].get<double>(), j.contains("mfu") ? fmt::format(", MFU {:.1f}%", 100 * j["mfu"].get<double>()) : "",
-      double(peak_mem) / double(1 << 30));
+  for (const auto& v : variants) report(a, *v, device, peak_mem);
+  if (variants.size() == 2) {
+    const double base = median(variants[0]->seconds), other = median(variants[1]->seconds);
+    std::cerr << fmt::format("bench train: [{}] / [base] median step time = {:.3f} ({} vs {} trainable parameters; "
+                             "peak memory is the process's, both together)\n",
+                             variants[1]->label, base > 0 ? other / base : 0.0, variants[1]->plan.trainable_params,
+                             variants[0]->plan.trainable_params);
+  }
   return 0;
 }
 
@@ -147,6 +193,9 @@ void add_bench_train(CLI::App& app, Action& run) {
   cmd->add_option("--steps", args->steps, "Timed optimizer steps (default 5; the median is reported)");
   cmd->add_option("--warmup", args->warmup, "Untimed steps first (default 2)");
   cmd->add_option("--threads", args->threads, "Intra-op CPU threads (default: LibTorch's)");
+  cmd->add_option("--against", args->against,
+                  "Overrides of a second configuration timed side by side, step by step (e.g. lora.rank=16); prints "
+                  "its step time over the first's");
   cmd->callback([&run, args] { run = [args] { return run_bench_train(*args); }; });
 }
 
