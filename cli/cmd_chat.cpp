@@ -1,6 +1,7 @@
 // `owl2 chat`: a multi-turn conversation on stdin with the model's chat template (spec §3.4, §6): the whole
 // conversation is re-encoded every turn and a message's images go in front of it with no newline, as the
-// reference CLI does; `/image PATH` attaches an image to the next message, `/reset` starts over, `/quit` (or end
+// reference CLI does; `/image PATH` attaches an image to the next message (`/video PATH` the clip's
+// data.video_frames frames), `/reset` starts over, `/quit` (or end
 // of input) leaves. Works with stdin not a terminal.
 #include <CLI/CLI.hpp>
 #include <unistd.h>
@@ -14,6 +15,7 @@
 #include "cli/generate_args.h"
 #include "cli/model_args.h"
 #include "data/image.h"
+#include "data/video.h"
 #include "data/template.h"
 #include "data/tokenizer.h"
 #include "owl2/infer/generate.h"
@@ -35,7 +37,7 @@ void add_chat_commands(CLI::App& app, Action& run) {
   };
   auto args = std::make_shared<Args>();
 
-  auto* chat = app.add_subcommand("chat", "Talk to a saved model on stdin (/image PATH, /reset, /quit)");
+  auto* chat = app.add_subcommand("chat", "Talk to a saved model on stdin (/image PATH, /video PATH, /reset, /quit)");
   args->model.add_to(chat);
   chat->add_option("--image", args->image, "Image attached to the first message");
   chat->add_option("--image-mode", args->mode, "resize | pad | crop (default: the run's data.image_mode)");
@@ -76,6 +78,20 @@ void add_chat_commands(CLI::App& app, Action& run) {
           images.clear();
           pending = 0;
           std::cout << "[conversation reset]\n" << std::flush;
+          continue;
+        }
+        if (msg.rfind("/video", 0) == 0) {  // the clip's data.video_frames frames, attached like images
+          const auto path = trim(msg.substr(6));
+          try {
+            if (path.empty()) throw std::invalid_argument("/video needs a path: /video PATH");
+            const auto clip = data::decode_video(path, l.cfg.data.video_frames);  // throws naming the file
+            for (const auto& f : clip.frames) images.push_back(preprocess_image(f, ic));
+            pending += static_cast<int64_t>(clip.frames.size());
+            std::cout << "[video attached: " << path << ", " << clip.frames.size() << " of " << clip.total
+                      << " frames]\n" << std::flush;
+          } catch (const std::exception& e) {
+            std::cout << "error: " << e.what() << "\n" << std::flush;
+          }
           continue;
         }
         if (msg.rfind("/image", 0) == 0) {

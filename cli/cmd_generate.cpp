@@ -16,6 +16,7 @@
 #include "data/image.h"
 #include "data/template.h"
 #include "data/tokenizer.h"
+#include "data/video.h"
 #include "owl2/infer/generate.h"
 
 namespace owl2::cli {
@@ -64,8 +65,9 @@ nlohmann::json timings_json(const GenerationTimes& t, const Generation& g, bool 
 void add_generate_commands(CLI::App& app, Action& run) {
   struct Args {
     ModelDirArgs model;
-    std::string image, prompt;
+    std::string image, video, prompt;
     std::string mode, device;
+    int64_t frames = 0;
     DecodingArgs decoding;
     bool json = false;
   };
@@ -75,6 +77,12 @@ void add_generate_commands(CLI::App& app, Action& run) {
   args->model.add_to(gen);
   gen->add_option("--prompt", args->prompt, "The user's message")->required();
   gen->add_option("--image", args->image, "Image file shown with the prompt");
+  auto* video = gen->add_option("--video", args->video,
+                                "Video file shown with the prompt: its --frames sampled frames, each an image "
+                                "placeholder, all before the text (docs/datasets.md, \"Video\")");
+  video->excludes(gen->get_option("--image"));
+  gen->add_option("--frames", args->frames, "Frames sampled from --video (default: the model's data.video_frames)")
+      ->check(CLI::PositiveNumber);
   gen->add_option("--image-mode", args->mode, "resize | pad | crop (default: the run's data.image_mode)");
   gen->add_flag("--json", args->json,
                 "Print one JSON object (prompt and generated ids, text, log-probs, stop reason, timings) "
@@ -91,9 +99,15 @@ void add_generate_commands(CLI::App& app, Action& run) {
       ic.mode = args->mode.empty() ? l.cfg.data.image_mode : parse_image_mode(args->mode);
       torch::Tensor images;
       if (!args->image.empty()) images = preprocess_image(load_image(args->image), ic).unsqueeze(0);
+      if (!args->video.empty()) {
+        std::vector<torch::Tensor> frames;
+        for (const auto& f : data::decode_video(args->video, args->frames > 0 ? args->frames : l.cfg.data.video_frames).frames)
+          frames.push_back(preprocess_image(f, ic));
+        images = torch::stack(frames);
+      }
       // The reference CLI's first turn: "USER: <|image|>{prompt} ASSISTANT:" (spec §6).
       const std::string text = generation_prompt(
-          chat_template(l.cfg.data.chat_template), {{Role::kHuman, user_message(args->prompt, images.defined() ? 1 : 0)}});
+          chat_template(l.cfg.data.chat_template), {{Role::kHuman, user_message(args->prompt, images.defined() ? images.size(0) : 0)}});
       const auto prompt = l.tokenizer->encode_with_images(text);
       auto go = args->decoding.options(*l.tokenizer);
       go.max_new_tokens = fit_context(l.cfg.model, prompt, go.max_new_tokens);
@@ -114,6 +128,7 @@ void add_generate_commands(CLI::App& app, Action& run) {
       const nlohmann::json j = {{"prompt", text},
                                 {"prompt_ids", prompt},
                                 {"image", args->image.empty() ? nlohmann::json(nullptr) : nlohmann::json(args->image)},
+                                {"video", args->video.empty() ? nlohmann::json(nullptr) : nlohmann::json(args->video)},
                                 {"generated_ids", out.tokens},
                                 {"text", out.text},
                                 {"logprobs", out.logprobs},

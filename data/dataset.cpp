@@ -18,6 +18,7 @@
 
 #include "data/rng.h"
 #include "data/tar.h"
+#include "data/video.h"
 
 namespace owl2::data {
 
@@ -289,9 +290,10 @@ class TarShards : public Dataset {
 
 struct Entry {
   std::string id;
-  std::vector<std::string> image_paths;  // resolved
+  std::vector<std::string> image_paths;  // resolved; for a video, "clip#frame-k-of-N" per frame slot
   std::vector<Turn> turns;
   std::string caption;
+  std::string video;                     // resolved clip path: its frames are the images
 };
 
 class EntryDataset : public Dataset {
@@ -305,6 +307,12 @@ class EntryDataset : public Dataset {
   }
   RawSample get(size_t i) const override {
     RawSample r = text(i);
+    const Entry& e = entries_.at(i);
+    if (!e.video.empty()) {  // the frames, sampled as video.h says, as lossless images
+      for (const auto& f : decode_video(e.video, static_cast<int64_t>(e.image_paths.size())).frames)
+        r.images.push_back(encode_frame_bmp(f));
+      return r;
+    }
     for (const auto& p : r.image_paths) r.images.push_back(read_file_bytes(p));
     return r;
   }
@@ -336,7 +344,7 @@ void replace_all(std::string& s, const std::string& from, const std::string& to)
 
 // Parses one LLaVA / JSONL entry into `e`; returns a Reject when it must be skipped.
 std::optional<Reject> parse_entry(const json& j, const fs::path& image_root, bool check_files, bool allow_pairs,
-                                  Entry& e) {
+                                  int64_t video_frames, Entry& e) {
   if (!j.is_object()) return Reject{bad::kBadEntry, fmt::format("expected an object, found {}", j.type_name())};
   if (j.contains("id")) {
     const json& id = j["id"];
@@ -357,6 +365,18 @@ std::optional<Reject> parse_entry(const json& j, const fs::path& image_root, boo
       return Reject{bad::kBadEntry, fmt::format("\"image\" must be a string or a list, found {}", im.type_name())};
     }
   }
+  // A video: its frames fill `video_frames` image slots, all before the text (docs/datasets.md, "Video").
+  std::string video;
+  if (j.contains("video") && !j["video"].is_null()) {
+    if (!j["video"].is_string()) return Reject{bad::kBadEntry, fmt::format("\"video\" must be a string, found {}", j["video"].type_name())};
+    if (!images.empty()) return Reject{bad::kBadEntry, "both \"image\" and \"video\": one sample holds one or the other"};
+    video = j["video"].get<std::string>();
+  }
+  const std::string frame_slots = [&] {
+    std::string t;
+    for (int64_t k = 0; k < (video.empty() ? 0 : video_frames); ++k) t += "<|image|>";
+    return t;
+  }();
   if (j.contains("conversations")) {
     const json& conv = j["conversations"];
     if (!conv.is_array() || conv.empty()) return Reject{bad::kBadEntry, "\"conversations\" must be a non-empty list"};
@@ -373,7 +393,27 @@ std::optional<Reject> parse_entry(const json& j, const fs::path& image_root, boo
       if (from != "human" && from != "gpt" && from != "system")
         return Reject{bad::kBadEntry, fmt::format("turn {} has from '{}' (expected human, gpt or system)", t, from)};
       replace_all(value, "<image>", "<|image|>");  // LLaVA's placeholder spelling
+      if (!video.empty()) {
+        if (count_image_placeholders(value) > 0) {
+          return Reject{bad::kPlaceholderMismatch, fmt::format("turn {} of a video sample has an image placeholder; "
+                                                               "write <video> (or nothing) where the frames go", t)};
+        }
+        replace_all(value, "<video>\n", frame_slots);
+        replace_all(value, "<video>", frame_slots);
+      }
       e.turns.push_back({std::move(from), std::move(value)});
+    }
+    if (!video.empty()) {  // no <video>: the frames go in front of the first human turn
+      int placed = 0;
+      for (const auto& t : e.turns) placed += count_image_placeholders(t.value);
+      if (placed == 0) {
+        for (auto& t : e.turns) {
+          if (t.from == "human") {
+            t.value = frame_slots + t.value;
+            break;
+          }
+        }
+      }
     }
     if (std::none_of(e.turns.begin(), e.turns.end(), [](const Turn& t) { return t.from == "gpt"; }))
       return Reject{bad::kBadEntry, "no gpt turn to learn from"};
@@ -386,12 +426,27 @@ std::optional<Reject> parse_entry(const json& j, const fs::path& image_root, boo
   } else if (allow_pairs && j.contains("question") && j.contains("answer")) {
     const json &q = j.contains("prompt") ? j["prompt"] : j["question"], &a = j["answer"];
     if (!q.is_string() || !a.is_string()) return Reject{bad::kBadEntry, "\"question\" and \"answer\" must be strings"};
-    std::string human;
+    std::string human = frame_slots;
     for (size_t k = 0; k < images.size(); ++k) human += "<|image|>\n";
     e.turns = {{"human", human + q.get<std::string>()}, {"gpt", a.get<std::string>()}};
   } else {
     return Reject{bad::kBadEntry, allow_pairs ? "no \"conversations\", \"caption\" or \"question\"/\"answer\""
                                               : "no \"conversations\""};
+  }
+  if (!video.empty()) {
+    if (e.turns.empty()) return Reject{bad::kBadEntry, "a video sample needs \"conversations\" or \"question\"/\"answer\""};
+    int placeholders = 0;
+    for (const auto& t : e.turns) placeholders += count_image_placeholders(t.value);
+    if (placeholders != video_frames) {
+      return Reject{bad::kPlaceholderMismatch, fmt::format("{} image placeholders for the {} frames of the video "
+                                                           "(several <video> tags, or none in a human turn)",
+                                                           placeholders, video_frames)};
+    }
+    const fs::path p = fs::path(video).is_absolute() ? fs::path(video) : image_root / video;
+    if (check_files && !fs::is_regular_file(p)) return Reject{bad::kMissingImage, fmt::format("no video file {}", p.string())};
+    e.video = p.string();
+    for (int64_t k = 0; k < video_frames; ++k) e.image_paths.push_back(fmt::format("{}#frame-{}-of-{}", e.video, k, video_frames));
+    return std::nullopt;
   }
   if (!e.turns.empty()) {
     int placeholders = 0;
@@ -499,7 +554,7 @@ std::shared_ptr<Dataset> open_jsonl(const std::string& path, const ReadOptions& 
       continue;
     }
     Entry e;
-    if (auto r = parse_entry(j, root, options.check_files, true, e)) {
+    if (auto r = parse_entry(j, root, options.check_files, true, options.video_frames, e)) {
       log->report(r->reason, path, where, r->detail);
       ++bad;
       continue;
@@ -526,7 +581,7 @@ std::shared_ptr<Dataset> open_llava_json(const std::string& path, const ReadOpti
   size_t bad = 0;
   for (size_t i = 0; i < doc.size(); ++i) {
     Entry e;
-    if (auto r = parse_entry(doc[i], root, options.check_files, false, e)) {
+    if (auto r = parse_entry(doc[i], root, options.check_files, false, options.video_frames, e)) {
       std::string where = fmt::format("{}[{}]", path, i);
       if (doc[i].is_object() && doc[i].contains("id")) where += " id " + doc[i]["id"].dump();
       log->report(r->reason, path, where, r->detail);

@@ -20,7 +20,7 @@ done
 
 APT_PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config python3-venv
-  libopencv-core-dev libopencv-imgproc-dev libopencv-imgcodecs-dev
+  libopencv-core-dev libopencv-imgproc-dev libopencv-imgcodecs-dev libopencv-videoio-dev
   libyaml-cpp-dev libsentencepiece-dev catch2 nlohmann-json3-dev libcli11-dev libgloo-dev
   libarchive-dev libjpeg-dev
 )

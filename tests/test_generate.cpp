@@ -16,6 +16,7 @@
 #include "data/image.h"
 #include "data/template.h"
 #include "data/tokenizer.h"
+#include "data/video.h"
 #include "owl2/infer/generate.h"
 #include "owl2/infer/sampling.h"
 #include "owl2/io/state_dict.h"
@@ -616,6 +617,51 @@ TEST_CASE("owl2 chat on piped stdin: two turns with history, a missing /image fi
   const auto g = owl2::test::run_owl2("generate --model " + dir + " --prompt Hello --max-new-tokens 4");
   CHECK(g.rc == 0);
   CHECK(g.out == first + "\n");
+}
+
+TEST_CASE("owl2 generate --video: the image-list prompt of the clip's frames, and generate() on those frames",
+          "[generate][cli][video]") {
+  if (!data::video_decoding_available()) {
+    WARN("built without OpenCV videoio: nothing to check");
+    return;
+  }
+  const auto dir = tiny_model_dir();
+  std::vector<torch::Tensor> frames;
+  for (int64_t i = 0; i < 7; ++i) {
+    auto f = torch::full({40, 40, 3}, 20 + 25 * i, torch::kUInt8);
+    f.slice(0, 10, 20).slice(1, 4 * i, 4 * i + 10).fill_(240);
+    frames.push_back(f);
+  }
+  data::write_video(dir + "/clip.avi", frames);
+  const auto r = owl2::test::run_owl2_streams("generate --model " + dir + " --video " + dir + "/clip.avi --frames 3 "
+                                              "--prompt 'Where does the square go?' --max-new-tokens 4 "
+                                              "--min-new-tokens 4 --json");
+  INFO(r.out << r.err);
+  REQUIRE(r.rc == 0);
+  const auto j = nlohmann::json::parse(r.out);
+  // The reference CLI's first turn with three image placeholders, all before the text.
+  CHECK(j["prompt"] == "USER: <|image|><|image|><|image|>Where does the square go? ASSISTANT:");
+  CHECK(j["video"] == dir + "/clip.avi");
+  const auto ids = j["prompt_ids"].get<Ids>();
+  CHECK(std::count(ids.begin(), ids.end(), int64_t{-200}) == 3);
+
+  auto l = load_model_dir(dir);
+  ImageConfig ic;
+  ic.size = l.cfg.model.vision.image_size;
+  ic.mode = l.cfg.data.image_mode;
+  std::vector<torch::Tensor> chosen;
+  const auto clip = data::decode_video(dir + "/clip.avi", 3);
+  CHECK(clip.indices == std::vector<int64_t>{1, 3, 5});
+  for (const auto& f : clip.frames) chosen.push_back(preprocess_image(f, ic));
+  GenerateOptions o;
+  o.max_new_tokens = o.min_new_tokens = 4;
+  const auto g = generate(l.model, {ids}, torch::stack(chosen), o)[0];
+  CHECK(j["generated_ids"].get<Ids>() == g.tokens);
+  // --video and --image together are refused.
+  const auto both = owl2::test::run_owl2("generate --model " + dir + " --video " + dir + "/clip.avi --image x.png "
+                                         "--prompt hi");
+  CHECK(both.rc != 0);
+  CHECK_THAT(both.out, Contains("excludes"));
 }
 
 TEST_CASE("owl2 generate --json prints one object: the reference CLI's prompt ids, the answer, raw log-probs, timings",

@@ -99,6 +99,7 @@ struct DataConfig {
   // tokens (visual tokens counted); train.*_batch_size then count rows. 0 = one sample per row.
   int64_t pack_tokens = 0;
   int64_t pack_buffer = 64;  // look-ahead of the best-fit packer, in samples
+  int64_t video_frames = 8;  // frames sampled from each "video" sample, each an image slot (docs/datasets.md)
 };
 
 // Where the weights start: a directory or file of owl2 / HF-layout weights; empty: the documented random init.

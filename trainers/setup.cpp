@@ -18,6 +18,7 @@ std::shared_ptr<const data::Dataset> open_sources(const DataConfig& d, uint64_t 
   if (d.sources.empty()) throw ConfigError("data.sources: a training run needs at least one data source");
   data::ReadOptions ro;
   ro.max_bad_fraction = d.max_bad_fraction;
+  ro.video_frames = d.video_frames;
   std::vector<data::MixtureSource> mix;
   size_t total = 0;
   for (const auto& s : d.sources) {

@@ -1,0 +1,174 @@
+// Frame sampling and decoding of video clips (video.h).
+#include "data/video.h"
+
+#include <fmt/format.h>
+
+#include <cstring>
+#include <filesystem>
+#include <stdexcept>
+
+#ifdef OWL2_WITH_VIDEO
+#include <opencv2/core.hpp>
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
+#include <opencv2/videoio.hpp>
+#endif
+
+namespace owl2::data {
+
+std::vector<int64_t> video_frame_indices(int64_t total, int64_t n) {
+  if (total < 1) throw std::invalid_argument(fmt::format("video frame sampling: the clip has {} frames", total));
+  if (n < 1) throw std::invalid_argument(fmt::format("video frame sampling: {} frames asked for (at least 1)", n));
+  std::vector<int64_t> out(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    // (2i + 1) * total / (2n) in integers: the segment centre, rounded down, exact for any total.
+    out[static_cast<size_t>(i)] = std::min(total - 1, ((2 * i + 1) * total) / (2 * n));
+  }
+  return out;
+}
+
+bool video_decoding_available() {
+#ifdef OWL2_WITH_VIDEO
+  return true;
+#else
+  return false;
+#endif
+}
+
+#ifdef OWL2_WITH_VIDEO
+namespace {
+
+cv::VideoCapture open_clip(const std::string& path) {
+  if (!std::filesystem::is_regular_file(path)) throw std::runtime_error(fmt::format("video {}: no such file", path));
+  // FFmpeg (MP4, WebM, AVI, GIF, ...), then OpenCV's own Motion-JPEG reader; never GStreamer or image sequences,
+  // whose guesses at a broken file only add noise.
+  cv::VideoCapture cap;
+  for (const int api : {cv::CAP_FFMPEG, cv::CAP_OPENCV_MJPEG}) {
+    try {
+      if (cap.open(path, api)) break;
+    } catch (const cv::Exception& e) {
+      throw std::runtime_error(fmt::format("video {}: cannot open: {}", path, e.what()));
+    }
+  }
+  if (!cap.isOpened()) {
+    throw std::runtime_error(fmt::format("video {}: cannot open (corrupt, empty or a format OpenCV's backends "
+                                         "do not read)", path));
+  }
+  return cap;
+}
+
+int64_t count_frames(const std::string& path) {
+  auto cap = open_clip(path);
+  int64_t n = 0;
+  while (cap.grab()) ++n;
+  if (n == 0) throw std::runtime_error(fmt::format("video {}: no frame could be read (empty or corrupt)", path));
+  return n;
+}
+
+torch::Tensor to_rgb_tensor(const cv::Mat& bgr, const std::string& path, int64_t index) {
+  if (bgr.empty() || bgr.depth() != CV_8U) {
+    throw std::runtime_error(fmt::format("video {}: frame {} did not decode to 8-bit pixels", path, index));
+  }
+  cv::Mat rgb;
+  if (bgr.channels() == 3) cv::cvtColor(bgr, rgb, cv::COLOR_BGR2RGB);
+  else if (bgr.channels() == 4) cv::cvtColor(bgr, rgb, cv::COLOR_BGRA2RGB);
+  else if (bgr.channels() == 1) cv::cvtColor(bgr, rgb, cv::COLOR_GRAY2RGB);
+  else throw std::runtime_error(fmt::format("video {}: frame {} has {} channels", path, index, bgr.channels()));
+  auto t = torch::empty({rgb.rows, rgb.cols, 3}, torch::kUInt8);
+  for (int r = 0; r < rgb.rows; ++r) {
+    std::memcpy(t.data_ptr<uint8_t>() + static_cast<int64_t>(r) * rgb.cols * 3, rgb.ptr<uint8_t>(r),
+                static_cast<size_t>(rgb.cols) * 3);
+  }
+  return t;
+}
+
+// Decodes the frames at `wanted` (ascending, repeats allowed) in one sequential pass.
+DecodedVideo read_frames(const std::string& path, int64_t total, const std::vector<int64_t>& wanted) {
+  DecodedVideo out;
+  out.total = total;
+  out.indices = wanted;
+  auto cap = open_clip(path);
+  size_t next = 0;
+  cv::Mat frame;
+  for (int64_t i = 0; i < total && next < wanted.size(); ++i) {
+    if (!cap.grab()) {
+      throw std::runtime_error(fmt::format("video {}: frame {} of {} could not be read the second time", path, i, total));
+    }
+    if (wanted[next] != i) continue;
+    if (!cap.retrieve(frame)) throw std::runtime_error(fmt::format("video {}: frame {} does not decode", path, i));
+    const auto rgb = to_rgb_tensor(frame, path, i);
+    while (next < wanted.size() && wanted[next] == i) {
+      out.frames.push_back(rgb);
+      ++next;
+    }
+  }
+  if (out.frames.size() != wanted.size()) {
+    throw std::runtime_error(fmt::format("video {}: {} of {} frames decoded", path, out.frames.size(), wanted.size()));
+  }
+  return out;
+}
+
+}  // namespace
+
+DecodedVideo decode_video(const std::string& path, int64_t n) {
+  const int64_t total = count_frames(path);
+  return read_frames(path, total, video_frame_indices(total, n));
+}
+
+DecodedVideo decode_all_frames(const std::string& path) {
+  const int64_t total = count_frames(path);
+  std::vector<int64_t> all(static_cast<size_t>(total));
+  for (int64_t i = 0; i < total; ++i) all[static_cast<size_t>(i)] = i;
+  return read_frames(path, total, all);
+}
+
+std::string encode_frame_bmp(const torch::Tensor& rgb_HW3) {
+  const auto t = rgb_HW3.contiguous();
+  const cv::Mat rgb(static_cast<int>(t.size(0)), static_cast<int>(t.size(1)), CV_8UC3, t.data_ptr<uint8_t>());
+  cv::Mat bgr;
+  cv::cvtColor(rgb, bgr, cv::COLOR_RGB2BGR);
+  std::vector<uchar> buf;
+  if (!cv::imencode(".bmp", bgr, buf)) throw std::runtime_error("encoding a video frame as BMP failed");
+  return std::string(buf.begin(), buf.end());
+}
+
+void write_video(const std::string& path, const std::vector<torch::Tensor>& frames, double fps) {
+  if (frames.empty()) throw std::runtime_error(fmt::format("video {}: no frames to write", path));
+  const auto ext = std::filesystem::path(path).extension().string();
+  int fourcc = 0;
+  if (ext == ".avi") fourcc = cv::VideoWriter::fourcc('M', 'J', 'P', 'G');
+  else if (ext == ".mp4") fourcc = cv::VideoWriter::fourcc('m', 'p', '4', 'v');
+  else throw std::runtime_error(fmt::format("video {}: writes .avi or .mp4 only", path));
+  const int h = static_cast<int>(frames[0].size(0)), w = static_cast<int>(frames[0].size(1));
+  cv::VideoWriter out(path, cv::CAP_FFMPEG, fourcc, fps, cv::Size(w, h));
+  if (!out.isOpened() && ext == ".avi") out.open(path, cv::CAP_OPENCV_MJPEG, fourcc, fps, cv::Size(w, h));
+  if (!out.isOpened()) throw std::runtime_error(fmt::format("video {}: no OpenCV backend writes this container", path));
+  for (const auto& f : frames) {
+    const auto t = f.contiguous();
+    if (t.size(0) != h || t.size(1) != w) throw std::runtime_error(fmt::format("video {}: frames differ in size", path));
+    const cv::Mat rgb(h, w, CV_8UC3, t.data_ptr<uint8_t>());
+    cv::Mat bgr;
+    cv::cvtColor(rgb, bgr, cv::COLOR_RGB2BGR);
+    out.write(bgr);
+  }
+  out.release();
+}
+
+#else
+
+void write_video(const std::string& path, const std::vector<torch::Tensor>&, double) {
+  throw std::runtime_error(fmt::format("video {}: this build has no video support (OpenCV videoio)", path));
+}
+
+DecodedVideo decode_video(const std::string& path, int64_t) {
+  throw std::runtime_error(fmt::format("video {}: this build has no video decoding (OpenCV videoio, Debian "
+                                       "libopencv-videoio-dev, was not found when it was configured)", path));
+}
+DecodedVideo decode_all_frames(const std::string& path) { return decode_video(path, 1); }
+std::string encode_frame_bmp(const torch::Tensor&) {
+  throw std::runtime_error("this build has no video support (OpenCV videoio)");
+}
+
+#endif
+
+}  // namespace owl2::data

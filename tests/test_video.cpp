@@ -1,0 +1,181 @@
+// Video as frames (data/video.h): frame sampling, decoding N frames against decoding all of them, bad clips, and
+// a video sample against the same frames given as an image list.
+#include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
+#include <torch/torch.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "data/dataset.h"
+#include "data/example.h"
+#include "data/image.h"
+#include "data/video.h"
+#include "tests/helpers.h"
+
+namespace owl2_test_video {
+using namespace owl2;
+using namespace owl2::data;
+using Catch::Matchers::Contains;
+namespace fs = std::filesystem;
+using Idx = std::vector<int64_t>;
+
+// `n` frames of a 48x64 clip: a bright square moving right over a dark background whose shade steps per frame,
+// so that every frame differs from every other.
+std::vector<torch::Tensor> moving_square(int64_t n) {
+  std::vector<torch::Tensor> frames;
+  for (int64_t i = 0; i < n; ++i) {
+    auto f = torch::full({48, 64, 3}, static_cast<int64_t>(10 + 7 * i), torch::kUInt8);
+    f.slice(0, 16, 32).slice(1, 2 + 3 * i, 18 + 3 * i).select(2, 0).fill_(250);
+    frames.push_back(f);
+  }
+  return frames;
+}
+
+TEST_CASE("video frame sampling takes segment centres, for short and long clips and more frames than the clip has",
+          "[video]") {
+  CHECK(video_frame_indices(10, 4) == Idx{1, 3, 6, 8});
+  CHECK(video_frame_indices(5, 5) == Idx{0, 1, 2, 3, 4});
+  CHECK(video_frame_indices(1000, 8) == Idx{62, 187, 312, 437, 562, 687, 812, 937});
+  CHECK(video_frame_indices(3, 5) == Idx{0, 0, 1, 2, 2});
+  CHECK(video_frame_indices(1, 3) == Idx{0, 0, 0});
+  CHECK(video_frame_indices(7, 1) == Idx{3});
+  CHECK_THROWS_WITH(video_frame_indices(0, 4), Contains("0 frames"));
+  CHECK_THROWS_WITH(video_frame_indices(4, 0), Contains("at least 1"));
+}
+
+TEST_CASE("decoding N frames equals decoding every frame and picking the same ones, bit for bit", "[video]") {
+  if (!video_decoding_available()) {
+    WARN("built without OpenCV videoio: nothing to check");
+    return;
+  }
+  const auto dir = test::temp_dir("owl2_video");
+  for (const std::string ext : {".avi", ".mp4"}) {
+    INFO(ext);
+    const auto path = dir + "/clip" + ext;
+    write_video(path, moving_square(13));
+    const auto all = decode_all_frames(path);
+    REQUIRE(all.total == 13);
+    REQUIRE(all.frames.size() == 13);
+    CHECK(all.frames[0].sizes() == torch::IntArrayRef({48, 64, 3}));
+    // The square moved: the codec keeps it where it was drawn (lossy, but far from the background).
+    CHECK(all.frames[12][24][50][0].item<int>() > 200);
+    CHECK(all.frames[0][24][50][0].item<int>() < 100);
+    for (int64_t n : {1, 4, 8, 13, 20}) {
+      const auto some = decode_video(path, n);
+      REQUIRE(some.indices == video_frame_indices(13, n));
+      REQUIRE(some.frames.size() == static_cast<size_t>(n));
+      for (size_t k = 0; k < some.frames.size(); ++k) CHECK(torch::equal(some.frames[k], all.frames[some.indices[k]]));
+    }
+    // Frames go through the dataset as BMP and decode to the same pixels.
+    CHECK(torch::equal(decode_image(encode_frame_bmp(all.frames[5]), "frame"), all.frames[5]));
+  }
+}
+
+TEST_CASE("an animated GIF (TGIF's format) decodes frame by frame", "[video][python]") {
+  if (!video_decoding_available()) {
+    WARN("built without OpenCV videoio: nothing to check");
+    return;
+  }
+  const auto dir = test::temp_dir("owl2_video_gif");
+  const std::string script = "from PIL import Image\n"
+                             "frames = [Image.new('RGB', (40, 30), (20 * i, 60, 200 - 20 * i)) for i in range(6)]\n"
+                             "for i, f in enumerate(frames): f.paste((255, 255, 0), (5 * i, 10, 5 * i + 8, 18))\n"
+                             "frames[0].save('" + dir + "/clip.gif', save_all=True, append_images=frames[1:], duration=100, loop=0)\n";
+  std::ofstream(dir + "/make.py") << script;
+  REQUIRE(std::system((std::string(OWL2_PYTHON) + " " + dir + "/make.py").c_str()) == 0);
+  const auto all = decode_all_frames(dir + "/clip.gif");
+  REQUIRE(all.total == 6);
+  CHECK(all.frames[0].sizes() == torch::IntArrayRef({30, 40, 3}));
+  // GIF is lossless for these few colours: the yellow square sits where it was drawn in each frame.
+  CHECK(all.frames[5][14][28][0].item<int>() == 255);
+  CHECK(all.frames[5][14][28][2].item<int>() == 0);
+  const auto some = decode_video(dir + "/clip.gif", 4);
+  REQUIRE(some.indices == Idx{0, 2, 3, 5});
+  for (size_t k = 0; k < 4; ++k) CHECK(torch::equal(some.frames[k], all.frames[some.indices[k]]));
+}
+
+TEST_CASE("a missing, empty or corrupt video is an error naming the file", "[video]") {
+  if (!video_decoding_available()) {
+    WARN("built without OpenCV videoio: nothing to check");
+    return;
+  }
+  const auto dir = test::temp_dir("owl2_video_bad");
+  CHECK_THROWS_WITH(decode_video(dir + "/none.mp4", 4), Contains(dir + "/none.mp4: no such file"));
+  std::ofstream(dir + "/empty.mp4").close();
+  CHECK_THROWS_WITH(decode_video(dir + "/empty.mp4", 4), Contains("video " + dir + "/empty.mp4"));
+  std::ofstream(dir + "/junk.avi") << std::string(4096, 'x');
+  CHECK_THROWS_WITH(decode_video(dir + "/junk.avi", 4), Contains("video " + dir + "/junk.avi"));
+  // A clip cut in half keeps what can be read, or fails naming the file; it never returns fewer frames.
+  write_video(dir + "/cut.avi", moving_square(10));
+  const auto bytes = test::read_text(dir + "/cut.avi");
+  std::ofstream(dir + "/cut_half.avi", std::ios::binary) << bytes.substr(0, bytes.size() / 2);
+  try {
+    const auto v = decode_video(dir + "/cut_half.avi", 4);
+    CHECK(v.frames.size() == 4);
+  } catch (const std::runtime_error& e) {
+    CHECK_THAT(e.what(), Contains(dir + "/cut_half.avi"));
+  }
+}
+
+TEST_CASE("a video sample equals the image-list sample of the same frames: prompt, ids and pixels", "[video][data]") {
+  if (!video_decoding_available()) {
+    WARN("built without OpenCV videoio: nothing to check");
+    return;
+  }
+  const auto dir = test::temp_dir("owl2_video_sample");
+  write_video(dir + "/clip.avi", moving_square(9));
+  const auto frames = decode_video(dir + "/clip.avi", 4).frames;
+  nlohmann::json image_list = nlohmann::json::array();
+  for (size_t k = 0; k < frames.size(); ++k) {
+    const auto name = "frame" + std::to_string(k) + ".bmp";
+    std::ofstream(dir + "/" + name, std::ios::binary) << encode_frame_bmp(frames[k]);
+    image_list.push_back(name);
+  }
+  const std::string question = "Which way does the square move?";
+  const nlohmann::json entries = {
+      {{"id", "tagged"}, {"video", "clip.avi"},
+       {"conversations", {{{"from", "human"}, {"value", "<video>\n" + question}}, {{"from", "gpt"}, {"value", "right"}}}}},
+      {{"id", "untagged"}, {"video", "clip.avi"},
+       {"conversations", {{{"from", "human"}, {"value", question}}, {{"from", "gpt"}, {"value", "right"}}}}},
+      {{"id", "images"}, {"image", image_list},
+       {"conversations", {{{"from", "human"}, {"value", "<|image|><|image|><|image|><|image|>" + question}},
+                          {{"from", "gpt"}, {"value", "right"}}}}}};
+  std::ofstream(dir + "/set.json") << entries.dump();
+  ReadOptions ro;
+  ro.video_frames = 4;
+  const auto ds = open_dataset(dir + "/set.json", ro);
+  REQUIRE(ds->size() == 3);
+  CHECK(ds->info(0).num_images == 4);
+  CHECK(ds->text(0).image_paths.size() == 4);
+  auto tok = std::make_shared<const Tokenizer>(test::source_path("tests/fixtures/tokenizer/tiny_llama.model"));
+  ExampleOptions eo;
+  eo.image.size = 28;
+  const ExampleBuilder builder(tok, eo);
+  const auto reference = builder(ds->get(2));
+  for (size_t i : {0, 1}) {
+    INFO(ds->get(i).id);
+    CHECK(ds->get(i).turns.at(0).value == ds->get(2).turns.at(0).value);
+    const auto e = builder(ds->get(i));
+    CHECK(e.input_ids == reference.input_ids);
+    CHECK(e.labels == reference.labels);
+    REQUIRE(e.images.size() == 4);
+    for (size_t k = 0; k < 4; ++k) CHECK(torch::equal(e.images[k], reference.images[k]));
+  }
+  // A video entry with an image placeholder, or with an image too, is skipped and counted.
+  const nlohmann::json bad = {
+      {{"id", "both"}, {"video", "clip.avi"}, {"image", "frame0.bmp"},
+       {"conversations", {{{"from", "human"}, {"value", "<|image|>hi"}}, {{"from", "gpt"}, {"value", "x"}}}}},
+      {{"id", "placeholder"}, {"video", "clip.avi"},
+       {"conversations", {{{"from", "human"}, {"value", "<image>hi"}}, {{"from", "gpt"}, {"value", "x"}}}}},
+      {{"id", "ok"}, {"video", "clip.avi"},
+       {"conversations", {{{"from", "human"}, {"value", "hi"}}, {{"from", "gpt"}, {"value", "x"}}}}}};
+  std::ofstream(dir + "/bad.json") << bad.dump();
+  auto log = std::make_shared<BadInputLog>();
+  ro.log = log;
+  ro.max_bad_fraction = 1;
+  CHECK(open_dataset(dir + "/bad.json", ro)->size() == 1);
+  CHECK(log->counts() == std::map<std::string, size_t>{{"bad_entry", 1}, {"placeholder_mismatch", 1}});
+}
+
+}  // namespace owl2_test_video
