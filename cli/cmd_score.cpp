@@ -23,7 +23,7 @@ void add_score_commands(CLI::App& app, Action& run) {
   score->add_option("--metric", args->metric, metrics)->required();
   score->add_option("--refs", args->refs,
                     "COCO caption annotations, VQA / TextVQA annotations, POPE questions, MMBench TSV or "
-                    "ScienceQA problems.json, GQA questions, SEED-Bench.json (not used by mme)");
+                    "ScienceQA problems.json, GQA questions, SEED-Bench.json, video_qa [{question_id, answer}] (not used by mme)");
   score->add_option("--preds", args->preds,
                     "results: [{image_id, caption}], [{question_id, answer}], JSON lines, or the MME results "
                     "directory")

@@ -140,6 +140,8 @@ void write_video(const std::string& path, const std::vector<torch::Tensor>& fram
   else if (ext == ".mp4") fourcc = cv::VideoWriter::fourcc('m', 'p', '4', 'v');
   else throw std::runtime_error(fmt::format("video {}: writes .avi or .mp4 only", path));
   const int h = static_cast<int>(frames[0].size(0)), w = static_cast<int>(frames[0].size(1));
+  const auto parent = std::filesystem::path(path).parent_path();
+  if (!parent.empty()) std::filesystem::create_directories(parent);
   cv::VideoWriter out(path, cv::CAP_FFMPEG, fourcc, fps, cv::Size(w, h));
   if (!out.isOpened() && ext == ".avi") out.open(path, cv::CAP_OPENCV_MJPEG, fourcc, fps, cv::Size(w, h));
   if (!out.isOpened()) throw std::runtime_error(fmt::format("video {}: no OpenCV backend writes this container", path));

@@ -2,11 +2,13 @@
 #include "eval/bench_files.h"
 
 #include "eval/bench_suite.h"
+#include "eval/vqa_accuracy.h"
 
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <set>
 #include <sstream>
 #include <stdexcept>
 
@@ -320,6 +322,36 @@ json read_json_file(const std::string& path) {
 double frac(size_t a, size_t b) { return b ? static_cast<double>(a) / static_cast<double>(b) : 0.0; }
 
 }  // namespace
+
+std::string video_qa_normalize(const std::string& answer) {
+  std::string a = answer;
+  for (auto& c : a) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  for (auto& c : a)
+    if (c == '\n' || c == '\t') c = ' ';
+  a = vqa_process_digit_article(vqa_process_punctuation(a));
+  const auto b = a.find_first_not_of(' ');
+  return b == std::string::npos ? std::string() : a.substr(b, a.find_last_not_of(' ') - b + 1);
+}
+
+VideoQaReport score_video_qa_files(const std::string& refs_path, const std::string& preds_path) {
+  const auto preds = read_predictions(preds_path, "question_id", {"prediction", "answer", "text"});
+  std::set<std::string> known;
+  VideoQaReport rep;
+  for (const auto& r : read_records(refs_path)) {
+    const std::string id = need_id(refs_path, r, "question_id");
+    const std::string answer = need_string(refs_path, r, "answer");
+    if (!known.insert(id).second) throw std::invalid_argument(fmt::format("{}: question_id {} twice", refs_path, id));
+    const auto it = preds.find(id);
+    if (it == preds.end()) throw std::invalid_argument(fmt::format("{}: no prediction for question_id {}", preds_path, id));
+    ++rep.questions;
+    rep.correct += video_qa_normalize(it->second) == video_qa_normalize(answer);
+  }
+  for (const auto& kv : preds)
+    if (!known.count(kv.first))
+      throw std::invalid_argument(fmt::format("{}: question_id {} is not in {}", preds_path, kv.first, refs_path));
+  rep.accuracy = frac(rep.correct, rep.questions);
+  return rep;
+}
 
 GqaReport score_gqa_files(const std::string& questions_path, const std::string& preds_path) {
   const json questions = read_json_file(questions_path);

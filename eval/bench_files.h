@@ -40,6 +40,17 @@ struct GqaReport {
 };
 GqaReport score_gqa_files(const std::string& questions_path, const std::string& preds_path);
 
+// Open-ended video QA (MSRVTT-QA, MSVD-QA, TGIF-QA FrameQA): refs [{question_id, answer}] (what `owl2 eval`
+// writes from the public files) and predictions [{question_id, prediction}] (array or lines). Exact match after the
+// VQA answer normalization (punctuation, then digits and articles, lower case), every question needs a prediction.
+struct VideoQaReport {
+  size_t questions = 0, correct = 0;
+  double accuracy = 0;  // in [0, 1]
+};
+VideoQaReport score_video_qa_files(const std::string& refs_path, const std::string& preds_path);
+// The normalized form both sides are compared in.
+std::string video_qa_normalize(const std::string& answer);
+
 // SEED-Bench: SEED-Bench.json ({question_type:{name: id}, questions:[{question_id, answer, question_type_id,
 // data_type}]}) and predictions [{question_id, prediction}] (array or lines). Exact string match. Questions
 // without a prediction (usually the video ones) are counted in `missing` and left out.

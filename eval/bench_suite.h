@@ -17,6 +17,8 @@ extern const char* const kShortAnswerInstruction;  // "Answer the question using
 extern const char* const kOptionInstruction;       // "Answer with the option’s letter ..." (U+2019, owl2 scripts)
 extern const char* const kOptionInstructionAscii;  // the same with "'" (LLaVA's ScienceQA prompt)
 extern const char* const kCaptionInstruction;      // "Provide a one-sentence caption for the provided image."
+// Frames sampled from each clip by the video QA benchmarks (data/video.h); the paper does not state its count.
+inline constexpr int64_t kVideoBenchFrames = 8;
 
 // "USER: " + one "<|image|>" per image + body + " ASSISTANT: " (the hand-built eval prompt, trailing space kept).
 std::string owl2_eval_prompt(const std::string& body, size_t num_images);
@@ -31,6 +33,8 @@ struct BenchItem {
   std::string group;   // --limit counts groups: an MME image's two questions, an MMBench question's copies
   std::string prompt;  // the full prompt text, template included, "<|image|>" once per image
   std::vector<BenchImage> images;
+  std::string video;          // a clip whose video_frames sampled frames are the images (images then empty)
+  int64_t video_frames = 0;
   nlohmann::ordered_json meta;  // what the results writer needs (the public ids, the ground truth, ...)
 };
 

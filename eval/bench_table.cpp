@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <set>
+#include <sstream>
 
 #include <fmt/format.h>
 
@@ -1000,6 +1001,109 @@ BenchScore score_mmlu(const std::string& dir, const std::vector<BenchItem>& item
 
 std::string gqa_post(const std::string& s) { return gqa_postprocess(s); }
 
+// ---------------------------------------------------------------------------------------------------------
+// Zero-shot video QA (paper Table 6): each clip's kVideoBenchFrames frames are the images, all before the
+// question, with the short-answer prompt of the image VQA benchmarks; exact match (video_qa).
+// MSRVTT-QA / MSVD-QA: a JSON array (or JSON lines) of {question, answer, video | video_id, question_id | id};
+// the clip is videos/<video>, or videos/<video_id>, video<video_id> or vid<video_id> with .mp4, .avi, .webm,
+// .mkv or .gif. TGIF-QA FrameQA: the TSV Test_frameqa_question.tsv (gif_name, question, answer, ...) and
+// gifs/<gif_name>.gif.
+
+std::string find_clip(const std::string& dir, const std::string& file, const std::string& where, const std::string& name,
+                      bool is_id) {
+  const fs::path videos = fs::path(dir) / "videos";
+  std::vector<fs::path> tried;
+  if (!is_id) {
+    tried = {videos / name, fs::path(dir) / name};
+  } else {
+    for (const std::string stem : {name, "video" + name, "vid" + name})
+      for (const char* ext : {".mp4", ".avi", ".webm", ".mkv", ".gif"}) tried.push_back(videos / (stem + ext));
+  }
+  for (const auto& p : tried)
+    if (fs::exists(p)) return p.string();
+  throw std::invalid_argument(fmt::format("{}: {}: no clip for '{}' (looked for {}{})", file, where, name,
+                                          tried.front().string(), tried.size() > 1 ? " and similar names" : ""));
+}
+
+BenchItem video_item(const std::string& qid, const std::string& clip, const std::string& question,
+                     const std::string& answer) {
+  BenchItem it;
+  it.id = it.group = qid;
+  it.prompt = owl2_eval_prompt(question + "\n" + kShortAnswerInstruction, static_cast<size_t>(kVideoBenchFrames));
+  it.video = clip;
+  it.video_frames = kVideoBenchFrames;
+  it.meta = {{"question_id", qid}, {"answer", answer}, {"video", clip}};
+  return it;
+}
+
+std::vector<BenchItem> read_video_json_qa(const std::string& dir, const std::vector<std::string>& files) {
+  const std::string file = find_file(dir, files);
+  std::vector<json> entries;
+  const std::string text = read_text(file);
+  const auto first = text.find_first_not_of(" \t\r\n");
+  try {
+    if (first != std::string::npos && text[first] == '[') {
+      for (const auto& e : json::parse(text)) entries.push_back(e);
+    } else {
+      std::istringstream lines(text);
+      for (std::string line; std::getline(lines, line);)
+        if (line.find_first_not_of(" \t\r") != std::string::npos) entries.push_back(json::parse(line));
+    }
+  } catch (const json::parse_error& e) {
+    throw std::invalid_argument(fmt::format("{}: invalid JSON: {}", file, e.what()));
+  }
+  std::vector<BenchItem> out;
+  std::set<std::string> ids;
+  for (size_t i = 0; i < entries.size(); ++i) {
+    const json& q = entries[i];
+    const std::string where = fmt::format("entry {}", i);
+    const std::string qid = q.is_object() && q.contains("question_id") ? need_id(file, where, q, "question_id")
+                            : q.is_object() && q.contains("id")        ? need_id(file, where, q, "id")
+                                                                       : std::to_string(i);
+    if (!ids.insert(qid).second) throw std::invalid_argument(fmt::format("{}: {}: question id {} twice", file, where, qid));
+    const bool by_name = q.is_object() && q.contains("video");
+    const std::string clip = find_clip(dir, file, where, by_name ? need_str(file, where, q, "video")
+                                                                 : need_id(file, where, q, "video_id"), !by_name);
+    out.push_back(video_item(qid, clip, need_str(file, where, q, "question"), need_str(file, where, q, "answer")));
+  }
+  return out;
+}
+
+std::vector<BenchItem> read_tgif_frameqa(const std::string& dir) {
+  const std::string file = find_file(dir, {"Test_frameqa_question.tsv", "test_frameqa_question.tsv"});
+  const TsvFile tsv = read_tsv(file);
+  auto column = [&](const char* name) {
+    const auto it = std::find(tsv.header.begin(), tsv.header.end(), name);
+    if (it == tsv.header.end()) throw std::invalid_argument(fmt::format("{}: no '{}' column in the header", file, name));
+    return static_cast<size_t>(it - tsv.header.begin());
+  };
+  const size_t gif = column("gif_name"), question = column("question"), answer = column("answer");
+  std::vector<BenchItem> out;
+  for (const auto& [line, row] : tsv.rows) {
+    const std::string where = fmt::format("line {}", line);
+    if (row.size() <= std::max({gif, question, answer}))
+      throw std::invalid_argument(fmt::format("{}: {}: {} columns, the header has {}", file, where, row.size(), tsv.header.size()));
+    const fs::path clip = fs::path(dir) / "gifs" / (row[gif] + ".gif");
+    if (!fs::exists(clip)) throw std::invalid_argument(fmt::format("{}: {}: no clip {}", file, where, clip.string()));
+    out.push_back(video_item(std::to_string(out.size()), clip.string(), row[question], row[answer]));
+  }
+  return out;
+}
+
+BenchScore score_video_qa(const std::string& name, const std::vector<BenchItem>& items,
+                          const std::vector<std::string>& preds, const std::string& out) {
+  json refs = json::array();
+  std::string lines;
+  for (size_t i = 0; i < items.size(); ++i) {
+    refs.push_back({{"question_id", items[i].id}, {"answer", items[i].meta.at("answer")}, {"video", items[i].video}});
+    lines += json{{"question_id", items[i].id}, {"prediction", preds[i]}}.dump() + "\n";
+  }
+  const std::string refs_file = out + "/" + name + "_refs.json", preds_file = out + "/" + name + "_predictions.jsonl";
+  write_text(refs_file, refs.dump());
+  write_text(preds_file, lines);
+  return score_one("video_qa", refs_file, preds_file, "accuracy", "accuracy", 100.0);
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------------------
@@ -1041,6 +1145,20 @@ const std::vector<BenchDef>& bench_defs() {
        std::bind(score_captions, _1, kFlickrCaptionFiles, _2, _3, _4)},
       {"mmlu", "MMLU-style text multiple choice, 5-shot: letter accuracy", BenchDecoding{5, 1}, read_mmlu, identity,
        score_mmlu},
+      {"msrvtt_qa", "MSRVTT-QA test, zero-shot: exact match over 8 frames per clip", vqa,
+       [](const std::string& d) { return read_video_json_qa(d, {"test_qa.json", "msrvtt_qa_test.json", "test.jsonl"}); },
+       identity, [](const std::string&, const auto& items, const auto& preds, const std::string& out) {
+         return score_video_qa("msrvtt_qa", items, preds, out);
+       }},
+      {"msvd_qa", "MSVD-QA test, zero-shot: exact match over 8 frames per clip", vqa,
+       [](const std::string& d) { return read_video_json_qa(d, {"test_qa.json", "msvd_qa_test.json", "test.jsonl"}); },
+       identity, [](const std::string&, const auto& items, const auto& preds, const std::string& out) {
+         return score_video_qa("msvd_qa", items, preds, out);
+       }},
+      {"tgif_qa", "TGIF-QA FrameQA test, zero-shot: exact match over 8 frames per GIF", vqa, read_tgif_frameqa,
+       identity, [](const std::string&, const auto& items, const auto& preds, const std::string& out) {
+         return score_video_qa("tgif_qa", items, preds, out);
+       }},
   };
   return defs;
 }

@@ -383,6 +383,12 @@ void gqa_json(const GqaReport& r, OrderedJson& out) {
   out["open"] = r.open;
 }
 
+void video_qa_json(const VideoQaReport& r, OrderedJson& out) {
+  out["questions"] = r.questions;
+  out["correct"] = r.correct;
+  out["accuracy"] = r.accuracy;
+}
+
 void seed_json(const SeedReport& r, OrderedJson& out) {
   out["questions"] = r.questions;
   out["missing"] = r.missing;
@@ -446,6 +452,7 @@ const std::vector<MetricRow>& metric_table() {
       row("scienceqa", &score_scienceqa_files, &scienceqa_json),
       row("gqa", &score_gqa_files, &gqa_json),
       row("seed", &score_seed_files, &seed_json),
+      row("video_qa", &score_video_qa_files, &video_qa_json),
       row("qbench", &score_qbench_files, &qbench_json),
       row("mmmu", &score_mmmu_files, &mmmu_json),
       row("mmlu", &score_mmlu_files, &mmlu_json),

@@ -11,6 +11,12 @@
 #include "data/example.h"
 #include "data/image.h"
 #include "data/video.h"
+#include "eval/bench_suite.h"
+#include "eval/score_files.h"
+#include "owl2/io/state_dict.h"
+#include "owl2/model/init.h"
+#include "trainers/config.h"
+#include "trainers/io/model_dir.h"
 #include "tests/helpers.h"
 
 namespace owl2_test_video {
@@ -176,6 +182,108 @@ TEST_CASE("a video sample equals the image-list sample of the same frames: promp
   ro.max_bad_fraction = 1;
   CHECK(open_dataset(dir + "/bad.json", ro)->size() == 1);
   CHECK(log->counts() == std::map<std::string, size_t>{{"bad_entry", 1}, {"placeholder_mismatch", 1}});
+}
+
+}  // namespace owl2_test_video
+
+namespace owl2_test_video {
+
+// Writes `text` to dir/name, creating the folders.
+void put(const std::string& dir, const std::string& name, const std::string& text) {
+  fs::create_directories(fs::path(dir + "/" + name).parent_path());
+  std::ofstream(dir + "/" + name, std::ios::binary) << text;
+}
+
+TEST_CASE("video QA benchmarks: readers of the public formats, the 8-frame prompt, exact-match scores equal owl2 score",
+          "[video][eval]") {
+  const auto root = test::temp_dir("owl2_video_bench");
+  const std::string frames8 = "<|image|><|image|><|image|><|image|><|image|><|image|><|image|><|image|>";
+  const std::string tail = "\nAnswer the question using a single word or phrase. ASSISTANT: ";
+  // MSRVTT-QA: video_id integers, clips videos/video<id>.mp4 (the readers only check that clips exist).
+  put(root + "/msrvtt", "videos/video7010.mp4", "x");
+  put(root + "/msrvtt", "videos/video7011.mp4", "x");
+  put(root + "/msrvtt", "test_qa.json",
+      R"([{"question": "what is a cat doing?", "answer": "playing", "video_id": 7010, "id": 0},
+          {"question": "how many people are dancing?", "answer": "two", "video_id": 7011, "id": 1},
+          {"question": "who is singing?", "answer": "woman", "video_id": 7010, "id": 2}])");
+  // MSVD-QA as JSON lines with clip names.
+  put(root + "/msvd", "videos/abc_1_5.avi", "x");
+  put(root + "/msvd", "test.jsonl",
+      "{\"question\": \"what is the man riding?\", \"answer\": \"horse\", \"video\": \"abc_1_5.avi\", \"question_id\": \"q1\"}\n");
+  // TGIF-QA FrameQA: the TSV and gifs/<gif_name>.gif.
+  put(root + "/tgif", "gifs/tumblr_abc.gif", "x");
+  put(root + "/tgif", "Test_frameqa_question.tsv",
+      "gif_name\tquestion\tanswer\tvid_id\tkey\ttype\ntumblr_abc\twhat is the color of the car\tred\tgif_1\t7\t2\n");
+
+  const auto& msrvtt = eval::find_bench("msrvtt_qa");
+  const auto items = msrvtt.read(root + "/msrvtt");
+  REQUIRE(items.size() == 3);
+  CHECK(items[0].prompt == "USER: " + frames8 + "what is a cat doing?" + tail);
+  CHECK(items[0].video == root + "/msrvtt/videos/video7010.mp4");
+  CHECK(items[0].video_frames == 8);
+  CHECK(items[0].images.empty());
+  CHECK(items[2].id == "2");
+  const auto msvd = eval::find_bench("msvd_qa").read(root + "/msvd");
+  REQUIRE(msvd.size() == 1);
+  CHECK(msvd[0].id == "q1");
+  CHECK(msvd[0].video == root + "/msvd/videos/abc_1_5.avi");
+  const auto tgif = eval::find_bench("tgif_qa").read(root + "/tgif");
+  REQUIRE(tgif.size() == 1);
+  CHECK(tgif[0].prompt == "USER: " + frames8 + "what is the color of the car" + tail);
+  CHECK(tgif[0].video == root + "/tgif/gifs/tumblr_abc.gif");
+
+  // "Playing." and "2" match after the VQA normalization; "man" does not match "woman".
+  const auto out = root + "/out";
+  const auto score = eval::score_bench(msrvtt, root + "/msrvtt", items, {"Playing.", "2", "man"}, out);
+  CHECK(score.headline == Approx(200.0 / 3));
+  CHECK(score.scores["video_qa"]["correct"] == 2);
+  const auto cli = test::run_owl2("score --metric video_qa --refs " + out + "/msrvtt_qa_refs.json --preds " + out +
+                                  "/msrvtt_qa_predictions.jsonl");
+  INFO(cli.out);
+  REQUIRE(cli.rc == 0);
+  const auto j = nlohmann::json::parse(cli.out.substr(cli.out.find('{')));
+  CHECK(j["accuracy"].get<double>() == score.scores["video_qa"]["accuracy"].get<double>());
+  CHECK(j["questions"] == 3);
+
+  // Bad files name the file and the entry.
+  put(root + "/bad", "test_qa.json", R"([{"question": "q", "answer": "a", "video_id": 99}])");
+  CHECK_THROWS_WITH(msrvtt.read(root + "/bad"), Contains("test_qa.json: entry 0: no clip for '99'"));
+  put(root + "/bad2", "Test_frameqa_question.tsv", "name\tquestion\tanswer\nx\ty\tz\n");
+  CHECK_THROWS_WITH(eval::find_bench("tgif_qa").read(root + "/bad2"), Contains("no 'gif_name' column"));
+  put(root + "/bad3", "p.jsonl", "{\"question_id\": 0, \"prediction\": \"a\"}\n");
+  put(root + "/bad3", "r.json", R"([{"question_id": 0, "answer": "a"}, {"question_id": 1, "answer": "b"}])");
+  CHECK_THROWS_WITH(eval::score_files("video_qa", root + "/bad3/r.json", root + "/bad3/p.jsonl"),
+                    Contains("no prediction for question_id 1"));
+}
+
+TEST_CASE("owl2 eval --bench msrvtt_qa answers from each clip's frames and writes metrics.json", "[video][eval][cli]") {
+  if (!video_decoding_available()) {
+    WARN("built without OpenCV videoio: nothing to check");
+    return;
+  }
+  const auto root = test::temp_dir("owl2_video_eval");
+  // A random tiny model folder (the vocabulary widened to the fixture tokenizer's 1000 pieces).
+  const auto model = root + "/model";
+  fs::create_directories(model);
+  RunConfig cfg = load_config(test::source_path("configs/model/tiny.yaml"), {"model.decoder.vocab_size=1000"});
+  cfg.data.tokenizer = copy_tokenizer_into(test::source_path("tests/fixtures/tokenizer/tiny_llama.model"), model);
+  std::ofstream(model + "/config.yaml") << to_yaml(cfg);
+  MPLUGOwl2ForCausalLM m(cfg.model);
+  init_weights(m, 3);
+  save_state_dict(*m, model);
+  write_video(root + "/data/videos/video1.avi", moving_square(5));
+  write_video(root + "/data/videos/video2.avi", moving_square(12));
+  put(root + "/data", "test_qa.json",
+      R"([{"question": "where does it move?", "answer": "right", "video_id": 1, "id": 0},
+          {"question": "what color is it?", "answer": "red", "video_id": 2, "id": 1}])");
+  const auto r = test::run_owl2("eval --model " + model + " --bench msrvtt_qa --data " + root + "/data --out " + root +
+                                "/out --max-new-tokens 3");
+  INFO(r.out);
+  REQUIRE(r.rc == 0);
+  const auto metrics = nlohmann::json::parse(test::read_text(root + "/out/msrvtt_qa/metrics.json"));
+  CHECK(metrics["scores"]["video_qa"]["questions"] == 2);
+  const auto preds = test::read_text(root + "/out/msrvtt_qa/msrvtt_qa_predictions.jsonl");
+  CHECK(std::count(preds.begin(), preds.end(), '\n') == 2);
 }
 
 }  // namespace owl2_test_video

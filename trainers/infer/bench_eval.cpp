@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "data/video.h"
 #include "eval/bench_suite.h"
 #include "owl2/infer/generate.h"
 #include "trainers/parallel/distributed.h"
@@ -76,6 +77,10 @@ BenchRunResult run_benchmark(MPLUGOwl2ForCausalLM& model, const Tokenizer& token
       const auto& it = items[todo[k]];
       prompts.push_back(tokenizer.encode_with_images(it.prompt));
       for (const auto& img : it.images) images.push_back(load_item_image(img, options.image));
+      if (!it.video.empty()) {  // the clip's frames, sampled and laid out as data/video.h does for training
+        for (const auto& f : data::decode_video(it.video, it.video_frames).frames)
+          images.push_back(preprocess_image(f, options.image));
+      }
     }
     const auto answers = greedy_generate(model, prompts, images.empty() ? torch::Tensor() : torch::stack(images), gen);
     std::vector<std::pair<std::string, std::string>> lines;
