@@ -85,7 +85,7 @@ TEST_CASE("owl2 score has a table row for every metric it documents", "[eval][ch
   // The metrics docs/eval.md documents for `owl2 score`.
   const std::vector<std::string> documented = {"cider", "bleu", "rouge_l", "captions", "vqa", "vqa_official",
                                                "textvqa", "pope", "mme", "mmbench", "scienceqa", "gqa",
-                                               "seed", "qbench", "mmmu", "mmlu"};
+                                               "seed", "video_qa", "qbench", "mmmu", "mmlu"};
   CHECK(eval::score_metric_names() == documented);
   for (const auto& m : documented) {
     INFO(m);
