@@ -91,7 +91,8 @@ void add_data_commands(CLI::App& app, Action& run) {
 
   auto bench_opts = std::make_shared<data::SynthBenchOptions>();
   auto* sbench = data->add_subcommand(
-      "synth-bench", "Write small benchmark folders in the public formats (vqav2, pope, mme, mmbench, coco)");
+      "synth-bench",
+      "Write small benchmark folders in the public formats (vqav2, pope, mme, mmbench, coco; msrvtt_qa with video)");
   sbench->add_option("--out", bench_opts->out_dir, "Output directory")->required();
   sbench->add_option("--seed", bench_opts->seed, "Seed (same seed -> byte-identical files)");
   sbench->add_option("--image-size", bench_opts->image_size, "Image side in pixels")->check(CLI::Range(16, 1024));

@@ -15,6 +15,7 @@
 #include <stdexcept>
 
 #include "data/tar.h"
+#include "data/video.h"
 
 namespace owl2::data {
 
@@ -438,6 +439,34 @@ std::string other(const std::array<const char*, N>& a, const std::string& not_th
 
 }  // namespace
 
+namespace {
+
+// `frames` frames of size x size: a grey background and a `mover` square (side size/4) crossing the middle of the
+// frame toward `direction` (0 right, 1 left, 2 down, 3 up); from the middle frame on, a `late` square sits in the
+// top-left corner, off the mover's path. Telling the direction or the late colour needs more than one frame.
+std::vector<torch::Tensor> motion_clip(int size, int64_t frames, int direction, Rgb mover, Rgb late) {
+  const int64_t side = size / 4, travel = size - side, mid = (size - side) / 2;
+  std::vector<torch::Tensor> out;
+  auto paint = [&](torch::Tensor& f, int64_t y, int64_t x, Rgb c) {
+    auto block = f.slice(0, y, y + side).slice(1, x, x + side);
+    block.select(2, 0).fill_(c.r);
+    block.select(2, 1).fill_(c.g);
+    block.select(2, 2).fill_(c.b);
+  };
+  for (int64_t t = 0; t < frames; ++t) {
+    auto f = torch::full({size, size, 3}, 128, torch::kUInt8);
+    const int64_t along = frames > 1 ? t * travel / (frames - 1) : 0;
+    const int64_t pos = direction % 2 == 0 ? along : travel - along;
+    if (direction < 2) paint(f, mid, pos, mover);
+    else paint(f, pos, mid, mover);
+    if (t >= frames / 2) paint(f, 0, 0, late);
+    out.push_back(f);
+  }
+  return out;
+}
+
+}  // namespace
+
 std::vector<std::string> write_synth_bench(const SynthBenchOptions& o) {
   if (o.out_dir.empty()) throw std::invalid_argument("synth-bench: --out is required");
   if (o.images < 2) throw std::invalid_argument(fmt::format("synth-bench: need at least 2 images, got {}", o.images));
@@ -584,6 +613,27 @@ std::vector<std::string> write_synth_bench(const SynthBenchOptions& o) {
                                             s.color, plural(s))}});
   }
   put("coco/coco_karpathy_test.json", ojson{{"images", images}, {"annotations", caps}}.dump(1));
+
+  // MSRVTT-QA format (msrvtt_qa/, when the build reads and writes video): one Motion-JPEG clip per scene of a
+  // square moving across the frame while a second one appears halfway (motion_clip), and two questions that need
+  // more than one frame: the direction of motion and the colour that appears last.
+  if (video_decoding_available()) {
+    const std::array<const char*, 4> directions{"right", "left", "down", "up"};
+    ojson qa = ojson::array();
+    for (int64_t i = 0; i < o.images; ++i) {
+      Rng rng(mix_seed(o.seed, 3, static_cast<uint64_t>(i)));
+      const auto direction = static_cast<int>(rng.below(4));
+      const std::string mover = pick(kColors, rng), late = other(kColors, mover, rng);
+      const std::string rel = fmt::format("msrvtt_qa/videos/video{}.avi", i + 1);
+      write_video((root / rel).string(), motion_clip(std::max(o.image_size, 32), 16, direction, color_rgb(mover),
+                                                     color_rgb(late)), 8.0);
+      files.push_back(rel);
+      qa.push_back({{"question", fmt::format("which way does the {} square move?", mover)},
+                    {"answer", directions[static_cast<size_t>(direction)]}, {"video_id", i + 1}, {"id", 2 * i}});
+      qa.push_back({{"question", "which colour appears last?"}, {"answer", late}, {"video_id", i + 1}, {"id", 2 * i + 1}});
+    }
+    put("msrvtt_qa/test_qa.json", qa.dump(1));
+  }
   std::sort(files.begin(), files.end());
   return files;
 }

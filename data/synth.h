@@ -65,8 +65,10 @@ SynthSummary write_synth_dataset(const SynthOptions& options);
 // Small benchmark folders in the public formats of the paper's benchmarks, built from held-out scenes, so that
 // `owl2 eval --bench` runs end to end in CI (docs/eval.md): vqav2/ (VQAv2 questions + annotations JSON),
 // pope/ (coco_pope_{random,popular,adversarial}.json), mme/ (existence, count, color task folders),
-// mmbench/ (mmbench_dev_20230712.tsv with base64 images and the circular copies) and coco/ (Karpathy-style
-// caption annotations). Images are PNG files (named .png where the public files use .jpg).
+// mmbench/ (mmbench_dev_20230712.tsv with base64 images and the circular copies), coco/ (Karpathy-style
+// caption annotations) and, when the build has video support, msrvtt_qa/ (test_qa.json + videos/video<id>.avi of
+// moving squares: questions on the direction of motion and the colour that appears last). Images are PNG files
+// (named .png where the public files use .jpg).
 struct SynthBenchOptions {
   std::string out_dir;
   uint64_t seed = 0;

@@ -11,6 +11,7 @@
 #include <map>
 #include <set>
 
+#include "data/video.h"
 #include "eval/bench_suite.h"
 #include "eval/benchmarks.h"
 #include "eval/score_files.h"
@@ -25,6 +26,7 @@ using owl2::test::run_owl2;
 using owl2::test::source_path;
 using owl2::test::temp_dir;
 namespace ev = owl2::eval;
+namespace data = owl2::data;
 namespace fs = std::filesystem;
 
 namespace {
@@ -457,12 +459,22 @@ TEST_CASE("owl2 data synth-bench: the public layouts, readable by the benchmark 
     const std::string rel = fs::relative(e.path(), a).string();
     CHECK(read_text(e.path().string()) == read_text(b + "/" + rel));
   }
-  CHECK(files == 34);  // vqav2 3 + 2 JSON, pope 3 + 3 splits, mme 3 tasks x 3 x (png + txt), mmbench 1, coco 3 + 1
+  // vqav2 3 + 2 JSON, pope 3 + 3 splits, mme 3 tasks x 3 x (png + txt), mmbench 1, coco 3 + 1; msrvtt_qa 3 + 1
+  CHECK(files == (data::video_decoding_available() ? 38u : 34u));
   CHECK(read_bench("vqav2", a + "/vqav2").size() == 9);
   CHECK(read_bench("pope", a + "/pope").size() == 18);
   CHECK(read_bench("mme", a + "/mme").size() == 18);
   CHECK(read_bench("mmbench", a + "/mmbench").size() == 12);  // 3 questions x 4 circular copies, all in the TSV
   CHECK(read_bench("coco", a + "/coco").size() == 3);
+  if (data::video_decoding_available()) {
+    const auto qa = read_bench("msrvtt_qa", a + "/msrvtt_qa");
+    REQUIRE(qa.size() == 6);
+    // The late square is absent from the first frame and present in the last.
+    const auto clip = data::decode_all_frames(qa[0].video);
+    CHECK(clip.total == 16);
+    CHECK(clip.frames.front()[2][2][0].item<int>() == Approx(128).margin(20));
+    CHECK(clip.frames.back()[2][2][0].item<int>() != Approx(128).margin(20));
+  }
   const auto png = read_text(a + "/vqav2/val2014/COCO_val2014_000000000001.png");
   CHECK(read_bench("mmbench", a + "/mmbench")[0].images[0].bytes == png);  // the base64 column round-trips
 }
@@ -577,11 +589,13 @@ TEST_CASE("owl2 eval --bench vqav2 end to end: rescoring, batch size 1 vs 4, res
   check_rescore(lim, out + "/b1/vqav2");
 }
 
-TEST_CASE("owl2 eval --bench pope, mme, mmbench, coco end to end on the synthetic benchmarks", "[eval][bench][cli]") {
+TEST_CASE("owl2 eval --bench pope, mme, mmbench, coco, msrvtt_qa end to end on the synthetic benchmarks",
+          "[eval][bench][cli]") {
   e2e_root("others");
   const std::string out = temp_dir("owl2_bench_e2e2");
-  const std::map<std::string, std::string> limits = {
+  std::map<std::string, std::string> limits = {
       {"pope", ""}, {"mme", "--limit 2"}, {"mmbench", "--limit 2"}, {"coco", "--limit 2"}};
+  if (data::video_decoding_available()) limits["msrvtt_qa"] = "--limit 3";
   for (const auto& [bench, limit] : limits) {
     INFO(bench);
     const auto m = eval_bench(bench, out, "--batch-size 8 " + limit);
@@ -599,6 +613,10 @@ TEST_CASE("owl2 eval --bench pope, mme, mmbench, coco end to end on the syntheti
   CHECK(mmb["scores"]["mmbench"]["questions"] == 2);
   const auto coco = nlohmann::json::parse(read_text(out + "/coco/metrics.json"));
   CHECK(coco["scores"]["captions"]["images"] == 2);
+  if (data::video_decoding_available()) {
+    const auto qa = nlohmann::json::parse(read_text(out + "/msrvtt_qa/metrics.json"));
+    CHECK(qa["scores"]["video_qa"]["questions"] == 3);
+  }
 }
 
 TEST_CASE("owl2 eval --bench under torchrun: 2 ranks answer their shards, rank 0 merges and scores as 1 process",
