@@ -57,14 +57,6 @@ cv::VideoCapture open_clip(const std::string& path) {
   return cap;
 }
 
-int64_t count_frames(const std::string& path) {
-  auto cap = open_clip(path);
-  int64_t n = 0;
-  while (cap.grab()) ++n;
-  if (n == 0) throw std::runtime_error(fmt::format("video {}: no frame could be read (empty or corrupt)", path));
-  return n;
-}
-
 torch::Tensor to_rgb_tensor(const cv::Mat& bgr, const std::string& path, int64_t index) {
   if (bgr.empty() || bgr.depth() != CV_8U) {
     throw std::runtime_error(fmt::format("video {}: frame {} did not decode to 8-bit pixels", path, index));
@@ -82,44 +74,71 @@ torch::Tensor to_rgb_tensor(const cv::Mat& bgr, const std::string& path, int64_t
   return t;
 }
 
-// Decodes the frames at `wanted` (ascending, repeats allowed) in one sequential pass.
-DecodedVideo read_frames(const std::string& path, int64_t total, const std::vector<int64_t>& wanted) {
+// One sequential pass: decodes every frame (OpenCV's grab() decodes), converts those at `wanted` (ascending,
+// repeats allowed) to RGB and counts the frames. With `to_end` false it stops after the last wanted frame.
+DecodedVideo scan(cv::VideoCapture& cap, const std::string& path, const std::vector<int64_t>& wanted, bool to_end) {
   DecodedVideo out;
-  out.total = total;
   out.indices = wanted;
-  auto cap = open_clip(path);
   size_t next = 0;
   cv::Mat frame;
-  for (int64_t i = 0; i < total && next < wanted.size(); ++i) {
-    if (!cap.grab()) {
-      throw std::runtime_error(fmt::format("video {}: frame {} of {} could not be read the second time", path, i, total));
-    }
-    if (wanted[next] != i) continue;
-    if (!cap.retrieve(frame)) throw std::runtime_error(fmt::format("video {}: frame {} does not decode", path, i));
-    const auto rgb = to_rgb_tensor(frame, path, i);
+  int64_t i = 0;
+  for (; to_end || next < wanted.size(); ++i) {
+    if (!cap.grab()) break;
     while (next < wanted.size() && wanted[next] == i) {
-      out.frames.push_back(rgb);
+      if (out.frames.size() == next) {
+        if (!cap.retrieve(frame)) throw std::runtime_error(fmt::format("video {}: frame {} does not decode", path, i));
+        out.frames.push_back(to_rgb_tensor(frame, path, i));
+      } else {
+        out.frames.push_back(out.frames.back());
+      }
       ++next;
     }
   }
-  if (out.frames.size() != wanted.size()) {
-    throw std::runtime_error(fmt::format("video {}: {} of {} frames decoded", path, out.frames.size(), wanted.size()));
-  }
+  out.total = i;
   return out;
+}
+
+DecodedVideo exactly(const std::string& path, int64_t total, const std::vector<int64_t>& wanted) {
+  auto cap = open_clip(path);
+  auto v = scan(cap, path, wanted, /*to_end=*/false);
+  if (v.frames.size() != wanted.size()) {
+    throw std::runtime_error(fmt::format("video {}: {} of {} frames decoded (the clip has {} frames)", path,
+                                         v.frames.size(), wanted.size(), total));
+  }
+  v.total = total;
+  return v;
 }
 
 }  // namespace
 
+// The container's frame count is a guess (exact for most MP4 / AVI files, often wrong for GIF and WebM): the
+// frames it implies are decoded in a pass that goes on to the end and counts. When the count was right, that one
+// pass is the answer; otherwise a second pass decodes the frames of the true count. Either way the frames are
+// those of video_frame_indices(true count, n).
 DecodedVideo decode_video(const std::string& path, int64_t n) {
-  const int64_t total = count_frames(path);
-  return read_frames(path, total, video_frame_indices(total, n));
+  if (n < 1) throw std::invalid_argument(fmt::format("video {}: {} frames asked for (at least 1)", path, n));
+  auto cap = open_clip(path);
+  const double c = cap.get(cv::CAP_PROP_FRAME_COUNT);
+  const int64_t guess = c > 0 && c < 1e9 ? static_cast<int64_t>(c) : 0;
+  int64_t total = 0;
+  if (guess > 0) {
+    auto v = scan(cap, path, video_frame_indices(guess, n), /*to_end=*/true);
+    if (v.total == guess && v.frames.size() == static_cast<size_t>(n)) return v;
+    total = v.total;
+  } else {
+    total = scan(cap, path, {}, /*to_end=*/true).total;
+  }
+  if (total == 0) throw std::runtime_error(fmt::format("video {}: no frame could be read (empty or corrupt)", path));
+  return exactly(path, total, video_frame_indices(total, n));
 }
 
 DecodedVideo decode_all_frames(const std::string& path) {
-  const int64_t total = count_frames(path);
+  auto cap = open_clip(path);
+  const int64_t total = scan(cap, path, {}, /*to_end=*/true).total;
+  if (total == 0) throw std::runtime_error(fmt::format("video {}: no frame could be read (empty or corrupt)", path));
   std::vector<int64_t> all(static_cast<size_t>(total));
   for (int64_t i = 0; i < total; ++i) all[static_cast<size_t>(i)] = i;
-  return read_frames(path, total, all);
+  return exactly(path, total, all);
 }
 
 std::string encode_frame_bmp(const torch::Tensor& rgb_HW3) {

@@ -21,9 +21,10 @@ struct DecodedVideo {
   int64_t total = 0;                  // frames in the clip
 };
 
-// The n frames video_frame_indices picks. The clip is read twice: once to count its frames (container frame
-// counts are unreliable for GIF and WebM), once to decode the chosen ones. Throws std::runtime_error naming the
-// file when it does not exist, cannot be opened, or holds no frame.
+// The n frames video_frame_indices picks from the clip's true frame count. One pass decodes the frames that the
+// container's frame count implies and counts to the end; only when that count was wrong (common for GIF and
+// WebM) does a second pass decode the frames of the true count. Throws std::runtime_error naming the file when it
+// does not exist, cannot be opened, or holds no frame.
 DecodedVideo decode_video(const std::string& path, int64_t n);
 
 // Every frame of the clip (for tests and tools). Same errors as decode_video.
