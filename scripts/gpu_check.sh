@@ -213,6 +213,10 @@ for prec in bf16 bf16-autocast; do
 done
 bench "stage2_${S2_LAYERS}layers_bf16" --config "$S2" --device "$DEVICE" --steps 3 --warmup 2 "${S2_BATCH[@]}" \
   --set train.precision=bf16 --set model.decoder.num_hidden_layers="$S2_LAYERS"
+# LoRA rank 64 against full fine-tuning, step by step in one process (both models on the GPU: half the layers).
+bench "stage2_lora64_vs_full" --config "$S2" --device "$DEVICE" --steps 3 --warmup 2 "${S2_BATCH[@]}" \
+  --set train.precision=bf16 --set model.decoder.num_hidden_layers="$(( (S2_LAYERS + 1) / 2 ))" \
+  --against lora.rank=64 lora.alpha=128
 
 step "packing: padded, grouped and packed batches of the LLaVA-shaped lengths (owl2 bench packing)"
 if out=$("$BIN"/owl2 bench packing --device "$DEVICE" --samples 256 --repeats 2 2> "$LOG/bench_packing.log"); then
