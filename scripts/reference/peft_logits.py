@@ -15,19 +15,11 @@ from safetensors.torch import load_file, save_file
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
-from reference import ReferenceOwl2, ReferenceConfig  # noqa: E402
+from reference import ReferenceOwl2  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(HERE))
 
-# Must equal TINY in scripts/make_golden.py and tiny_golden_config() in tests/golden_io.h.
-TINY = ReferenceConfig(
-    vision=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, num_channels=3,
-                image_size=12, patch_size=4, layer_norm_eps=1e-6),
-    abstractor=dict(num_learnable_queries=4, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                    intermediate_size=24, encoder_hidden_size=16, grid_size=3, layer_norm_eps=1e-6,
-                    attn_norm_eps=1e-5),
-    decoder=dict(vocab_size=48, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=4, max_position_embeddings=64, rms_norm_eps=1e-6, rope_theta=10000.0))
+from make_golden import TINY  # noqa: E402  (the tiny golden configuration, tests/golden_io.h)
 
 
 def tiny_base():
