@@ -121,6 +121,8 @@ SampleInfo info_of(size_t num_images, const std::vector<Turn>& turns, const std:
 // ---------------------------------------------------------------------------------------------
 // Tar shards
 
+}  // namespace
+
 bool is_image_ext(std::string ext) {
   std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return std::tolower(c); });
   for (const char* e : {"jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff"})
@@ -129,7 +131,7 @@ bool is_image_ext(std::string ext) {
 }
 
 // The shards a JSON shard list names, relative to its folder.
-std::vector<std::string> read_shard_list(const std::string& path) {
+static std::vector<std::string> read_shard_list(const std::string& path) {
   std::ifstream f(path);
   const json j = json::parse(f, nullptr, false);
   if (j.is_discarded() || !j.is_array())
@@ -144,29 +146,62 @@ std::vector<std::string> read_shard_list(const std::string& path) {
   return shards;
 }
 
+std::vector<std::string> resolve_shards(const std::string& path, bool check_exist) {
+  std::vector<std::string> shards;
+  if (path.find('{') != std::string::npos || is_shard_list(path)) {
+    shards = path.find('{') != std::string::npos ? expand_shard_pattern(path) : read_shard_list(path);
+    if (shards.empty()) throw std::runtime_error(fmt::format("{}: the shard list names no shards", path));
+    if (check_exist) {
+      for (const auto& s : shards) {
+        if (!fs::is_regular_file(s))
+          throw std::runtime_error(fmt::format("{}: shard {} does not exist ({} shards named)", path, s, shards.size()));
+      }
+    }
+  } else if (fs::is_directory(path)) {
+    for (const auto& e : fs::directory_iterator(path)) {
+      const std::string n = e.path().filename().string();
+      if (e.is_regular_file() && (ends_with(n, ".tar") || ends_with(n, ".tar.gz") || ends_with(n, ".tgz")))
+        shards.push_back(e.path().string());
+    }
+    std::sort(shards.begin(), shards.end());
+    if (shards.empty()) throw std::runtime_error(fmt::format("{}: no .tar shards in this folder", path));
+  } else {
+    if (!fs::exists(path)) throw std::runtime_error(fmt::format("{}: no such tar file or folder", path));
+    shards.push_back(path);
+  }
+  return shards;
+}
+
+bool pair_caption(const std::string* txt, const std::string* json_text, const std::string& shard,
+                  const std::string& where, BadInputLog& log, std::string& caption) {
+  if (txt) {
+    caption = *txt;
+    return true;
+  }
+  if (!json_text) {
+    log.report(bad::kMissingCaption, shard, where, "neither .txt nor .json member for this key");
+    return false;
+  }
+  const json j = json::parse(*json_text, nullptr, false);
+  if (j.is_discarded()) {
+    log.report(bad::kMalformedJson, shard, where + ".json", "not valid JSON");
+    return false;
+  }
+  if (!j.is_object() || !j.contains("caption") || !j["caption"].is_string()) {
+    log.report(bad::kMissingCaption, shard, where + ".json", "no string \"caption\" field");
+    return false;
+  }
+  caption = j["caption"].get<std::string>();
+  return true;
+}
+
+namespace {
+
 class TarShards : public Dataset {
  public:
   TarShards(const std::string& path, const ReadOptions& options) : name_(path) {
     auto log = log_of(options);
-    if (path.find('{') != std::string::npos || is_shard_list(path)) {
-      shards_ = path.find('{') != std::string::npos ? expand_shard_pattern(path) : read_shard_list(path);
-      if (shards_.empty()) throw std::runtime_error(fmt::format("{}: the shard list names no shards", path));
-      for (const auto& s : shards_) {
-        if (!fs::is_regular_file(s))
-          throw std::runtime_error(fmt::format("{}: shard {} does not exist ({} shards named)", path, s, shards_.size()));
-      }
-    } else if (fs::is_directory(path)) {
-      for (const auto& e : fs::directory_iterator(path)) {
-        const std::string n = e.path().filename().string();
-        if (e.is_regular_file() && (ends_with(n, ".tar") || ends_with(n, ".tar.gz") || ends_with(n, ".tgz")))
-          shards_.push_back(e.path().string());
-      }
-      std::sort(shards_.begin(), shards_.end());
-      if (shards_.empty()) throw std::runtime_error(fmt::format("{}: no .tar shards in this folder", path));
-    } else {
-      if (!fs::exists(path)) throw std::runtime_error(fmt::format("{}: no such tar file or folder", path));
-      shards_.push_back(path);
-    }
+    shards_ = resolve_shards(path, true);
     size_t bad = 0;
     for (uint32_t s = 0; s < shards_.size(); ++s) bad += index_shard(s, *log);
     check_bad_fraction(name_, items_.size(), bad, options.max_bad_fraction, *log);
@@ -249,24 +284,9 @@ class TarShards : public Dataset {
       }
       Item item{s, key, g.images, ""};
       try {
-        if (g.txt) {
-          item.caption = read_tar_member(shard, *g.txt);
-        } else if (g.js) {
-          const std::string text = read_tar_member(shard, *g.js);
-          const json j = json::parse(text, nullptr, false);
-          if (j.is_discarded()) {
-            log.report(bad::kMalformedJson, shard, where + ".json", "not valid JSON");
-            ++bad;
-            continue;
-          }
-          if (!j.is_object() || !j.contains("caption") || !j["caption"].is_string()) {
-            log.report(bad::kMissingCaption, shard, where + ".json", "no string \"caption\" field");
-            ++bad;
-            continue;
-          }
-          item.caption = j["caption"].get<std::string>();
-        } else {
-          log.report(bad::kMissingCaption, shard, where, "neither .txt nor .json member for this key");
+        const std::string txt = g.txt ? read_tar_member(shard, *g.txt) : std::string();
+        const std::string js = !g.txt && g.js ? read_tar_member(shard, *g.js) : std::string();
+        if (!pair_caption(g.txt ? &txt : nullptr, g.js ? &js : nullptr, shard, where, log, item.caption)) {
           ++bad;
           continue;
         }

@@ -113,6 +113,19 @@ std::shared_ptr<Dataset> open_tar_shards(const std::string& path, const ReadOpti
 // range, or more than 10 million names.
 std::vector<std::string> expand_shard_pattern(const std::string& pattern);
 
+// The shard files `path` names, in the forms open_tar_shards takes (a folder's shards in name order). With
+// check_exist, a shard named by a pattern or list that is not a file is an error naming it (a stat per shard).
+std::vector<std::string> resolve_shards(const std::string& path, bool check_exist);
+
+// Whether a member's extension (after the key's first dot) is an image the tar readers take: jpg, jpeg, png,
+// webp, bmp, tif, tiff, in any case.
+bool is_image_ext(std::string ext);
+
+// The caption of an image-text pair from its .txt member or else the "caption" string of its .json member
+// (nullptr: no such member). False when neither gives one; the reason is reported to `log` under `where`.
+bool pair_caption(const std::string* txt, const std::string* json_text, const std::string& shard,
+                  const std::string& where, BadInputLog& log, std::string& caption);
+
 // Whether `path` is a JSON shard list: a .json file whose top-level array starts with a string (LLaVA JSON
 // starts with an object). Reads only the first bytes.
 bool is_shard_list(const std::string& path);

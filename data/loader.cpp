@@ -9,7 +9,12 @@
 namespace owl2::data {
 
 std::string state_to_json(const LoaderState& s) {
-  return nlohmann::json{{"seed", s.seed}, {"epoch", s.epoch}, {"position", s.position}}.dump();
+  nlohmann::json j{{"seed", s.seed}, {"epoch", s.epoch}, {"position", s.position}};
+  if (s.streaming()) {
+    j["shard"] = s.shard;
+    j["sample"] = s.sample;
+  }
+  return j.dump();
 }
 
 LoaderState state_from_json(const std::string& text) {
@@ -25,6 +30,12 @@ LoaderState state_from_json(const std::string& text) {
   field("seed", s.seed);
   field("epoch", s.epoch);
   field("position", s.position);
+  if (j.contains("shard")) {
+    field("shard", s.shard);
+    field("sample", s.sample);
+    if (s.shard < 0 || s.sample < 0)
+      throw std::invalid_argument(fmt::format("loader state: 'shard' and 'sample' must be >= 0 in '{}'", text));
+  }
   return s;
 }
 

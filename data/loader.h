@@ -5,6 +5,7 @@
 #pragma once
 #include <algorithm>
 #include <condition_variable>
+#include <exception>
 #include <cstdint>
 #include <functional>
 #include <iostream>
@@ -20,15 +21,22 @@
 
 #include "data/choices.h"
 #include "data/dataset.h"
+#include "data/stream.h"
 
 namespace owl2::data {
 
 // Where a loader stands: batches already produced in `epoch` for this rank. Small and JSON-serializable,
 // so a checkpoint can carry it and a resumed run continues with exactly the batches that would follow.
+// A streaming loader (over a ShardStream) also records its stream position: `shard` (>= 0; -1 for an indexed
+// loader) in the rank's shard list of the epoch and `sample` groups read from it. That position belongs to one
+// rank at one world size.
 struct LoaderState {
   uint64_t seed = 0;
   int64_t epoch = 0;
   int64_t position = 0;
+  int64_t shard = -1;
+  int64_t sample = 0;
+  bool streaming() const { return shard >= 0; }
 };
 std::string state_to_json(const LoaderState& s);
 LoaderState state_from_json(const std::string& text);  // throws std::invalid_argument naming the bad field
@@ -109,12 +117,32 @@ class Loader {
 
   Loader(std::shared_ptr<const Dataset> dataset, LoaderOptions options, Transform transform, Collate collate,
          LengthHooks hooks = {}, std::shared_ptr<BadInputLog> log = nullptr)
+      : Loader(std::move(dataset), nullptr, std::move(options), std::move(transform), std::move(collate),
+               std::move(hooks), std::move(log)) {}
+
+  // Streaming (docs/datasets.md, "Streaming"): batches of batch_size consecutive samples of this rank's stream;
+  // an epoch ends when the rank's shards do (ranks may differ by a batch or so). The stream's rank, world size
+  // and seed are its own (the state's seed is the stream's); options.rank, world_size, seed and shuffle do not
+  // apply, and group_by_modality and packing are refused. The log defaults to the stream's.
+  Loader(std::shared_ptr<ShardStream> stream, LoaderOptions options, Transform transform, Collate collate,
+         LengthHooks hooks = {}, std::shared_ptr<BadInputLog> log = nullptr)
+      : Loader(nullptr, std::move(stream), std::move(options), std::move(transform), std::move(collate),
+               std::move(hooks), std::move(log)) {}
+
+ private:
+  Loader(std::shared_ptr<const Dataset> dataset, std::shared_ptr<ShardStream> stream, LoaderOptions options,
+         Transform transform, Collate collate, LengthHooks hooks, std::shared_ptr<BadInputLog> log)
       : dataset_(std::move(dataset)),
+        stream_(std::move(stream)),
         opt_(options),
         transform_(std::move(transform)),
         collate_(std::move(collate)),
         hooks_(std::move(hooks)),
-        log_(log ? std::move(log) : std::make_shared<BadInputLog>(&std::cerr)) {
+        log_(log ? std::move(log) : stream_ ? std::shared_ptr<BadInputLog>(stream_, &stream_->log())
+                                            : std::make_shared<BadInputLog>(&std::cerr)) {
+    if (stream_ && (opt_.pack_tokens > 0 || opt_.group_by_modality))
+      throw std::invalid_argument("loader: a streaming loader cannot pack or group by modality");
+    if (stream_) opt_.seed = stream_->seed();
     if (opt_.pack_tokens < 0) throw std::invalid_argument("loader: pack_tokens must be >= 0");
     if (opt_.pack_tokens > 0) {
       if (!hooks_.planned_length || !hooks_.length || !hooks_.packed_collate)
@@ -122,7 +150,7 @@ class Loader {
       if (opt_.pack_buffer < 1) throw std::invalid_argument("loader: pack_buffer must be >= 1");
       opt_.max_length = opt_.max_length > 0 ? std::min(opt_.max_length, opt_.pack_tokens) : opt_.pack_tokens;
     }
-    if (!dataset_) throw std::invalid_argument("loader: dataset is null");
+    if (!dataset_ && !stream_) throw std::invalid_argument("loader: dataset is null");
     if (opt_.batch_size < 1) throw std::invalid_argument("loader: batch_size must be >= 1");
     if (opt_.world_size < 1 || opt_.rank < 0 || opt_.rank >= opt_.world_size)
       throw std::invalid_argument(fmt::format("loader: rank {} is outside world size {}", opt_.rank, opt_.world_size));
@@ -132,14 +160,17 @@ class Loader {
       throw std::invalid_argument("loader: max_length is set but no length hook was given");
     if (opt_.max_length > 0 && opt_.length_policy == LengthPolicy::kTruncate && !hooks_.truncate)
       throw std::invalid_argument("loader: length policy 'truncate' needs a truncate hook");
-    reset({opt_.seed, 0, 0});
+    reset({opt_.seed, 0, 0, stream_ ? 0 : -1, 0});
   }
+
+ public:
   ~Loader() { stop_workers(); }
   Loader(const Loader&) = delete;
   Loader& operator=(const Loader&) = delete;
 
   // The next batch of this epoch, or nullopt at its end (then call set_epoch(epoch + 1)).
   std::optional<Batch> next() {
+    if (stream_) return next_streamed();
     while (pos_ < static_cast<int64_t>(plan_.size())) {
       const auto& indices = plan_[static_cast<size_t>(pos_)];
       std::vector<Example> examples;
@@ -149,30 +180,13 @@ class Loader {
       size_t row = 0, row_end = rows && !rows->empty() ? (*rows)[0] : 0;
       for (size_t k = 0; k < indices.size(); ++k) {
         while (rows && k >= row_end) row_end += (*rows)[++row];
-        std::optional<Example> ex = take();
-        ++counters_.taken;
-        if (!ex) {
-          ++counters_.transform_errors;
-          continue;
-        }
-        if (opt_.max_length > 0) {
-          const int64_t len = hooks_.length(*ex);
-          if (len > opt_.max_length) {
-            if (opt_.length_policy == LengthPolicy::kDrop) {
-              ++counters_.dropped_too_long;
-              continue;
-            }
-            hooks_.truncate(*ex, opt_.max_length);
-            ++counters_.truncated;
-          }
-        }
-        examples.push_back(std::move(*ex));
+        Taken t = take();
+        if (!keep(t.example)) continue;
+        examples.push_back(std::move(*t.example));
         if (rows) row_of.push_back(row);
       }
       ++pos_;
-      if (counters_.taken >= opt_.bad_check_after)
-        check_bad_fraction(dataset_->name() + " (loader)", static_cast<size_t>(counters_.taken - counters_.transform_errors),
-                           static_cast<size_t>(counters_.transform_errors), opt_.max_bad_fraction, *log_);
+      check_bad();
       if (examples.empty()) {
         ++counters_.empty_batches;
         continue;
@@ -185,10 +199,14 @@ class Loader {
   }
 
   // Starts `epoch` from its first batch.
-  void set_epoch(int64_t epoch) { reset({seed_, epoch, 0}); }
-  LoaderState state() const { return {seed_, epoch_, pos_}; }
+  void set_epoch(int64_t epoch) { reset({seed_, epoch, 0, stream_ ? 0 : -1, 0}); }
+  LoaderState state() const {
+    if (stream_) return {seed_, epoch_, pos_, stream_pos_.shard, stream_pos_.sample};
+    return {seed_, epoch_, pos_};
+  }
   void load_state(const LoaderState& s) { reset(s); }
-  size_t num_batches() const { return plan_.size(); }
+  size_t num_batches() const { return plan_.size(); }  // streaming: 0 (not known ahead)
+  bool streaming() const { return stream_ != nullptr; }
   const std::vector<std::vector<size_t>>& plan() const { return plan_; }  // dataset indices per batch
   // Packing: the number of samples in each row of each batch (plan()[b] is its rows one after the other).
   const std::vector<std::vector<size_t>>& row_sizes() const { return rows_; }
@@ -202,7 +220,20 @@ class Loader {
     stop_workers();
     LoaderOptions o = opt_;
     o.seed = s.seed;
-    if (packing()) {
+    if (stream_) {
+      if (!s.streaming())
+        throw std::invalid_argument(fmt::format("loader: a streaming loader needs a stream position (shard, sample); "
+                                                "this state of epoch {} was saved by an indexed loader", s.epoch));
+      if (s.position < 0) throw std::invalid_argument(fmt::format("loader: state position {} is negative", s.position));
+      if (s.seed != stream_->seed())
+        throw std::invalid_argument(fmt::format("loader: the state was saved with seed {}, but the stream assigns shards "
+                                                "with seed {}",
+                                                s.seed, stream_->seed()));
+      stream_->seek({s.epoch, s.shard, s.sample});
+      stream_pos_ = stream_->position();
+      stream_done_ = ended_ = false;
+      plan_.clear();
+    } else if (packing()) {
       if (lengths_.empty()) compute_lengths();
       plan_.clear();
       rows_.clear();
@@ -217,7 +248,11 @@ class Loader {
     } else {
       plan_ = plan_epoch(*dataset_, o, s.epoch);
     }
-    if (s.position < 0 || s.position > static_cast<int64_t>(plan_.size()))
+    if (!stream_ && s.streaming())
+      throw std::invalid_argument(fmt::format("loader: the state holds a stream position (shard {}, sample {}), but "
+                                              "this loader reads an indexed dataset (data.streaming is off)",
+                                              s.shard, s.sample));
+    if (!stream_ && (s.position < 0 || s.position > static_cast<int64_t>(plan_.size())))
       throw std::invalid_argument(fmt::format("loader: state position {} is outside epoch {} of {} batches",
                                               s.position, s.epoch, plan_.size()));
     seed_ = s.seed;
@@ -230,6 +265,9 @@ class Loader {
     slots_.clear();
     slots_.resize(opt_.prefetch);  // resize, not assign: Example may be move-only
     ready_.assign(opt_.prefetch, 0);
+    ends_.assign(opt_.prefetch, 0);
+    afters_.assign(opt_.prefetch, StreamPosition{});
+    errors_.assign(opt_.prefetch, nullptr);
     stop_ = false;
   }
 
@@ -253,31 +291,128 @@ class Loader {
     for (auto& t : pool) t.join();
   }
 
-  // Loads and transforms one sample; a failure is reported and gives nullopt.
-  std::optional<Example> produce(size_t index) {
-    std::string what = fmt::format("{} sample {}", dataset_->name(), index);
+  // One item from the queue: the example (nullopt if it failed), or the end of the rank's stream.
+  struct Taken {
+    std::optional<Example> example;
+    bool end = false;
+    StreamPosition after;  // streaming: the stream position after this item
+  };
+
+  // Counts a taken example and applies the length policy; false if it is not kept.
+  bool keep(std::optional<Example>& ex) {
+    ++counters_.taken;
+    if (!ex) {
+      ++counters_.transform_errors;
+      return false;
+    }
+    if (opt_.max_length > 0) {
+      const int64_t len = hooks_.length(*ex);
+      if (len > opt_.max_length) {
+        if (opt_.length_policy == LengthPolicy::kDrop) {
+          ++counters_.dropped_too_long;
+          return false;
+        }
+        hooks_.truncate(*ex, opt_.max_length);
+        ++counters_.truncated;
+      }
+    }
+    return true;
+  }
+
+  void check_bad() {
+    if (counters_.taken >= opt_.bad_check_after)
+      check_bad_fraction(name() + " (loader)", static_cast<size_t>(counters_.taken - counters_.transform_errors),
+                         static_cast<size_t>(counters_.transform_errors), opt_.max_bad_fraction, *log_);
+  }
+
+  const std::string& name() const { return stream_ ? stream_->name() : dataset_->name(); }
+
+  std::optional<Batch> next_streamed() {
+    while (!stream_done_) {
+      std::vector<Example> examples;
+      size_t took = 0;
+      while (took < opt_.batch_size) {
+        Taken t = take();
+        stream_pos_ = t.after;
+        if (t.end) {
+          stream_done_ = true;
+          break;
+        }
+        ++took;
+        if (keep(t.example)) examples.push_back(std::move(*t.example));
+      }
+      if (took > 0) check_bad();
+      if (took == 0 || (stream_done_ && opt_.drop_last && took < opt_.batch_size)) break;
+      ++pos_;
+      if (examples.empty()) {
+        ++counters_.empty_batches;
+        continue;
+      }
+      counters_.examples += static_cast<int64_t>(examples.size());
+      return collate_(std::move(examples));
+    }
+    return std::nullopt;
+  }
+
+  // Transforms one sample; a failure is reported and gives nullopt.
+  std::optional<Example> transform(RawSample&& s, const std::string& where) {
+    const std::string what = s.id.empty() ? where : fmt::format("{} id {}", s.source, s.id);
     try {
-      RawSample s = dataset_->get(index);
-      what = fmt::format("{} id {}", s.source, s.id);
       return transform_(std::move(s));
     } catch (const std::exception& e) {
-      log_->report(bad::kTransformError, dataset_->name(), what, e.what());
+      log_->report(bad::kTransformError, name(), what, e.what());
       return std::nullopt;
     }
   }
 
-  std::optional<Example> take() {
-    if (opt_.num_workers == 0) return produce(items_.at(consumed_++));
+  // Loads and transforms one sample of the indexed dataset; a failure is reported and gives nullopt.
+  std::optional<Example> produce(size_t index) {
+    const std::string what = fmt::format("{} sample {}", dataset_->name(), index);
+    RawSample s;
+    try {
+      s = dataset_->get(index);
+    } catch (const std::exception& e) {
+      log_->report(bad::kTransformError, dataset_->name(), what, e.what());
+      return std::nullopt;
+    }
+    return transform(std::move(s), what);
+  }
+
+  // Streaming: reads the next raw sample (the caller holds read_mu_ or is the only reader).
+  std::optional<RawSample> read_stream(StreamPosition& after) {
+    std::optional<RawSample> raw = stream_->next();
+    after = stream_->position();
+    return raw;
+  }
+
+  Taken take() {
+    if (opt_.num_workers == 0) {
+      Taken t;
+      if (stream_) {
+        std::optional<RawSample> raw = read_stream(t.after);
+        if (!raw) t.end = true;
+        else t.example = transform(std::move(*raw), stream_->name());
+        return t;
+      }
+      t.example = produce(items_.at(consumed_++));
+      return t;
+    }
     if (workers_.empty()) start_workers();
     std::unique_lock<std::mutex> lock(mu_);
     const size_t slot = consumed_ % slots_.size();
     cv_.wait(lock, [&] { return ready_[slot] != 0; });
-    std::optional<Example> ex = std::move(slots_[slot]);
+    if (errors_[slot]) {
+      std::exception_ptr error = errors_[slot];
+      errors_[slot] = nullptr;
+      ready_[slot] = 0;
+      std::rethrow_exception(error);
+    }
+    Taken t{std::move(slots_[slot]), ends_[slot] != 0, afters_[slot]};
     slots_[slot].reset();
     ready_[slot] = 0;
     ++consumed_;
     cv_.notify_all();
-    return ex;
+    return t;
   }
 
   void start_workers() {
@@ -287,19 +422,53 @@ class Loader {
   void work() {
     for (;;) {
       size_t ticket;
+      std::optional<RawSample> raw;
+      StreamPosition after;
+      bool end = false;
+      std::exception_ptr error;
       {
-        std::unique_lock<std::mutex> lock(mu_);
-        // Bounded: never run more than `prefetch` examples ahead of the consumer.
-        cv_.wait(lock, [&] {
-          return stop_ || next_ticket_ >= items_.size() || next_ticket_ < consumed_ + slots_.size();
-        });
-        if (stop_ || next_ticket_ >= items_.size()) return;
-        ticket = next_ticket_++;
+        // Streaming: the stream is read in ticket order, one reader at a time; the transforms run in parallel.
+        std::unique_lock<std::mutex> read_lock(read_mu_, std::defer_lock);
+        if (stream_) read_lock.lock();
+        {
+          std::unique_lock<std::mutex> lock(mu_);
+          // Bounded: never run more than `prefetch` examples ahead of the consumer.
+          cv_.wait(lock, [&] {
+            return stop_ || ended_ || (!stream_ && next_ticket_ >= items_.size()) ||
+                   next_ticket_ < consumed_ + slots_.size();
+          });
+          if (stop_ || ended_ || (!stream_ && next_ticket_ >= items_.size())) return;
+          ticket = next_ticket_++;
+        }
+        if (stream_) {
+          try {
+            raw = read_stream(after);
+          } catch (...) {  // e.g. over the bad-input limit: the consumer gets the error at this ticket
+            error = std::current_exception();
+            std::lock_guard<std::mutex> lock(mu_);
+            ended_ = true;
+            end = true;
+          }
+          if (!raw && !end) {
+            std::lock_guard<std::mutex> lock(mu_);
+            ended_ = true;
+            end = true;
+          }
+        }
       }
-      std::optional<Example> ex = produce(items_[ticket]);
+      std::optional<Example> ex;
+      if (stream_) {
+        if (raw) ex = transform(std::move(*raw), stream_->name());
+      } else {
+        ex = produce(items_[ticket]);
+      }
       std::lock_guard<std::mutex> lock(mu_);
-      slots_[ticket % slots_.size()] = std::move(ex);
-      ready_[ticket % slots_.size()] = 1;
+      const size_t slot = ticket % slots_.size();
+      slots_[slot] = std::move(ex);
+      ends_[slot] = end ? 1 : 0;
+      afters_[slot] = after;
+      errors_[slot] = error;
+      ready_[slot] = 1;
       cv_.notify_all();
     }
   }
@@ -315,6 +484,7 @@ class Loader {
   }
 
   std::shared_ptr<const Dataset> dataset_;
+  std::shared_ptr<ShardStream> stream_;
   LoaderOptions opt_;
   Transform transform_;
   Collate collate_;
@@ -328,12 +498,19 @@ class Loader {
   std::vector<size_t> items_;  // dataset indices of the remaining batches, flattened
   std::vector<std::vector<size_t>> rows_;  // packing: samples per row, per batch
   std::vector<int64_t> lengths_;           // packing: planned length per dataset index
+  StreamPosition stream_pos_;              // streaming: after the last item taken
+  bool stream_done_ = false;               // streaming: the end of the rank's epoch was taken
 
   std::mutex mu_;
   std::condition_variable cv_;
   std::vector<std::thread> workers_;
   std::vector<std::optional<Example>> slots_;
   std::vector<char> ready_;
+  std::vector<char> ends_;                 // streaming: the slot marks the end of the stream
+  std::vector<StreamPosition> afters_;     // streaming: the stream position after the slot's item
+  std::vector<std::exception_ptr> errors_;  // streaming: reading the slot's item threw this
+  std::mutex read_mu_;                     // streaming: one reader of the stream at a time
+  bool ended_ = false;                     // streaming: a worker read the end; no more tickets
   size_t next_ticket_ = 0;
   size_t consumed_ = 0;
   bool stop_ = false;

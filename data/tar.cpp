@@ -8,6 +8,7 @@
 
 #include <fmt/format.h>
 
+#include <atomic>
 #include <memory>
 #include <stdexcept>
 
@@ -23,6 +24,8 @@ struct WriteCloser {
 struct EntryFree {
   void operator()(archive_entry* e) const { archive_entry_free(e); }
 };
+
+std::atomic<int64_t> g_opens{0};
 
 std::string archive_message(archive* a) {
   const char* s = archive_error_string(a);
@@ -58,6 +61,7 @@ TarIndex index_tar(const std::string& path) {
   std::unique_ptr<archive, ReadCloser> a(archive_read_new());
   archive_read_support_filter_all(a.get());
   archive_read_support_format_tar(a.get());
+  ++g_opens;
   if (archive_read_open_filename(a.get(), path.c_str(), 1 << 16) != ARCHIVE_OK)
     throw std::runtime_error(fmt::format("{}: cannot open tar file: {}", path, archive_message(a.get())));
 
@@ -113,6 +117,7 @@ TarIndex index_tar(const std::string& path) {
 
 std::string read_tar_member(const std::string& path, const TarMember& member) {
   if (member.offset < 0) return member.data;
+  ++g_opens;
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) throw std::runtime_error(fmt::format("{}: cannot open tar file to read member '{}'", path, member.name));
   std::string out(static_cast<size_t>(member.size), '\0');
@@ -128,5 +133,59 @@ std::string read_tar_member(const std::string& path, const TarMember& member) {
                                          member.name, done, out.size(), member.offset));
   return out;
 }
+
+struct TarReader::Impl {
+  archive* handle = archive_read_new();
+  ~Impl() { archive_read_free(handle); }
+  std::string member;     // the current member's name
+  bool data_read = true;  // its bytes were read (or there is no current member)
+  int64_t members = 0;    // regular members seen
+};
+
+TarReader::TarReader(const std::string& path) : path_(path), impl_(std::make_unique<Impl>()) {
+  archive* a = impl_->handle;
+  archive_read_support_filter_all(a);
+  archive_read_support_format_tar(a);
+  ++g_opens;
+  if (archive_read_open_filename(a, path.c_str(), 1 << 16) != ARCHIVE_OK)
+    throw std::runtime_error(fmt::format("{}: cannot open tar file: {}", path, archive_message(a)));
+}
+
+TarReader::~TarReader() = default;
+
+std::optional<std::string> TarReader::next_header() {
+  archive* a = impl_->handle;
+  for (;;) {
+    archive_entry* entry = nullptr;
+    const int r = archive_read_next_header(a, &entry);  // skips the current member's unread bytes
+    if (r == ARCHIVE_EOF) return std::nullopt;
+    if (r != ARCHIVE_OK && r != ARCHIVE_WARN)
+      throw std::runtime_error(fmt::format("{}: damaged tar archive after {} members: {}", path_, impl_->members,
+                                           archive_message(a)));
+    if (archive_entry_filetype(entry) != AE_IFREG) continue;
+    ++impl_->members;
+    impl_->member = archive_entry_pathname(entry) ? archive_entry_pathname(entry) : "";
+    impl_->data_read = false;
+    return impl_->member;
+  }
+}
+
+std::string TarReader::read_data() {
+  if (impl_->data_read) throw std::logic_error(fmt::format("{}: read_data without a fresh member", path_));
+  impl_->data_read = true;
+  std::string out;
+  char buf[1 << 16];
+  for (;;) {
+    const la_ssize_t n = archive_read_data(impl_->handle, buf, sizeof buf);
+    if (n == 0) break;
+    if (n < 0)
+      throw std::runtime_error(fmt::format("{}: member '{}' is truncated or damaged: {}", path_, impl_->member,
+                                           archive_message(impl_->handle)));
+    out.append(buf, static_cast<size_t>(n));
+  }
+  return out;
+}
+
+int64_t tar_file_opens() { return g_opens.load(); }
 
 }  // namespace owl2::data

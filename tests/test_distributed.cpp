@@ -1090,4 +1090,59 @@ TEST_CASE("owl2 train with LoRA at ZeRO 3: the base stays bit-identical, 2 ranks
   for (const auto& name : f1.names()) CHECK(torch::equal(f1.get(name), f2.get(name)));
 }
 
+TEST_CASE("owl2 train streaming tar shards on 2 ranks: each rank's position is saved, a mid-shard resume gives the "
+          "uninterrupted losses, and another world size is refused by name",
+          "[dist][slow][stream]") {
+  const std::string root = "build/test_dist_stream";
+  // 18 pairs in 6 shards of 3: each rank streams 3 shards (9 pairs) per epoch.
+  make_run_data(root, "--train 18 --heldout 2 --train-text 2 --heldout-text 2 --shard-size 3");
+  std::ofstream(root + "/stream.yaml")
+      << "include: " << source_path("configs/model/tiny.yaml") << "\n"
+      << "optim: {lr: 2.0e-3, warmup_steps: 2}\n"
+      << "train: {steps: 6, global_batch_size: 4, micro_batch_size: 1, max_length: 256, save_every: 2, keep_last: 5, "
+         "log_every: 1}\n"
+      << "data: {tokenizer: " << root << "/tok.model, sources: [{path: " << root
+      << "/data/pretrain}], num_workers: 1, streaming: true}\n"
+      << "distributed: {timeout_s: 60}\n";
+  const auto launch = [&](const std::string& out) {
+    const std::string cmd = "timeout 300 " + torchrun() + " --standalone --nproc-per-node 2 --no-python " + OWL2_BINARY +
+                            " train --config " + root + "/stream.yaml --set train.out_dir=" + out + " > " + out +
+                            ".log 2>&1";
+    INFO(cmd);
+    const int rc = std::system(cmd.c_str());
+    INFO(read_text(out + ".log"));
+    REQUIRE(rc == 0);
+  };
+  launch(root + "/full");
+  const auto full = losses(root + "/full");
+  REQUIRE(full.size() == 6);  // 12 pairs per rank: into the second epoch
+  // Step 2: each rank has taken 4 pairs, one into its second shard.
+  const auto state = nlohmann::json::parse(read_text(root + "/full/checkpoints/step-000000002/state.json"));
+  const auto& ranks = state.at("data_position").at("ranks");
+  REQUIRE(ranks.size() == 2);
+  for (const auto& r : ranks) {
+    INFO(r.dump());
+    CHECK(r.at("epoch") == 0);
+    CHECK(r.at("shard") == 1);
+    CHECK(r.at("sample") == 1);
+  }
+  // Resume from it at 2 ranks: steps 2-5 as uninterrupted.
+  fs::create_directories(root + "/resumed/checkpoints");
+  fs::copy(root + "/full/checkpoints/step-000000002", root + "/resumed/checkpoints/step-000000002",
+           fs::copy_options::recursive);
+  std::ofstream(root + "/resumed/checkpoints/latest") << "step-000000002\n";
+  launch(root + "/resumed");
+  CHECK_THAT(read_text(root + "/resumed.log"), Contains("at step 2"));
+  const auto resumed = losses(root + "/resumed");
+  for (int64_t step = 2; step < 6; ++step) CHECK(resumed.at(step) == Approx(full.at(step)).epsilon(1e-6));
+  // At 1 rank the per-rank positions do not apply: refused, naming the checkpoint and both world sizes.
+  fs::create_directories(root + "/one/checkpoints");
+  fs::copy(root + "/full/checkpoints/step-000000002", root + "/one/checkpoints/step-000000002",
+           fs::copy_options::recursive);
+  std::ofstream(root + "/one/checkpoints/latest") << "step-000000002\n";
+  const auto one = run_owl2("train --config " + root + "/stream.yaml --set train.out_dir=" + root + "/one");
+  CHECK(one.rc != 0);
+  CHECK_THAT(one.out, Contains("step-000000002 at 1 ranks: its streaming data positions were saved at 2 ranks"));
+}
+
 }  // namespace owl2_test_distributed

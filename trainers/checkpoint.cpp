@@ -377,7 +377,8 @@ void load_adamw_state(torch::optim::AdamW& optimizer, const NamedTensors& params
 }
 
 std::string save_training_checkpoint(CheckpointManager& ckpts, Trainer& trainer, const data::LoaderState& data_position,
-                                     const std::string& config_text, const SaveGroup& group) {
+                                     const std::string& config_text, const SaveGroup& group,
+                                     const std::vector<data::LoaderState>& every_rank) {
   const bool lead = group.rank == 0;
   FullParameters full(trainer);  // ZeRO 3: every rank gathers, rank 0 writes the complete model (bf16 under
                                  // ZeRO: and gets the fp32 masters from the shards)
@@ -397,12 +398,16 @@ std::string save_training_checkpoint(CheckpointManager& ckpts, Trainer& trainer,
                  {"nonfinite_in_a_row", trainer.nonfinite_in_a_row()},
                  {"world_size", group.world_size}};
   c.data_position = json::parse(data::state_to_json(data_position));
+  if (!every_rank.empty()) {
+    c.data_position["ranks"] = json::array();
+    for (const auto& p : every_rank) c.data_position["ranks"].push_back(json::parse(data::state_to_json(p)));
+  }
   c.config_text = config_text;
   return ckpts.save(c, group);
 }
 
 std::optional<data::LoaderState> resume_training(const CheckpointManager& ckpts, Trainer& trainer, int64_t world_size,
-                                                 std::ostream* log) {
+                                                 std::ostream* log, int64_t rank) {
   auto res = ckpts.resume();
   if (log && !res.skipped.empty()) *log << res.summary() << "\n";
   if (!res.checkpoint) return std::nullopt;
@@ -419,8 +424,20 @@ std::optional<data::LoaderState> resume_training(const CheckpointManager& ckpts,
   trainer.load_optimizer_from(c);  // any world size and ZeRO stage: the state reshards
   restore_rng_states(c.tensors.at("rng"));
   trainer.set_counters(c.scheduler.at("step").get<int64_t>(), c.scheduler.value("nonfinite_in_a_row", 0));
-  auto position = reshard_loader_state(data::state_from_json(c.data_position.dump()),
-                                       c.scheduler.value("world_size", int64_t{1}), world_size);
+  const int64_t saved_world = c.scheduler.value("world_size", int64_t{1});
+  json mine = c.data_position;
+  if (mine.contains("ranks")) {  // streaming: one position per rank
+    const json& ranks = mine["ranks"];
+    if (!ranks.is_array() || static_cast<int64_t>(ranks.size()) != saved_world)
+      throw std::runtime_error(fmt::format("{}: data_position.ranks must list {} positions, one per rank", res.dir, saved_world));
+    if (saved_world != world_size)
+      throw std::runtime_error(fmt::format(
+          "cannot resume from {} at {} ranks: its streaming data positions were saved at {} ranks, and each rank reads "
+          "its own shards; resume at {} ranks (or start the data from the next epoch with a fresh run)",
+          res.dir, world_size, saved_world, saved_world));
+    mine = ranks.at(static_cast<size_t>(rank));
+  }
+  auto position = reshard_loader_state(data::state_from_json(mine.dump()), saved_world, world_size);
   if (log) *log << "resumed from " << res.dir << " at step " << trainer.step_count() << "\n";
   return position;
 }

@@ -114,16 +114,19 @@ void load_adamw_state(torch::optim::AdamW& optimizer, const NamedTensors& params
 // the model (the fp32 masters in bf16; under ZeRO 3 the gathered full blocks) and the RNG states, the
 // replicated optimizer state without ZeRO, or each rank its optimizer shard and the manifest with ZeRO
 // (docs/distributed.md, "Checkpoints"); plus the step counters, the world size, the data position and the
-// resolved config. All ranks call it (collective). Returns the checkpoint directory.
+// resolved config. A streaming loader's position differs per rank: `every_rank` (gathered by the caller, one per
+// rank, rank order) is then stored too, as data_position.ranks. All ranks call it (collective). Returns the
+// checkpoint directory.
 std::string save_training_checkpoint(CheckpointManager& ckpts, Trainer& trainer, const data::LoaderState& data_position,
-                                     const std::string& config_text, const SaveGroup& group);
+                                     const std::string& config_text, const SaveGroup& group,
+                                     const std::vector<data::LoaderState>& every_rank = {});
 
 // Restores the newest valid checkpoint of `ckpts` into `trainer`: model (and masters), optimizer state (saved at
 // any world size and ZeRO stage: it reshards), RNG states and step counters. Returns the data position for
-// this rank of `world_size` (resharded from the saved world size), or nothing when there is no valid
-// checkpoint. Writes to `log` (rank 0; nullptr: nowhere) the checkpoints it skipped and the one it took.
+// `rank` of `world_size` (resharded from the saved world size; a streaming position, which is per rank, only
+// at the saved world size), or nothing when there is no valid checkpoint. Writes to `log` (rank 0; nullptr: nowhere) the checkpoints it skipped and the one it took.
 // Throws when the checkpoint's model does not match the trainer's. All ranks call it (collective).
 std::optional<data::LoaderState> resume_training(const CheckpointManager& ckpts, Trainer& trainer, int64_t world_size,
-                                                 std::ostream* log);
+                                                 std::ostream* log, int64_t rank = 0);
 
 }  // namespace owl2

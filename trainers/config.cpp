@@ -111,6 +111,7 @@ template <class V> void fields(V& v, DataConfig& c) {
   v("pack_tokens", c.pack_tokens);
   v("pack_buffer", c.pack_buffer);
   v("video_frames", c.video_frames);
+  v("streaming", c.streaming);
 }
 
 template <class V> void fields(V& v, InitConfig& c) {
@@ -537,6 +538,14 @@ void validate_run(const RunConfig& c, const Reader& r) {
   if (d.pack_tokens < 0) r.fail("data.pack_tokens", fmt::format("must be >= 0 (0 disables packing), got {}", d.pack_tokens));
   if (d.pack_buffer < 1) r.fail("data.pack_buffer", fmt::format("must be >= 1, got {}", d.pack_buffer));
   if (d.video_frames < 1) r.fail("data.video_frames", fmt::format("must be >= 1, got {}", d.video_frames));
+  if (d.streaming) {
+    if (d.sources.size() != 1) {
+      r.fail("data.streaming", fmt::format("streams exactly one tar-shard source (a folder, brace pattern or JSON shard "
+                                           "list), got {} sources", d.sources.size()));
+    }
+    if (d.pack_tokens > 0) r.fail("data.streaming", "cannot be combined with data.pack_tokens (packing plans whole epochs)");
+    if (d.group_by_modality) r.fail("data.streaming", "cannot be combined with data.group_by_modality");
+  }
   const auto& dist = c.distributed;
   if (dist.zero_stage < 0 || dist.zero_stage > 3) {
     r.fail("distributed.zero_stage", fmt::format("must be 0, 1, 2 or 3, got {}", dist.zero_stage));

@@ -100,6 +100,9 @@ struct DataConfig {
   int64_t pack_tokens = 0;
   int64_t pack_buffer = 64;  // look-ahead of the best-fit packer, in samples
   int64_t video_frames = 8;  // frames sampled from each "video" sample, each an image slot (docs/datasets.md)
+  // Streaming (docs/datasets.md, "Streaming"): the one tar-shard source is read shard by shard, each rank its own
+  // shards, with no index; false: every shard is indexed at start-up and samples are shuffled globally.
+  bool streaming = false;
 };
 
 // Where the weights start: a directory or file of owl2 / HF-layout weights; empty: the documented random init.

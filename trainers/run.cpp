@@ -220,8 +220,15 @@ void train_loop(TrainingRun& run) {
     run.log.log(m);
     ++done_here;
     if ((t.save_every > 0 && step % t.save_every == 0) || last) {
-      const auto dir =
-          save_training_checkpoint(run.ckpts, run.trainer, run.data.state(), run.options.config_text, group);
+      const data::LoaderState position = run.data.state();
+      std::vector<data::LoaderState> every_rank;  // streaming: each rank has its own position
+      if (position.streaming()) {
+        for (const auto& s : run.comm.allgather_strings(data::state_to_json(position),
+                                                        fmt::format("data positions at step {}", step)))
+          every_rank.push_back(data::state_from_json(s));
+      }
+      const auto dir = save_training_checkpoint(run.ckpts, run.trainer, position, run.options.config_text, group,
+                                                every_rank);
       if (run.cfg.lora.rank > 0) save_adapter(run, dir);
       if (run.lead()) run.log.note("saved " + dir);
     }
@@ -270,7 +277,7 @@ int run_training(const RunConfig& cfg, const RunOptions& options) {
 
   CheckpointManager ckpts((run_dir / "checkpoints").string(), static_cast<int>(t.keep_last));
   if (options.resume) {
-    const auto position = resume_training(ckpts, trainer, env.world_size, lead_log);
+    const auto position = resume_training(ckpts, trainer, env.world_size, lead_log, env.rank);
     if (position) prefetcher.load_state(*position);
   }
   const HeldoutEval heldout = make_heldout_eval(cfg);

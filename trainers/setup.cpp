@@ -6,6 +6,7 @@
 #include <ostream>
 
 #include "data/dataset.h"
+#include "data/stream.h"
 #include "owl2/io/weights.h"
 #include "owl2/model/init.h"
 #include "trainers/activation_checkpoint.h"
@@ -102,7 +103,6 @@ ExampleLoader make_loader(const RunConfig& cfg, const DistEnv& env, std::shared_
   eo.seed = static_cast<uint64_t>(t.seed);
   eo.chat_template = cfg.data.chat_template;
   auto builder = std::make_shared<ExampleBuilder>(std::move(tokenizer), eo);
-  auto dataset = open_sources(cfg.data, static_cast<uint64_t>(t.seed));
   data::LoaderOptions lo;
   lo.batch_size = static_cast<size_t>(t.micro_batch_size);
   lo.seed = static_cast<uint64_t>(t.seed);
@@ -118,14 +118,28 @@ ExampleLoader make_loader(const RunConfig& cfg, const DistEnv& env, std::shared_
   ExampleLoader::LengthHooks hooks;
   hooks.length = [vis](const Example& e) { return spliced_length(e, vis); };
   hooks.truncate = [vis](Example& e, int64_t max) { truncate_example(e, max, vis); };
+  const auto transform = [builder](data::RawSample&& s) { return (*builder)(std::move(s)); };
+  const auto collate_fn = [](std::vector<Example>&& ex) { return collate(std::move(ex)); };
+  if (cfg.data.streaming) {
+    const std::string& path = cfg.data.sources.at(0).path;
+    const auto ends = [&](const char* s) { return path.ends_with(s); };
+    if (ends(".jsonl") || (ends(".json") && !data::is_shard_list(path)))
+      throw ConfigError(fmt::format("data.streaming: {} is not tar shards (a folder, .tar, brace pattern or JSON shard "
+                                    "list); JSONL and LLaVA JSON are indexed, set data.streaming: false",
+                                    path));
+    data::ReadOptions ro;
+    ro.max_bad_fraction = cfg.data.max_bad_fraction;
+    auto stream = std::make_shared<data::ShardStream>(path, ro, static_cast<uint64_t>(t.seed), lo.rank, lo.world_size);
+    return ExampleLoader(stream, lo, transform, collate_fn, hooks);
+  }
+  auto dataset = open_sources(cfg.data, static_cast<uint64_t>(t.seed));
   if (lo.pack_tokens > 0) {
     hooks.planned_length = [builder, dataset, vis](size_t i) { return builder->spliced_tokens(dataset->text(i), vis); };
     hooks.packed_collate = [](std::vector<Example>&& ex, const std::vector<size_t>& row_of) {
       return collate_packed(std::move(ex), row_of);
     };
   }
-  return ExampleLoader(dataset, lo, [builder](data::RawSample&& s) { return (*builder)(std::move(s)); },
-                       [](std::vector<Example>&& ex) { return collate(std::move(ex)); }, hooks);
+  return ExampleLoader(dataset, lo, transform, collate_fn, hooks);
 }
 
 }  // namespace owl2

@@ -67,6 +67,13 @@ data::LoaderState reshard_loader_state(const data::LoaderState& state, int64_t f
   if (from_world < 1 || to_world < 1) {
     throw std::invalid_argument(fmt::format("loader state: world sizes must be >= 1, got {} -> {}", from_world, to_world));
   }
+  if (state.streaming()) {
+    if (from_world != to_world)
+      throw std::invalid_argument(fmt::format("loader state: a streaming position saved at world size {} cannot be "
+                                              "resumed at {}: each rank reads its own shards",
+                                              from_world, to_world));
+    return state;
+  }
   const int64_t global = state.position * from_world;
   if (global % to_world != 0) {
     throw std::invalid_argument(fmt::format("loader state: {} batches read at world size {} do not split over {} ranks",

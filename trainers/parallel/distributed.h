@@ -22,7 +22,8 @@ struct LoaderState;
 
 // A loader position saved at `from_world` ranks, for `to_world` ranks: rank r of W reads global batches
 // r, r + W, ... of the same epoch list, so `position` per rank is global / W. Throws if the global position
-// does not split evenly (it always does between optimizer steps: a step takes global/micro batches).
+// does not split evenly (it always does between optimizer steps: a step takes global/micro batches). A streaming
+// position (per rank) is returned as it is at the same world size and refused at another.
 data::LoaderState reshard_loader_state(const data::LoaderState& state, int64_t from_world, int64_t to_world);
 
 // RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT (torchrun); else SLURM_PROCID, SLURM_NTASKS,
