@@ -1,5 +1,6 @@
-// `owl2 checkpoint ls|convert|resume-info`: inspect any weights file or directory, convert it (e.g. the
-// released .bin shards) to sharded safetensors one shard at a time, and show what a training resume would take.
+// `owl2 checkpoint ls|convert|consolidate|resume-info`: inspect any weights file or directory, convert it (e.g. the
+// released .bin shards) to sharded safetensors one shard at a time, turn a training checkpoint (ZeRO shards of any
+// world size) into a model directory, and show what a training resume would take.
 #include <CLI/CLI.hpp>
 
 #include <iostream>
@@ -11,6 +12,7 @@
 #include "owl2/io/dtype_names.h"
 #include "owl2/io/state_dict.h"
 #include "trainers/checkpoint.h"
+#include "trainers/io/hf_io.h"
 
 namespace owl2::cli {
 namespace {
@@ -56,6 +58,32 @@ void add_checkpoint_commands(CLI::App& app, Action& run) {
       const auto res = convert_to_safetensors(*src, c->to, shard, cast);
       std::cout << fmt::format("{}: {} tensors, {} bytes in {} file(s)\n", c->to, src->names().size(), res.total_bytes,
                                res.files.size());
+      return 0;
+    };
+  });
+
+  struct ConsolidateArgs {
+    std::string from, to, dtype, tokenizer, shard_size = "5GB";
+  };
+  auto k = std::make_shared<ConsolidateArgs>();
+  auto* consolidate = group->add_subcommand(
+      "consolidate", "Training checkpoint (step-N/, ZeRO shards of any world size) -> model directory, one tensor at a time");
+  consolidate->add_option("--from", k->from, "Checkpoint directory, e.g. RUN/checkpoints/step-000001000")
+      ->required()
+      ->check(CLI::ExistingDirectory);
+  consolidate->add_option("--to", k->to, "Output model directory (config.yaml, tokenizer.model, weights)")->required();
+  consolidate->add_option("--dtype", k->dtype, "Cast floating-point tensors: bf16, fp16 or fp32 (default: keep)");
+  consolidate->add_option("--tokenizer", k->tokenizer, "SentencePiece model (default: the saved config's data.tokenizer)");
+  consolidate->add_option("--shard-size", k->shard_size, "Largest shard (5GB = 5*10^9 bytes, 4GiB, ...)")
+      ->capture_default_str();
+  consolidate->callback([&run, k] {
+    run = [k] {
+      ConsolidateOptions o;
+      o.dtype = parse_dtype_flag(k->dtype);
+      o.max_shard_bytes = parse_byte_size(k->shard_size);
+      o.tokenizer = k->tokenizer;
+      const size_t n = consolidate_checkpoint(k->from, k->to, o);
+      std::cout << fmt::format("{} -> {}: {} tensors, config.yaml, tokenizer.model\n", k->from, k->to, n);
       return 0;
     };
   });

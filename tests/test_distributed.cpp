@@ -153,35 +153,28 @@ std::vector<torch::Tensor> train(int64_t rank, int64_t world, std::shared_ptr<Co
     // The W shards together are the parameters plus each bucket's padding (under W elements).
     REQUIRE(l.shard_numel * world <= total + (world - 1) * static_cast<int64_t>(l.buckets.size()));
   }
-  if (run.bf16 && !run.resume_dir.empty()) {  // the production path: fp32 masters from the model file
-    resume_training(CheckpointManager(run.resume_dir, 2), t, world, nullptr);
-  } else if (!run.resume_dir.empty()) {
-    const auto res = CheckpointManager(run.resume_dir, 2).resume();
-    REQUIRE(res.checkpoint);
-    const auto& ck = *res.checkpoint;
-    std::map<std::string, torch::Tensor> model(ck.tensors.at("model").begin(), ck.tensors.at("model").end());
-    t.gather_parameters();  // ZeRO 3: full blocks to load into, resharded by the release
-    {
-      torch::NoGradGuard g;
-      for (auto& item : m->named_parameters()) item.value().copy_(model.at(item.key()));
-    }
-    t.release_parameters();
-    t.load_optimizer_from(ck);
-    t.set_counters(ck.step, 0);
-  }
+  if (!run.resume_dir.empty()) resume_training(CheckpointManager(run.resume_dir, 2), t, world, nullptr, rank);
   for (int s = run.from; s < run.to; ++s) {
     if (rank == run.stall_rank && s == 2) std::this_thread::sleep_for(std::chrono::seconds(30));
     const auto r = t.step(shard(s, rank, world));
     if (results) results->push_back(r);
     if (run.zero_stage == 3) check_block_memory(*stack_lm, *t.zero());
   }
-  if (run.bf16) {  // the production save (fp32 masters in the model file); the fp32 masters as the result
-    if (!run.save_dir.empty()) {
-      CheckpointManager ckpts(run.save_dir, 2);
-      save_training_checkpoint(ckpts, t, data::LoaderState{}, "", SaveGroup{rank, world, [&](const std::string& what) {
-                                 comm->barrier(what);
-                               }});
+  if (!run.save_dir.empty()) {  // the production save: under ZeRO each rank writes its shard, nothing is gathered
+    CheckpointManager ckpts(run.save_dir, 2);
+    save_training_checkpoint(ckpts, t, data::LoaderState{}, "", SaveGroup{rank, world, [&](const std::string& what) {
+                               if (comm) comm->barrier(what);
+                             }});
+    if (run.zero_stage == 3) {  // the save gathered nothing: at most one block was ever gathered at a time
+      const auto& l = t.zero()->layout();
+      int64_t largest = 0;
+      for (size_t b = static_cast<size_t>(l.plain_buckets); b < l.buckets.size(); ++b)
+        largest = std::max(largest, l.buckets[b].padded_numel);
+      CHECK(t.zero()->peak_gathered_numel() > 0);
+      CHECK(t.zero()->peak_gathered_numel() <= largest);
     }
+  }
+  if (run.bf16) {  // the fp32 masters as the result
     const auto state = t.state();  // collective: the full fp32 masters on every rank
     std::vector<torch::Tensor> out;
     t.gather_parameters();  // the model holds exactly the masters' bf16 rounding (round to nearest even)
@@ -194,21 +187,7 @@ std::vector<torch::Tensor> train(int64_t rank, int64_t world, std::shared_ptr<Co
     t.release_parameters();
     return out;
   }
-  t.gather_parameters();  // ZeRO 3: the full model for saving and for the comparison below
-  if (!run.save_dir.empty()) {
-    TrainingCheckpoint ck;
-    ck.step = t.step_count();
-    if (rank == 0) ck.tensors["model"] = module_state(*m);
-    if (t.zero()) {
-      ck.rank_tensors[zero_shard_group(rank)] = t.optimizer_state();
-      ck.extra["zero"] = t.optimizer_manifest();
-    } else if (rank == 0) {
-      ck.tensors["optimizer"] = t.optimizer_state();
-    }
-    CheckpointManager(run.save_dir, 2).save(ck, SaveGroup{rank, world, [&](const std::string& what) {
-                                              comm->barrier(what);
-                                            }});
-  }
+  t.gather_parameters();  // ZeRO 3: the full model for the comparison below
   std::vector<torch::Tensor> out;
   for (auto& p : m->parameters()) out.push_back(p.detach().clone());
   return out;
@@ -545,6 +524,50 @@ TEST_CASE("ZeRO checkpoints reshard: 2 to 1, 1 to 2, 2 to 3 ranks and across sta
                       Contains("list parameter 0 as 'model.other' (8 elements), this run trains 'model.proj.bias'"));
 }
 
+TEST_CASE("ZeRO 3 checkpoints written at 4 ranks hold the trained weights in the shards and resume at 2 and 1 ranks",
+          "[dist][slow][zero]") {
+  constexpr int kSaveAt = 2;
+  ToyRun whole;
+  whole.blocks = true;
+  const auto reference = train(0, 1, nullptr, whole);
+  ToyRun first = whole;
+  first.to = kSaveAt;
+  const auto at_save = train(0, 1, nullptr, first);
+  const std::string root = "build/test_zero3_four";
+  fs::remove_all(root);
+  fs::create_directories(root);
+  run_workers(4, "OWL2_TEST_STAGES=3 OWL2_TEST_TO=2 OWL2_TEST_SAVE=" + root + "/w4 OWL2_TEST_OUT=" + root + "/a",
+              root + "/save4.log");
+  // The four shards put together, one parameter at a time, are the 1-rank weights at the save.
+  const auto res = CheckpointManager(root + "/w4-zero3", 2).resume();
+  REQUIRE(res.checkpoint);
+  REQUIRE(ZeroShardValues::present(*res.checkpoint));
+  const auto values = ZeroShardValues::of(*res.checkpoint, res.dir);
+  StackLM names_of;
+  std::map<std::string, size_t> index;
+  size_t i = 0;
+  for (const auto& item : names_of.named_parameters()) index[item.key()] = i++;
+  REQUIRE(values.size() == at_save.size());
+  for (size_t k = 0; k < values.size(); ++k) {
+    INFO(values.name(k));
+    REQUIRE(index.count(values.name(k)));
+    CHECK((values.get(k) - at_save[index.at(values.name(k))]).abs().max().item<double>() < 1e-10);
+  }
+  // Resumed at 2 ranks (under torchrun) and at 1: the uninterrupted weights.
+  run_workers(2, "OWL2_TEST_STAGES=3 OWL2_TEST_FROM=2 OWL2_TEST_RESUME=" + root + "/w4 OWL2_TEST_OUT=" + root + "/b",
+              root + "/resume2.log");
+  for (int r = 0; r < 2; ++r) CHECK(max_diff(read_params(root + "/b.zero3." + std::to_string(r)), reference) < 1e-10);
+  ToyRun one = whole;
+  one.zero_stage = 3;
+  one.from = kSaveAt;
+  one.resume_dir = root + "/w4-zero3";
+  CHECK(max_diff(train(0, 1, nullptr, one), reference) < 1e-10);
+  ToyRun replicated = whole;
+  replicated.from = kSaveAt;
+  replicated.resume_dir = root + "/w4-zero3";
+  CHECK(max_diff(train(0, 1, nullptr, replicated), reference) < 1e-10);
+}
+
 std::vector<double> read_losses(const std::string& path) {
   const auto t = read_params(path + ".loss").at(0);
   return std::vector<double>(t.data_ptr<double>(), t.data_ptr<double>() + t.numel());
@@ -715,15 +738,14 @@ TEST_CASE("bf16 with ZeRO 1, 2 and 3 under torchrun resumes bit-exactly at 2 ran
     const std::string z = ".zero" + std::to_string(stage);
     const auto full = read_params(root + "/full" + z + ".0");
     const auto full_losses = read_losses(root + "/full" + z + ".0");
-    // The checkpoint's model holds the fp32 masters, not their bf16 rounding.
-    const SafetensorsFile model(root + "/w2-zero" + std::to_string(stage) + "/step-000000002/model.safetensors");
-    bool off_grid = false;
-    for (const auto& name : model.names()) {
-      const auto t = model.get(name);
+    // Each rank's shard holds its fp32 masters (not their bf16 rounding); the model group only what is not trained.
+    const std::string step_dir = root + "/w2-zero" + std::to_string(stage) + "/step-000000002";
+    for (const char* shard : {"/optimizer.rank-00000.safetensors", "/optimizer.rank-00001.safetensors"}) {
+      const auto t = SafetensorsFile(step_dir + shard).get("values");
       REQUIRE(t.scalar_type() == torch::kFloat32);
-      off_grid |= !torch::equal(t, t.to(torch::kBFloat16).to(torch::kFloat32));
+      CHECK(!torch::equal(t, t.to(torch::kBFloat16).to(torch::kFloat32)));
     }
-    CHECK(off_grid);
+    CHECK(SafetensorsFile(step_dir + "/model.safetensors").names().empty());
     for (int r = 0; r < 2; ++r) {
       INFO("ZeRO stage " << stage << ", rank " << r);
       CHECK(all_equal(read_params(root + "/b" + z + "." + std::to_string(r)), full));
@@ -865,7 +887,7 @@ TEST_CASE("owl2 train at ZeRO 3 on 2 ranks logs the ZeRO-2 losses, writes comple
           "[dist][slow]") {
   const std::string root = "build/test_dist_zero3";
   make_run_data(root, "--train 16 --heldout 2 --train-text 4 --heldout-text 2");
-  for (int stage : {2, 3}) {
+  for (int stage : {0, 2, 3}) {
     std::ofstream(root + "/zero" + std::to_string(stage) + ".yaml")
         << "include: " << source_path("configs/model/tiny.yaml") << "\n"
         << "optim: {lr: 2.0e-3, warmup_steps: 2}\n"
@@ -892,6 +914,28 @@ TEST_CASE("owl2 train at ZeRO 3 on 2 ranks logs the ZeRO-2 losses, writes comple
     REQUIRE(w3.get(name).sizes() == w2.get(name).sizes());
     CHECK((w3.get(name) - w2.get(name)).abs().max().item<double>() < 1e-4);
   }
+  // The ZeRO checkpoints hold the trained weights only in the ranks' shards; consolidating one gives the weights of
+  // the replicated run (stage 0, whose final/ is the gathered model) up to float32 summation order, and exports.
+  const std::string step4 = root + "/zero3/checkpoints/step-000000004";
+  const auto state = nlohmann::json::parse(read_text(step4 + "/state.json"));
+  const SafetensorsFile ck_model(step4 + "/model.safetensors");
+  for (const auto& p : state.at("extra").at("zero").at("params")) CHECK(!ck_model.contains(p.at(0).get<std::string>()));
+  const auto consolidated = run_owl2("checkpoint consolidate --from " + step4 + " --to " + root + "/consolidated");
+  INFO(consolidated.out);
+  REQUIRE(consolidated.rc == 0);
+  const SafetensorsFile c3(root + "/consolidated/model.safetensors"), w0(root + "/zero0/final/model.safetensors");
+  REQUIRE(c3.names() == w0.names());
+  for (const auto& name : c3.names()) {
+    INFO(name);
+    REQUIRE(c3.get(name).sizes() == w0.get(name).sizes());
+    CHECK((c3.get(name) - w0.get(name)).abs().max().item<double>() < 1e-4);
+    CHECK(torch::equal(c3.get(name), w3.get(name)));  // final/ is this consolidation
+  }
+  const auto exported = run_owl2("export --from " + root + "/consolidated --to " + root + "/hf");
+  INFO(exported.out);
+  CHECK(exported.rc == 0);
+  CHECK_THAT(run_owl2("checkpoint consolidate --from " + root + " --to " + root + "/bad").out,
+             Contains("not a training checkpoint (no state.json"));
   // The step-2 checkpoint of 2 ranks at ZeRO 3 continues at 1 rank at ZeRO 3 (shards and decoder layers reshard).
   fs::create_directories(root + "/one/checkpoints");
   fs::copy(root + "/zero3/checkpoints/step-000000002", root + "/one/checkpoints/step-000000002",
@@ -1015,9 +1059,13 @@ TEST_CASE("owl2 train with LoRA at ZeRO 3: the base stays bit-identical, 2 ranks
   for (int64_t step = 0; step < 4; ++step) CHECK(b.at(step) == Approx(a.at(step)).epsilon(1e-5));
   CHECK(a.at(3) < a.at(0));
 
-  // Only the adapters and the module to save trained: every other base tensor is bit-identical.
-  const SafetensorsFile base(root + "/base/final/model.safetensors"),
-      ckpt(root + "/one/checkpoints/step-000000004/model.safetensors");
+  // Only the adapters and the module to save trained: every other base tensor is bit-identical. (The trained
+  // tensors are in the ZeRO shards; consolidating puts the checkpoint's model together, adapters unmerged.)
+  const auto consolidated = run_owl2("checkpoint consolidate --from " + root + "/one/checkpoints/step-000000004 --to " +
+                                     root + "/one_step4");
+  INFO(consolidated.out);
+  REQUIRE(consolidated.rc == 0);
+  const SafetensorsFile base(root + "/base/final/model.safetensors"), ckpt(root + "/one_step4/model.safetensors");
   size_t changed = 0;
   for (const auto& name : base.names()) {
     INFO(name);

@@ -380,19 +380,24 @@ std::string save_training_checkpoint(CheckpointManager& ckpts, Trainer& trainer,
                                      const std::string& config_text, const SaveGroup& group,
                                      const std::vector<data::LoaderState>& every_rank) {
   const bool lead = group.rank == 0;
-  FullParameters full(trainer);  // ZeRO 3: every rank gathers, rank 0 writes the complete model (bf16 under
-                                 // ZeRO: and gets the fp32 masters from the shards)
-  TrainingCheckpoint c;          // after `full`: its model tensors alias the gathered parameters
+  TrainingCheckpoint c;
   c.step = trainer.step_count();
-  if (lead) {
-    c.tensors["model"] = trainer.precision().model_state();  // bf16: fp32 masters, for an exact resume
-    c.tensors["rng"] = capture_rng_states();
-  }
   if (trainer.zero()) {
+    // Every rank writes its shard: the AdamW state and the values (float32 masters in bf16) of the trainable
+    // parameters it owns; rank 0 adds what is not sharded (frozen weights, buffers). Nothing is gathered.
+    if (lead) {
+      c.tensors["model"] = trainer.untrained_state();
+      c.tensors["rng"] = capture_rng_states();
+    }
     c.rank_tensors[zero_shard_group(group.rank)] = trainer.optimizer_state();
     c.extra["zero"] = trainer.optimizer_manifest();
-  } else if (lead) {
-    c.tensors["optimizer"] = trainer.optimizer_state();
+  } else {
+    FullParameters full(trainer);  // no-op without ZeRO 3; kept for the replicated bf16 masters
+    if (lead) {
+      c.tensors["model"] = trainer.precision().model_state();  // bf16: fp32 masters, for an exact resume
+      c.tensors["rng"] = capture_rng_states();
+      c.tensors["optimizer"] = trainer.optimizer_state();
+    }
   }
   c.scheduler = {{"step", trainer.step_count()},
                  {"nonfinite_in_a_row", trainer.nonfinite_in_a_row()},
@@ -415,6 +420,10 @@ std::optional<data::LoaderState> resume_training(const CheckpointManager& ckpts,
   const auto model_it = c.tensors.find("model");
   if (model_it == c.tensors.end()) throw std::runtime_error(res.dir + ": checkpoint has no model tensors");
   std::map<std::string, torch::Tensor> m(model_it->second.begin(), model_it->second.end());
+  if (ZeroShardValues::present(c)) {  // the trainable weights are in the ZeRO shards
+    const ZeroShardValues values = ZeroShardValues::of(c, res.dir);
+    for (size_t k = 0; k < values.size(); ++k) m[values.name(k)] = values.get(k);
+  }
   try {
     trainer.load_model_state(m, res.dir);  // ZeRO 3: into full blocks; bf16: the fp32 masters too, also sharded
   } catch (const std::exception& e) {

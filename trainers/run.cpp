@@ -18,6 +18,7 @@
 #include "trainers/checkpoint.h"
 #include "trainers/full_parameters.h"
 #include "trainers/infer/evaluate.h"
+#include "trainers/io/hf_io.h"
 #include "trainers/io/model_dir.h"
 #include "trainers/metrics.h"
 #include "trainers/parallel/distributed.h"
@@ -92,6 +93,7 @@ struct TrainingRun {
   int64_t accum = 1;
   double flops = 0;
   const TrainingPolicies& policies;
+  std::string last_checkpoint;  // saved by this invocation at its last step (empty: none yet)
   bool lead() const { return env.rank == 0; }
 };
 
@@ -183,6 +185,18 @@ void save_adapter(TrainingRun& run, const fs::path& dir) {
 // export never looks complete. All ranks call it.
 // LoRA: final/adapter/ holds the adapter, and the weights are the merged model (lora_files.h; docs/lora.md).
 void export_final(TrainingRun& run) {
+  if (run.trainer.zero() && run.cfg.lora.rank == 0 && !run.last_checkpoint.empty()) {
+    // ZeRO: the checkpoint every rank just wrote holds every weight (the trainable ones in the ranks' shards, as
+    // float32 masters in bf16). Rank 0 puts them together from disk one tensor at a time, in float32 as the
+    // gathered export would; no rank gathers the model.
+    if (!run.lead()) return;
+    ConsolidateOptions o;
+    o.dtype = torch::kFloat32;
+    o.tokenizer = run.cfg.data.tokenizer;
+    consolidate_checkpoint(run.last_checkpoint, (run.dir / "final").string(), o);
+    std::cerr << "final weights: " << (run.dir / "final").string() << " (from " << run.last_checkpoint << ")\n";
+    return;
+  }
   FullParameters full(run.trainer);  // ZeRO 3: the complete model
   if (!run.lead()) return;
   const auto out = run.dir / "final";
@@ -230,6 +244,7 @@ void train_loop(TrainingRun& run) {
       const auto dir = save_training_checkpoint(run.ckpts, run.trainer, position, run.options.config_text, group,
                                                 every_rank);
       if (run.cfg.lora.rank > 0) save_adapter(run, dir);
+      if (last) run.last_checkpoint = dir;
       if (run.lead()) run.log.note("saved " + dir);
     }
     if (run.options.stop_after > 0 && done_here >= run.options.stop_after) break;
@@ -300,7 +315,7 @@ int run_training(const RunConfig& cfg, const RunOptions& options) {
   }
 
   TrainingRun run{cfg, options, env, *comm, run_dir, model, *tokenizer, prefetcher, trainer, ckpts, heldout, log,
-                  accum, flops, policies};
+                  accum, flops, policies, {}};
   train_loop(run);
   if (trainer.step_count() >= t.steps) export_final(run);
   comm->barrier("final barrier");

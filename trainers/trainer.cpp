@@ -1,6 +1,8 @@
 // Trainer::step and the training state; see trainer.h.
 #include "trainers/trainer.h"
 
+#include <set>
+
 #include "trainers/checkpoint.h"
 
 #include <fmt/format.h>
@@ -125,6 +127,15 @@ void Trainer::load_model_state(const std::map<std::string, torch::Tensor>& state
   precision_->load_model_state(state, origin);  // bf16: MixedPrecision's masters too
   sync_->release_parameters();
   sync_->load_masters(state, "");  // bf16 under ZeRO: the shards' masters, exactly
+}
+
+NamedTensors Trainer::untrained_state() const {
+  std::set<std::string> trained;
+  for (const auto& [name, _] : trainable_) trained.insert(name);
+  NamedTensors out;
+  for (auto& [name, t] : module_state(model_))
+    if (!trained.count(name)) out.emplace_back(name, t);
+  return out;
 }
 
 std::map<std::string, torch::Tensor> Trainer::state() {

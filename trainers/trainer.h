@@ -67,6 +67,9 @@ class Trainer {
   // The optimizer's parameters by name, and its state as named tensors (for checkpoints): per parameter
   // (adamw_state_tensors) when replicated; this rank's shard (ZeroOptimizer::shard_state) with ZeRO.
   const NamedTensors& trainable() const { return trainable_; }
+  // The model's parameters and buffers outside trainable() (frozen weights, buffers) as views: what a ZeRO
+  // checkpoint's model group holds beside the shards' trainable values. Needs no gather.
+  NamedTensors untrained_state() const;
   NamedTensors optimizer_state() { return sync_->state(); }
   void load_optimizer_state(const NamedTensors& state) { sync_->load_state(state); }
   // ZeRO: the manifest that goes with the shards (checkpoint extra["zero"]); null when replicated.

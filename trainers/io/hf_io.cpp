@@ -24,6 +24,8 @@
 #include "owl2/io/state_dict.h"
 #include "owl2/model/vision.h"
 #include "trainers/io/model_dir.h"
+#include "trainers/checkpoint.h"
+#include "trainers/parallel/zero.h"
 
 namespace owl2 {
 namespace fs = std::filesystem;
@@ -250,6 +252,60 @@ nlohmann::json hf_preprocessor_config_json(const VisionConfig& vision) {
           {"do_normalize", true},
           {"image_mean", {0.48145466, 0.4578275, 0.40821073}},
           {"image_std", {0.26862954, 0.26130258, 0.27577711}}};
+}
+
+size_t consolidate_checkpoint(const std::string& checkpoint_dir, const std::string& out_dir,
+                              const ConsolidateOptions& options) {
+  const fs::path dir(checkpoint_dir);
+  if (!fs::is_regular_file(dir / "state.json"))
+    throw std::invalid_argument(fmt::format("{}: not a training checkpoint (no state.json; a run's checkpoints are "
+                                            "RUN/checkpoints/step-N)",
+                                            checkpoint_dir));
+  const auto state = nlohmann::json::parse(read_file_text((dir / "state.json").string()), nullptr, false);
+  if (state.is_discarded() || !state.is_object() || !state.contains("config"))
+    throw std::invalid_argument(fmt::format("{}/state.json: not a checkpoint state (no \"config\")", checkpoint_dir));
+  RunConfig cfg = parse_config_text(state.at("config").get<std::string>(), (dir / "state.json").string() + " config");
+  auto model = std::make_shared<SafetensorsFile>((dir / "model.safetensors").string());
+  ComposedSource out;
+  for (const auto& n : model->names()) add_passthrough(out, *model, n);
+  std::shared_ptr<ZeroShardValues> values;
+  const nlohmann::json extra = state.value("extra", nlohmann::json::object());
+  if (extra.contains("zero")) {
+    const auto& z = extra.at("zero");
+    const int64_t world = z.at("world_size").get<int64_t>();
+    std::vector<std::shared_ptr<SafetensorsFile>> files;
+    std::vector<std::map<std::string, torch::Tensor>> groups;
+    bool with_values = true;
+    for (int64_t r = 0; r < world && with_values; ++r) {
+      const auto path = dir / (zero_shard_group(r) + ".safetensors");
+      if (!fs::is_regular_file(path))
+        throw std::invalid_argument(fmt::format("{}: missing ZeRO shard {} (saved at world size {})", checkpoint_dir,
+                                                path.filename().string(), world));
+      files.push_back(std::make_shared<SafetensorsFile>(path.string()));
+      with_values = files.back()->contains("values");
+      std::map<std::string, torch::Tensor> g;
+      for (const char* key : {"values", "segments"})
+        if (files.back()->contains(key)) g[key] = files.back()->get(key);  // views of the mapping
+      groups.push_back(std::move(g));
+    }
+    if (with_values) {  // else an older checkpoint: its model group is complete
+      values = std::make_shared<ZeroShardValues>(z, std::move(groups), checkpoint_dir);
+      for (size_t k = 0; k < values->size(); ++k) {
+        if (model->contains(values->name(k)))
+          throw std::invalid_argument(fmt::format("{}: '{}' is both in model.safetensors and in the ZeRO shards",
+                                                  checkpoint_dir, values->name(k)));
+        out.add(values->name(k), values->dtype(), values->shape(k), [values, files, k] { return values->get(k); },
+                checkpoint_dir + "/" + zero_shard_group(0) + ".safetensors ...");
+      }
+    }
+  }
+  const KeyReport report = check_model_keys(out, cfg.model, checkpoint_dir, /*allow_unexpected=*/cfg.lora.rank > 0);
+  make_dir(out_dir);
+  const std::string tokenizer = options.tokenizer.empty() ? cfg.data.tokenizer : options.tokenizer;
+  cfg.data.tokenizer = copy_tokenizer_into(tokenizer, out_dir);
+  convert_to_safetensors(out, out_dir, options.max_shard_bytes, options.dtype);
+  write_file_atomic((fs::path(out_dir) / "config.yaml").string(), to_yaml(cfg));
+  return out.names().size();
 }
 
 size_t export_hf(const std::string& model_dir, const std::string& hf_dir, const ExportOptions& options) {

@@ -59,6 +59,21 @@ struct ExportOptions {
 // registers them as persistent buffers). Returns the number of tensors written.
 size_t export_hf(const std::string& model_dir, const std::string& hf_dir, const ExportOptions& options = {});
 
+struct ConsolidateOptions {
+  std::optional<torch::Dtype> dtype;          // cast floating-point tensors; unset: keep the stored dtype
+  uint64_t max_shard_bytes = 5'000'000'000;
+  std::string tokenizer;                      // SentencePiece model; empty: the data.tokenizer of the saved config
+};
+
+// A training checkpoint (checkpoints/step-N/: state.json, model.safetensors, ZeRO shards) -> an owl2 model
+// directory (config.yaml, tokenizer.model, model safetensors [+ index]) that generate, eval and export read.
+// Under ZeRO the trainable weights are put together from the ranks' shards (any world size), one tensor at a
+// time: memory stays near the largest tensor plus one output shard. Weights of a LoRA run stay unmerged, with
+// the config's lora section. Returns the number of tensors written. Throws naming the file on a missing or
+// inconsistent part.
+size_t consolidate_checkpoint(const std::string& checkpoint_dir, const std::string& out_dir,
+                              const ConsolidateOptions& options = {});
+
 struct InitOptions {
   std::string vision_dir;                     // HF CLIPVisionModel (or CLIPModel) checkpoint
   std::string llm_dir;                        // HF LlamaForCausalLM checkpoint

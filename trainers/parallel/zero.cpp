@@ -230,11 +230,21 @@ void ZeroOptimizer::gather_block(int64_t i) {
     const int64_t numel = std::accumulate(sizes_[k].begin(), sizes_[k].end(), int64_t{1}, std::multiplies<int64_t>());
     params_[k].second.set_data(flat.narrow(0, bucket.offsets[j], numel).view(sizes_[k]));
   }
+  if (block_gathered_.size() != block_params_.size()) block_gathered_.assign(block_params_.size(), 0);
+  if (!block_gathered_[static_cast<size_t>(i)]) {
+    block_gathered_[static_cast<size_t>(i)] = 1;
+    gathered_ += bucket.padded_numel;
+    peak_gathered_ = std::max(peak_gathered_, gathered_);
+  }
 }
 
 void ZeroOptimizer::release_block(int64_t i) {
   if (all_gathered_) return;
   for (int64_t k : block_params_.at(i)) params_[k].second.set_data(at::empty({0}, shard_opts_.dtype(compute_dtype_)));
+  if (static_cast<size_t>(i) < block_gathered_.size() && block_gathered_[static_cast<size_t>(i)]) {
+    block_gathered_[static_cast<size_t>(i)] = 0;
+    gathered_ -= layout_.buckets[static_cast<size_t>(layout_.plain_buckets + i)].padded_numel;
+  }
 }
 
 void ZeroOptimizer::reduce_block(int64_t i) {
@@ -520,14 +530,25 @@ NamedTensors ZeroOptimizer::shard_state() const {
     a[row][3] = s.shard_offset;
     a[row][4] = steps_[i];
   }
-  return {{"exp_avg", exp_avg_}, {"exp_avg_sq", exp_avg_sq_}, {"segments", segs}};
+  // The parameter values of the own segments (float32 masters where the optimizer keeps them), so that a checkpoint
+  // holds the trainable weights as shards too and no rank gathers the model to save it.
+  auto values = at::zeros({layout_.shard_numel}, param_shard_.defined() ? param_shard_.options()
+                                                                         : shard_opts_.dtype(compute_dtype_));
+  for (const auto& s : layout_.segments) {
+    const at::Tensor v = masters_ || block_of_[s.param] >= 0
+                             ? param_shard_.narrow(0, s.shard_offset, s.length)
+                             : params_[s.param].second.detach().reshape({-1}).narrow(0, s.param_offset, s.length);
+    values.narrow(0, s.shard_offset, s.length).copy_(v);
+  }
+  return {{"exp_avg", exp_avg_}, {"exp_avg_sq", exp_avg_sq_}, {"segments", segs}, {"values", values}};
 }
 
 nlohmann::json ZeroOptimizer::manifest() const {
   nlohmann::json params = nlohmann::json::array();
   for (size_t k = 0; k < params_.size(); ++k) {
-    params.push_back({params_[k].first, std::accumulate(sizes_[k].begin(), sizes_[k].end(), int64_t{1},
-                                                         std::multiplies<int64_t>())});
+    params.push_back({params_[k].first,
+                      std::accumulate(sizes_[k].begin(), sizes_[k].end(), int64_t{1}, std::multiplies<int64_t>()),
+                      sizes_[k]});
   }
   return {{"stage", stage_}, {"world_size", layout_.world}, {"params", params}};
 }
@@ -582,6 +603,76 @@ void ZeroOptimizer::load_shard_state(const NamedTensors& state) {
   exp_avg_sq_.copy_(by_name.at("exp_avg_sq"));
   auto a = segs.accessor<int64_t, 2>();
   for (size_t i = 0; i < steps_.size(); ++i) steps_[i] = a[static_cast<int64_t>(i)][4];
+}
+
+ZeroShardValues::ZeroShardValues(const nlohmann::json& manifest, std::vector<std::map<std::string, at::Tensor>> groups,
+                                 std::string origin)
+    : groups_(std::move(groups)), origin_(std::move(origin)) {
+  const auto& params = manifest.at("params");
+  for (size_t k = 0; k < params.size(); ++k) {
+    if (params[k].size() < 3)
+      throw std::invalid_argument(fmt::format("{}: the ZeRO manifest lists no shape for '{}' (an older checkpoint, "
+                                              "which keeps the whole model in its model group)",
+                                              origin_, params[k].at(0).get<std::string>()));
+    names_.push_back(params[k].at(0).get<std::string>());
+    shapes_.push_back(params[k].at(2).get<std::vector<int64_t>>());
+  }
+  pieces_.resize(names_.size());
+  for (size_t g = 0; g < groups_.size(); ++g) {
+    const auto& t = groups_[g];
+    for (const char* key : {"values", "segments"}) {
+      if (!t.count(key))
+        throw std::invalid_argument(fmt::format("{}: ZeRO shard '{}' has no '{}'", origin_, zero_shard_group(static_cast<int64_t>(g)), key));
+    }
+    if (g == 0) dtype_ = t.at("values").scalar_type();
+    const auto segs = t.at("segments").contiguous();
+    const int64_t shard = t.at("values").numel();
+    auto a = segs.accessor<int64_t, 2>();
+    for (int64_t i = 0; i < segs.size(0); ++i) {
+      const int64_t param = a[i][0];
+      if (param < 0 || param >= static_cast<int64_t>(names_.size()) || a[i][3] < 0 || a[i][3] + a[i][2] > shard)
+        throw std::invalid_argument(fmt::format("{}: ZeRO shard '{}' segment {} lies outside its parameters or values",
+                                                origin_, zero_shard_group(static_cast<int64_t>(g)), i));
+      pieces_[static_cast<size_t>(param)].push_back({g, a[i][1], a[i][2], a[i][3]});
+    }
+  }
+  for (size_t k = 0; k < names_.size(); ++k) {
+    const int64_t numel = std::accumulate(shapes_[k].begin(), shapes_[k].end(), int64_t{1}, std::multiplies<int64_t>());
+    int64_t covered = 0;
+    for (const auto& p : pieces_[k]) covered += p.length;
+    if (covered != numel)
+      throw std::invalid_argument(fmt::format("{}: the ZeRO shards cover {} of the {} elements of '{}'", origin_, covered,
+                                              numel, names_[k]));
+  }
+}
+
+bool ZeroShardValues::present(const TrainingCheckpoint& ck) {
+  const auto it = ck.tensors.find(zero_shard_group(0));
+  if (!ck.extra.contains("zero") || it == ck.tensors.end()) return false;
+  for (const auto& [name, _] : it->second)
+    if (name == "values") return true;
+  return false;
+}
+
+ZeroShardValues ZeroShardValues::of(const TrainingCheckpoint& ck, const std::string& origin) {
+  const auto& z = ck.extra.at("zero");
+  const int64_t world = z.at("world_size").get<int64_t>();
+  std::vector<std::map<std::string, at::Tensor>> groups;
+  for (int64_t r = 0; r < world; ++r) {
+    const auto it = ck.tensors.find(zero_shard_group(r));
+    if (it == ck.tensors.end())
+      throw std::invalid_argument(fmt::format("{}: no ZeRO shard '{}' (saved at world size {})", origin, zero_shard_group(r), world));
+    groups.emplace_back(it->second.begin(), it->second.end());
+  }
+  return ZeroShardValues(z, std::move(groups), origin);
+}
+
+at::Tensor ZeroShardValues::get(size_t k) const {
+  const int64_t numel = std::accumulate(shapes_[k].begin(), shapes_[k].end(), int64_t{1}, std::multiplies<int64_t>());
+  auto out = at::empty({numel}, at::TensorOptions().dtype(dtype_));
+  for (const auto& p : pieces_[k])
+    out.narrow(0, p.param_offset, p.length).copy_(groups_[p.group].at("values").narrow(0, p.shard_offset, p.length));
+  return out.view(shapes_[k]);
 }
 
 std::vector<AdamWStateRun> adamw_state_runs(const TrainingCheckpoint& ck, const NamedTensors& params) {

@@ -69,6 +69,41 @@ NamedTensors adamw_runs_to_tensors(const std::vector<AdamWStateRun>& runs, const
 // Checkpoint group name of rank r's optimizer shard.
 std::string zero_shard_group(int64_t rank);
 
+// The trainable parameters that a ZeRO checkpoint holds only as its ranks' "values" shards (ZeroOptimizer::
+// shard_state), put together one parameter at a time from the groups saved at any world size: what resuming
+// and `owl2 checkpoint consolidate` read, never more than one full parameter at once.
+class ZeroShardValues {
+ public:
+  // `manifest` is the checkpoint's extra["zero"]; `groups[r]` rank r's group (tensors by name, e.g. views of a
+  // mapped file). Throws std::invalid_argument naming `origin` and the group or parameter when a group is missing
+  // or lacks "values" / "segments", the manifest has no shapes, or the segments do not cover a parameter.
+  ZeroShardValues(const nlohmann::json& manifest, std::vector<std::map<std::string, at::Tensor>> groups,
+                  std::string origin);
+  // Whether `ck` is a ZeRO checkpoint whose shards carry the parameter values.
+  static bool present(const TrainingCheckpoint& ck);
+  // ZeroShardValues over the groups of a loaded checkpoint.
+  static ZeroShardValues of(const TrainingCheckpoint& ck, const std::string& origin);
+
+  size_t size() const { return names_.size(); }
+  const std::string& name(size_t k) const { return names_[k]; }
+  const std::vector<int64_t>& shape(size_t k) const { return shapes_[k]; }
+  at::ScalarType dtype() const { return dtype_; }
+  // Parameter k in full (a new tensor).
+  at::Tensor get(size_t k) const;
+
+ private:
+  struct Piece {
+    size_t group;
+    int64_t param_offset, length, shard_offset;
+  };
+  std::vector<std::map<std::string, at::Tensor>> groups_;
+  std::vector<std::string> names_;
+  std::vector<std::vector<int64_t>> shapes_;
+  std::vector<std::vector<Piece>> pieces_;
+  at::ScalarType dtype_ = at::kFloat;
+  std::string origin_;
+};
+
 // train.precision bf16 under ZeRO: the trainable parameters reach the ZeroOptimizer in float32; it keeps this
 // rank's slices of them as the float32 masters (the parameter shard, at every stage) and casts the model's
 // copies to `compute`; gradients travel in `reduce` and are summed into the float32 gradient shard; after each
@@ -118,6 +153,9 @@ class ZeroOptimizer {
   void gather_all();
   void release_all();
   bool all_gathered() const { return all_gathered_; }
+  // Elements of block parameters gathered in full at the most at any one time so far (each block counts its
+  // padded bucket): what tests read to check that saving and training never hold more than one block.
+  int64_t peak_gathered_numel() const { return peak_gathered_; }
   // Zeroes the shard gradient (before a step's first micro-batch: stage 3 accumulates into it).
   void zero_grad();
   // Elements of this rank's parameter shard (stage 3; 0 otherwise).
@@ -163,6 +201,8 @@ class ZeroOptimizer {
   std::vector<uint8_t> block_used_;                 // per parameter: got a gradient this step
   at::Tensor param_shard_;  // stage 3: this rank's block parameter values; with masters: every master slice
   bool all_gathered_ = false;
+  std::vector<uint8_t> block_gathered_;  // per block
+  int64_t gathered_ = 0, peak_gathered_ = 0;
   std::optional<ShardedMasters> masters_;
   at::TensorOptions shard_opts_;   // the shards' dtype (float32 with masters) on the parameters' device
   at::ScalarType compute_dtype_;   // the model's trainable parameters
