@@ -207,35 +207,64 @@ void ZeroOptimizer::copy_own_slices_to_shard(int64_t i) {
   }
 }
 
-void ZeroOptimizer::gather_block(int64_t i) {
-  if (all_gathered_ || block_params_.at(i).empty()) return;
+at::Tensor ZeroOptimizer::start_gather(int64_t i, c10::intrusive_ptr<c10d::Work>& work) {
   at::NoGradGuard no_grad;
   const auto& bucket = layout_.buckets[static_cast<size_t>(layout_.plain_buckets + i)];
   const int64_t s = layout_.slice(bucket);
   auto own = param_shard_.narrow(0, bucket.shard_offset, s);
   // A copy in the compute dtype (masters: float32 -> bfloat16, round to nearest even).
   auto send = own.to(compute_dtype_, /*non_blocking=*/false, /*copy=*/true);
+  gathered_ += bucket.padded_numel;
+  peak_gathered_ = std::max(peak_gathered_, gathered_);
+  if (!comm_) return send;
+  auto flat = at::empty({bucket.padded_numel}, send.options());
+  work = comm_->allgather_async(flat, send);
+  return flat;
+}
+
+void ZeroOptimizer::prefetch_block(int64_t i) {
+  if (all_gathered_ || i < 0 || i >= block_count() || block_params_.at(i).empty()) return;
+  if (block_gathered_.size() != block_params_.size()) block_gathered_.assign(block_params_.size(), 0);
+  if (block_gathered_[static_cast<size_t>(i)] || prefetch_.block == i) return;
+  drop_prefetch();
+  prefetch_.block = i;
+  prefetch_.flat = start_gather(i, prefetch_.work);
+}
+
+void ZeroOptimizer::drop_prefetch() {
+  if (prefetch_.block < 0) return;
+  if (prefetch_.work) comm_->wait(prefetch_.work, fmt::format("allgather parameters of block {} (prefetch)", prefetch_.block));
+  gathered_ -= layout_.buckets[static_cast<size_t>(layout_.plain_buckets + prefetch_.block)].padded_numel;
+  prefetch_ = {};
+}
+
+void ZeroOptimizer::gather_block(int64_t i) {
+  if (all_gathered_ || block_params_.at(i).empty()) return;
+  if (block_gathered_.size() != block_params_.size()) block_gathered_.assign(block_params_.size(), 0);
+  if (block_gathered_[static_cast<size_t>(i)]) return;
+  at::NoGradGuard no_grad;
+  const auto& bucket = layout_.buckets[static_cast<size_t>(layout_.plain_buckets + i)];
   at::Tensor flat;
-  if (comm_) {
-    flat = at::empty({bucket.padded_numel}, send.options());
+  c10::intrusive_ptr<c10d::Work> work;
+  if (prefetch_.block == i) {
+    flat = std::move(prefetch_.flat);
+    work = std::move(prefetch_.work);
+    prefetch_ = {};
+  } else {
+    drop_prefetch();
+    flat = start_gather(i, work);
+  }
+  if (work) {
     const auto t0 = std::chrono::steady_clock::now();
-    auto work = comm_->allgather_async(flat, send);
     comm_->wait(work, fmt::format("allgather parameters of block {}", i));
     gather_s_ += seconds_since(t0);
-  } else {
-    flat = send;
   }
   for (size_t j = 0; j < bucket.params.size(); ++j) {
     const auto k = static_cast<size_t>(bucket.params[j]);
     const int64_t numel = std::accumulate(sizes_[k].begin(), sizes_[k].end(), int64_t{1}, std::multiplies<int64_t>());
     params_[k].second.set_data(flat.narrow(0, bucket.offsets[j], numel).view(sizes_[k]));
   }
-  if (block_gathered_.size() != block_params_.size()) block_gathered_.assign(block_params_.size(), 0);
-  if (!block_gathered_[static_cast<size_t>(i)]) {
-    block_gathered_[static_cast<size_t>(i)] = 1;
-    gathered_ += bucket.padded_numel;
-    peak_gathered_ = std::max(peak_gathered_, gathered_);
-  }
+  block_gathered_[static_cast<size_t>(i)] = 1;
 }
 
 void ZeroOptimizer::release_block(int64_t i) {
@@ -276,11 +305,13 @@ void ZeroOptimizer::reduce_block(int64_t i) {
 }
 
 void ZeroOptimizer::gather_all() {
+  drop_prefetch();
   for (int64_t i = 0; i < block_count(); ++i) gather_block(i);
   all_gathered_ = true;
 }
 
 void ZeroOptimizer::release_all() {
+  drop_prefetch();
   if (!all_gathered_) return;
   all_gathered_ = false;
   for (int64_t i = 0; i < block_count(); ++i) {
@@ -291,6 +322,7 @@ void ZeroOptimizer::release_all() {
 }
 
 void ZeroOptimizer::zero_grad() {
+  drop_prefetch();
   grad_shard_.zero_();
   std::fill(block_used_.begin(), block_used_.end(), 0);
   reduce_wait_s_ = 0;
@@ -351,6 +383,7 @@ void ZeroOptimizer::launch_ready_in_order() {
 at::Tensor ZeroOptimizer::finish() {
   if (!armed_) throw std::logic_error("ZeroOptimizer::finish() without arm()");
   armed_ = false;
+  drop_prefetch();
   at::NoGradGuard no_grad;
   // Gradients the hooks did not see (all of them on one rank; unused parameters; those accumulated on
   // earlier micro-batches only) go in now; unused ones contribute zeros, as in DataParallel::finish.

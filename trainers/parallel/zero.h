@@ -139,8 +139,15 @@ class ZeroOptimizer {
 
   // Stage 3. Every rank must make the same calls in the same order (they are collectives).
   int64_t block_count() const { return static_cast<int64_t>(block_params_.size()); }
-  // All-gathers block i's parameters from the shards and points the parameters at them.
+  // All-gathers block i's parameters from the shards and points the parameters at them (taking over a
+  // prefetch of block i; a prefetch of another block is completed and dropped first).
   void gather_block(int64_t i);
+  // Starts block i's all-gather without waiting (Gloo: async work; NCCL: on the communication stream), so that
+  // it runs while the current block computes; gather_block(i) then only waits for it. One prefetch at a time; a
+  // no-op for a gathered block, out of range or below 0. The block runners prefetch the block a pass runs next.
+  void prefetch_block(int64_t i);
+  // Completes and drops a pending prefetch (between steps nothing but the shards is held).
+  void drop_prefetch();
   // Points block i's parameters at empty storage (numel 0) again.
   void release_block(int64_t i);
   // After backward through block i: reduce-scatters its parameters' gradients, adds this rank's slice to
@@ -153,9 +160,11 @@ class ZeroOptimizer {
   void gather_all();
   void release_all();
   bool all_gathered() const { return all_gathered_; }
-  // Elements of block parameters gathered in full at the most at any one time so far (each block counts its
-  // padded bucket): what tests read to check that saving and training never hold more than one block.
+  // Elements of block parameters gathered in full (or being prefetched) at the most at any one time so far (each
+  // block counts its padded bucket): what tests read to check that training holds at most two blocks and that
+  // saving gathers none.
   int64_t peak_gathered_numel() const { return peak_gathered_; }
+  int64_t gathered_numel() const { return gathered_; }  // now
   // Zeroes the shard gradient (before a step's first micro-batch: stage 3 accumulates into it).
   void zero_grad();
   // Elements of this rank's parameter shard (stage 3; 0 otherwise).
@@ -202,7 +211,14 @@ class ZeroOptimizer {
   at::Tensor param_shard_;  // stage 3: this rank's block parameter values; with masters: every master slice
   bool all_gathered_ = false;
   std::vector<uint8_t> block_gathered_;  // per block
-  int64_t gathered_ = 0, peak_gathered_ = 0;
+  int64_t gathered_ = 0, peak_gathered_ = 0;  // elements of gathered and prefetching blocks
+  struct Prefetch {
+    int64_t block = -1;
+    at::Tensor flat;
+    c10::intrusive_ptr<c10d::Work> work;
+  };
+  Prefetch prefetch_;
+  at::Tensor start_gather(int64_t i, c10::intrusive_ptr<c10d::Work>& work);  // the flat buffer being filled
   std::optional<ShardedMasters> masters_;
   at::TensorOptions shard_opts_;   // the shards' dtype (float32 with masters) on the parameters' device
   at::ScalarType compute_dtype_;   // the model's trainable parameters

@@ -35,7 +35,14 @@ void install_zero3_runners(ZeroOptimizer& zero, const std::vector<ShardedStack>&
       const int64_t i = first + index;
       if (z->all_gathered()) return fn(inputs);
       CheckpointHooks hooks;
-      hooks.before = [z, i] { z->gather_block(i); };
+      // The first call is the forward pass, a second the recompute in backward: the pass runs the stack's blocks
+      // up in forward and down in backward, so the neighbour in that direction is gathered while block i runs.
+      auto calls = std::make_shared<int>(0);
+      hooks.before = [z, i, first, n, calls] {
+        const int64_t next = (*calls)++ == 0 ? i + 1 : i - 1;
+        z->gather_block(i);
+        if (next >= first && next < first + n) z->prefetch_block(next);
+      };
       hooks.after_forward = [z, i] { z->release_block(i); };
       hooks.after_backward = [z, i] {
         z->reduce_block(i);
@@ -45,6 +52,7 @@ void install_zero3_runners(ZeroOptimizer& zero, const std::vector<ShardedStack>&
         return checkpoint(fn, inputs, hooks);
       } catch (...) {
         z->release_block(i);  // between passes a rank holds no block's full parameters
+        z->drop_prefetch();
         throw;
       }
     };

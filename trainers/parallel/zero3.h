@@ -26,7 +26,9 @@ std::vector<std::vector<at::Tensor>> stack_block_params(const std::vector<Sharde
 // Installs a runner on every stack: the stack's block `index` (what run_block passes) is block first + index of
 // `zero`, with first the blocks of the stacks before it, so a pass may run any subset of the blocks in any order.
 // Every call checkpoints the block (activation_checkpoint.h): forward gathers, runs without
-// a graph and releases; backward gathers, recomputes, backpropagates, reduce_block()s and releases. Under
+// a graph and releases; backward gathers, recomputes, backpropagates, reduce_block()s and releases. Each gather
+// also starts the all-gather of the block the pass runs next (index + 1 in forward, - 1 in backward, within the
+// stack: ZeroOptimizer::prefetch_block), so at most two blocks are held at once. Under
 // no-grad (evaluation) it only gathers, runs and releases; with zero.all_gathered() it runs blocks as they are.
 void install_zero3_runners(ZeroOptimizer& zero, const std::vector<ShardedStack>& stacks);
 
