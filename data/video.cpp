@@ -157,7 +157,8 @@ void write_video(const std::string& path, const std::vector<torch::Tensor>& fram
   int fourcc = 0;
   if (ext == ".avi") fourcc = cv::VideoWriter::fourcc('M', 'J', 'P', 'G');
   else if (ext == ".mp4") fourcc = cv::VideoWriter::fourcc('m', 'p', '4', 'v');
-  else throw std::runtime_error(fmt::format("video {}: writes .avi or .mp4 only", path));
+  else if (ext == ".webm") fourcc = cv::VideoWriter::fourcc('V', 'P', '8', '0');
+  else throw std::runtime_error(fmt::format("video {}: writes .avi, .mp4 or .webm only", path));
   const int h = static_cast<int>(frames[0].size(0)), w = static_cast<int>(frames[0].size(1));
   const auto parent = std::filesystem::path(path).parent_path();
   if (!parent.empty()) std::filesystem::create_directories(parent);

@@ -56,7 +56,8 @@ TEST_CASE("decoding N frames equals decoding every frame and picking the same on
     return;
   }
   const auto dir = test::temp_dir("owl2_video");
-  for (const std::string ext : {".avi", ".mp4"}) {
+  // WebM (VP8) is the container whose frame count FFmpeg only estimates: the count-checking pass matters there.
+  for (const std::string ext : {".avi", ".mp4", ".webm"}) {
     INFO(ext);
     const auto path = dir + "/clip" + ext;
     write_video(path, moving_square(13));
