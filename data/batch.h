@@ -15,6 +15,9 @@ struct Batch {
   // in order, contiguous), -1 on padding. Undefined for ordinary batches (one sample per row).
   at::Tensor segment_ids;
   int64_t samples = 0;        // samples in the batch (a packed row holds several)
+  // Set by the trainer (ZeRO 3 with the vision stacks sharded) on a micro-batch without images while another
+  // rank's has some: the loss also runs the vision tower on a blank image, times zero (trainers/setup.h).
+  bool vision_placeholder = false;
 
   // Supervised next-token predictions: labels at positions 1.. that are not -100. Image placeholders carry
   // -100, so this equals the count over the spliced sequence. One host sync; call it before the step.

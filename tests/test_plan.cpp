@@ -73,21 +73,22 @@ TEST_CASE("plan: the ZeRO stage comes from distributed.zero_stage unless given",
   CHECK(given.grads_bytes == 400);
 }
 
-TEST_CASE("plan: ZeRO 3 shards the trainable decoder-layer parameters and holds one block gathered", "[plan]") {
+TEST_CASE("plan: ZeRO 3 shards the trainable block parameters and holds a block gathered and one prefetched", "[plan]") {
   auto cfg = tiny_run();
   cfg.freeze = {{"*", true}};
   const NamedSizes params = {{"model.vision_model.embeddings.cls_token", 100},
+                             {"model.vision_model.encoder.layers.0.mlp.fc1.weight", 60},
                              {"model.layers.0.mlp.up_proj.weight", 300},
                              {"model.layers.1.mlp.up_proj.weight", 200},
                              {"model.layers.1.self_attn.q_proj.weight", 200},
                              {"model.norm.weight", 50},
                              {"lm_head.weight", 600}};
   const auto p = make_plan(cfg, params, {4, 3});
-  CHECK(p.zero3_sharded_params == 700);
+  CHECK(p.zero3_sharded_params == 760);  // a ViT block too; its embeddings stay replicated
   CHECK(p.zero3_largest_block == 400);  // model.layers.1
-  // Replicated 750 + sharded 700 / 4 + one gathered block of 400, in fp32.
-  CHECK(p.weights_bytes == Approx((750 + 175 + 400) * 4.0));
-  CHECK_THAT(p.report, Contains("700 trainable decoder-layer parameters sharded"));
+  // Replicated 750 + sharded 760 / 4 + a gathered block and a prefetched one of up to 400, in fp32.
+  CHECK(p.weights_bytes == Approx((750 + 190 + 800) * 4.0));
+  CHECK_THAT(p.report, Contains("760 trainable ViT, abstractor and decoder block parameters sharded"));
 }
 
 TEST_CASE("plan: the parameters it shards at ZeRO 3 are those the trainer's sharded stacks hold", "[plan]") {
@@ -116,7 +117,10 @@ TEST_CASE("plan: the parameters it shards at ZeRO 3 are those the trainer's shar
   REQUIRE(trainer > 0);
   CHECK(plan.zero3_sharded_params == trainer);
   CHECK(plan.zero3_largest_block == largest);
-  CHECK(plan.zero3_sharded_params < plan.trainable_params);  // embeddings, lm_head, ViT stay replicated
+  CHECK(plan.zero3_sharded_params < plan.trainable_params);  // embeddings, lm_head, norms stay replicated
+  REQUIRE(policies.sharded_stacks.size() == 3);  // the ViT, abstractor and decoder layers
+  CHECK(policies.sharded_stacks[0].name == "vision");
+  CHECK(policies.sharded_stacks[1].name == "abstractor");
 }
 
 TEST_CASE("plan: 7B stage-2 LoRA (rank 64) counts its adapters and fits a 40 GB GPU at sequence 2048", "[plan][lora]") {

@@ -88,9 +88,10 @@ Plan make_plan(const RunConfig& cfg, const NamedSizes& params, const PlanInputs&
   const double W = double(in.world_size);
   const double P = double(plan.total_params), T = double(plan.trainable_params);
   for (const auto& [block, n] : block_sizes) plan.zero3_largest_block = std::max(plan.zero3_largest_block, n);
-  // Stage 3: the sharded parameters as this rank's slices, plus one block gathered at a time; the rest replicated.
+  // Stage 3: the sharded parameters as this rank's slices, plus the block that runs and the next one's prefetch
+  // (bounded by twice the largest block); the rest replicated.
   const double S3 = double(plan.zero3_sharded_params);
-  plan.weights_bytes = ((P - S3) + S3 / W + double(plan.zero3_largest_block)) * compute_bytes;
+  plan.weights_bytes = ((P - S3) + S3 / W + 2.0 * double(plan.zero3_largest_block)) * compute_bytes;
   plan.grads_bytes = T * 4 / (in.zero_stage >= 2 ? W : 1);                       // fp32 accumulation
   plan.optimizer_bytes = T * (8 + (bf16 ? 4 : 0)) / (in.zero_stage >= 1 ? W : 1);  // moments (+ fp32 master)
 
@@ -159,8 +160,9 @@ Plan make_plan(const RunConfig& cfg, const NamedSizes& params, const PlanInputs&
                    in.world_size, in.zero_stage, precision_name(t.precision), t.micro_batch_size,
                    static_cast<int64_t>(dec_tokens));
   r += fmt::format("  weights            {:>12}{}\n", gib(plan.weights_bytes),
-                   in.zero_stage >= 3 ? fmt::format(" ({} trainable decoder-layer parameters sharded, one block of up to {} "
-                                                    "gathered; the rest replicated)",
+                   in.zero_stage >= 3 ? fmt::format(" ({} trainable ViT, abstractor and decoder block parameters sharded, "
+                                                    "a block of up to {} gathered and the next prefetched; the rest "
+                                                    "replicated)",
                                                     plan.zero3_sharded_params, plan.zero3_largest_block)
                                       : std::string());
   r += fmt::format("  gradients          {:>12}\n", gib(plan.grads_bytes));

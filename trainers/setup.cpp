@@ -63,14 +63,28 @@ TrainingPolicies apply_training_policies(MPLUGOwl2ForCausalLM& model, const RunC
   if (ac.abstractor) model->model->visual_abstractor->block_runner = checkpointing_runner();
   if (ac.decoder) model->decoder_block_runner = checkpointing_runner();
 
-  // ZeRO 3 shards the stacks of kZero3Stacks (trainers/sharding.h, shared with the planner): the decoder layers.
+  // ZeRO 3 shards the stacks of kZero3Stacks (trainers/sharding.h, shared with the planner): the ViT, abstractor and
+  // decoder layers.
   if (cfg.distributed.zero_stage == 3) {
+    auto& m = *model->model;
     for (const auto& stack : kZero3Stacks) {
-      if (std::string_view(stack.name) != "decoder")
+      const std::string_view name(stack.name);
+      ShardedStack s{stack.name, {}, nullptr};
+      torch::nn::ModuleList layers{nullptr};
+      if (name == "vision") {
+        s.runner = &m.vision_model->block_runner;
+        layers = m.vision_model->encoder->layers;
+      } else if (name == "abstractor") {
+        s.runner = &m.visual_abstractor->block_runner;
+        layers = m.visual_abstractor->encoder->layers;
+      } else if (name == "decoder") {
+        s.runner = &model->decoder_block_runner;
+        layers = m.layers;
+      } else {
         throw std::logic_error(std::string("ZeRO 3: no blocks known for the stack '") + stack.name + "'");
-      ShardedStack decoder{stack.name, {}, &model->decoder_block_runner};
-      for (size_t i = 0; i < model->model->layers->size(); ++i) decoder.blocks.push_back(model->model->layers->ptr(i));
-      policies.sharded_stacks.push_back(decoder);
+      }
+      for (size_t i = 0; i < layers->size(); ++i) s.blocks.push_back(layers->ptr(i));
+      policies.sharded_stacks.push_back(s);
     }
   }
   return policies;
@@ -80,7 +94,15 @@ LossSumFn model_loss_sum(MPLUGOwl2ForCausalLM model) {
   return [impl = model.ptr()](const Batch& b) {
     ModelInputs in{b.input_ids, b.attention_mask, b.images, b.labels};
     in.segment_ids = b.segment_ids;
-    return impl->forward(in).loss_sum;
+    if (!b.vision_placeholder) return impl->forward(in).loss_sum;
+    // ZeRO 3 with the vision stacks sharded, a text-only micro-batch while another rank's has images: the vision
+    // tower and abstractor run on a blank image so that this rank joins their per-block collectives, in the same
+    // order (before the decoder in forward, after it in backward, as the images of the other ranks run). Times
+    // zero, the output adds nothing to the loss and zeros to the gradients.
+    const int64_t size = impl->cfg.vision.image_size;
+    const auto blank = torch::zeros({1, 3, size, size}, torch::TensorOptions().device(impl->lm_head->weight.device()));
+    const at::Tensor nothing = impl->encode_images(blank).sum() * 0.0;
+    return impl->forward(in).loss_sum + nothing;
   };
 }
 

@@ -11,9 +11,16 @@ struct Zero3Stack {
   const char* name;    // the stack ("decoder")
   const char* prefix;  // its blocks' parameter names: prefix + block index + "."
 };
-// Only the decoder layers: the vision tower and the abstractor are skipped on text-only batches, which would
-// leave ranks in different per-block collectives.
-inline constexpr Zero3Stack kZero3Stacks[] = {{"decoder", "model.layers."}};
+// The repeated blocks of the three towers, in the order a forward pass runs them. The vision tower and the
+// abstractor are not run for a text-only micro-batch; when another rank's micro-batch has images, the trainer runs
+// them on a blank placeholder image whose output reaches the loss times zero, so every rank makes the same per-block
+// collectives (Trainer::step). The embeddings, lm_head, norms and the abstractor's queries and visual_fc are not in
+// blocks: they stay replicated, their gradients and optimizer state sharded as at stage 2.
+inline constexpr Zero3Stack kZero3Stacks[] = {{"vision", "model.vision_model.encoder.layers."},
+                                              {"abstractor", "model.visual_abstractor.encoder.layers."},
+                                              {"decoder", "model.layers."}};
+// Whether a stack runs only for micro-batches with images.
+inline bool zero3_stack_is_visual(std::string_view name) { return name == "vision" || name == "abstractor"; }
 
 // True when stage 3 shards this parameter: trainable and inside a block of a sharded stack. Frozen parameters
 // stay replicated in the compute dtype.

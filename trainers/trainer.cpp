@@ -1,5 +1,6 @@
 // Trainer::step and the training state; see trainer.h.
 #include "trainers/trainer.h"
+#include "trainers/sharding.h"
 
 #include <set>
 
@@ -28,6 +29,28 @@ Trainer::Trainer(torch::nn::Module& model, LossSumFn loss_sum, const RunConfig& 
   }
   sync_ = make_gradient_sync(cfg_, comm, model_, groups_, *precision_, stacks);
   if (comm && comm->world_size() > 1) comm_ = std::move(comm);
+  for (const auto& stack : stacks) {
+    if (!zero3_stack_is_visual(stack.name)) continue;
+    for (const auto& block : stack.blocks) {
+      for (const auto& p : block->parameters()) visual_blocks_sharded_ = visual_blocks_sharded_ || p.requires_grad();
+    }
+  }
+}
+
+std::vector<uint8_t> Trainer::vision_placeholders(const std::vector<Batch>& micro_batches) {
+  std::vector<uint8_t> out(micro_batches.size(), 0);
+  if (!visual_blocks_sharded_ || !comm_) return out;
+  std::vector<int64_t> mine(micro_batches.size(), 0);
+  for (size_t i = 0; i < micro_batches.size(); ++i) {
+    const auto& images = micro_batches[i].images;
+    mine[i] = images.defined() && images.size(0) > 0 ? 1 : 0;
+  }
+  if (mine.empty()) return out;
+  auto any = torch::tensor(mine, torch::kLong).to(comm_->device());
+  comm_->allreduce_sum(any, "allreduce micro-batches with images");  // NCCL reduces device tensors only
+  any = any.cpu();
+  for (size_t i = 0; i < mine.size(); ++i) out[i] = !mine[i] && any[static_cast<int64_t>(i)].item<int64_t>() > 0;
+  return out;
 }
 
 void Trainer::count_global_batch(const std::vector<Batch>& micro_batches, const std::vector<int64_t>& label_tokens,
@@ -66,6 +89,7 @@ StepResult Trainer::step(const std::vector<Batch>& micro_batches, const std::vec
     return r;
   }
   const double inv_tokens = 1.0 / double(r.tokens);
+  const std::vector<uint8_t> placeholder = vision_placeholders(micro_batches);
   // Summed on the device in float64, in micro-batch order: the same additions as summing each value on the host.
   torch::Tensor loss_sum = torch::zeros({}, torch::kDouble);  // 0-dim: it adds to a loss on any device
   for (size_t i = 0; i < micro_batches.size(); ++i) {
@@ -73,7 +97,13 @@ StepResult Trainer::step(const std::vector<Batch>& micro_batches, const std::vec
     torch::Tensor loss;
     {
       const auto autocast = precision_->forward_region();  // bf16-autocast: forward only, backward outside
-      loss = loss_sum_(micro_batches[i]) * inv_tokens;
+      if (placeholder[i]) {
+        Batch with_placeholder = micro_batches[i];
+        with_placeholder.vision_placeholder = true;
+        loss = loss_sum_(with_placeholder) * inv_tokens;
+      } else {
+        loss = loss_sum_(micro_batches[i]) * inv_tokens;
+      }
     }
     loss.backward();
     loss_sum = loss_sum + loss.detach().to(torch::kDouble);

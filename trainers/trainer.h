@@ -102,6 +102,9 @@ class Trainer {
  private:
   // gather_parameters(), with the full float32 masters (sharded ones) on rank masters_root (all when < 0).
   void gather(int64_t masters_root);
+  // ZeRO 3 with trainable vision or abstractor blocks sharded: per micro-batch, whether this rank has no image while
+  // another rank's micro-batch at the same place has some (one all-reduce), so it runs the placeholder image.
+  std::vector<uint8_t> vision_placeholders(const std::vector<Batch>& micro_batches);
   // The seconds this rank has spent blocked in collectives so far.
   double comm_seconds() const { return comm_ ? comm_->blocked_seconds() : 0; }
   // r.tokens and r.samples over the micro-batches of all ranks (the step's first collectives).
@@ -109,6 +112,7 @@ class Trainer {
                           StepResult& r);
 
   torch::nn::Module& model_;
+  bool visual_blocks_sharded_ = false;
   LossSumFn loss_sum_;
   RunConfig cfg_;
   std::vector<ParamGroup> groups_;
