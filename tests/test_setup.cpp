@@ -76,7 +76,8 @@ TEST_CASE("build_model: seeded initialisation in training mode, init.from unless
   CHECK(same_parameters(a, d));
 }
 
-TEST_CASE("apply_training_policies: checkpointing runners, then the decoder as the ZeRO 3 stack", "[setup]") {
+TEST_CASE("apply_training_policies: checkpointing runners, then the ViT, abstractor and decoder as the ZeRO 3 stacks",
+          "[setup]") {
   RunConfig cfg = tiny_run();
   cfg.train.activation_checkpointing = {false, false, false};  // the defaults checkpoint the ViT and decoder
   auto model = build_model(cfg);
@@ -95,8 +96,19 @@ TEST_CASE("apply_training_policies: checkpointing runners, then the decoder as t
 
   cfg.distributed.zero_stage = 3;
   auto z3 = apply_training_policies(model, cfg);
-  REQUIRE(z3.sharded_stacks.size() == 1);
-  const auto& stack = z3.sharded_stacks[0];
+  REQUIRE(z3.sharded_stacks.size() == 3);  // in the order a forward pass runs them
+  const auto& vision = z3.sharded_stacks[0];
+  CHECK(vision.name == "vision");
+  CHECK(vision.runner == &model->model->vision_model->block_runner);
+  REQUIRE(vision.blocks.size() == model->model->vision_model->encoder->layers->size());
+  CHECK(vision.blocks[0].get() == model->model->vision_model->encoder->layers->ptr(0).get());
+  const auto& abstractor = z3.sharded_stacks[1];
+  CHECK(abstractor.name == "abstractor");
+  CHECK(abstractor.runner == &model->model->visual_abstractor->block_runner);
+  REQUIRE(abstractor.blocks.size() == model->model->visual_abstractor->encoder->layers->size());
+  CHECK(abstractor.blocks.back().get() == model->model->visual_abstractor->encoder->layers->ptr(
+                                              model->model->visual_abstractor->encoder->layers->size() - 1).get());
+  const auto& stack = z3.sharded_stacks[2];
   CHECK(stack.name == "decoder");
   CHECK(stack.runner == &model->decoder_block_runner);
   REQUIRE(stack.blocks.size() == model->model->layers->size());

@@ -100,7 +100,11 @@ LossSumFn model_loss_sum(MPLUGOwl2ForCausalLM model) {
     // order (before the decoder in forward, after it in backward, as the images of the other ranks run). Times
     // zero, the output adds nothing to the loss and zeros to the gradients.
     const int64_t size = impl->cfg.vision.image_size;
-    const auto blank = torch::zeros({1, 3, size, size}, torch::TensorOptions().device(impl->lm_head->weight.device()));
+    const auto& w = impl->lm_head->weight;  // float32 pixels, as the loader makes them; float64 for a float64 model
+    const auto blank = torch::zeros({1, 3, size, size}, torch::TensorOptions()
+                                                            .device(w.device())
+                                                            .dtype(w.scalar_type() == torch::kDouble ? torch::kDouble
+                                                                                                     : torch::kFloat));
     const at::Tensor nothing = impl->encode_images(blank).sum() * 0.0;
     return impl->forward(in).loss_sum + nothing;
   };
