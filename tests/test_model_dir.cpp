@@ -138,6 +138,12 @@ TEST_CASE("a model folder's config.yaml may include files inside the folder only
   std::ofstream(dir + "/config.yaml") << "include: [parts/model.yaml]\n";
   CHECK_THROWS_WITH(owl2::read_model_dir_config(dir), Contains(dir + "/parts/model.yaml:1: include '../../outside.yaml'"));
   CHECK_THROWS_WITH(owl2::read_model_dir_config(root), Contains(root + ": not a model directory"));
+  // A training checkpoint names the command that makes a model folder of it.
+  fs::create_directories(root + "/step-000000004");
+  std::ofstream(root + "/step-000000004/state.json") << "{}";
+  CHECK_THROWS_WITH(owl2::read_model_dir_config(root + "/step-000000004"),
+                    Contains("a training checkpoint, not a model directory") &&
+                        Contains("owl2 checkpoint consolidate --from " + root + "/step-000000004 --to DIR"));
 }
 
 }  // namespace owl2_test_model_dir

@@ -107,6 +107,11 @@ torch::Dtype parse_inference_dtype(const std::string& name) {
 RunConfig read_model_dir_config(const std::string& dir) {
   const auto config = (fs::path(dir) / "config.yaml").string();
   if (!fs::is_regular_file(config)) {
+    if (fs::is_regular_file(fs::path(dir) / "state.json")) {
+      throw std::invalid_argument(fmt::format("{}: a training checkpoint, not a model directory; make one with `owl2 "
+                                              "checkpoint consolidate --from {} --to DIR`",
+                                              dir, dir));
+    }
     throw std::invalid_argument(dir + ": not a model directory (no config.yaml; use a run's final/ folder)");
   }
   std::set<std::string> seen;
