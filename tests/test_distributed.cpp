@@ -877,6 +877,14 @@ TEST_CASE("a stalled rank makes the others fail within the timeout, naming it", 
 
 namespace {
 
+// Makes TO a run directory whose newest checkpoint is a copy of FROM/checkpoints/STEP, so that `owl2 train` into
+// TO resumes there.
+void start_from_checkpoint(const std::string& from, const std::string& step, const std::string& to) {
+  fs::create_directories(to + "/checkpoints");
+  fs::copy(from + "/checkpoints/" + step, to + "/checkpoints/" + step, fs::copy_options::recursive);
+  std::ofstream(to + "/checkpoints/latest") << step << "\n";
+}
+
 // step -> loss of a run directory (a re-run step keeps its last value).
 std::map<int64_t, double> losses(const std::string& run) {
   std::map<int64_t, double> out;
@@ -954,10 +962,7 @@ TEST_CASE("owl2 train: a rank SIGKILLed under torchrun --max-restarts 1 resumes 
 
   // The 2-rank ZeRO-2 checkpoint of step 2 continues at 1 rank (optimizer shards and loader position
   // reshard): the same losses up to float32 summation order.
-  fs::create_directories(root + "/one/checkpoints");
-  fs::copy(root + "/full/checkpoints/step-000000002", root + "/one/checkpoints/step-000000002",
-           fs::copy_options::recursive);
-  std::ofstream(root + "/one/checkpoints/latest") << "step-000000002\n";
+  start_from_checkpoint(root + "/full", "step-000000002", root + "/one");
   const auto one = run_owl2("train --config " + root + "/run.yaml --set train.out_dir=" + root + "/one");
   INFO(one.out);
   REQUIRE(one.rc == 0);
@@ -1023,10 +1028,7 @@ TEST_CASE("owl2 train at ZeRO 3 on 2 ranks logs the ZeRO-2 losses, writes comple
   CHECK_THAT(run_owl2("checkpoint consolidate --from " + root + " --to " + root + "/bad").out,
              Contains("not a training checkpoint (no state.json"));
   // The step-2 checkpoint of 2 ranks at ZeRO 3 continues at 1 rank at ZeRO 3 (shards and decoder layers reshard).
-  fs::create_directories(root + "/one/checkpoints");
-  fs::copy(root + "/zero3/checkpoints/step-000000002", root + "/one/checkpoints/step-000000002",
-           fs::copy_options::recursive);
-  std::ofstream(root + "/one/checkpoints/latest") << "step-000000002\n";
+  start_from_checkpoint(root + "/zero3", "step-000000002", root + "/one");
   const auto one = run_owl2("train --config " + root + "/zero3.yaml --set train.out_dir=" + root + "/one");
   INFO(one.out);
   REQUIRE(one.rc == 0);
@@ -1209,10 +1211,7 @@ TEST_CASE("owl2 train with LoRA at ZeRO 3: the base stays bit-identical, 2 ranks
   CHECK(nlohmann::json::parse(g1.out).at("generated_ids") == nlohmann::json::parse(g2.out).at("generated_ids"));
 
   // Resuming from the step-2 checkpoint on 1 rank repeats steps 2 and 3 bit for bit.
-  fs::create_directories(root + "/resumed/checkpoints");
-  fs::copy(root + "/one/checkpoints/step-000000002", root + "/resumed/checkpoints/step-000000002",
-           fs::copy_options::recursive);
-  std::ofstream(root + "/resumed/checkpoints/latest") << "step-000000002\n";
+  start_from_checkpoint(root + "/one", "step-000000002", root + "/resumed");
   const auto resumed = run_owl2("train --config " + root + "/lora.yaml --set train.out_dir=" + root + "/resumed");
   INFO(resumed.out);
   REQUIRE(resumed.rc == 0);
@@ -1261,19 +1260,13 @@ TEST_CASE("owl2 train streaming tar shards on 2 ranks: each rank's position is s
     CHECK(r.at("sample") == 1);
   }
   // Resume from it at 2 ranks: steps 2-5 as uninterrupted.
-  fs::create_directories(root + "/resumed/checkpoints");
-  fs::copy(root + "/full/checkpoints/step-000000002", root + "/resumed/checkpoints/step-000000002",
-           fs::copy_options::recursive);
-  std::ofstream(root + "/resumed/checkpoints/latest") << "step-000000002\n";
+  start_from_checkpoint(root + "/full", "step-000000002", root + "/resumed");
   launch(root + "/resumed");
   CHECK_THAT(read_text(root + "/resumed.log"), Contains("at step 2"));
   const auto resumed = losses(root + "/resumed");
   for (int64_t step = 2; step < 6; ++step) CHECK(resumed.at(step) == Approx(full.at(step)).epsilon(1e-6));
   // At 1 rank the per-rank positions do not apply: refused, naming the checkpoint and both world sizes.
-  fs::create_directories(root + "/one/checkpoints");
-  fs::copy(root + "/full/checkpoints/step-000000002", root + "/one/checkpoints/step-000000002",
-           fs::copy_options::recursive);
-  std::ofstream(root + "/one/checkpoints/latest") << "step-000000002\n";
+  start_from_checkpoint(root + "/full", "step-000000002", root + "/one");
   const auto one = run_owl2("train --config " + root + "/stream.yaml --set train.out_dir=" + root + "/one");
   CHECK(one.rc != 0);
   CHECK_THAT(one.out, Contains("step-000000002 at 1 ranks: its streaming data positions were saved at 2 ranks"));
