@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -155,7 +156,10 @@ std::vector<torch::Tensor> train(int64_t rank, int64_t world, std::shared_ptr<Co
     // The W shards together are the parameters plus each bucket's padding (under W elements).
     REQUIRE(l.shard_numel * world <= total + (world - 1) * static_cast<int64_t>(l.buckets.size()));
   }
-  if (!run.resume_dir.empty()) resume_training(CheckpointManager(run.resume_dir, 2), t, world, nullptr, rank);
+  if (!run.resume_dir.empty()) {
+    resume_training(CheckpointManager(run.resume_dir, 2), t, world, nullptr, rank);
+    if (run.zero_stage == 3) CHECK(t.zero()->peak_gathered_numel() == 0);  // each rank read its slices: no gather
+  }
   for (int s = run.from; s < run.to; ++s) {
     if (rank == run.stall_rank && s == 2) std::this_thread::sleep_for(std::chrono::seconds(30));
     const auto r = t.step(shard(s, rank, world));
@@ -654,6 +658,82 @@ TEST_CASE("ZeRO 3 over the ViT, abstractor and decoder layers of the float64 mod
   CHECK(max_diff(train_golden(0, 1, nullptr, 0, 0), reference) > 1e-4);
 }
 
+namespace {
+
+// The tiny model in float32 trained 2 steps at `world` ranks, ZeRO stage `stage`, `precision`, with small buckets
+// (several per run, padded) and some parameters frozen (one set inside a ViT block); then what the trainer holds,
+// counted from its tensors, must equal the planner's figure for the same run, category by category.
+void check_held_bytes(int64_t rank, int64_t world, std::shared_ptr<Comm> comm, int stage, Precision precision,
+                      ReduceDtype reduce) {
+  RunConfig cfg;
+  cfg.model = owl2::test::tiny_golden_config();
+  cfg.distributed.zero_stage = stage;
+  cfg.distributed.bucket_mb = 0.004;
+  cfg.distributed.reduce_dtype = reduce;
+  cfg.train.precision = precision;
+  cfg.train.steps = 10;
+  cfg.freeze = {{"model.vision_model.encoder.layers.0.mlp.*", false}, {"model.layers.1.self_attn.o_proj.*", false},
+                {"*", true}};
+  auto model = owl2::test::tiny_golden_model();
+  model->to(torch::kFloat32);
+  NamedSizes sizes;
+  for (const auto& item : model->named_parameters()) sizes.emplace_back(item.key(), item.value().numel());
+  const auto policies = apply_training_policies(model, cfg);
+  Trainer t(*model, model_loss_sum(model), cfg, comm, policies.sharded_stacks);
+  const int64_t size = cfg.model.vision.image_size;
+  for (int s = 0; s < 2; ++s) {
+    auto gen = torch::make_generator<torch::CPUGeneratorImpl>(77 + s * 10 + rank);
+    auto ids = torch::randint(3, 40, {1, 9}, gen, torch::kLong);
+    ids[0][1] = -200;
+    Batch b;
+    b.input_ids = ids;
+    b.labels = ids.clone();
+    b.labels.slice(1, 0, 3).fill_(-100);
+    b.attention_mask = torch::ones({1, 9}, torch::kLong);
+    b.images = torch::rand({1, 3, size, size}, gen, torch::kFloat32);
+    b.samples = 1;
+    const auto res = t.step({b});
+    INFO("loss " << res.loss << " norm " << res.grad_norm << " tokens " << res.tokens);
+    REQUIRE_FALSE(res.skipped);
+  }
+  const RankBytes measured = t.held_bytes();
+  const RankBytes planned = rank_bytes_between_steps(cfg, sizes, stage, world);
+  INFO("rank " << rank << " of " << world << ", ZeRO " << stage << ", " << precision_name(precision) << ", reduce "
+               << reduce_dtype_name(reduce));
+  CHECK(measured.weights == planned.weights);
+  CHECK(measured.grads == planned.grads);
+  CHECK(measured.optimizer == planned.optimizer);
+  // The shards shrink with the world size: the figures are not those of one rank.
+  if (stage >= 1 && world > 1) CHECK(planned.optimizer < rank_bytes_between_steps(cfg, sizes, stage, 1).optimizer);
+}
+
+void check_held_bytes_all(int64_t rank, int64_t world, std::shared_ptr<Comm> comm) {
+  for (int stage = 0; stage <= 3; ++stage) {
+    check_held_bytes(rank, world, comm, stage, Precision::kFp32, ReduceDtype::kFp32);
+    check_held_bytes(rank, world, comm, stage, Precision::kBf16, ReduceDtype::kFp32);
+    if (stage >= 1) check_held_bytes(rank, world, comm, stage, Precision::kBf16, ReduceDtype::kBf16);
+  }
+}
+
+}  // namespace
+
+// Runs under torchrun: check_held_bytes_all on every rank.
+TEST_CASE("held bytes worker", "[.held-bytes-worker]") {
+  const auto env = DistEnv::from_environment();
+  auto comm = std::make_shared<Comm>(env, std::chrono::seconds(60), false);
+  check_held_bytes_all(env.rank, env.world_size, comm);
+}
+
+TEST_CASE("the bytes each rank holds between steps equal owl2 plan's figures exactly at 1, 2 and 4 ranks, every ZeRO "
+          "stage, fp32 and bf16",
+          "[dist][slow][plan]") {
+  check_held_bytes_all(0, 1, nullptr);
+  const std::string root = "build/test_held_bytes";
+  fs::remove_all(root);
+  fs::create_directories(root);
+  for (int world : {2, 4}) run_workers(world, "", root + "/w" + std::to_string(world) + ".log", "[.held-bytes-worker]");
+}
+
 std::vector<double> read_losses(const std::string& path) {
   const auto t = read_params(path + ".loss").at(0);
   return std::vector<double>(t.data_ptr<double>(), t.data_ptr<double>() + t.numel());
@@ -979,8 +1059,11 @@ TEST_CASE("owl2 train at ZeRO 3 on 2 ranks logs the ZeRO-2 losses, writes comple
   const std::string root = "build/test_dist_zero3";
   make_run_data(root, "--train 16 --heldout 2 --train-text 4 --heldout-text 2");
   for (int stage : {0, 2, 3}) {
+    // A frozen ViT layer and a frozen decoder MLP: ZeRO 3 shards them too.
     std::ofstream(root + "/zero" + std::to_string(stage) + ".yaml")
         << "include: " << source_path("configs/model/tiny.yaml") << "\n"
+        << "freeze: [{pattern: 'model.vision_model.encoder.layers.0.*', trainable: false},"
+        << " {pattern: 'model.layers.1.mlp.*', trainable: false}, {pattern: '*'}]\n"
         << "optim: {lr: 2.0e-3, warmup_steps: 2}\n"
         << "train: {steps: 4, global_batch_size: 4, micro_batch_size: 1, max_length: 256, save_every: 2, log_every: 1}\n"
         << "data: {tokenizer: " << root << "/tok.model, sources: [{path: " << root
@@ -1011,6 +1094,16 @@ TEST_CASE("owl2 train at ZeRO 3 on 2 ranks logs the ZeRO-2 losses, writes comple
   const auto state = nlohmann::json::parse(read_text(step4 + "/state.json"));
   const SafetensorsFile ck_model(step4 + "/model.safetensors");
   for (const auto& p : state.at("extra").at("zero").at("params")) CHECK(!ck_model.contains(p.at(0).get<std::string>()));
+  // The frozen block parameters are in the shards too, and only there.
+  std::set<std::string> frozen_names, expected_frozen;
+  for (const auto& p : state.at("extra").at("zero").at("frozen")) frozen_names.insert(p.at(0).get<std::string>());
+  for (const auto& name : SafetensorsFile(root + "/zero0/final/model.safetensors").names()) {
+    if (name.starts_with("model.vision_model.encoder.layers.0.") || name.starts_with("model.layers.1.mlp."))
+      expected_frozen.insert(name);
+  }
+  CHECK(expected_frozen.count("model.layers.1.mlp.down_proj.weight"));
+  CHECK(frozen_names == expected_frozen);
+  for (const auto& name : frozen_names) CHECK(!ck_model.contains(name));
   const auto consolidated = run_owl2("checkpoint consolidate --from " + step4 + " --to " + root + "/consolidated");
   INFO(consolidated.out);
   REQUIRE(consolidated.rc == 0);

@@ -37,10 +37,13 @@ TEST_CASE("plan: weights, gradients and optimizer state per device under each Ze
   CHECK(p0.optimizer_bytes == 800);  // two fp32 moments
   auto p1 = make_plan(cfg, kParams, {2, 1});
   CHECK(p1.optimizer_bytes == 400);
-  CHECK(p1.grads_bytes == 400);
+  CHECK(p1.grads_bytes == 600);  // the gradient shard (50) and the full bucket stage 1 keeps for its all-reduce (100)
   auto p3 = make_plan(cfg, kParams, {2, 3});
-  CHECK(p3.zero3_sharded_params == 0);  // the decoder layer is frozen: stage 3 leaves it replicated
-  CHECK(p3.weights_bytes == 4000);
+  CHECK(p3.zero3_sharded_params == 300);  // the frozen decoder layer too, in a shard of its own
+  // Replicated 700; the parameter shard (50 of the 100 trainable ones' bucket, allocated at stage 3 whatever it
+  // holds) and the frozen shard (150 of the layer's 300).
+  CHECK(p3.held.weights == (700 + 50 + 150) * 4);
+  CHECK(p3.zero3_gathered_bytes == 2 * 300 * 4);  // the layer gathered, and a prefetch of up to its size
   CHECK(p3.grads_bytes == 200);
   CHECK(p3.flops_per_step == Approx(p0.flops_per_step / 2));
   CHECK(p0.activations_checkpointed_bytes < p0.activations_bytes);
@@ -73,7 +76,7 @@ TEST_CASE("plan: the ZeRO stage comes from distributed.zero_stage unless given",
   CHECK(given.grads_bytes == 400);
 }
 
-TEST_CASE("plan: ZeRO 3 shards the trainable block parameters and holds a block gathered and one prefetched", "[plan]") {
+TEST_CASE("plan: ZeRO 3 shards the block parameters and holds a block gathered and one prefetched", "[plan]") {
   auto cfg = tiny_run();
   cfg.freeze = {{"*", true}};
   const NamedSizes params = {{"model.vision_model.embeddings.cls_token", 100},
@@ -86,9 +89,22 @@ TEST_CASE("plan: ZeRO 3 shards the trainable block parameters and holds a block 
   const auto p = make_plan(cfg, params, {4, 3});
   CHECK(p.zero3_sharded_params == 760);  // a ViT block too; its embeddings stay replicated
   CHECK(p.zero3_largest_block == 400);  // model.layers.1
-  // Replicated 750 + sharded 760 / 4 + a gathered block and a prefetched one of up to 400, in fp32.
-  CHECK(p.weights_bytes == Approx((750 + 190 + 800) * 4.0));
-  CHECK_THAT(p.report, Contains("760 trainable ViT, abstractor and decoder block parameters sharded"));
+  // Replicated 750; the shard: each bucket padded to a multiple of 4 ranks, a quarter of it per rank (the plain
+  // parameters' bucket 750 -> 752, the blocks 60, 300 and 400); a gathered block and a prefetched one of up to 400.
+  CHECK(p.held.weights == (750 + (752 + 60 + 300 + 400) / 4) * 4);
+  CHECK(p.zero3_gathered_bytes == 2 * 400 * 4);
+  CHECK(p.weights_bytes == double(p.held.weights + p.zero3_gathered_bytes));
+  CHECK_THAT(p.report, Contains("760 ViT, abstractor and decoder block parameters sharded"));
+  // Frozen, the same blocks are still sharded (in a shard of their own, no optimizer state); the gathered block
+  // holds its trainable and frozen buckets together.
+  auto frozen = cfg;
+  frozen.freeze = {{"model.layers.1.mlp.*", false}, {"model.vision_model.encoder.*", false}, {"*", true}};
+  const auto f = make_plan(frozen, params, {4, 3});
+  CHECK(f.zero3_sharded_params == 760);
+  CHECK(f.trainable_params == 1510 - 260);
+  // Shards: trainable 752 / 4 + 300 / 4 + 200 / 4; frozen 60 / 4 + 200 / 4.
+  CHECK(f.held.weights == (750 + (752 + 300 + 200) / 4 + (60 + 200) / 4) * 4);
+  CHECK(f.zero3_gathered_bytes == 2 * (200 + 200) * 4);
 }
 
 TEST_CASE("plan: the parameters it shards at ZeRO 3 are those the trainer's sharded stacks hold", "[plan]") {
@@ -101,12 +117,12 @@ TEST_CASE("plan: the parameters it shards at ZeRO 3 are those the trainer's shar
   auto model = build_model(cfg, {.load_init = false});
   apply_freeze_rules(*model, cfg.freeze);
   const auto policies = apply_training_policies(model, cfg);
-  // What the trainer shards: the trainable parameters of its stacks' blocks (ZeroOptimizer, stage 3).
+  // What the trainer shards: the parameters of its stacks' blocks, trainable or frozen (ZeroOptimizer, stage 3).
   int64_t trainer = 0, largest = 0;
   for (const auto& stack : policies.sharded_stacks) {
     for (const auto& block : stack.blocks) {
       int64_t n = 0;
-      for (const auto& t : block->parameters()) n += t.requires_grad() ? t.numel() : 0;
+      for (const auto& t : block->parameters()) n += t.numel();
       trainer += n;
       largest = std::max(largest, n);
     }
@@ -117,7 +133,7 @@ TEST_CASE("plan: the parameters it shards at ZeRO 3 are those the trainer's shar
   REQUIRE(trainer > 0);
   CHECK(plan.zero3_sharded_params == trainer);
   CHECK(plan.zero3_largest_block == largest);
-  CHECK(plan.zero3_sharded_params < plan.trainable_params);  // embeddings, lm_head, norms stay replicated
+  CHECK(plan.zero3_sharded_params < plan.total_params);  // embeddings, lm_head, norms stay replicated
   REQUIRE(policies.sharded_stacks.size() == 3);  // the ViT, abstractor and decoder layers
   CHECK(policies.sharded_stacks[0].name == "vision");
   CHECK(policies.sharded_stacks[1].name == "abstractor");

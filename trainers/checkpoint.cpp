@@ -384,7 +384,8 @@ std::string save_training_checkpoint(CheckpointManager& ckpts, Trainer& trainer,
   c.step = trainer.step_count();
   if (trainer.zero()) {
     // Every rank writes its shard: the AdamW state and the values (float32 masters in bf16) of the trainable
-    // parameters it owns; rank 0 adds what is not sharded (frozen weights, buffers). Nothing is gathered.
+    // parameters it owns, and at ZeRO 3 its slices of the frozen block parameters; rank 0 adds what is not sharded
+    // (other frozen weights, buffers). Nothing is gathered.
     if (lead) {
       c.tensors["model"] = trainer.untrained_state();
       c.tensors["rng"] = capture_rng_states();
@@ -420,12 +421,15 @@ std::optional<data::LoaderState> resume_training(const CheckpointManager& ckpts,
   const auto model_it = c.tensors.find("model");
   if (model_it == c.tensors.end()) throw std::runtime_error(res.dir + ": checkpoint has no model tensors");
   std::map<std::string, torch::Tensor> m(model_it->second.begin(), model_it->second.end());
-  if (ZeroShardValues::present(c)) {  // the trainable weights are in the ZeRO shards
-    const ZeroShardValues values = ZeroShardValues::of(c, res.dir);
-    for (size_t k = 0; k < values.size(); ++k) m[values.name(k)] = values.get(k);
+  std::vector<ZeroShardValues> parts;  // the trainable (and ZeRO 3's frozen block) weights, in the shards
+  for (const auto part : {ZeroShardValues::Part::kTrainable, ZeroShardValues::Part::kFrozen}) {
+    if (ZeroShardValues::present(c, part)) parts.push_back(ZeroShardValues::of(c, res.dir, part));
   }
+  std::vector<const ZeroShardValues*> part_ptrs;
+  for (const auto& p : parts) part_ptrs.push_back(&p);
   try {
-    trainer.load_model_state(m, res.dir);  // ZeRO 3: into full blocks; bf16: the fp32 masters too, also sharded
+    // Under ZeRO each rank reads its own slices of the sharded weights; bf16: the fp32 masters exactly.
+    trainer.load_checkpoint_weights(m, part_ptrs, res.dir);
   } catch (const std::exception& e) {
     throw std::runtime_error(
         fmt::format("cannot resume from {}: its model does not match this config: {}", res.dir, e.what()));

@@ -65,14 +65,13 @@ std::string apply_freeze_rules(torch::nn::Module& model, const std::vector<Freez
   return out;
 }
 
-std::vector<ParamGroup> resolve_param_groups(torch::nn::Module& model, const std::vector<ParamGroupRule>& rules,
-                                             double default_weight_decay, double vision_layer_decay,
-                                             int64_t vision_layers, bool drop_unmatched) {
+std::vector<GroupMembers> assign_param_groups(const std::vector<std::string>& trainable,
+                                              const std::vector<ParamGroupRule>& rules, double default_weight_decay,
+                                              double vision_layer_decay, int64_t vision_layers, bool drop_unmatched) {
   std::vector<int64_t> hits(rules.size(), 0);
-  std::map<std::pair<size_t, int64_t>, ParamGroup> groups;  // (rule, vit layer id) -> group, in rule order
-  for (auto& item : model.named_parameters(/*recurse=*/true)) {
-    if (!item.value().requires_grad()) continue;
-    const std::string& name = item.key();
+  std::map<std::pair<size_t, int64_t>, GroupMembers> groups;  // (rule, vit layer id) -> group, in rule order
+  for (size_t k = 0; k < trainable.size(); ++k) {
+    const std::string& name = trainable[k];
     size_t r = 0;
     while (r < rules.size() && !glob_match(rules[r].pattern, name)) ++r;
     if (r == rules.size()) {
@@ -82,16 +81,14 @@ std::vector<ParamGroup> resolve_param_groups(torch::nn::Module& model, const std
     ++hits[r];
     const int64_t layer = vision_layer_decay < 1.0 ? vision_layer_id(name, vision_layers) : -1;
     auto& g = groups[{r, layer}];
-    if (g.names.empty()) {
+    if (g.members.empty()) {
       const auto& rule = rules[r];
       g.name = rule.name.empty() ? rule.pattern : rule.name;
       if (layer >= 0) g.name += fmt::format(" [vit {}]", layer);
       g.weight_decay = rule.weight_decay.value_or(default_weight_decay);
       g.lr_scale = rule.lr_scale * (layer >= 0 ? std::pow(vision_layer_decay, double(vision_layers + 1 - layer)) : 1.0);
     }
-    g.names.push_back(name);
-    g.params.push_back(item.value());
-    g.numel += item.value().numel();
+    g.members.push_back(k);
   }
   for (size_t r = 0; r < rules.size() && !drop_unmatched; ++r) {
     if (hits[r] == 0) {
@@ -100,8 +97,35 @@ std::vector<ParamGroup> resolve_param_groups(torch::nn::Module& model, const std
           rules[r].pattern));
     }
   }
-  std::vector<ParamGroup> out;
+  std::vector<GroupMembers> out;
   for (auto& kv : groups) out.push_back(std::move(kv.second));
+  return out;
+}
+
+std::vector<ParamGroup> resolve_param_groups(torch::nn::Module& model, const std::vector<ParamGroupRule>& rules,
+                                             double default_weight_decay, double vision_layer_decay,
+                                             int64_t vision_layers, bool drop_unmatched) {
+  std::vector<std::string> names;
+  std::vector<torch::Tensor> tensors;
+  for (auto& item : model.named_parameters(/*recurse=*/true)) {
+    if (!item.value().requires_grad()) continue;
+    names.push_back(item.key());
+    tensors.push_back(item.value());
+  }
+  std::vector<ParamGroup> out;
+  for (const auto& m : assign_param_groups(names, rules, default_weight_decay, vision_layer_decay, vision_layers,
+                                           drop_unmatched)) {
+    ParamGroup g;
+    g.name = m.name;
+    g.lr_scale = m.lr_scale;
+    g.weight_decay = m.weight_decay;
+    for (size_t k : m.members) {
+      g.names.push_back(names[k]);
+      g.params.push_back(tensors[k]);
+      g.numel += tensors[k].numel();
+    }
+    out.push_back(std::move(g));
+  }
   return out;
 }
 

@@ -37,6 +37,20 @@ struct ParamGroup {
   int64_t numel = 0;
 };
 
+// The groups by name alone (what resolve_param_groups does to a model, and `owl2 plan` to a config): each group's
+// members as indices into `trainable` (the trainable parameter names in registration order), groups in rule
+// order and, with vision_layer_decay < 1, by ViT layer id within a rule. Throws as resolve_param_groups.
+struct GroupMembers {
+  std::string name;
+  std::vector<size_t> members;
+  double lr_scale = 1.0;
+  double weight_decay = 0.0;
+};
+std::vector<GroupMembers> assign_param_groups(const std::vector<std::string>& trainable,
+                                              const std::vector<ParamGroupRule>& rules, double default_weight_decay,
+                                              double vision_layer_decay, int64_t vision_layers,
+                                              bool drop_unmatched = false);
+
 // Assigns every trainable parameter to the first matching group rule; throws std::invalid_argument when a rule
 // matches no trainable parameter (unless drop_unmatched: the default groups under LoRA, where no bias may train) or a trainable parameter is left unclaimed. With vision_layer_decay < 1, the
 // groups are split further by ViT depth: block i of L gets decay^(L - i), the embeddings decay^(L + 1), and the

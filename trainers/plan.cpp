@@ -8,6 +8,7 @@
 #include <stdexcept>
 
 #include "trainers/param_rules.h"
+#include "trainers/parallel/zero.h"
 #include "trainers/sharding.h"
 
 namespace owl2 {
@@ -32,7 +33,130 @@ struct Stack {
   }
 };
 
+// The trainable parameters (indices into params) in the order the optimizer lists them: by parameter group.
+std::vector<size_t> optimizer_order(const RunConfig& cfg, const NamedSizes& params, const std::vector<uint8_t>& trainable) {
+  std::vector<std::string> names;
+  std::vector<size_t> index;
+  for (size_t k = 0; k < params.size(); ++k) {
+    if (!trainable[k]) continue;
+    names.push_back(params[k].first);
+    index.push_back(k);
+  }
+  std::vector<size_t> out;
+  // Only the order matters here: a group rule that matches nothing is the trainer's error to report.
+  for (const auto& g : assign_param_groups(names, cfg.param_groups, cfg.optim.weight_decay, cfg.optim.vision_layer_decay,
+                                           cfg.model.vision.num_hidden_layers, /*drop_unmatched=*/true)) {
+    for (size_t m : g.members) out.push_back(index[m]);
+  }
+  return out;
+}
+
+std::vector<uint8_t> trainable_flags(const RunConfig& cfg, const NamedSizes& params) {
+  const auto freeze = effective_freeze_rules(cfg);
+  std::vector<uint8_t> out;
+  for (const auto& [name, numel] : params) {
+    bool trainable = false;
+    for (const auto& r : freeze) {
+      if (glob_match(r.pattern, name)) {
+        trainable = r.trainable;
+        break;
+      }
+    }
+    out.push_back(trainable ? 1 : 0);
+  }
+  return out;
+}
+
+// Bytes per element of the gradient buckets under ZeRO: distributed.reduce_dtype with bf16's float32 masters,
+// else the trainable parameters' float32.
+int64_t reduce_bytes(const RunConfig& cfg) {
+  return cfg.train.precision == Precision::kBf16 && cfg.distributed.reduce_dtype == ReduceDtype::kBf16 ? 2 : 4;
+}
+
+// The ZeRO layouts as the ZeroOptimizer builds them: the trainable parameters (in optimizer order) in gradient
+// buckets, at stage 3 a bucket per block; the frozen block parameters (stage 3) in a bucket per block of their own;
+// and the largest block's two padded buckets together, in elements (what gathering it holds).
+struct ZeroShape {
+  ZeroLayout layout, frozen;
+  int64_t largest_gathered_block = 0;
+};
+
+ZeroShape zero_layout(const RunConfig& cfg, const NamedSizes& params, const std::vector<uint8_t>& trainable,
+                      const std::vector<size_t>& order, int stage, int64_t world, int64_t reduce_bytes,
+                      int64_t compute_bytes) {
+  std::map<std::string, int64_t> block_ids;  // any numbering: a block's buckets hold its own parameters only
+  auto block_of = [&](const std::string& name) -> int64_t {
+    if (stage != 3 || !zero3_shards(name)) return -1;
+    return block_ids.emplace(zero3_block(name), int64_t(block_ids.size())).first->second;
+  };
+  std::vector<int64_t> numels, blocks, frozen_numels, frozen_blocks;
+  for (size_t k : order) {
+    numels.push_back(params[k].second);
+    blocks.push_back(block_of(params[k].first));
+  }
+  for (size_t k = 0; k < params.size(); ++k) {
+    const int64_t b = trainable[k] ? -1 : block_of(params[k].first);
+    if (b < 0) continue;
+    frozen_numels.push_back(params[k].second);
+    frozen_blocks.push_back(b);
+  }
+  const auto bucket_bytes = static_cast<int64_t>(cfg.distributed.bucket_mb * (1 << 20));
+  ZeroShape out{ZeroLayout(numels, reduce_bytes, world, 0, bucket_bytes, blocks),
+                ZeroLayout(frozen_numels, compute_bytes, world, 0, 1, frozen_blocks), 0};
+  for (int64_t b = 0; b < static_cast<int64_t>(block_ids.size()); ++b) {
+    const auto t = static_cast<size_t>(out.layout.plain_buckets + b), f = static_cast<size_t>(b);
+    const int64_t n = (t < out.layout.buckets.size() ? out.layout.buckets[t].padded_numel : 0) +
+                      (f < out.frozen.buckets.size() ? out.frozen.buckets[f].padded_numel : 0);
+    out.largest_gathered_block = std::max(out.largest_gathered_block, n);
+  }
+  return out;
+}
+
 }  // namespace
+
+RankBytes rank_bytes_between_steps(const RunConfig& cfg, const NamedSizes& params, int stage, int64_t world) {
+  if (world < 1) throw std::invalid_argument(fmt::format("world size must be >= 1, got {}", world));
+  if (stage < 0 || stage > 3) throw std::invalid_argument(fmt::format("ZeRO stage must be 0, 1, 2 or 3, got {}", stage));
+  const bool bf16 = cfg.train.precision == Precision::kBf16;
+  const int64_t compute = bf16 ? 2 : 4, fp32 = 4;  // bf16: every floating parameter is cast; else float32
+  const auto trainable = trainable_flags(cfg, params);
+  int64_t P = 0, T = 0;
+  for (size_t k = 0; k < params.size(); ++k) {
+    P += params[k].second;
+    T += trainable[k] ? params[k].second : 0;
+  }
+  RankBytes r;
+  if (stage == 0) {
+    // ReplicatedSync / DataParallelSync: torch AdamW's two moments; bf16 adds MixedPrecision's float32 masters,
+    // whose float32 gradients replace the model's. Several ranks: the gradients live in the data-parallel buckets
+    // (the model's .grad are views of them), in the model's dtype.
+    r.weights = P * compute;
+    r.optimizer = 2 * T * fp32 + (bf16 ? T * fp32 : 0);
+    if (world == 1) {
+      r.grads = T * fp32;
+    } else {
+      r.grads = T * compute + (bf16 ? T * fp32 : 0);
+    }
+    return r;
+  }
+  // ZeroOptimizer: the shards are float32 (the masters under bf16, else the float32 parameters).
+  const bool masters = bf16;
+  const int64_t reduce = reduce_bytes(cfg);
+  const auto z = zero_layout(cfg, params, trainable, optimizer_order(cfg, params, trainable), stage, world, reduce, compute);
+  const int64_t shard = z.layout.shard_numel * fp32;
+  for (size_t k = 0; k < params.size(); ++k) {
+    const bool released = stage == 3 && zero3_shards(params[k].first);
+    r.weights += released ? 0 : params[k].second * compute;
+  }
+  r.weights += z.frozen.shard_numel * compute;  // stage 3: the frozen block parameters' shard
+  r.grads = shard;
+  if (stage == 1) {  // the full buckets stay for the next step's reduction and the parameters' all-gather
+    for (int64_t b = 0; b < z.layout.plain_buckets; ++b) r.grads += z.layout.buckets[static_cast<size_t>(b)].padded_numel * reduce;
+  }
+  r.optimizer = 2 * shard;
+  if (masters || stage == 3) (masters ? r.optimizer : r.weights) += shard;  // the parameter shard
+  return r;
+}
 
 Plan make_plan(const RunConfig& cfg, const NamedSizes& params, const PlanInputs& inputs) {
   PlanInputs in = inputs;
@@ -61,7 +185,7 @@ Plan make_plan(const RunConfig& cfg, const NamedSizes& params, const PlanInputs&
         break;
       }
     }
-    if (in.zero_stage >= 3 && zero3_shards(name, trainable)) {
+    if (in.zero_stage >= 3 && zero3_shards(name)) {
       plan.zero3_sharded_params += numel;
       block_sizes[zero3_block(name)] += numel;
     }
@@ -88,12 +212,19 @@ Plan make_plan(const RunConfig& cfg, const NamedSizes& params, const PlanInputs&
   const double W = double(in.world_size);
   const double P = double(plan.total_params), T = double(plan.trainable_params);
   for (const auto& [block, n] : block_sizes) plan.zero3_largest_block = std::max(plan.zero3_largest_block, n);
-  // Stage 3: the sharded parameters as this rank's slices, plus the block that runs and the next one's prefetch
-  // (bounded by twice the largest block); the rest replicated.
-  const double S3 = double(plan.zero3_sharded_params);
-  plan.weights_bytes = ((P - S3) + S3 / W + 2.0 * double(plan.zero3_largest_block)) * compute_bytes;
-  plan.grads_bytes = T * 4 / (in.zero_stage >= 2 ? W : 1);                       // fp32 accumulation
-  plan.optimizer_bytes = T * (8 + (bf16 ? 4 : 0)) / (in.zero_stage >= 1 ? W : 1);  // moments (+ fp32 master)
+  // Between steps, exactly as the trainer holds it; at the peak, stage 3 adds the block that runs and the next
+  // one's prefetch (bounded by twice the largest padded block).
+  plan.held = rank_bytes_between_steps(cfg, params, in.zero_stage, in.world_size);
+  if (in.zero_stage == 3) {
+    const auto trainable = trainable_flags(cfg, params);
+    const auto compute = static_cast<int64_t>(compute_bytes);
+    const auto z = zero_layout(cfg, params, trainable, optimizer_order(cfg, params, trainable), 3, in.world_size,
+                               reduce_bytes(cfg), compute);
+    plan.zero3_gathered_bytes = 2 * z.largest_gathered_block * compute;
+  }
+  plan.weights_bytes = double(plan.held.weights + plan.zero3_gathered_bytes);
+  plan.grads_bytes = double(plan.held.grads);
+  plan.optimizer_bytes = double(plan.held.optimizer);
 
   // Token counts per sample.
   const double images = double(in.images_per_sample);
@@ -159,8 +290,11 @@ Plan make_plan(const RunConfig& cfg, const NamedSizes& params, const PlanInputs&
   r += fmt::format("per device: world size {}, ZeRO stage {}, precision {}, micro-batch {}, {} decoder tokens/sample\n",
                    in.world_size, in.zero_stage, precision_name(t.precision), t.micro_batch_size,
                    static_cast<int64_t>(dec_tokens));
+  r += fmt::format("  held between steps {:>12} ({} bytes: weights {}, gradients {}, optimizer state {})\n",
+                   gib(double(plan.held.total())), plan.held.total(), plan.held.weights, plan.held.grads,
+                   plan.held.optimizer);
   r += fmt::format("  weights            {:>12}{}\n", gib(plan.weights_bytes),
-                   in.zero_stage >= 3 ? fmt::format(" ({} trainable ViT, abstractor and decoder block parameters sharded, "
+                   in.zero_stage >= 3 ? fmt::format(" ({} ViT, abstractor and decoder block parameters sharded, "
                                                     "a block of up to {} gathered and the next prefetched; the rest "
                                                     "replicated)",
                                                     plan.zero3_sharded_params, plan.zero3_largest_block)

@@ -22,10 +22,9 @@ inline constexpr Zero3Stack kZero3Stacks[] = {{"vision", "model.vision_model.enc
 // Whether a stack runs only for micro-batches with images.
 inline bool zero3_stack_is_visual(std::string_view name) { return name == "vision" || name == "abstractor"; }
 
-// True when stage 3 shards this parameter: trainable and inside a block of a sharded stack. Frozen parameters
-// stay replicated in the compute dtype.
-inline bool zero3_shards(std::string_view name, bool trainable) {
-  if (!trainable) return false;
+// True when stage 3 shards this parameter: inside a block of a sharded stack. Trainable ones are sharded with
+// their gradients and optimizer state; frozen ones in a shard of their own, in the compute dtype.
+inline bool zero3_shards(std::string_view name) {
   for (const auto& s : kZero3Stacks) {
     if (name.substr(0, std::string_view(s.prefix).size()) == s.prefix) return true;
   }

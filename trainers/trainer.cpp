@@ -2,8 +2,11 @@
 #include "trainers/trainer.h"
 #include "trainers/sharding.h"
 
+#include <optional>
+#include <regex>
 #include <set>
 
+#include "owl2/io/state_dict.h"
 #include "trainers/checkpoint.h"
 
 #include <fmt/format.h>
@@ -32,9 +35,37 @@ Trainer::Trainer(torch::nn::Module& model, LossSumFn loss_sum, const RunConfig& 
   for (const auto& stack : stacks) {
     if (!zero3_stack_is_visual(stack.name)) continue;
     for (const auto& block : stack.blocks) {
-      for (const auto& p : block->parameters()) visual_blocks_sharded_ = visual_blocks_sharded_ || p.requires_grad();
+      visual_blocks_sharded_ = visual_blocks_sharded_ || !block->parameters().empty();  // trainable or frozen
     }
   }
+}
+
+RankBytes Trainer::held_bytes() const {
+  HeldTensors h;
+  for (const auto& p : model_.parameters(/*recurse=*/true)) {
+    h.weights.push_back(p);
+    h.grads.push_back(p.grad());
+  }
+  for (const auto& pair : precision_->pairs()) {
+    h.optimizer.push_back(pair.master);
+    h.grads.push_back(pair.master.grad());
+  }
+  sync_->add_held(h);
+  std::set<const c10::StorageImpl*> seen;
+  auto count = [&](const std::vector<at::Tensor>& ts) {
+    int64_t bytes = 0;
+    for (const auto& t : ts) {
+      if (!t.defined() || !t.has_storage()) continue;
+      const auto* s = t.storage().unsafeGetStorageImpl();
+      if (seen.insert(s).second) bytes += static_cast<int64_t>(s->nbytes());
+    }
+    return bytes;
+  };
+  RankBytes r;
+  r.weights = count(h.weights);
+  r.grads = count(h.grads);
+  r.optimizer = count(h.optimizer);
+  return r;
 }
 
 std::vector<uint8_t> Trainer::vision_placeholders(const std::vector<Batch>& micro_batches) {
@@ -159,9 +190,81 @@ void Trainer::load_model_state(const std::map<std::string, torch::Tensor>& state
   sync_->load_masters(state, "");  // bf16 under ZeRO: the shards' masters, exactly
 }
 
+void Trainer::load_checkpoint_weights(const std::map<std::string, torch::Tensor>& model_group,
+                                      const std::vector<const ZeroShardValues*>& parts, const std::string& origin) {
+  const ZeroOptimizer* zero = sync_->zero();
+  if (!zero) {  // replicated: every rank holds the whole model anyway
+    std::map<std::string, torch::Tensor> m = model_group;
+    for (const auto* part : parts) {
+      for (size_t k = 0; k < part->size(); ++k) m[part->name(k)] = part->get(k);
+    }
+    load_model_state(m, origin);
+    return;
+  }
+  std::map<std::string, std::pair<const ZeroShardValues*, size_t>> in_parts;
+  for (const auto* part : parts) {
+    for (size_t k = 0; k < part->size(); ++k) in_parts[part->name(k)] = {part, k};
+  }
+  std::vector<std::regex> ignore;
+  for (const auto& pattern : default_ignorable_keys()) ignore.emplace_back(pattern);
+  auto ignored = [&](const std::string& name) {
+    for (const auto& re : ignore)
+      if (std::regex_search(name, re)) return true;
+    return false;
+  };
+  auto source_shape = [&](const std::string& name) -> std::optional<std::vector<int64_t>> {
+    if (const auto it = in_parts.find(name); it != in_parts.end()) return it->second.first->shape(it->second.second);
+    if (const auto it = model_group.find(name); it != model_group.end()) return it->second.sizes().vec();
+    return std::nullopt;
+  };
+  // Check everything first: what the model expects (the sharded parameters by their recorded shapes).
+  const auto sharded = zero->sharded_shapes();
+  std::vector<std::string> problems;
+  std::set<std::string> expected;
+  NamedTensors held;  // the entries the model holds in full
+  for (const auto& [name, t] : module_state(model_)) {
+    expected.insert(name);
+    if (ignored(name)) continue;
+    const auto it = sharded.find(name);
+    const std::vector<int64_t> want = it != sharded.end() ? it->second : t.sizes().vec();
+    const auto have = source_shape(name);
+    if (!have) {
+      problems.push_back(fmt::format("missing '{}'", name));
+    } else if (*have != want) {
+      problems.push_back(fmt::format("'{}': checkpoint [{}] vs model [{}]", name, fmt::join(*have, ", "), fmt::join(want, ", ")));
+    } else if (it == sharded.end()) {
+      held.emplace_back(name, t);
+    }
+  }
+  for (const auto& [name, _] : model_group)
+    if (!expected.count(name) && !ignored(name)) problems.push_back(fmt::format("unexpected '{}'", name));
+  for (const auto& [name, _] : in_parts)
+    if (!expected.count(name)) problems.push_back(fmt::format("unexpected '{}' (in the ZeRO shards)", name));
+  if (!problems.empty())
+    throw std::runtime_error(fmt::format("{}: {}", origin, fmt::join(problems, "; ")));
+  torch::NoGradGuard no_grad;
+  for (auto& [name, t] : held) {  // one full tensor at a time (masters: converted to the model's bf16)
+    if (const auto it = in_parts.find(name); it != in_parts.end()) {
+      t.copy_(it->second.first->get(it->second.second));
+    } else {
+      t.copy_(model_group.at(name));
+    }
+  }
+  sync_->load_shards([&](const std::string& name, int64_t offset, at::Tensor out) {
+    if (const auto it = in_parts.find(name); it != in_parts.end()) {
+      it->second.first->read(it->second.second, offset, out);
+    } else {
+      out.copy_(model_group.at(name).reshape({-1}).narrow(0, offset, out.numel()));
+    }
+  });
+}
+
 NamedTensors Trainer::untrained_state() const {
-  std::set<std::string> trained;
+  std::set<std::string> trained;  // and the frozen block parameters ZeRO 3 shards: the shards hold them
   for (const auto& [name, _] : trainable_) trained.insert(name);
+  if (const auto* z = sync_->zero()) {
+    for (const auto& name : z->frozen_names()) trained.insert(name);
+  }
   NamedTensors out;
   for (auto& [name, t] : module_state(model_))
     if (!trained.count(name)) out.emplace_back(name, t);

@@ -15,6 +15,7 @@
 #include "owl2/io/safetensors.h"
 #include "trainers/config.h"
 #include "trainers/param_rules.h"
+#include "trainers/plan.h"
 #include "trainers/parallel/distributed.h"
 #include "trainers/parallel/gradient_sync.h"
 #include "trainers/parallel/zero.h"
@@ -84,10 +85,21 @@ class Trainer {
   // Loads a model state (a checkpoint's "model" tensors, float32 masters in bf16) into the model and the
   // masters, wherever they live (MixedPrecision, or ZeRO's shards; ZeRO 3 blocks gathered for it). Collective.
   void load_model_state(const std::map<std::string, torch::Tensor>& state, const std::string& origin);
+  // Loads a checkpoint's weights: `model_group` (its "model" tensors) and the ZeRO shards' parts (the trainable
+  // values, stage 3's frozen block values; saved at any world size). Without ZeRO: put together and loaded as
+  // load_model_state. Under ZeRO each rank reads only what it holds, nothing gathered: the parameters and buffers
+  // the model keeps in full, one at a time, and its own slices of the sharded ones (ZeroOptimizer::load_shards).
+  // Throws std::runtime_error naming the missing, unexpected and mis-shaped entries; nothing is loaded then.
+  void load_checkpoint_weights(const std::map<std::string, torch::Tensor>& model_group,
+                               const std::vector<const ZeroShardValues*>& parts, const std::string& origin);
   // The strategy and the machinery under it (null where it does not apply), for metrics and checkpoints.
   const GradientSync& gradient_sync() const { return *sync_; }
   const ZeroOptimizer* zero() const { return sync_->zero(); }
   const DataParallel* data_parallel() const { return sync_->data_parallel(); }
+  // The bytes this rank holds now, counted from the tensors, each storage once: the model's parameters and their
+  // gradients, the fp32 masters and theirs, and the gradient sync's buffers, shards and optimizer state. Between
+  // steps it equals rank_bytes_between_steps() of the run (trainers/plan.h), which `owl2 plan` prints.
+  RankBytes held_bytes() const;
   // Step counters travel in the checkpoint's scheduler record.
   void set_counters(int64_t step, int64_t nonfinite_in_a_row);
 

@@ -268,7 +268,6 @@ size_t consolidate_checkpoint(const std::string& checkpoint_dir, const std::stri
   auto model = std::make_shared<SafetensorsFile>((dir / "model.safetensors").string());
   ComposedSource out;
   for (const auto& n : model->names()) add_passthrough(out, *model, n);
-  std::shared_ptr<ZeroShardValues> values;
   const nlohmann::json extra = state.value("extra", nlohmann::json::object());
   if (extra.contains("zero")) {
     const auto& z = extra.at("zero");
@@ -284,18 +283,21 @@ size_t consolidate_checkpoint(const std::string& checkpoint_dir, const std::stri
       files.push_back(std::make_shared<SafetensorsFile>(path.string()));
       with_values = files.back()->contains("values");
       std::map<std::string, torch::Tensor> g;
-      for (const char* key : {"values", "segments"})
+      for (const char* key : {"values", "segments", "frozen_values", "frozen_segments"})
         if (files.back()->contains(key)) g[key] = files.back()->get(key);  // views of the mapping
       groups.push_back(std::move(g));
     }
     if (with_values) {  // else an older checkpoint: its model group is complete
-      values = std::make_shared<ZeroShardValues>(z, std::move(groups), checkpoint_dir);
-      for (size_t k = 0; k < values->size(); ++k) {
-        if (model->contains(values->name(k)))
-          throw std::invalid_argument(fmt::format("{}: '{}' is both in model.safetensors and in the ZeRO shards",
-                                                  checkpoint_dir, values->name(k)));
-        out.add(values->name(k), values->dtype(), values->shape(k), [values, files, k] { return values->get(k); },
-                checkpoint_dir + "/" + zero_shard_group(0) + ".safetensors ...");
+      for (const auto part : {ZeroShardValues::Part::kTrainable, ZeroShardValues::Part::kFrozen}) {
+        if (part == ZeroShardValues::Part::kFrozen && !z.contains("frozen")) continue;  // ZeRO 3 only
+        auto values = std::make_shared<ZeroShardValues>(z, groups, checkpoint_dir, part);
+        for (size_t k = 0; k < values->size(); ++k) {
+          if (model->contains(values->name(k)))
+            throw std::invalid_argument(fmt::format("{}: '{}' is both in model.safetensors and in the ZeRO shards",
+                                                    checkpoint_dir, values->name(k)));
+          out.add(values->name(k), values->dtype(), values->shape(k), [values, files, k] { return values->get(k); },
+                  checkpoint_dir + "/" + zero_shard_group(0) + ".safetensors ...");
+        }
       }
     }
   }

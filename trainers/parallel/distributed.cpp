@@ -7,6 +7,8 @@
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #include <torch/csrc/distributed/c10d/Types.hpp>
 #include <torch/csrc/distributed/c10d/Work.hpp>
+#include <torch/csrc/autograd/function_hook.h>
+#include <torch/csrc/autograd/variable.h>
 #ifdef OWL2_WITH_NCCL
 #include <c10/cuda/CUDAFunctions.h>
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
@@ -267,12 +269,21 @@ void Comm::barrier(const std::string& what) {
   }
 }
 
+// Runs after backward has added a gradient into parameter k's .grad (a view of its bucket slot).
+struct DataParallel::AfterAccumulation : torch::autograd::PostAccumulateGradHook {
+  AfterAccumulation(DataParallel* dp, size_t k) : dp_(dp), k_(k) {}
+  void operator()(const torch::autograd::Variable& /*param*/) override { dp_->on_accumulated(k_); }
+  DataParallel* dp_;
+  size_t k_;
+};
+
 DataParallel::DataParallel(std::shared_ptr<Comm> comm, torch::nn::Module& model, int64_t bucket_bytes)
     : comm_(std::move(comm)) {
   torch::NoGradGuard no_grad;
+  if (comm_ && comm_->world_size() == 1) comm_.reset();
   for (auto& item : model.named_parameters(/*recurse=*/true)) {
     at::Tensor p = item.value();
-    comm_->broadcast(p, 0, "broadcast " + item.key());
+    if (comm_) comm_->broadcast(p, 0, "broadcast " + item.key());
     if (!p.requires_grad()) continue;
     params_.push_back(p);
     names_.push_back(item.key());
@@ -299,7 +310,7 @@ DataParallel::DataParallel(std::shared_ptr<Comm> comm, torch::nn::Module& model,
     b.flat = at::empty({b.flat.numel() + p.numel()}, p.options());
     bytes += nbytes;
   }
-  if (comm_->world_size() > 1) {
+  if (comm_) {
     const auto t0 = std::chrono::steady_clock::now();
     std::vector<c10::intrusive_ptr<c10d::Work>> works;
     for (auto& b : buckets_) {
@@ -309,12 +320,33 @@ DataParallel::DataParallel(std::shared_ptr<Comm> comm, torch::nn::Module& model,
     for (size_t i = 0; i < works.size(); ++i) comm_->wait(works[i], fmt::format("calibration allreduce bucket {}", i));
     calibration_s_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
+  touched_.assign(params_.size(), 0);
   for (size_t k = 0; k < params_.size(); ++k) {
-    params_[k].register_hook([this, k](const at::Tensor& grad) {
-      on_grad(k, grad);
-      return at::Tensor();  // keep the gradient as it is
-    });
+    torch::autograd::impl::set_post_acc_grad_hooks(params_[k], std::make_unique<AfterAccumulation>(this, k));
   }
+  zero_grad();
+}
+
+DataParallel::~DataParallel() {
+  for (auto& p : params_) torch::autograd::impl::set_post_acc_grad_hooks(p, nullptr);
+}
+
+at::Tensor DataParallel::slot(size_t k) const {
+  return buckets_[bucket_of_[k]].flat.narrow(0, static_cast<int64_t>(offset_of_[k]), params_[k].numel())
+      .view(params_[k].sizes());
+}
+
+std::vector<at::Tensor> DataParallel::buffers() const {
+  std::vector<at::Tensor> out;
+  for (const auto& b : buckets_) out.push_back(b.flat);
+  return out;
+}
+
+void DataParallel::zero_grad() {
+  at::NoGradGuard no_grad;
+  for (auto& b : buckets_) b.flat.zero_();
+  for (size_t k = 0; k < params_.size(); ++k) params_[k].mutable_grad() = slot(k);
+  std::fill(touched_.begin(), touched_.end(), 0);
 }
 
 void DataParallel::arm() {
@@ -328,22 +360,16 @@ void DataParallel::arm() {
   }
 }
 
-void DataParallel::on_grad(size_t k, const at::Tensor& grad) {
-  if (!armed_ || comm_->world_size() == 1) return;
-  auto& b = buckets_[bucket_of_[k]];
-  at::NoGradGuard no_grad;
-  auto slot = b.flat.narrow(0, static_cast<int64_t>(offset_of_[k]), params_[k].numel()).view(params_[k].sizes());
-  const at::Tensor& acc = params_[k].grad();
-  if (seen_[k]) {
-    slot.add_(grad);  // a parameter used twice in the graph gets two hook calls
-    return;
-  }
-  if (acc.defined()) {
-    at::add_out(slot, acc, grad);
-  } else {
-    slot.copy_(grad);
+void DataParallel::on_accumulated(size_t k) {
+  touched_[k] = 1;
+  if (!armed_ || !comm_ || seen_[k]) return;
+  const auto& grad = params_[k].grad();
+  if (!grad.defined() || grad.data_ptr() != slot(k).data_ptr()) {
+    throw std::logic_error(fmt::format("data parallel: the gradient of '{}' is no longer a view of its bucket "
+                                       "(zero_grad() must come before the step's backward)", names_[k]));
   }
   seen_[k] = 1;
+  auto& b = buckets_[bucket_of_[k]];
   if (++b.ready == static_cast<int64_t>(b.params.size())) launch_ready_in_order();
 }
 
@@ -360,23 +386,21 @@ void DataParallel::launch_ready_in_order() {
 void DataParallel::finish() {
   if (!armed_) throw std::logic_error("DataParallel::finish() without arm()");
   armed_ = false;
-  if (comm_->world_size() == 1) return;
   at::NoGradGuard no_grad;
-  // Which parameters received a gradient anywhere (one small all-reduce); unused ones contribute zeros.
+  if (!comm_) {
+    for (size_t k = 0; k < params_.size(); ++k) {
+      if (!touched_[k]) params_[k].mutable_grad().reset();
+    }
+    return;
+  }
+  // Which parameters received a gradient anywhere (one small all-reduce); a slot without one holds zeros, or what
+  // earlier micro-batches accumulated.
   auto used = at::zeros({static_cast<int64_t>(params_.size())}, at::kInt);
   for (size_t k = 0; k < params_.size(); ++k) {
-    const bool local = seen_[k] || params_[k].grad().defined();
-    used[static_cast<int64_t>(k)] = local ? 1 : 0;
+    used[static_cast<int64_t>(k)] = touched_[k] ? 1 : 0;
     if (seen_[k]) continue;
-    auto& b = buckets_[bucket_of_[k]];
-    auto slot = b.flat.narrow(0, static_cast<int64_t>(offset_of_[k]), params_[k].numel()).view(params_[k].sizes());
-    if (params_[k].grad().defined()) {
-      slot.copy_(params_[k].grad());
-    } else {
-      slot.zero_();
-    }
     seen_[k] = 1;
-    ++b.ready;
+    ++buckets_[bucket_of_[k]].ready;
   }
   const auto t0 = std::chrono::steady_clock::now();
   launch_ready_in_order();
@@ -387,10 +411,7 @@ void DataParallel::finish() {
   wait_s_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   auto used_any = used.accessor<int, 1>();
   for (size_t k = 0; k < params_.size(); ++k) {
-    if (!used_any[static_cast<int64_t>(k)]) continue;
-    const auto& b = buckets_[bucket_of_[k]];
-    params_[k].mutable_grad() =
-        b.flat.narrow(0, static_cast<int64_t>(offset_of_[k]), params_[k].numel()).view(params_[k].sizes()).clone();
+    if (!used_any[static_cast<int64_t>(k)]) params_[k].mutable_grad().reset();  // its slot stays, zero
   }
 }
 

@@ -89,20 +89,28 @@ class Comm {
   c10::intrusive_ptr<c10d::Backend> backend_;
 };
 
-// Gradient synchronization for data parallelism. Parameters are broadcast from rank 0 on construction.
-// Before the backward of the LAST micro-batch of a step call arm(); its hooks copy each finished gradient
-// (accumulated micro-steps included) into flat buckets and launch each bucket's all-reduce, in bucket order,
-// as soon as it is full. finish() completes buckets of unused parameters, waits, and writes the summed
-// gradients back; a parameter unused on every rank keeps no gradient, exactly as in one process.
-// Earlier micro-batches communicate nothing.
+// Gradient synchronization for data parallelism. Parameters are broadcast from rank 0 on construction. With a
+// null (or one-rank) comm it only keeps the gradients in its buckets: one contiguous buffer, no all-reduce.
+// The gradients live in flat buckets, one full-size copy in all: zero_grad() zeroes the buckets and makes every
+// trainable parameter's .grad a view of its place in them, so backward accumulates the micro-batches straight into
+// the buckets. Before the backward of the LAST micro-batch of a step call arm(); a hook after each parameter's
+// accumulation launches a bucket's all-reduce, in bucket order, as soon as all of its parameters are done.
+// finish() launches the buckets of parameters that got no gradient this micro-batch, waits, and drops the
+// .grad of a parameter unused on every rank, exactly as in one process (AdamW then skips it). Earlier
+// micro-batches communicate nothing.
 class DataParallel {
  public:
   DataParallel(std::shared_ptr<Comm> comm, torch::nn::Module& model, int64_t bucket_bytes = 25 << 20);
+  ~DataParallel();  // removes its hooks from the parameters
+  DataParallel(const DataParallel&) = delete;
+  DataParallel& operator=(const DataParallel&) = delete;
+  // Before a step's first backward: the buckets zeroed and every .grad pointed at its slot.
+  void zero_grad();
   void arm();
   void finish();
-  const Comm& comm() const { return *comm_; }
-  Comm& comm() { return *comm_; }
   size_t num_buckets() const { return buckets_.size(); }
+  // The flat gradient buckets (what the gradients are views of), for memory accounting.
+  std::vector<at::Tensor> buffers() const;
   // Seconds one blocking all-reduce of every bucket took at construction: the communication time of a
   // step without any overlap, against which the exposed wait in finish() gives the overlap achieved.
   double unoverlapped_comm_seconds() const { return calibration_s_; }
@@ -118,6 +126,9 @@ class DataParallel {
     c10::intrusive_ptr<c10d::Work> work;
     bool launched = false;
   };
+  struct AfterAccumulation;
+  at::Tensor slot(size_t k) const;  // parameter k's place in its bucket
+  void on_accumulated(size_t index);
   void on_grad(size_t index, const at::Tensor& grad);
   void launch_ready_in_order();
 
@@ -125,7 +136,8 @@ class DataParallel {
   std::vector<at::Tensor> params_;
   std::vector<std::string> names_;
   std::vector<size_t> bucket_of_, offset_of_;
-  std::vector<uint8_t> seen_;
+  std::vector<uint8_t> seen_;     // this micro-batch (armed): accumulated
+  std::vector<uint8_t> touched_;  // this step: a gradient arrived
   std::vector<Bucket> buckets_;
   size_t next_launch_ = 0;
   bool armed_ = false;

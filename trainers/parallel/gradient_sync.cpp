@@ -51,8 +51,9 @@ std::optional<ShardedMasters> sharded_masters(const MixedPrecision& precision, R
 }  // namespace
 
 ReplicatedSync::ReplicatedSync(const std::vector<ParamGroup>& groups, const OptimConfig& optim,
-                               MixedPrecision& precision)
-    : groups_(groups), trainable_(named_params(groups)), precision_(precision), max_norm_(max_norm_of(optim)) {
+                               MixedPrecision& precision, std::unique_ptr<DataParallel> buckets)
+    : dp_(std::move(buckets)),
+      groups_(groups), trainable_(named_params(groups)), precision_(precision), max_norm_(max_norm_of(optim)) {
   std::vector<torch::optim::OptimizerParamGroup> adamw_groups;
   for (const auto& g : groups_) {
     auto opts = std::make_unique<torch::optim::AdamWOptions>(optim.lr * g.lr_scale);
@@ -62,9 +63,19 @@ ReplicatedSync::ReplicatedSync(const std::vector<ParamGroup>& groups, const Opti
   optim_ = std::make_unique<torch::optim::AdamW>(adamw_groups);
 }
 
-void ReplicatedSync::zero_grad() { optim_->zero_grad(/*set_to_none=*/true); }
+void ReplicatedSync::zero_grad() {
+  // The optimizer's (bf16: the masters') gradients to none, as zero_grad(set_to_none) but without its detach_(),
+  // which views of the buckets refuse; then the model's point at the zeroed buckets again.
+  for (const auto& [name, p] : trainable_) p.mutable_grad().reset();
+  if (dp_) dp_->zero_grad();
+}
+
+void ReplicatedSync::arm() {
+  if (dp_) dp_->arm();
+}
 
 at::Tensor ReplicatedSync::finish() {
+  if (dp_) dp_->finish();         // the summed gradients, before bf16 hands them to the masters
   precision_.grads_to_masters();  // bf16: clipping and the optimizer see the fp32 masters' gradients
   // clip_grad_norm_'s norm, in its dtype and operation order (the clipped values must not change by a bit).
   with_grad_.clear();
@@ -104,18 +115,22 @@ void ReplicatedSync::load(const TrainingCheckpoint& ck) {
   load_state(adamw_runs_to_tensors(adamw_state_runs(ck, trainable_), trainable_));
 }
 
+void ReplicatedSync::add_held(HeldTensors& out) const {
+  for (const auto& [key, state] : optim_->state()) {
+    const auto& s = static_cast<const torch::optim::AdamWParamState&>(*state);
+    for (const auto& t : {s.exp_avg(), s.exp_avg_sq(), s.max_exp_avg_sq()}) {
+      if (t.defined()) out.optimizer.push_back(t);
+    }
+  }
+  if (dp_) {
+    for (const auto& b : dp_->buffers()) out.grads.push_back(b);
+  }
+}
+
 DataParallelSync::DataParallelSync(std::shared_ptr<Comm> comm, torch::nn::Module& model,
                                    const std::vector<ParamGroup>& groups, const OptimConfig& optim,
                                    MixedPrecision& precision, int64_t bucket_bytes)
-    : ReplicatedSync(groups, optim, precision),
-      dp_(std::make_unique<DataParallel>(std::move(comm), model, bucket_bytes)) {}
-
-void DataParallelSync::arm() { dp_->arm(); }
-
-at::Tensor DataParallelSync::finish() {
-  dp_->finish();  // the summed gradients, before bf16 hands them to the masters
-  return ReplicatedSync::finish();
-}
+    : ReplicatedSync(groups, optim, precision, std::make_unique<DataParallel>(std::move(comm), model, bucket_bytes)) {}
 
 ZeroSync::ZeroSync(std::shared_ptr<Comm> comm, torch::nn::Module& model, const std::vector<ParamGroup>& groups,
                    const OptimConfig& optim, MixedPrecision& precision, int stage, int64_t bucket_bytes,
@@ -137,11 +152,15 @@ at::Tensor ZeroSync::finish() {
 }
 
 void ZeroSync::load(const TrainingCheckpoint& ck) {
-  const bool gather = zero_->block_count() > 0 && !zero_->all_gathered();
-  if (gather) zero_->gather_all();  // the checks in adamw_state_runs need the parameters' sizes
-  const auto runs = adamw_state_runs(ck, trainable_);
-  if (gather) zero_->release_all();
-  zero_->load_runs(runs);
+  // The checks in adamw_state_runs read the parameters' sizes: stage 3's released block parameters stand in as
+  // meta tensors of their recorded shapes (nothing is gathered or allocated).
+  const auto sharded = zero_->sharded_shapes();
+  NamedTensors sized;
+  for (const auto& [name, p] : trainable_) {
+    const auto it = sharded.find(name);
+    sized.emplace_back(name, it == sharded.end() ? p : at::empty(it->second, at::TensorOptions().device(at::kMeta)));
+  }
+  zero_->load_runs(adamw_state_runs(ck, sized));
 }
 
 NamedTensors ZeroSync::gather_masters(int64_t root) {
@@ -190,8 +209,10 @@ std::unique_ptr<GradientSync> make_gradient_sync(const RunConfig& cfg, std::shar
   const auto stage = cfg.distributed.zero_stage;
   const auto& optim = cfg.optim;
   switch (pick_gradient_sync(stage, world)) {
-    case GradientSync::Kind::kReplicated:
-      return std::make_unique<ReplicatedSync>(groups, optim, precision);
+    case GradientSync::Kind::kReplicated:  // bf16: the masters hold the gradients the optimizer reads
+      return std::make_unique<ReplicatedSync>(
+          groups, optim, precision,
+          precision.mode() == Precision::kBf16 ? nullptr : std::make_unique<DataParallel>(nullptr, model, bucket_bytes_of(cfg)));
     case GradientSync::Kind::kDataParallel:
       return std::make_unique<DataParallelSync>(comm, model, groups, optim, precision, bucket_bytes_of(cfg));
     case GradientSync::Kind::kZero:

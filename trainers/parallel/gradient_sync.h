@@ -61,11 +61,17 @@ class GradientSync {
   // meanwhile; no-ops except at ZeRO 3.
   virtual void gather_parameters() {}
   virtual void release_parameters() {}
+  // ZeRO: this rank's slices of the parameters only its shards hold (ZeroOptimizer::load_shards); a no-op else.
+  virtual void load_shards(const SliceReader& /*read*/) {}
   // train.precision bf16 under ZeRO, where the optimizer owns the float32 masters as shards: the full masters on
   // rank `root` (every rank when root < 0; collective), and this rank's masters from a model state's float32
   // values (key prefix + name). Elsewhere the masters (if any) are MixedPrecision's: nothing, and a no-op.
   virtual NamedTensors gather_masters(int64_t /*root*/) { return {}; }
   virtual void load_masters(const std::map<std::string, at::Tensor>& /*state*/, const std::string& /*prefix*/) {}
+
+  // The strategy's own tensors (optimizer state, gradient buffers and shards) for memory accounting; the model's
+  // parameters and their .grad are the Trainer's to add.
+  virtual void add_held(HeldTensors& out) const = 0;
 
   // The machinery underneath, for metrics and checkpoint layout decisions; null where it does not apply.
   virtual const ZeroOptimizer* zero() const { return nullptr; }
@@ -74,16 +80,25 @@ class GradientSync {
 
 // One rank: torch::optim::AdamW over the groups, clipping as torch::nn::utils::clip_grad_norm_ (the same tensor
 // operations, split between finish() and step() so that the norm is read only once).
+// The model's gradients live in `buckets` when given (DataParallel; with a null comm it only holds them, so that
+// they take one contiguous buffer and never keep a larger activation gradient alive as a view); bf16's masters
+// get theirs from MixedPrecision.
 class ReplicatedSync : public GradientSync {
  public:
-  ReplicatedSync(const std::vector<ParamGroup>& groups, const OptimConfig& optim, MixedPrecision& precision);
+  ReplicatedSync(const std::vector<ParamGroup>& groups, const OptimConfig& optim, MixedPrecision& precision,
+                 std::unique_ptr<DataParallel> buckets = nullptr);
   Kind kind() const override { return Kind::kReplicated; }
   void zero_grad() override;
+  void arm() override;
   at::Tensor finish() override;
   void step(double lr, double grad_norm) override;
   NamedTensors state() override;
   void load_state(const NamedTensors& state) override;
   void load(const TrainingCheckpoint& ck) override;
+  void add_held(HeldTensors& out) const override;
+
+ protected:
+  std::unique_ptr<DataParallel> dp_;
 
  private:
   std::vector<ParamGroup> groups_;
@@ -102,13 +117,8 @@ class DataParallelSync : public ReplicatedSync {
   DataParallelSync(std::shared_ptr<Comm> comm, torch::nn::Module& model, const std::vector<ParamGroup>& groups,
                    const OptimConfig& optim, MixedPrecision& precision, int64_t bucket_bytes);
   Kind kind() const override { return Kind::kDataParallel; }
-  void arm() override;
-  at::Tensor finish() override;
   double grad_wait_seconds() const override { return dp_->wait_seconds(); }
   const DataParallel* data_parallel() const override { return dp_.get(); }
-
- private:
-  std::unique_ptr<DataParallel> dp_;
 };
 
 // ZeRO 1 and 2: ZeroOptimizer shards the optimizer state (and at stage 2 the gradients); also on one rank, so
@@ -132,6 +142,8 @@ class ZeroSync : public GradientSync {
   NamedTensors gather_masters(int64_t root) override;
   void load_masters(const std::map<std::string, at::Tensor>& state, const std::string& prefix) override;
   const ZeroOptimizer* zero() const override { return zero_.get(); }
+  void add_held(HeldTensors& out) const override { zero_->add_held(out); }
+  void load_shards(const SliceReader& read) override { zero_->load_shards(read); }
 
  protected:
   NamedTensors trainable_;

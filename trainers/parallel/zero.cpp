@@ -80,7 +80,8 @@ ZeroOptimizer::ZeroOptimizer(std::shared_ptr<Comm> comm, torch::nn::Module& mode
       comm_(std::move(comm)),
       stage_(stage),
       optim_(optim),
-      layout_({}, 1, 1, 0, 1) {
+      layout_({}, 1, 1, 0, 1),
+      frozen_layout_({}, 1, 1, 0, 1) {
   if (stage_ < 1 || stage_ > 3) throw std::invalid_argument(fmt::format("ZeRO stage must be 1, 2 or 3, got {}", stage_));
   if (stage_ != 3 && !blocks.empty()) throw std::invalid_argument("ZeRO: parameter blocks are sharded at stage 3 only");
   if (comm_ && comm_->world_size() == 1) comm_.reset();
@@ -114,22 +115,38 @@ ZeroOptimizer::ZeroOptimizer(std::shared_ptr<Comm> comm, torch::nn::Module& mode
                                             "'{}' is {}", params_[0].first,
                                             c10::toString(params_[0].second.scalar_type())));
   }
-  // Stage 3 blocks: their trainable parameters (frozen ones stay replicated), by tensor identity.
+  // Stage 3 blocks: their trainable parameters, by tensor identity, and their frozen ones (sharded apart, below).
+  std::map<const c10::TensorImpl*, std::string> name_of;
+  for (const auto& item : model.named_parameters(/*recurse=*/true)) name_of[item.value().unsafeGetTensorImpl()] = item.key();
+  std::vector<int64_t> frozen_numels, frozen_block;
   block_of_.assign(params_.size(), -1);
   for (const auto& block : blocks) {
-    std::vector<int64_t> ks;
+    const auto b = static_cast<int64_t>(block_params_.size());
+    std::vector<int64_t> ks, fs;
     for (const auto& t : block) {
+      bool trainable = false;
       for (size_t k = 0; k < params_.size(); ++k) {
         if (params_[k].second.unsafeGetTensorImpl() != t.unsafeGetTensorImpl()) continue;
         if (block_of_[k] >= 0) {
           throw std::invalid_argument(fmt::format("ZeRO 3: parameter '{}' is in two blocks", params_[k].first));
         }
-        block_of_[k] = static_cast<int64_t>(block_params_.size());
+        block_of_[k] = b;
         ks.push_back(static_cast<int64_t>(k));
+        trainable = true;
       }
+      if (trainable) continue;
+      const auto it = name_of.find(t.unsafeGetTensorImpl());
+      const std::string name = it == name_of.end() ? fmt::format("block {} parameter {}", b, frozen_.size()) : it->second;
+      if (!t.is_contiguous()) throw std::invalid_argument(fmt::format("ZeRO 3: frozen parameter '{}' is not contiguous", name));
+      fs.push_back(static_cast<int64_t>(frozen_.size()));
+      frozen_.emplace_back(name, t);
+      frozen_sizes_.push_back(t.sizes().vec());
+      frozen_numels.push_back(t.numel());
+      frozen_block.push_back(b);
     }
     std::sort(ks.begin(), ks.end());
-    block_params_.push_back(ks);  // may be empty (a frozen block): it still counts for the runner
+    block_params_.push_back(ks);  // may be empty (a frozen block)
+    block_frozen_.push_back(fs);
   }
   block_used_.assign(params_.size(), 0);
   const auto& p0 = params_[0].second;
@@ -164,8 +181,26 @@ ZeroOptimizer::ZeroOptimizer(std::shared_ptr<Comm> comm, torch::nn::Module& mode
         if (block_of_[k] < 0) p.set_data(p.detach().to(compute_dtype_));
       }
     }
-    for (int64_t i = 0; i < block_count(); ++i) release_block(i);
   }
+  // Frozen block parameters: this rank's slice of each block's frozen bucket, in the dtype they arrive in (the
+  // compute dtype: bf16 cast them already), never reduced or stepped.
+  if (!frozen_.empty()) {
+    const auto dtype = frozen_[0].second.scalar_type();
+    for (const auto& [name, t] : frozen_) {
+      if (t.scalar_type() != compute_dtype_) {
+        throw std::invalid_argument(fmt::format("ZeRO 3: frozen parameter '{}' is {}, the blocks compute in {}", name,
+                                                c10::toString(t.scalar_type()), c10::toString(compute_dtype_)));
+      }
+    }
+    frozen_layout_ = ZeroLayout(frozen_numels, static_cast<int64_t>(c10::elementSize(dtype)), layout_.world,
+                                layout_.rank, /*bucket_bytes=*/1, frozen_block);
+    frozen_shard_ = at::zeros({frozen_layout_.shard_numel}, shard_opts_.dtype(dtype));
+    for (const auto& s : frozen_layout_.segments) {
+      frozen_shard_.narrow(0, s.shard_offset, s.length)
+          .copy_(frozen_[s.param].second.detach().reshape({-1}).narrow(0, s.param_offset, s.length));
+    }
+  }
+  for (int64_t i = 0; i < block_count(); ++i) release_block(i);
   if (comm_) {
     for (size_t k = 0; k < params_.size(); ++k) {
       if (block_of_[k] >= 0) continue;  // reduced by reduce_block(), not by the bucket hooks
@@ -194,6 +229,11 @@ at::Tensor ZeroOptimizer::master(const ZeroLayout::Segment& s) {
 
 void ZeroOptimizer::copy_own_slices_to_shard(int64_t i) {
   at::NoGradGuard no_grad;
+  for (const auto& s : frozen_layout_.segments) {
+    if (frozen_layout_.bucket_of[s.param] != i) continue;
+    frozen_shard_.narrow(0, s.shard_offset, s.length)
+        .copy_(frozen_[s.param].second.detach().reshape({-1}).narrow(0, s.param_offset, s.length));
+  }
   const auto b = static_cast<size_t>(layout_.plain_buckets + i);
   for (const auto& s : layout_.segments) {
     if (layout_.bucket_of[s.param] != static_cast<int64_t>(b)) continue;
@@ -207,72 +247,102 @@ void ZeroOptimizer::copy_own_slices_to_shard(int64_t i) {
   }
 }
 
-at::Tensor ZeroOptimizer::start_gather(int64_t i, c10::intrusive_ptr<c10d::Work>& work) {
+const ZeroLayout::Bucket* ZeroOptimizer::frozen_bucket(int64_t i) const {
+  if (frozen_.empty() || i >= static_cast<int64_t>(frozen_layout_.buckets.size())) return nullptr;
+  const auto& b = frozen_layout_.buckets[static_cast<size_t>(i)];
+  return b.padded_numel > 0 ? &b : nullptr;
+}
+
+bool ZeroOptimizer::block_sharded(int64_t i) const { return !block_params_.at(i).empty() || frozen_bucket(i); }
+
+int64_t ZeroOptimizer::block_gathered_numel(int64_t i) const {
+  const auto* f = frozen_bucket(i);
+  return layout_.buckets[static_cast<size_t>(layout_.plain_buckets + i)].padded_numel + (f ? f->padded_numel : 0);
+}
+
+ZeroOptimizer::Gathering ZeroOptimizer::start_gather(int64_t i) {
   at::NoGradGuard no_grad;
-  const auto& bucket = layout_.buckets[static_cast<size_t>(layout_.plain_buckets + i)];
-  const int64_t s = layout_.slice(bucket);
-  auto own = param_shard_.narrow(0, bucket.shard_offset, s);
-  // A copy in the compute dtype (masters: float32 -> bfloat16, round to nearest even).
-  auto send = own.to(compute_dtype_, /*non_blocking=*/false, /*copy=*/true);
-  gathered_ += bucket.padded_numel;
+  Gathering g;
+  g.block = i;
+  auto gather = [&](const ZeroLayout& layout, const ZeroLayout::Bucket& bucket, const at::Tensor& shard, at::Tensor& flat,
+                    c10::intrusive_ptr<c10d::Work>& work) {
+    auto own = shard.narrow(0, bucket.shard_offset, layout.slice(bucket));
+    // A copy in the compute dtype (masters: float32 -> bfloat16, round to nearest even).
+    auto send = own.to(compute_dtype_, /*non_blocking=*/false, /*copy=*/true);
+    if (!comm_) {
+      flat = send;
+      return;
+    }
+    flat = at::empty({bucket.padded_numel}, send.options());
+    work = comm_->allgather_async(flat, send);
+  };
+  if (!block_params_.at(i).empty()) {
+    gather(layout_, layout_.buckets[static_cast<size_t>(layout_.plain_buckets + i)], param_shard_, g.flat, g.work);
+  }
+  if (const auto* f = frozen_bucket(i)) gather(frozen_layout_, *f, frozen_shard_, g.frozen, g.frozen_work);
+  gathered_ += block_gathered_numel(i);
   peak_gathered_ = std::max(peak_gathered_, gathered_);
-  if (!comm_) return send;
-  auto flat = at::empty({bucket.padded_numel}, send.options());
-  work = comm_->allgather_async(flat, send);
-  return flat;
+  return g;
 }
 
 void ZeroOptimizer::prefetch_block(int64_t i) {
-  if (all_gathered_ || i < 0 || i >= block_count() || block_params_.at(i).empty()) return;
+  if (all_gathered_ || i < 0 || i >= block_count() || !block_sharded(i)) return;
   if (block_gathered_.size() != block_params_.size()) block_gathered_.assign(block_params_.size(), 0);
   if (block_gathered_[static_cast<size_t>(i)] || prefetch_.block == i) return;
   drop_prefetch();
-  prefetch_.block = i;
-  prefetch_.flat = start_gather(i, prefetch_.work);
+  prefetch_ = start_gather(i);
 }
 
 void ZeroOptimizer::drop_prefetch() {
   if (prefetch_.block < 0) return;
-  if (prefetch_.work) comm_->wait(prefetch_.work, fmt::format("allgather parameters of block {} (prefetch)", prefetch_.block));
-  gathered_ -= layout_.buckets[static_cast<size_t>(layout_.plain_buckets + prefetch_.block)].padded_numel;
+  const auto what = fmt::format("allgather parameters of block {} (prefetch)", prefetch_.block);
+  if (prefetch_.work) comm_->wait(prefetch_.work, what);
+  if (prefetch_.frozen_work) comm_->wait(prefetch_.frozen_work, what);
+  gathered_ -= block_gathered_numel(prefetch_.block);
   prefetch_ = {};
 }
 
 void ZeroOptimizer::gather_block(int64_t i) {
-  if (all_gathered_ || block_params_.at(i).empty()) return;
+  if (all_gathered_ || !block_sharded(i)) return;
   if (block_gathered_.size() != block_params_.size()) block_gathered_.assign(block_params_.size(), 0);
   if (block_gathered_[static_cast<size_t>(i)]) return;
   at::NoGradGuard no_grad;
-  const auto& bucket = layout_.buckets[static_cast<size_t>(layout_.plain_buckets + i)];
-  at::Tensor flat;
-  c10::intrusive_ptr<c10d::Work> work;
+  Gathering g;
   if (prefetch_.block == i) {
-    flat = std::move(prefetch_.flat);
-    work = std::move(prefetch_.work);
+    g = std::move(prefetch_);
     prefetch_ = {};
   } else {
     drop_prefetch();
-    flat = start_gather(i, work);
+    g = start_gather(i);
   }
-  if (work) {
+  if (g.work || g.frozen_work) {
     const auto t0 = std::chrono::steady_clock::now();
-    comm_->wait(work, fmt::format("allgather parameters of block {}", i));
+    const auto what = fmt::format("allgather parameters of block {}", i);
+    if (g.work) comm_->wait(g.work, what);
+    if (g.frozen_work) comm_->wait(g.frozen_work, what);
     gather_s_ += seconds_since(t0);
   }
-  for (size_t j = 0; j < bucket.params.size(); ++j) {
-    const auto k = static_cast<size_t>(bucket.params[j]);
-    const int64_t numel = std::accumulate(sizes_[k].begin(), sizes_[k].end(), int64_t{1}, std::multiplies<int64_t>());
-    params_[k].second.set_data(flat.narrow(0, bucket.offsets[j], numel).view(sizes_[k]));
-  }
+  auto point = [](const ZeroLayout::Bucket& bucket, const at::Tensor& flat, NamedTensors& params,
+                  const std::vector<std::vector<int64_t>>& sizes) {
+    for (size_t j = 0; j < bucket.params.size(); ++j) {
+      const auto k = static_cast<size_t>(bucket.params[j]);
+      const int64_t numel = std::accumulate(sizes[k].begin(), sizes[k].end(), int64_t{1}, std::multiplies<int64_t>());
+      params[k].second.set_data(flat.narrow(0, bucket.offsets[j], numel).view(sizes[k]));
+    }
+  };
+  if (g.flat.defined()) point(layout_.buckets[static_cast<size_t>(layout_.plain_buckets + i)], g.flat, params_, sizes_);
+  if (g.frozen.defined()) point(*frozen_bucket(i), g.frozen, frozen_, frozen_sizes_);
   block_gathered_[static_cast<size_t>(i)] = 1;
 }
 
 void ZeroOptimizer::release_block(int64_t i) {
   if (all_gathered_) return;
-  for (int64_t k : block_params_.at(i)) params_[k].second.set_data(at::empty({0}, shard_opts_.dtype(compute_dtype_)));
+  const auto empty = at::empty({0}, shard_opts_.dtype(compute_dtype_));
+  for (int64_t k : block_params_.at(i)) params_[k].second.set_data(empty);
+  for (int64_t k : block_frozen_.at(i)) frozen_[k].second.set_data(empty);
   if (static_cast<size_t>(i) < block_gathered_.size() && block_gathered_[static_cast<size_t>(i)]) {
     block_gathered_[static_cast<size_t>(i)] = 0;
-    gathered_ -= layout_.buckets[static_cast<size_t>(layout_.plain_buckets + i)].padded_numel;
+    gathered_ -= block_gathered_numel(i);
   }
 }
 
@@ -315,7 +385,7 @@ void ZeroOptimizer::release_all() {
   if (!all_gathered_) return;
   all_gathered_ = false;
   for (int64_t i = 0; i < block_count(); ++i) {
-    if (block_params_[i].empty()) continue;
+    if (!block_sharded(i)) continue;
     copy_own_slices_to_shard(i);
     release_block(i);
   }
@@ -430,9 +500,8 @@ at::Tensor ZeroOptimizer::finish() {
   if (stage_ >= 2) {  // nothing full-size outlives the reduction
     for (auto& f : flat_) f.reset();
   }
-  if (stage_ >= 2 || masters_) {  // with masters the bf16 gradients are done with at every stage
-    for (auto& [name, p] : params_) p.mutable_grad().reset();
-  }
+  // The model's gradients are in the buckets and the shard now: no second full-size copy outlives the step.
+  for (auto& [name, p] : params_) p.mutable_grad().reset();
   // Global norm: squares summed over the own shard (padding and unused parameters are zeros), then over ranks;
   // left on the device (the caller reads it together with the loss).
   auto sq = grad_shard_.to(at::kDouble).square().sum().reshape({1});
@@ -551,6 +620,38 @@ void ZeroOptimizer::load_masters(const std::map<std::string, at::Tensor>& state,
   }
 }
 
+void ZeroOptimizer::add_held(HeldTensors& out) const {
+  if (param_shard_.defined()) (masters_ ? out.optimizer : out.weights).push_back(param_shard_);
+  if (frozen_shard_.defined()) out.weights.push_back(frozen_shard_);
+  if (prefetch_.flat.defined()) out.weights.push_back(prefetch_.flat);
+  if (prefetch_.frozen.defined()) out.weights.push_back(prefetch_.frozen);
+  out.grads.push_back(grad_shard_);
+  for (const auto& f : flat_) if (f.defined()) out.grads.push_back(f);
+  for (const auto& r : recv_) if (r.defined()) out.grads.push_back(r);
+  out.optimizer.push_back(exp_avg_);
+  out.optimizer.push_back(exp_avg_sq_);
+}
+
+std::map<std::string, std::vector<int64_t>> ZeroOptimizer::sharded_shapes() const {
+  std::map<std::string, std::vector<int64_t>> out;
+  for (size_t k = 0; k < params_.size(); ++k)
+    if (block_of_[k] >= 0) out[params_[k].first] = sizes_[k];
+  for (size_t k = 0; k < frozen_.size(); ++k) out[frozen_[k].first] = frozen_sizes_[k];
+  return out;
+}
+
+void ZeroOptimizer::load_shards(const SliceReader& read) {
+  at::NoGradGuard no_grad;
+  if (param_shard_.defined()) {
+    for (const auto& s : layout_.segments) {
+      if (!masters_ && block_of_[s.param] < 0) continue;  // held by the model
+      read(params_[s.param].first, s.param_offset, param_shard_.narrow(0, s.shard_offset, s.length));
+    }
+  }
+  for (const auto& s : frozen_layout_.segments)
+    read(frozen_[s.param].first, s.param_offset, frozen_shard_.narrow(0, s.shard_offset, s.length));
+}
+
 NamedTensors ZeroOptimizer::shard_state() const {
   auto segs = at::empty({static_cast<int64_t>(layout_.segments.size()), 5}, at::kLong);
   auto a = segs.accessor<int64_t, 2>();
@@ -573,7 +674,22 @@ NamedTensors ZeroOptimizer::shard_state() const {
                              : params_[s.param].second.detach().reshape({-1}).narrow(0, s.param_offset, s.length);
     values.narrow(0, s.shard_offset, s.length).copy_(v);
   }
-  return {{"exp_avg", exp_avg_}, {"exp_avg_sq", exp_avg_sq_}, {"segments", segs}, {"values", values}};
+  NamedTensors out = {{"exp_avg", exp_avg_}, {"exp_avg_sq", exp_avg_sq_}, {"segments", segs}, {"values", values}};
+  if (!frozen_.empty()) {  // the frozen block parameters this rank holds, in the same segment format (step 0)
+    auto fsegs = at::zeros({static_cast<int64_t>(frozen_layout_.segments.size()), 5}, at::kLong);
+    auto f = fsegs.accessor<int64_t, 2>();
+    for (size_t i = 0; i < frozen_layout_.segments.size(); ++i) {
+      const auto& s = frozen_layout_.segments[i];
+      const int64_t row = static_cast<int64_t>(i);
+      f[row][0] = s.param;
+      f[row][1] = s.param_offset;
+      f[row][2] = s.length;
+      f[row][3] = s.shard_offset;
+    }
+    out.emplace_back("frozen_values", frozen_shard_);
+    out.emplace_back("frozen_segments", fsegs);
+  }
+  return out;
 }
 
 nlohmann::json ZeroOptimizer::manifest() const {
@@ -583,7 +699,16 @@ nlohmann::json ZeroOptimizer::manifest() const {
                       std::accumulate(sizes_[k].begin(), sizes_[k].end(), int64_t{1}, std::multiplies<int64_t>()),
                       sizes_[k]});
   }
-  return {{"stage", stage_}, {"world_size", layout_.world}, {"params", params}};
+  nlohmann::json out = {{"stage", stage_}, {"world_size", layout_.world}, {"params", params}};
+  if (!frozen_.empty()) {
+    nlohmann::json frozen = nlohmann::json::array();
+    for (size_t k = 0; k < frozen_.size(); ++k) {
+      const auto& sz = frozen_sizes_[k];
+      frozen.push_back({frozen_[k].first, std::accumulate(sz.begin(), sz.end(), int64_t{1}, std::multiplies<int64_t>()), sz});
+    }
+    out["frozen"] = frozen;
+  }
+  return out;
 }
 
 void ZeroOptimizer::load_runs(const std::vector<AdamWStateRun>& runs) {
@@ -639,9 +764,11 @@ void ZeroOptimizer::load_shard_state(const NamedTensors& state) {
 }
 
 ZeroShardValues::ZeroShardValues(const nlohmann::json& manifest, std::vector<std::map<std::string, at::Tensor>> groups,
-                                 std::string origin)
-    : groups_(std::move(groups)), origin_(std::move(origin)) {
-  const auto& params = manifest.at("params");
+                                 std::string origin, Part part)
+    : groups_(std::move(groups)), origin_(std::move(origin)), part_(part) {
+  const char* values = values_key(part);
+  const char* segments = segments_key(part);
+  const auto& params = manifest.at(part == Part::kTrainable ? "params" : "frozen");
   for (size_t k = 0; k < params.size(); ++k) {
     if (params[k].size() < 3)
       throw std::invalid_argument(fmt::format("{}: the ZeRO manifest lists no shape for '{}' (an older checkpoint, "
@@ -653,13 +780,13 @@ ZeroShardValues::ZeroShardValues(const nlohmann::json& manifest, std::vector<std
   pieces_.resize(names_.size());
   for (size_t g = 0; g < groups_.size(); ++g) {
     const auto& t = groups_[g];
-    for (const char* key : {"values", "segments"}) {
+    for (const char* key : {values, segments}) {
       if (!t.count(key))
         throw std::invalid_argument(fmt::format("{}: ZeRO shard '{}' has no '{}'", origin_, zero_shard_group(static_cast<int64_t>(g)), key));
     }
-    if (g == 0) dtype_ = t.at("values").scalar_type();
-    const auto segs = t.at("segments").contiguous();
-    const int64_t shard = t.at("values").numel();
+    if (g == 0) dtype_ = t.at(values).scalar_type();
+    const auto segs = t.at(segments).contiguous();
+    const int64_t shard = t.at(values).numel();
     auto a = segs.accessor<int64_t, 2>();
     for (int64_t i = 0; i < segs.size(0); ++i) {
       const int64_t param = a[i][0];
@@ -679,15 +806,15 @@ ZeroShardValues::ZeroShardValues(const nlohmann::json& manifest, std::vector<std
   }
 }
 
-bool ZeroShardValues::present(const TrainingCheckpoint& ck) {
+bool ZeroShardValues::present(const TrainingCheckpoint& ck, Part part) {
   const auto it = ck.tensors.find(zero_shard_group(0));
   if (!ck.extra.contains("zero") || it == ck.tensors.end()) return false;
   for (const auto& [name, _] : it->second)
-    if (name == "values") return true;
+    if (name == values_key(part)) return true;
   return false;
 }
 
-ZeroShardValues ZeroShardValues::of(const TrainingCheckpoint& ck, const std::string& origin) {
+ZeroShardValues ZeroShardValues::of(const TrainingCheckpoint& ck, const std::string& origin, Part part) {
   const auto& z = ck.extra.at("zero");
   const int64_t world = z.at("world_size").get<int64_t>();
   std::vector<std::map<std::string, at::Tensor>> groups;
@@ -697,15 +824,30 @@ ZeroShardValues ZeroShardValues::of(const TrainingCheckpoint& ck, const std::str
       throw std::invalid_argument(fmt::format("{}: no ZeRO shard '{}' (saved at world size {})", origin, zero_shard_group(r), world));
     groups.emplace_back(it->second.begin(), it->second.end());
   }
-  return ZeroShardValues(z, std::move(groups), origin);
+  return ZeroShardValues(z, std::move(groups), origin, part);
 }
 
 at::Tensor ZeroShardValues::get(size_t k) const {
   const int64_t numel = std::accumulate(shapes_[k].begin(), shapes_[k].end(), int64_t{1}, std::multiplies<int64_t>());
   auto out = at::empty({numel}, at::TensorOptions().dtype(dtype_));
   for (const auto& p : pieces_[k])
-    out.narrow(0, p.param_offset, p.length).copy_(groups_[p.group].at("values").narrow(0, p.shard_offset, p.length));
+    out.narrow(0, p.param_offset, p.length).copy_(groups_[p.group].at(values_key(part_)).narrow(0, p.shard_offset, p.length));
   return out.view(shapes_[k]);
+}
+
+void ZeroShardValues::read(size_t k, int64_t offset, at::Tensor out) const {
+  const int64_t len = out.numel();
+  int64_t covered = 0;
+  for (const auto& p : pieces_[k]) {
+    const int64_t lo = std::max(offset, p.param_offset), hi = std::min(offset + len, p.param_offset + p.length);
+    if (lo >= hi) continue;
+    out.narrow(0, lo - offset, hi - lo)
+        .copy_(groups_[p.group].at(values_key(part_)).narrow(0, p.shard_offset + lo - p.param_offset, hi - lo));
+    covered += hi - lo;
+  }
+  if (covered != len)
+    throw std::invalid_argument(fmt::format("{}: the ZeRO shards cover {} of elements [{}, {}) of '{}'", origin_, covered,
+                                            offset, offset + len, names_[k]));
 }
 
 std::vector<AdamWStateRun> adamw_state_runs(const TrainingCheckpoint& ck, const NamedTensors& params) {

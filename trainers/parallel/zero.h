@@ -7,6 +7,7 @@
 #include <torch/nn/module.h>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -52,6 +53,12 @@ struct ZeroLayout {
   int64_t plain_buckets = 0;       // buckets not belonging to a block
 };
 
+// Tensors a rank holds for training beside what the model registers, by what they are: what
+// Trainer::held_bytes() counts (each storage once) to compare with rank_bytes_between_steps() (trainers/plan.h).
+struct HeldTensors {
+  std::vector<at::Tensor> weights, grads, optimizer;
+};
+
 // A run of one parameter's AdamW state [offset, offset + length), read from a checkpoint in either layout.
 struct AdamWStateRun {
   int64_t param = 0;   // index into the trainable parameters
@@ -74,15 +81,21 @@ std::string zero_shard_group(int64_t rank);
 // and `owl2 checkpoint consolidate` read, never more than one full parameter at once.
 class ZeroShardValues {
  public:
+  // Which parameters: the trainable ones (manifest "params", shard entries "values" / "segments") or the frozen
+  // block parameters of stage 3 (manifest "frozen", "frozen_values" / "frozen_segments").
+  enum class Part { kTrainable, kFrozen };
   // `manifest` is the checkpoint's extra["zero"]; `groups[r]` rank r's group (tensors by name, e.g. views of a
   // mapped file). Throws std::invalid_argument naming `origin` and the group or parameter when a group is missing
-  // or lacks "values" / "segments", the manifest has no shapes, or the segments do not cover a parameter.
+  // or lacks the values or segments, the manifest has no shapes, or the segments do not cover a parameter.
   ZeroShardValues(const nlohmann::json& manifest, std::vector<std::map<std::string, at::Tensor>> groups,
-                  std::string origin);
-  // Whether `ck` is a ZeRO checkpoint whose shards carry the parameter values.
-  static bool present(const TrainingCheckpoint& ck);
+                  std::string origin, Part part = Part::kTrainable);
+  // Whether `ck` is a ZeRO checkpoint whose shards carry the values of `part`.
+  static bool present(const TrainingCheckpoint& ck, Part part = Part::kTrainable);
   // ZeroShardValues over the groups of a loaded checkpoint.
-  static ZeroShardValues of(const TrainingCheckpoint& ck, const std::string& origin);
+  static ZeroShardValues of(const TrainingCheckpoint& ck, const std::string& origin, Part part = Part::kTrainable);
+  // The shard entry names of a part: its values and its segments.
+  static const char* values_key(Part part) { return part == Part::kTrainable ? "values" : "frozen_values"; }
+  static const char* segments_key(Part part) { return part == Part::kTrainable ? "segments" : "frozen_segments"; }
 
   size_t size() const { return names_.size(); }
   const std::string& name(size_t k) const { return names_[k]; }
@@ -90,6 +103,9 @@ class ZeroShardValues {
   at::ScalarType dtype() const { return dtype_; }
   // Parameter k in full (a new tensor).
   at::Tensor get(size_t k) const;
+  // Elements [offset, offset + out.numel()) of parameter k (flattened) into the 1-D `out`, touching only the
+  // shards' pieces that overlap them. Throws std::invalid_argument when the pieces do not cover the range.
+  void read(size_t k, int64_t offset, at::Tensor out) const;
 
  private:
   struct Piece {
@@ -102,7 +118,12 @@ class ZeroShardValues {
   std::vector<std::vector<Piece>> pieces_;
   at::ScalarType dtype_ = at::kFloat;
   std::string origin_;
+  Part part_;
 };
+
+// Reads elements [offset, offset + out.numel()) of the flattened weight `name` into the 1-D `out` (any dtype:
+// copy_ converts): how a checkpoint's weights reach the shards without a rank holding the whole model.
+using SliceReader = std::function<void(const std::string& name, int64_t offset, at::Tensor out)>;
 
 // train.precision bf16 under ZeRO: the trainable parameters reach the ZeroOptimizer in float32; it keeps this
 // rank's slices of them as the float32 masters (the parameter shard, at every stage) and casts the model's
@@ -115,8 +136,8 @@ struct ShardedMasters {
 
 // Gradient reduction, global-norm clipping and AdamW for ZeRO stage 1 (all-reduce, then keep the own
 // slice), stage 2 (reduce-scatter: only the own slice of the summed gradient is ever materialized in
-// the flat buffers) and stage 3 (stage 2, plus the trainable parameters of each block in `blocks` live only
-// as this rank's slice of the block's bucket: gather_block() before the block runs, release_block() after,
+// the flat buffers) and stage 3 (stage 2, plus the parameters of each block in `blocks` live only as this rank's
+// slice of the block's bucket, frozen ones in a bucket of their own: gather_block() before the block runs, release_block() after,
 // reduce_block() after its backward; see trainers/parallel/zero3.h). The math per element is torch::optim::AdamW's,
 // so results equal the replicated run. With a null or single-rank comm it runs the same code without
 // collectives.
@@ -167,6 +188,20 @@ class ZeroOptimizer {
   int64_t gathered_numel() const { return gathered_; }  // now
   // Zeroes the shard gradient (before a step's first micro-batch: stage 3 accumulates into it).
   void zero_grad();
+  // The parameters whose values live only in this rank's shards (stage 3: the blocks' trainable and frozen ones;
+  // the model holds them empty between passes), with their shapes.
+  std::map<std::string, std::vector<int64_t>> sharded_shapes() const;
+  // Loads this rank's slices from `read`: the parameter shard (stage 3 blocks; every trainable parameter's fp32
+  // master where it keeps them) and the frozen block shard. The parameters the model holds are the caller's to
+  // load. Nothing is gathered.
+  void load_shards(const SliceReader& read);
+  // Stage 3: the names of the frozen block parameters it shards (a checkpoint holds them in the ranks' shards as
+  // "frozen_values" / "frozen_segments", listed in the manifest's "frozen").
+  std::vector<std::string> frozen_names() const {
+    std::vector<std::string> out;
+    for (const auto& [name, t] : frozen_) out.push_back(name);
+    return out;
+  }
   // Elements of this rank's parameter shard (stage 3; 0 otherwise).
   int64_t param_shard_numel() const { return param_shard_.defined() ? param_shard_.numel() : 0; }
 
@@ -183,6 +218,9 @@ class ZeroOptimizer {
   double gather_seconds() const { return gather_s_; }
 
   const ZeroLayout& layout() const { return layout_; }
+  // This optimizer's tensors: the parameter shard (weights; optimizer state when it holds the fp32 masters), the
+  // gradient shard and live buckets, the moments, and a pending prefetch.
+  void add_held(HeldTensors& out) const;
   int stage() const { return stage_; }
   // This rank's state: "exp_avg" and "exp_avg_sq" (shard_numel), "segments" (int64 [n, 5]: param,
   // param_offset, length, shard_offset, step).
@@ -205,6 +243,7 @@ class ZeroOptimizer {
   void refresh_plain_parameters();  // after the step: all-gather the updated slices into the parameters
 
   std::vector<std::vector<int64_t>> block_params_;  // per block, trainable parameter indices
+  std::vector<std::vector<int64_t>> block_frozen_;  // per block, indices into frozen_
   std::vector<int64_t> block_of_;                   // per parameter, -1 outside blocks
   std::vector<std::vector<int64_t>> sizes_;         // per parameter (block parameters lose theirs)
   std::vector<uint8_t> block_used_;                 // per parameter: got a gradient this step
@@ -212,13 +251,22 @@ class ZeroOptimizer {
   bool all_gathered_ = false;
   std::vector<uint8_t> block_gathered_;  // per block
   int64_t gathered_ = 0, peak_gathered_ = 0;  // elements of gathered and prefetching blocks
-  struct Prefetch {
+  // Stage 3: the blocks' frozen parameters, sharded in their own layout (one bucket per block, no plain buckets) in
+  // the compute dtype; no gradient, no optimizer state.
+  NamedTensors frozen_;
+  std::vector<std::vector<int64_t>> frozen_sizes_;
+  ZeroLayout frozen_layout_;
+  at::Tensor frozen_shard_;
+  const ZeroLayout::Bucket* frozen_bucket(int64_t i) const;  // null when block i has no frozen parameter
+  bool block_sharded(int64_t i) const;            // block i has a trainable or a frozen parameter
+  int64_t block_gathered_numel(int64_t i) const;  // its padded buckets together
+  struct Gathering {  // a block's all-gathers in flight: trainable and frozen buckets (either may be absent)
     int64_t block = -1;
-    at::Tensor flat;
-    c10::intrusive_ptr<c10d::Work> work;
+    at::Tensor flat, frozen;
+    c10::intrusive_ptr<c10d::Work> work, frozen_work;
   };
-  Prefetch prefetch_;
-  at::Tensor start_gather(int64_t i, c10::intrusive_ptr<c10d::Work>& work);  // the flat buffer being filled
+  Gathering prefetch_;
+  Gathering start_gather(int64_t i);
   std::optional<ShardedMasters> masters_;
   at::TensorOptions shard_opts_;   // the shards' dtype (float32 with masters) on the parameters' device
   at::ScalarType compute_dtype_;   // the model's trainable parameters
