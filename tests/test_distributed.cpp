@@ -118,6 +118,7 @@ struct ToyRun {
   std::string save_dir;       // save a checkpoint after the last step
   int stall_rank = -1;
   std::vector<int64_t> block_order = {0, 1, 2};  // the StackLM blocks a pass runs
+  bool prefetch = true;                          // distributed.prefetch
 };
 
 std::vector<torch::Tensor> train(int64_t rank, int64_t world, std::shared_ptr<Comm> comm, const ToyRun& run,
@@ -146,8 +147,9 @@ std::vector<torch::Tensor> train(int64_t rank, int64_t world, std::shared_ptr<Co
     torch::NoGradGuard g;
     for (auto& p : m->parameters()) p.add_(1.0);
   }
-  Trainer t(*m, loss, run_config(run.zero_stage, run.bf16 ? Precision::kBf16 : Precision::kFp32, run.reduce), comm,
-            stacks);
+  RunConfig cfg = run_config(run.zero_stage, run.bf16 ? Precision::kBf16 : Precision::kFp32, run.reduce);
+  cfg.distributed.prefetch = run.prefetch;
+  Trainer t(*m, loss, cfg, comm, stacks);
   if (run.bf16 && run.zero_stage >= 1) {  // no full fp32 copy: only this rank's master slices
     REQUIRE(t.precision().pairs().empty());
     for (const auto& p : m->parameters()) REQUIRE(p.scalar_type() == torch::kBFloat16);
@@ -165,6 +167,10 @@ std::vector<torch::Tensor> train(int64_t rank, int64_t world, std::shared_ptr<Co
     const auto r = t.step(shard(s, rank, world));
     if (results) results->push_back(r);
     if (run.zero_stage == 3) check_block_memory(*stack_lm, *t.zero());
+  }
+  if (run.zero_stage == 3 && !run.prefetch && run.to > run.from) {  // one block at a time: never two held
+    const auto& l = t.zero()->layout();
+    CHECK(t.zero()->peak_gathered_numel() == l.buckets[static_cast<size_t>(l.plain_buckets)].padded_numel);
   }
   if (!run.save_dir.empty()) {  // the production save: under ZeRO each rank writes its shard, nothing is gathered
     CheckpointManager ckpts(run.save_dir, 2);
@@ -355,6 +361,16 @@ TEST_CASE("ZeRO 3 on one rank equals torch AdamW, and between steps holds only i
   auto m = std::make_shared<ToyLM>(0.0);
   REQUIRE_THROWS_WITH(Trainer(*m, [&](const Batch& b) { return m->loss_sum(b); }, run_config(3), nullptr),
                       Contains("ZeRO 3: the model has no block stack to shard"));
+}
+
+TEST_CASE("ZeRO 3 with distributed.prefetch false holds one block at a time and gives the same result", "[dist][zero]") {
+  ToyRun run;
+  run.blocks = true;
+  run.prefetch = false;
+  zero3_equals_adamw(run);
+  CHECK_FALSE(parse_config_text("distributed: {zero_stage: 3, prefetch: false}").distributed.prefetch);
+  CHECK(parse_config_text("distributed: {zero_stage: 3}").distributed.prefetch);
+  REQUIRE_THROWS_WITH(parse_config_text("distributed: {prefetch: maybe}"), Contains("distributed.prefetch"));
 }
 
 // The runner is told which block runs: a pass that skips block 1 and runs block 2 before block 0 gathers, reduces

@@ -132,6 +132,7 @@ template <class V> void fields(V& v, DistributedConfig& c) {
   v("bucket_mb", c.bucket_mb);
   v("timeout_s", c.timeout_s);
   v.choice("reduce_dtype", c.reduce_dtype, kReduceDtypeNames);
+  v("prefetch", c.prefetch);
 }
 
 template <class V> void fields(V& v, LoraSpec& c) {

@@ -78,6 +78,7 @@ struct DistributedConfig {
   double bucket_mb = 25;      // gradient bucket size: one collective per bucket, launched during backward
   int64_t timeout_s = 600;    // a collective that takes longer fails, naming the rank, step and collective
   ReduceDtype reduce_dtype = ReduceDtype::kFp32;  // ZeRO with train.precision bf16: gradient collectives' dtype
+  bool prefetch = true;  // ZeRO 3: start the next block's all-gather while the current one computes
 };
 
 struct DataSource {

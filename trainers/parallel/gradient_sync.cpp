@@ -173,10 +173,10 @@ void ZeroSync::load_masters(const std::map<std::string, at::Tensor>& state, cons
 
 Zero3Sync::Zero3Sync(std::shared_ptr<Comm> comm, torch::nn::Module& model, const std::vector<ParamGroup>& groups,
                      const OptimConfig& optim, MixedPrecision& precision, int64_t bucket_bytes,
-                     const std::vector<ShardedStack>& stacks, ReduceDtype reduce_dtype)
+                     const std::vector<ShardedStack>& stacks, ReduceDtype reduce_dtype, bool prefetch)
     : ZeroSync(std::move(comm), model, groups, optim, precision, 3, bucket_bytes, sharded_blocks(stacks),
                reduce_dtype) {
-  install_zero3_runners(*zero_, stacks);
+  install_zero3_runners(*zero_, stacks, prefetch);
 }
 
 GradientSync::Kind pick_gradient_sync(int64_t zero_stage, int64_t world_size) {
@@ -221,7 +221,7 @@ std::unique_ptr<GradientSync> make_gradient_sync(const RunConfig& cfg, std::shar
                                         cfg.distributed.reduce_dtype);
     case GradientSync::Kind::kZero3:
       return std::make_unique<Zero3Sync>(comm, model, groups, optim, precision, bucket_bytes_of(cfg), stacks,
-                                         cfg.distributed.reduce_dtype);
+                                         cfg.distributed.reduce_dtype, cfg.distributed.prefetch);
   }
   throw std::logic_error("make_gradient_sync: unknown strategy");
 }

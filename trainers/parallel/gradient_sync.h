@@ -158,7 +158,8 @@ class Zero3Sync : public ZeroSync {
  public:
   Zero3Sync(std::shared_ptr<Comm> comm, torch::nn::Module& model, const std::vector<ParamGroup>& groups,
             const OptimConfig& optim, MixedPrecision& precision, int64_t bucket_bytes,
-            const std::vector<ShardedStack>& stacks, ReduceDtype reduce_dtype = ReduceDtype::kFp32);
+            const std::vector<ShardedStack>& stacks, ReduceDtype reduce_dtype = ReduceDtype::kFp32,
+            bool prefetch = true);
   Kind kind() const override { return Kind::kZero3; }
   void gather_parameters() override { zero_->gather_all(); }
   void release_parameters() override { zero_->release_all(); }

@@ -17,7 +17,7 @@ std::vector<std::vector<at::Tensor>> stack_block_params(const std::vector<Sharde
   return out;
 }
 
-void install_zero3_runners(ZeroOptimizer& zero, const std::vector<ShardedStack>& stacks) {
+void install_zero3_runners(ZeroOptimizer& zero, const std::vector<ShardedStack>& stacks, bool prefetch) {
   int64_t first = 0;
   for (const auto& s : stacks) {
     if (!s.runner) throw std::invalid_argument(fmt::format("ZeRO 3: stack '{}' has no runner slot", s.name));
@@ -28,7 +28,8 @@ void install_zero3_runners(ZeroOptimizer& zero, const std::vector<ShardedStack>&
                                               first, first + n, zero.block_count()));
     }
     ZeroOptimizer* z = &zero;
-    *s.runner = [z, first, n, name = s.name](int64_t index, const BlockFn& fn, const std::vector<at::Tensor>& inputs) {
+    *s.runner = [z, first, n, prefetch, name = s.name](int64_t index, const BlockFn& fn,
+                                                       const std::vector<at::Tensor>& inputs) {
       if (index < 0 || index >= n) {
         throw std::out_of_range(fmt::format("ZeRO 3: stack '{}' ran block {}, it has {}", name, index, n));
       }
@@ -38,10 +39,10 @@ void install_zero3_runners(ZeroOptimizer& zero, const std::vector<ShardedStack>&
       // The first call is the forward pass, a second the recompute in backward: the pass runs the stack's blocks
       // up in forward and down in backward, so the neighbour in that direction is gathered while block i runs.
       auto calls = std::make_shared<int>(0);
-      hooks.before = [z, i, first, n, calls] {
+      hooks.before = [z, i, first, n, calls, prefetch] {
         const int64_t next = (*calls)++ == 0 ? i + 1 : i - 1;
         z->gather_block(i);
-        if (next >= first && next < first + n) z->prefetch_block(next);
+        if (prefetch && next >= first && next < first + n) z->prefetch_block(next);
       };
       hooks.after_forward = [z, i] { z->release_block(i); };
       hooks.after_backward = [z, i] {

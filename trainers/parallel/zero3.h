@@ -30,6 +30,7 @@ std::vector<std::vector<at::Tensor>> stack_block_params(const std::vector<Sharde
 // also starts the all-gather of the block the pass runs next (index + 1 in forward, - 1 in backward, within the
 // stack: ZeroOptimizer::prefetch_block), so at most two blocks are held at once. Under
 // no-grad (evaluation) it only gathers, runs and releases; with zero.all_gathered() it runs blocks as they are.
-void install_zero3_runners(ZeroOptimizer& zero, const std::vector<ShardedStack>& stacks);
+// With `prefetch` false each gather waits for its own all-gather only (distributed.prefetch, for measuring).
+void install_zero3_runners(ZeroOptimizer& zero, const std::vector<ShardedStack>& stacks, bool prefetch = true);
 
 }  // namespace owl2
