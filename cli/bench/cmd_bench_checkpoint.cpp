@@ -1,6 +1,6 @@
-// `owl2 bench checkpoint` and `owl2 bench import`: write and read a synthetic safetensors checkpoint, and import /
-// export a synthetic reference-layout model, comparing in the same run with the Python `safetensors` package
-// doing the same reads and writes (GB/s, ratio, peak RSS).
+// `owl2 bench checkpoint`, `owl2 bench import` and `owl2 bench consolidate`: write and read a synthetic safetensors
+// checkpoint, import / export a synthetic reference-layout model, and consolidate a synthetic ZeRO checkpoint,
+// comparing in the same run with the Python `safetensors` package doing the same work (GB/s, ratio, peak RSS).
 #include <CLI/CLI.hpp>
 
 #include <sys/resource.h>
@@ -25,7 +25,9 @@
 #include "owl2/model/model.h"
 #include "owl2/io/safetensors.h"
 #include "owl2/io/state_dict.h"
+#include "trainers/config.h"
 #include "trainers/io/hf_io.h"
+#include "trainers/parallel/zero.h"
 
 namespace owl2::cli {
 namespace {
@@ -338,6 +340,136 @@ int bench_import(const ImportBenchArgs& a) {
   return 0;
 }
 
+// ------------------------------------------------------------------------------------------- bench consolidate
+
+struct ConsolidateBenchArgs {
+  double size_mb = 1024;
+  int world = 4;
+  std::string dir = "/tmp";
+  std::string python;
+  std::string tokenizer = "tests/fixtures/tokenizer/tiny_llama.model";
+  int repeats = 1;
+  bool keep = false;
+  std::string child_from, child_to;  // internal: one measured consolidation in this process
+};
+
+// A ZeRO-2 training checkpoint of the synthetic model in float32 as `world` ranks write it: each rank's `values`
+// over its slices of the gradient buckets (the trainer's ZeroLayout, 25 MB buckets) and their `segments`, the
+// manifest in state.json, a model group with nothing untrained. Returns the parameters' bytes.
+uint64_t write_zero_checkpoint(const RunConfig& cfg, int world, const std::string& dir) {
+  std::filesystem::create_directories(dir);
+  torch::manual_seed(0);
+  std::vector<std::string> names;
+  std::vector<std::vector<int64_t>> shapes;
+  std::vector<int64_t> numels;
+  std::vector<torch::Tensor> params;
+  uint64_t bytes = 0;
+  for (const auto& p : parameter_shapes(cfg.model)) {
+    names.push_back(p.name);
+    shapes.push_back(p.shape);
+    numels.push_back(p.numel());
+    params.push_back(torch::empty(p.shape, torch::kFloat32).uniform_(-0.05, 0.05).reshape({-1}));
+    bytes += static_cast<uint64_t>(p.numel()) * 4;
+  }
+  nlohmann::json manifest_params = nlohmann::json::array();
+  for (size_t k = 0; k < names.size(); ++k) manifest_params.push_back({names[k], numels[k], shapes[k]});
+  for (int r = 0; r < world; ++r) {
+    const ZeroLayout layout(numels, 4, world, r, 25 << 20);
+    auto values = torch::zeros({layout.shard_numel}, torch::kFloat32);
+    auto segs = torch::zeros({static_cast<int64_t>(layout.segments.size()), 5}, torch::kLong);
+    auto a = segs.accessor<int64_t, 2>();
+    for (size_t i = 0; i < layout.segments.size(); ++i) {
+      const auto& sg = layout.segments[i];
+      values.narrow(0, sg.shard_offset, sg.length).copy_(params[sg.param].narrow(0, sg.param_offset, sg.length));
+      const auto row = static_cast<int64_t>(i);
+      a[row][0] = sg.param;
+      a[row][1] = sg.param_offset;
+      a[row][2] = sg.length;
+      a[row][3] = sg.shard_offset;
+      a[row][4] = 1;
+    }
+    save_safetensors(fmt::format("{}/{}.safetensors", dir, zero_shard_group(r)), {{"values", values}, {"segments", segs}});
+  }
+  save_safetensors(dir + "/model.safetensors", {});
+  const nlohmann::json state = {
+      {"config", to_yaml(cfg)},
+      {"extra", {{"zero", {{"stage", 2}, {"world_size", world}, {"params", manifest_params}}}}}};
+  write_file_atomic(dir + "/state.json", state.dump());
+  return bytes;
+}
+
+int bench_consolidate(const ConsolidateBenchArgs& a) {
+  if (!a.child_from.empty()) {
+    const auto t0 = Clock::now();
+    ConsolidateOptions o;
+    o.max_shard_bytes = uint64_t{1} << 40;  // one file, as the Python side writes
+    o.tokenizer = a.tokenizer;
+    consolidate_checkpoint(a.child_from, a.child_to, o);
+    const double s = seconds_since(t0);
+    // Before dir_tensor_bytes maps the output: the consolidation's own footprint.
+    const long anon = status_kb("RssAnon:"), file = status_kb("RssFile:"), peak = peak_rss_kb();
+    std::cout << nlohmann::json{{"seconds", s}, {"bytes", dir_tensor_bytes(a.child_to)}, {"peak_rss_kb", peak},
+                                {"anon_kb", anon}, {"file_kb", file}}.dump()
+              << "\n";
+    return 0;
+  }
+  if (a.size_mb <= 0) throw std::invalid_argument("--size-mb must be positive");
+  if (a.world < 1) throw std::invalid_argument("--world must be at least 1");
+  std::string python = a.python;
+  if (python.empty()) python = std::getenv("OWL2_PYTHON") ? std::getenv("OWL2_PYTHON") : ".venv/bin/python";
+  // synthetic_config sizes float16 weights: half the bytes give the float32 size asked for.
+  const RunConfig cfg = synthetic_config(static_cast<uint64_t>(a.size_mb * (1 << 20) / 2));
+  const std::string root = fmt::format("{}/owl2_bench_consolidate_{}", a.dir, getpid());
+  const std::string ck = root + "/checkpoint", owl = root + "/owl2", py = root + "/python.safetensors";
+  const uint64_t written = write_zero_checkpoint(cfg, a.world, ck);
+  const double gb = static_cast<double>(written) / 1e9;
+  fmt::print("owl2 bench consolidate: {:.2f} GB float32 in {} ZeRO shards, {} tensors | torch threads {} | {} cores | {}\n",
+             gb, a.world, parameter_shapes(cfg.model).size(), at::get_num_threads(), std::thread::hardware_concurrency(),
+             root);
+  struct Best {
+    double s = 1e30;
+    long rss_kb = 0;
+  };
+  Best owl_best, py_best;
+  auto measure = [&](const std::string& cmd, Best& best, const char* label) {
+    const auto j = nlohmann::json::parse(run_capture(cmd));
+    const double s = j["seconds"].get<double>();
+    if (j["bytes"].get<double>() != static_cast<double>(written))
+      throw std::runtime_error(fmt::format("{} wrote {} tensor bytes, expected {}", label, j["bytes"].dump(), written));
+    fmt::print("{:<56} {:8.2f} s  {:6.2f} GB/s  peak RSS {:6.0f} MB{}\n", label, s, gb / s,
+               j["peak_rss_kb"].get<double>() / 1024,
+               j.contains("anon_kb") ? fmt::format("  (at exit: anon {:.0f} MB, file-backed {:.0f} MB)",
+                                                   j["anon_kb"].get<double>() / 1024, j["file_kb"].get<double>() / 1024)
+                                     : std::string());
+    if (s < best.s) best = {s, j["peak_rss_kb"].get<long>()};
+  };
+  const std::string exe = self_exe(), script = bench_script("checkpoint_consolidate.py");
+  for (int r = 0; r < a.repeats; ++r) {
+    std::filesystem::remove_all(owl);
+    std::filesystem::remove(py);
+    measure(fmt::format("'{}' bench consolidate --child-from '{}' --child-to '{}' --tokenizer '{}'", exe, ck, owl,
+                        a.tokenizer),
+            owl_best, "owl2 checkpoint consolidate (read shards + write + fsync)");
+    measure(fmt::format("'{}' '{}' '{}' '{}'", python, script, ck, py), py_best,
+            "python safe_open + assemble + save_file + fsync");
+  }
+  // The same weights either way.
+  const auto ours = open_tensor_source(owl);
+  const SafetensorsFile theirs(py);
+  if (ours->names().size() != theirs.names().size())
+    throw std::runtime_error(fmt::format("owl2 wrote {} tensors, python {}", ours->names().size(), theirs.names().size()));
+  for (const auto& name : theirs.names()) {
+    if (!torch::equal(ours->get(name), theirs.get(name)))
+      throw std::runtime_error("owl2 and python consolidated '" + name + "' differently");
+  }
+  fmt::print("same   {} tensors, equal bit for bit\n", theirs.names().size());
+  fmt::print("best   owl2 {:.2f} GB/s vs python {:.2f} GB/s: ratio {:.2f}x (>1: owl2 faster); peak RSS owl2 {:.0f} MB, "
+             "python {:.0f} MB\n",
+             gb / owl_best.s, gb / py_best.s, py_best.s / owl_best.s, owl_best.rss_kb / 1024.0, py_best.rss_kb / 1024.0);
+  if (!a.keep) std::filesystem::remove_all(root);
+  return 0;
+}
+
 void add_bench_checkpoint(CLI::App& app, Action& run) {
   CLI::App* bench = bench_group(app);
   auto args = std::make_shared<Args>();
@@ -364,6 +496,20 @@ void add_bench_checkpoint(CLI::App& app, Action& run) {
   imp->add_option("--from", ia->from, "(internal)")->group("");
   imp->add_option("--to", ia->to, "(internal)")->group("");
   imp->callback([&run, ia] { run = [ia] { return bench_import(*ia); }; });
+
+  auto ca = std::make_shared<ConsolidateBenchArgs>();
+  auto* con = bench->add_subcommand("consolidate",
+                                    "owl2 checkpoint consolidate throughput vs the same job with the Python safetensors package");
+  con->add_option("--size-mb", ca->size_mb, "Synthetic model size in MiB (float32)")->capture_default_str();
+  con->add_option("--world", ca->world, "Ranks whose ZeRO shards the checkpoint holds")->capture_default_str();
+  con->add_option("--dir", ca->dir, "Directory for the temporary files")->capture_default_str();
+  con->add_option("--python", ca->python, "Python with safetensors (default $OWL2_PYTHON or .venv/bin/python)");
+  con->add_option("--tokenizer", ca->tokenizer, "SentencePiece model the model folder gets")->capture_default_str();
+  con->add_option("--repeats", ca->repeats, "Measurements per tool (best is reported)")->capture_default_str();
+  con->add_flag("--keep", ca->keep, "Keep the files");
+  con->add_option("--child-from", ca->child_from, "(internal) one measured consolidation in this process")->group("");
+  con->add_option("--child-to", ca->child_to, "(internal)")->group("");
+  con->callback([&run, ca] { run = [ca] { return bench_consolidate(*ca); }; });
 }
 
 }  // namespace
