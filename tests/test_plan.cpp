@@ -40,10 +40,11 @@ TEST_CASE("plan: weights, gradients and optimizer state per device under each Ze
   CHECK(p1.grads_bytes == 600);  // the gradient shard (50) and the full bucket stage 1 keeps for its all-reduce (100)
   auto p3 = make_plan(cfg, kParams, {2, 3});
   CHECK(p3.zero3_sharded_params == 300);  // the frozen decoder layer too, in a shard of its own
-  // Replicated 700; the parameter shard (50 of the 100 trainable ones' bucket, allocated at stage 3 whatever it
-  // holds) and the frozen shard (150 of the layer's 300).
-  CHECK(p3.held.weights == (700 + 50 + 150) * 4);
-  CHECK(p3.zero3_gathered_bytes == 2 * 300 * 4);  // the layer gathered, and a prefetch of up to its size
+  // Replicated: the frozen lm_head (600); the trainable cls_token lives as its slice of the parameter shard (50 of
+  // its 100) between steps; the frozen layer as its slice of the frozen shard (150 of 300).
+  CHECK(p3.held.weights == (600 + 50 + 150) * 4);
+  // The layer gathered and a prefetch of up to its size; the root unit (cls_token) gathered for the step.
+  CHECK(p3.zero3_gathered_bytes == (2 * 300 + 100) * 4);
   CHECK(p3.grads_bytes == 200);
   CHECK(p3.flops_per_step == Approx(p0.flops_per_step / 2));
   CHECK(p0.activations_checkpointed_bytes < p0.activations_bytes);
@@ -89,10 +90,11 @@ TEST_CASE("plan: ZeRO 3 shards the block parameters and holds a block gathered a
   const auto p = make_plan(cfg, params, {4, 3});
   CHECK(p.zero3_sharded_params == 760);  // a ViT block too; its embeddings stay replicated
   CHECK(p.zero3_largest_block == 400);  // model.layers.1
-  // Replicated 750; the shard: each bucket padded to a multiple of 4 ranks, a quarter of it per rank (the plain
-  // parameters' bucket 750 -> 752, the blocks 60, 300 and 400); a gathered block and a prefetched one of up to 400.
-  CHECK(p.held.weights == (750 + (752 + 60 + 300 + 400) / 4) * 4);
-  CHECK(p.zero3_gathered_bytes == 2 * 400 * 4);
+  // Everything trains, so between steps a rank holds only the shard: each bucket padded to a multiple of 4 ranks,
+  // a quarter of it per rank (the root's bucket 750 -> 752, the blocks 60, 300 and 400). During a step: a
+  // gathered block and a prefetched one of up to 400, and the root's 750.
+  CHECK(p.held.weights == (752 + 60 + 300 + 400) / 4 * 4);
+  CHECK(p.zero3_gathered_bytes == (2 * 400 + 750) * 4);
   CHECK(p.weights_bytes == double(p.held.weights + p.zero3_gathered_bytes));
   CHECK_THAT(p.report, Contains("760 ViT, abstractor and decoder block parameters sharded"));
   // Frozen, the same blocks are still sharded (in a shard of their own, no optimizer state); the gathered block
@@ -103,8 +105,8 @@ TEST_CASE("plan: ZeRO 3 shards the block parameters and holds a block gathered a
   CHECK(f.zero3_sharded_params == 760);
   CHECK(f.trainable_params == 1510 - 260);
   // Shards: trainable 752 / 4 + 300 / 4 + 200 / 4; frozen 60 / 4 + 200 / 4.
-  CHECK(f.held.weights == (750 + (752 + 300 + 200) / 4 + (60 + 200) / 4) * 4);
-  CHECK(f.zero3_gathered_bytes == 2 * (200 + 200) * 4);
+  CHECK(f.held.weights == ((752 + 300 + 200) / 4 + (60 + 200) / 4) * 4);
+  CHECK(f.zero3_gathered_bytes == (2 * (200 + 200) + 750) * 4);
 }
 
 TEST_CASE("plan: the parameters it shards at ZeRO 3 are those the trainer's sharded stacks hold", "[plan]") {

@@ -145,7 +145,8 @@ RankBytes rank_bytes_between_steps(const RunConfig& cfg, const NamedSizes& param
   const auto z = zero_layout(cfg, params, trainable, optimizer_order(cfg, params, trainable), stage, world, reduce, compute);
   const int64_t shard = z.layout.shard_numel * fp32;
   for (size_t k = 0; k < params.size(); ++k) {
-    const bool released = stage == 3 && zero3_shards(params[k].first);
+    // Stage 3 releases the blocks' parameters and, between steps, the trainable ones outside blocks (the root).
+    const bool released = stage == 3 && (trainable[k] || zero3_shards(params[k].first));
     r.weights += released ? 0 : params[k].second * compute;
   }
   r.weights += z.frozen.shard_numel * compute;  // stage 3: the frozen block parameters' shard
@@ -220,7 +221,9 @@ Plan make_plan(const RunConfig& cfg, const NamedSizes& params, const PlanInputs&
     const auto compute = static_cast<int64_t>(compute_bytes);
     const auto z = zero_layout(cfg, params, trainable, optimizer_order(cfg, params, trainable), 3, in.world_size,
                                reduce_bytes(cfg), compute);
-    plan.zero3_gathered_bytes = 2 * z.largest_gathered_block * compute;
+    int64_t root = 0;  // the trainable parameters outside blocks, gathered for the whole step
+    for (size_t k = 0; k < params.size(); ++k) root += trainable[k] && !zero3_shards(params[k].first) ? params[k].second : 0;
+    plan.zero3_gathered_bytes = (2 * z.largest_gathered_block + root) * compute;
   }
   plan.weights_bytes = double(plan.held.weights + plan.zero3_gathered_bytes);
   plan.grads_bytes = double(plan.held.grads);

@@ -54,7 +54,9 @@ struct Plan {
   // ZeRO 3 (zero3_shards, trainers/sharding.h): the parameters sharded, and the largest block, which a rank
   // holds gathered while it runs (weights_bytes counts it in full).
   int64_t zero3_sharded_params = 0, zero3_largest_block = 0;
-  int64_t zero3_gathered_bytes = 0;  // the two largest blocks' padded buckets in the compute dtype
+  // The two largest blocks' padded buckets and the root unit (the trainable parameters outside blocks, gathered
+  // for a whole step), in the compute dtype.
+  int64_t zero3_gathered_bytes = 0;
   double activations_bytes = 0, activations_checkpointed_bytes = 0;
   double flops_per_step = 0;  // per device
   std::string report;         // the printed table

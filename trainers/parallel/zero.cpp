@@ -171,7 +171,7 @@ ZeroOptimizer::ZeroOptimizer(std::shared_ptr<Comm> comm, torch::nn::Module& mode
     // taken from the (broadcast) parameters before any of them is cast or freed.
     param_shard_ = at::zeros({layout_.shard_numel}, shard_opts_);
     for (const auto& s : layout_.segments) {
-      if (!masters_ && block_of_[s.param] < 0) continue;
+      if (!in_shard(s.param)) continue;
       param_shard_.narrow(0, s.shard_offset, s.length)
           .copy_(params_[s.param].second.detach().reshape({-1}).narrow(0, s.param_offset, s.length));
     }
@@ -201,6 +201,8 @@ ZeroOptimizer::ZeroOptimizer(std::shared_ptr<Comm> comm, torch::nn::Module& mode
     }
   }
   for (int64_t i = 0; i < block_count(); ++i) release_block(i);
+  root_gathered_ = true;  // the model holds the parameters outside blocks in full until...
+  release_root();         // ...stage 3 keeps only their slices between steps
   if (comm_) {
     for (size_t k = 0; k < params_.size(); ++k) {
       if (block_of_[k] >= 0) continue;  // reduced by reduce_block(), not by the bucket hooks
@@ -222,8 +224,10 @@ at::Tensor ZeroOptimizer::slot(size_t k) {
   return flat_[b].narrow(0, bucket.offsets[j], numel).view(sizes);
 }
 
+bool ZeroOptimizer::in_shard(int64_t k) const { return masters_ || stage_ == 3 || block_of_[k] >= 0; }
+
 at::Tensor ZeroOptimizer::master(const ZeroLayout::Segment& s) {
-  if (masters_ || block_of_[s.param] >= 0) return param_shard_.narrow(0, s.shard_offset, s.length);
+  if (in_shard(s.param)) return param_shard_.narrow(0, s.shard_offset, s.length);
   return params_[s.param].second.detach().view({-1}).narrow(0, s.param_offset, s.length);
 }
 
@@ -234,9 +238,9 @@ void ZeroOptimizer::copy_own_slices_to_shard(int64_t i) {
     frozen_shard_.narrow(0, s.shard_offset, s.length)
         .copy_(frozen_[s.param].second.detach().reshape({-1}).narrow(0, s.param_offset, s.length));
   }
-  const auto b = static_cast<size_t>(layout_.plain_buckets + i);
   for (const auto& s : layout_.segments) {
-    if (layout_.bucket_of[s.param] != static_cast<int64_t>(b)) continue;
+    // Block i's bucket; i < 0: the parameters outside blocks (the root, stage 3).
+    if (i >= 0 ? layout_.bucket_of[s.param] != layout_.plain_buckets + i : block_of_[s.param] >= 0) continue;
     auto shard = param_shard_.narrow(0, s.shard_offset, s.length);
     const auto model = params_[s.param].second.detach().reshape({-1}).narrow(0, s.param_offset, s.length);
     if (masters_) {  // keep the masters the model still holds the rounding of; take the values written since
@@ -376,14 +380,38 @@ void ZeroOptimizer::reduce_block(int64_t i) {
 
 void ZeroOptimizer::gather_all() {
   drop_prefetch();
+  gather_root();
   for (int64_t i = 0; i < block_count(); ++i) gather_block(i);
   all_gathered_ = true;
+}
+
+void ZeroOptimizer::gather_root() {
+  if (stage_ != 3 || root_gathered_) return;
+  at::NoGradGuard no_grad;
+  for (size_t k = 0; k < params_.size(); ++k) {
+    if (block_of_[k] < 0) params_[k].second.set_data(at::empty(sizes_[k], shard_opts_.dtype(compute_dtype_)));
+  }
+  root_gathered_ = true;
+  refresh_plain_parameters();
+}
+
+void ZeroOptimizer::release_root() {
+  if (stage_ != 3 || !root_gathered_ || all_gathered_) return;
+  const auto empty = at::empty({0}, shard_opts_.dtype(compute_dtype_));
+  for (size_t k = 0; k < params_.size(); ++k) {
+    if (block_of_[k] < 0) params_[k].second.set_data(empty);
+  }
+  root_gathered_ = false;
 }
 
 void ZeroOptimizer::release_all() {
   drop_prefetch();
   if (!all_gathered_) return;
   all_gathered_ = false;
+  if (stage_ == 3) {  // the root: values loaded meanwhile into its slices, then released until the next step
+    copy_own_slices_to_shard(-1);
+    release_root();
+  }
   for (int64_t i = 0; i < block_count(); ++i) {
     if (!block_sharded(i)) continue;
     copy_own_slices_to_shard(i);
@@ -393,6 +421,7 @@ void ZeroOptimizer::release_all() {
 
 void ZeroOptimizer::zero_grad() {
   drop_prefetch();
+  gather_root();  // stage 3: the parameters outside blocks, in full for this step's forward and backward
   grad_shard_.zero_();
   std::fill(block_used_.begin(), block_used_.end(), 0);
   reduce_wait_s_ = 0;
@@ -533,11 +562,15 @@ void ZeroOptimizer::step(double lr, double max_norm, double grad_norm) {
     p.addcdiv_(m, denom, -lr_k / bias_correction1);
   }
   grad_shard_.zero_();
-  refresh_plain_parameters();
+  if (stage_ == 3) {
+    release_root();  // the next step gathers the updated slices
+  } else {
+    refresh_plain_parameters();
+  }
 }
 
 void ZeroOptimizer::refresh_plain_parameters() {
-  if (!comm_ && !masters_) return;  // one rank, no masters: AdamW updated the parameters themselves
+  if (!comm_ && !masters_ && stage_ != 3) return;  // one rank, no masters: AdamW updated the parameters themselves
   // Every rank updated its slices: all-gather each bucket in the compute dtype (masters: rounded to nearest
   // even) and copy it back into the parameters (stage 3 blocks: not now, the next forward gathers them).
   const auto t0 = std::chrono::steady_clock::now();
@@ -635,7 +668,7 @@ void ZeroOptimizer::add_held(HeldTensors& out) const {
 std::map<std::string, std::vector<int64_t>> ZeroOptimizer::sharded_shapes() const {
   std::map<std::string, std::vector<int64_t>> out;
   for (size_t k = 0; k < params_.size(); ++k)
-    if (block_of_[k] >= 0) out[params_[k].first] = sizes_[k];
+    if (block_of_[k] >= 0 || stage_ == 3) out[params_[k].first] = sizes_[k];
   for (size_t k = 0; k < frozen_.size(); ++k) out[frozen_[k].first] = frozen_sizes_[k];
   return out;
 }
@@ -644,7 +677,7 @@ void ZeroOptimizer::load_shards(const SliceReader& read) {
   at::NoGradGuard no_grad;
   if (param_shard_.defined()) {
     for (const auto& s : layout_.segments) {
-      if (!masters_ && block_of_[s.param] < 0) continue;  // held by the model
+      if (!in_shard(s.param)) continue;  // held by the model
       read(params_[s.param].first, s.param_offset, param_shard_.narrow(0, s.shard_offset, s.length));
     }
   }
@@ -669,7 +702,7 @@ NamedTensors ZeroOptimizer::shard_state() const {
   auto values = at::zeros({layout_.shard_numel}, param_shard_.defined() ? param_shard_.options()
                                                                          : shard_opts_.dtype(compute_dtype_));
   for (const auto& s : layout_.segments) {
-    const at::Tensor v = masters_ || block_of_[s.param] >= 0
+    const at::Tensor v = in_shard(s.param)
                              ? param_shard_.narrow(0, s.shard_offset, s.length)
                              : params_[s.param].second.detach().reshape({-1}).narrow(0, s.param_offset, s.length);
     values.narrow(0, s.shard_offset, s.length).copy_(v);

@@ -239,7 +239,13 @@ class ZeroOptimizer {
   void launch(size_t b);
   at::Tensor slot(size_t k);  // parameter k's place in its bucket's flat buffer
   at::Tensor master(const ZeroLayout::Segment& s);  // the values a segment's AdamW update writes
-  void copy_own_slices_to_shard(int64_t i);
+  void copy_own_slices_to_shard(int64_t i);  // block i; -1: the root
+  bool in_shard(int64_t k) const;  // parameter k's values live in param_shard_ (else the model's copy is the master)
+  // Stage 3, the root unit: the trainable parameters outside blocks (embeddings, lm_head, norms, the towers' other
+  // parameters), gathered for a whole step (zero_grad) and released after the update (step).
+  void gather_root();
+  void release_root();
+  bool root_gathered_ = false;
   void refresh_plain_parameters();  // after the step: all-gather the updated slices into the parameters
 
   std::vector<std::vector<int64_t>> block_params_;  // per block, trainable parameter indices
