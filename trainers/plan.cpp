@@ -298,8 +298,9 @@ Plan make_plan(const RunConfig& cfg, const NamedSizes& params, const PlanInputs&
                    plan.held.optimizer);
   r += fmt::format("  weights            {:>12}{}\n", gib(plan.weights_bytes),
                    in.zero_stage >= 3 ? fmt::format(" ({} ViT, abstractor and decoder block parameters sharded, "
-                                                    "a block of up to {} gathered and the next prefetched; the rest "
-                                                    "replicated)",
+                                                    "a block of up to {} gathered and the next prefetched; the "
+                                                    "trainable rest sharded and gathered for the step, the frozen "
+                                                    "rest replicated)",
                                                     plan.zero3_sharded_params, plan.zero3_largest_block)
                                       : std::string());
   r += fmt::format("  gradients          {:>12}\n", gib(plan.grads_bytes));
