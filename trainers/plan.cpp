@@ -177,15 +177,10 @@ Plan make_plan(const RunConfig& cfg, const NamedSizes& params, const PlanInputs&
   std::map<std::string, ComponentCount> comps;
   std::map<std::string, int64_t> block_sizes;  // ZeRO 3: sharded parameters per block
   std::vector<std::string> order;
-  const auto freeze = effective_freeze_rules(cfg);
-  for (const auto& [name, numel] : params) {
-    bool trainable = false;
-    for (const auto& r : freeze) {
-      if (glob_match(r.pattern, name)) {
-        trainable = r.trainable;
-        break;
-      }
-    }
+  const auto trainable_of = trainable_flags(cfg, params);
+  for (size_t k = 0; k < params.size(); ++k) {
+    const auto& [name, numel] = params[k];
+    const bool trainable = trainable_of[k] != 0;
     if (in.zero_stage >= 3 && zero3_shards(name)) {
       plan.zero3_sharded_params += numel;
       block_sizes[zero3_block(name)] += numel;
@@ -217,7 +212,7 @@ Plan make_plan(const RunConfig& cfg, const NamedSizes& params, const PlanInputs&
   // one's prefetch (bounded by twice the largest padded block).
   plan.held = rank_bytes_between_steps(cfg, params, in.zero_stage, in.world_size);
   if (in.zero_stage == 3) {
-    const auto trainable = trainable_flags(cfg, params);
+    const auto& trainable = trainable_of;
     const auto compute = static_cast<int64_t>(compute_bytes);
     const auto z = zero_layout(cfg, params, trainable, optimizer_order(cfg, params, trainable), 3, in.world_size,
                                reduce_bytes(cfg), compute);
