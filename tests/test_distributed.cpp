@@ -20,11 +20,13 @@
 #include "owl2/io/safetensors.h"
 #include "owl2/io/lora_files.h"
 #include "owl2/io/state_dict.h"
+#include "owl2/infer/generate.h"
 #include "owl2/model/lora.h"
 #include "tests/golden_io.h"
 #include "tests/helpers.h"
 #include "tests/toy_lm.h"
 #include "trainers/checkpoint.h"
+#include "trainers/full_parameters.h"
 #include "trainers/setup.h"
 #include "trainers/io/model_dir.h"
 #include "trainers/trainer.h"
@@ -677,6 +679,136 @@ TEST_CASE("ZeRO 3 over the ViT, abstractor and decoder layers of the float64 mod
 
 namespace {
 
+// Three batches of prompts for the float64 tiny model: batch 0 has an image prompt and a text-only one, batch 1
+// one text-only prompt, batch 2 one image prompt. Returns the prompts and each batch's images (undefined: none).
+struct PromptBatch {
+  std::vector<std::vector<int64_t>> prompts;
+  torch::Tensor images;
+};
+std::vector<PromptBatch> lockstep_batches() {
+  const int64_t size = owl2::test::tiny_golden_config().vision.image_size;
+  auto gen = torch::make_generator<torch::CPUGeneratorImpl>(77);
+  const auto image = [&] { return torch::rand({1, 3, size, size}, gen, torch::kFloat64); };
+  std::vector<PromptBatch> b(3);
+  b[0].prompts = {{1, 5, -200, 9, 11}, {1, 7, 8, 20, 21, 30}};
+  b[0].images = image();
+  b[1].prompts = {{1, 12, 13, 14}};
+  b[2].prompts = {{1, -200, 40, 41}};
+  b[2].images = image();
+  return b;
+}
+
+GenerateOptions lockstep_options(int64_t eos) {
+  GenerateOptions o;
+  o.max_new_tokens = 6;
+  o.eos_id = eos;
+  return o;
+}
+
+// The token the unsharded model answers first to batch 1: as EOS, batch 1 finishes after one token while the
+// others run on (so ranks finish at different passes).
+int64_t lockstep_eos() {
+  auto model = owl2::test::tiny_golden_model();
+  const auto b = lockstep_batches();
+  return generate(model, b[1].prompts, b[1].images, lockstep_options(-1)).at(0).tokens.at(0);
+}
+
+// Greedy answers of batch k on rank k mod W at ZeRO stage `stage` (the training freeze rules of train_golden, so
+// the ViT, abstractor and decoder blocks are sharded with frozen parts): at stage 3 through the trainer's sharded
+// passes, no model gathered. Returns batch -> its answers. `peak`: the most block elements held at once.
+std::map<int64_t, std::vector<std::vector<int64_t>>> lockstep_answers(int64_t rank, int64_t world,
+                                                                     std::shared_ptr<Comm> comm, int stage,
+                                                                     int64_t* peak = nullptr,
+                                                                     int64_t* largest = nullptr) {
+  RunConfig cfg;
+  cfg.model = owl2::test::tiny_golden_config();
+  cfg.distributed.zero_stage = stage;
+  cfg.distributed.bucket_mb = 0.01;
+  cfg.freeze = {{"model.vision_model.encoder.layers.0.mlp.*", false}, {"model.layers.1.self_attn.o_proj.*", false},
+                {"*", true}};
+  auto model = owl2::test::tiny_golden_model();
+  const auto policies = apply_training_policies(model, cfg);
+  Trainer t(*model, model_loss_sum(model), cfg, comm, policies.sharded_stacks);
+  const auto batches = lockstep_batches();
+  const auto options = lockstep_options(lockstep_eos());
+  std::map<int64_t, std::vector<std::vector<int64_t>>> out;
+  const int64_t n = static_cast<int64_t>(batches.size()), rounds = (n + world - 1) / world;
+  if (t.zero()) const_cast<ZeroOptimizer*>(t.zero())->reset_peak_gathered();
+  {
+    ShardedPasses passes(t);
+    REQUIRE((passes.lockstep() != nullptr) == (stage == 3));
+    REQUIRE((stage != 3 || passes.lockstep()->vision));
+    for (int64_t round = 0; round < rounds; ++round) {
+      const int64_t k = round * world + rank;
+      const PromptBatch none;
+      const auto& b = k < n ? batches[static_cast<size_t>(k)] : none;
+      const auto gens = passes.lockstep() ? generate_in_lockstep(model, b.prompts, b.images, options, *passes.lockstep())
+                                          : generate(model, b.prompts, b.images, options);
+      for (const auto& g : gens) out[k].push_back(g.tokens);
+    }
+  }
+  if (stage == 3) {
+    const auto& z = *t.zero();
+    int64_t big = 0;
+    for (int64_t i = 0; i < z.block_count(); ++i) big = std::max(big, z.block_gathered_numel(i));
+    if (peak) *peak = z.peak_gathered_numel();
+    if (largest) *largest = big;
+    CHECK(z.gathered_numel() == 0);
+    CHECK(model->lm_head->weight.numel() == 0);  // the root released again
+    for (const auto& p : model->model->layers->ptr(0)->parameters()) CHECK(p.numel() == 0);
+  }
+  return out;
+}
+
+}  // namespace
+
+// Runs under torchrun: lockstep_answers at ZeRO 3; writes {batch: answers} and the peak to OWL2_TEST_OUT.<rank>.
+TEST_CASE("zero3 eval worker", "[.zero3-eval-worker]") {
+  const auto env = DistEnv::from_environment();
+  auto comm = std::make_shared<Comm>(env, std::chrono::seconds(60), false);
+  int64_t peak = 0, largest = 0;
+  const auto answers = lockstep_answers(env.rank, env.world_size, comm, 3, &peak, &largest);
+  nlohmann::json j;
+  for (const auto& [k, a] : answers) j["answers"][std::to_string(k)] = a;
+  j["peak"] = peak;
+  j["largest"] = largest;
+  std::ofstream(env_or("OWL2_TEST_OUT", "build/test_zero3_eval") + "." + std::to_string(env.rank)) << j.dump();
+}
+
+TEST_CASE("ZeRO 3 generation in lockstep: 2 and 3 ranks answer as one unsharded process, with text-only, image and "
+          "idle ranks, and never hold more than two blocks",
+          "[dist][slow][zero]") {
+  const auto reference = lockstep_answers(0, 1, nullptr, 0);
+  REQUIRE(reference.size() == 3);
+  REQUIRE(reference.at(1).at(0).empty());  // batch 1 stops at its first token (EOS): the ranks finish apart
+  REQUIRE(reference.at(0).at(0).size() == 6);
+  CHECK(lockstep_answers(0, 1, nullptr, 3) == reference);  // one rank, sharded: the same passes
+  const std::string root = "build/test_zero3_eval";
+  fs::remove_all(root);
+  fs::create_directories(root);
+  for (int world : {2, 3}) {
+    const std::string out = root + "/w" + std::to_string(world);
+    run_workers(world, "OWL2_TEST_OUT=" + out, out + ".log", "[.zero3-eval-worker]");
+    std::set<int64_t> answered;
+    for (int r = 0; r < world; ++r) {
+      INFO(world << " ranks, rank " << r);
+      const auto j = nlohmann::json::parse(read_text(out + "." + std::to_string(r)));
+      for (const auto& [key, a] : j.at("answers").items()) {
+        const int64_t k = std::stoll(key);
+        CHECK(k % world == r);
+        CHECK(a.get<std::vector<std::vector<int64_t>>>() == reference.at(k));
+        answered.insert(k);
+      }
+      // One block and the next one's prefetch at most; far from the whole model.
+      CHECK(j.at("peak").get<int64_t>() > 0);
+      CHECK(j.at("peak").get<int64_t>() <= 2 * j.at("largest").get<int64_t>());
+    }
+    CHECK(answered == std::set<int64_t>{0, 1, 2});
+  }
+}
+
+namespace {
+
 // The tiny model in float32 trained 2 steps at `world` ranks, ZeRO stage `stage`, `precision`, with small buckets
 // (several per run, padded) and some parameters frozen (one set inside a ViT block); then what the trainer holds,
 // counted from its tensors, must equal the planner's figure for the same run, category by category.
@@ -1191,6 +1323,16 @@ TEST_CASE("owl2 train: held-out evaluation on 2 ranks answers every question onc
   REQUIRE(n > 6);  // more than two batches of 3, so both ranks answer
   CHECK(b == a);
   CHECK(read_text(root + "/two/eval.json") == read_text(root + "/one/eval.json"));
+  // ZeRO 3: no model gathered, the ranks generate in lockstep, with the same answers. Batches of 5 (answers do not
+  // depend on the batch): 5 batches, so rank 1 runs an empty third one.
+  const std::string cmd = "timeout 300 " + torchrun() + " --standalone --nproc-per-node 2 --no-python " + OWL2_BINARY +
+                          " train --config " + root + "/eval.yaml --set train.out_dir=" + root +
+                          "/zero3 --set distributed.zero_stage=3 --set eval.batch_size=5 > " + root + "/zero3.log 2>&1";
+  INFO(cmd);
+  const int rc = std::system(cmd.c_str());
+  INFO(read_text(root + "/zero3.log"));
+  REQUIRE(rc == 0);
+  CHECK(read_text(root + "/zero3/predictions.jsonl") == a);
 }
 
 TEST_CASE("owl2 train at ZeRO 3: one rank text-only and the other with an image each step, equal to 1 rank",

@@ -1,5 +1,6 @@
-// FullParameters: a scope in which the model holds every parameter in full (saving, held-out evaluation, the
-// final export), also under ZeRO stage 3, whose decoder blocks otherwise hold only this rank's shard.
+// FullParameters: a scope in which the model holds every parameter in full (saving an adapter, the final export),
+// also under ZeRO stage 3, whose blocks otherwise hold only this rank's shard. ShardedPasses: a scope for passes
+// that gather one block at a time instead (held-out evaluation).
 #pragma once
 #include <exception>
 
@@ -22,6 +23,27 @@ class FullParameters {
   }
   FullParameters(const FullParameters&) = delete;
   FullParameters& operator=(const FullParameters&) = delete;
+
+ private:
+  Trainer& trainer_;
+  int exceptions_;
+};
+
+// Trainer::begin_sharded_passes() on construction and end_sharded_passes() on destruction: forward passes with the
+// blocks gathered one at a time (ZeRO 3), in lockstep over the ranks (lockstep(); null below stage 3, where the
+// model is whole and passes are not collectives). Every rank opens the scope. Left by an exception the root stays
+// gathered, as FullParameters leaves the blocks.
+class ShardedPasses {
+ public:
+  explicit ShardedPasses(Trainer& trainer) : trainer_(trainer), exceptions_(std::uncaught_exceptions()) {
+    trainer_.begin_sharded_passes();
+  }
+  ~ShardedPasses() {
+    if (std::uncaught_exceptions() == exceptions_) trainer_.end_sharded_passes();
+  }
+  ShardedPasses(const ShardedPasses&) = delete;
+  ShardedPasses& operator=(const ShardedPasses&) = delete;
+  const Lockstep* lockstep() const { return trainer_.lockstep(); }
 
  private:
   Trainer& trainer_;

@@ -141,9 +141,11 @@ void write_eval_results(const EvalResult& er, int64_t step, const fs::path& dir)
 // The held-out evaluation after `step`, on every rank: the questions' batches are dealt out to the ranks
 // (batch k to rank k mod W, so each batch is answered exactly as one process would), the answers gathered, and
 // rank 0 scores them. The scores go into the step's metrics (eval_*) and the table into the log; after the last
-// step also eval.json and predictions.jsonl. All ranks call it (ZeRO 3 gathers the blocks for it).
+// step also eval.json and predictions.jsonl. All ranks call it. ZeRO 3 gathers no model for it: the blocks are
+// gathered one at a time as the passes run, and the ranks generate in lockstep (each runs the same number of
+// batches, an empty one where it has no more questions).
 void evaluate_during_training(TrainingRun& run, int64_t step, bool last, StepMetrics& m) {
-  FullParameters full(run.trainer);
+  ShardedPasses passes(run.trainer);
   const auto& opt = run.heldout.options;
   std::vector<HeldoutQuestion> qs = run.heldout.questions;
   if (opt.limit > 0 && static_cast<int64_t>(qs.size()) > opt.limit) qs.resize(static_cast<size_t>(opt.limit));
@@ -152,7 +154,8 @@ void evaluate_during_training(TrainingRun& run, int64_t step, bool last, StepMet
   for (size_t start = batch * static_cast<size_t>(run.env.rank); start < qs.size(); start += batch * W)
     mine.insert(mine.end(), qs.begin() + static_cast<std::ptrdiff_t>(start),
                 qs.begin() + static_cast<std::ptrdiff_t>(std::min(qs.size(), start + batch)));
-  const auto answers = answer_heldout(run.model, run.tokenizer, mine, opt);
+  const size_t batches = (qs.size() + batch - 1) / batch, rounds = (batches + W - 1) / W;
+  const auto answers = answer_heldout(run.model, run.tokenizer, mine, opt, passes.lockstep(), static_cast<int64_t>(rounds));
   const auto gathered = run.comm.allgather_strings(nlohmann::json(answers).dump(), fmt::format("held-out answers at step {}", step));
   if (!run.lead()) return;
   std::vector<std::vector<std::string>> per_rank;

@@ -183,6 +183,24 @@ void Trainer::release_parameters() {
   sync_->release_parameters();
 }
 
+void Trainer::begin_sharded_passes() {
+  if (sync_->kind() != GradientSync::Kind::kZero3 || lockstep_) return;
+  sync_->gather_root();
+  Lockstep l;
+  l.vision = visual_blocks_sharded_;
+  l.any = [comm = comm_](bool mine) {
+    if (!comm) return mine;
+    return comm->sum(int64_t{mine ? 1 : 0}, "allreduce: a rank still generating") > 0;
+  };
+  lockstep_ = std::move(l);
+}
+
+void Trainer::end_sharded_passes() {
+  if (!lockstep_) return;
+  lockstep_.reset();
+  sync_->release_root();
+}
+
 void Trainer::load_model_state(const std::map<std::string, torch::Tensor>& state, const std::string& origin) {
   sync_->gather_parameters();  // ZeRO 3: full blocks to load into; the release reshards them
   precision_->load_model_state(state, origin);  // bf16: MixedPrecision's masters too

@@ -8,10 +8,12 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "data/batch.h"
+#include "owl2/infer/lockstep.h"
 #include "owl2/io/safetensors.h"
 #include "trainers/config.h"
 #include "trainers/param_rules.h"
@@ -82,6 +84,13 @@ class Trainer {
   // float32 masters, on rank 0 only, for precision().model_state() and end_to_fp32(). No-ops otherwise.
   void gather_parameters() { gather(/*masters_root=*/0); }
   void release_parameters();
+  // ZeRO 3: forward passes between steps (held-out evaluation) without gathering the model. begin gathers the root
+  // unit (collective); the block runners then gather one block at a time as it runs, so every rank must make the
+  // same passes: generation goes through generate_in_lockstep with lockstep(). end releases the root. No-ops, and
+  // lockstep() null, below stage 3.
+  void begin_sharded_passes();
+  void end_sharded_passes();
+  const Lockstep* lockstep() const { return lockstep_ ? &*lockstep_ : nullptr; }
   // Loads a model state (a checkpoint's "model" tensors, float32 masters in bf16) into the model and the
   // masters, wherever they live (MixedPrecision, or ZeRO's shards; ZeRO 3 blocks gathered for it). Collective.
   void load_model_state(const std::map<std::string, torch::Tensor>& state, const std::string& origin);
@@ -125,6 +134,7 @@ class Trainer {
 
   torch::nn::Module& model_;
   bool visual_blocks_sharded_ = false;
+  std::optional<Lockstep> lockstep_;  // between begin_ and end_sharded_passes at ZeRO 3
   LossSumFn loss_sum_;
   RunConfig cfg_;
   std::vector<ParamGroup> groups_;

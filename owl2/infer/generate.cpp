@@ -409,19 +409,79 @@ void DecodeState::select_rows(const std::vector<int64_t>& rows_R) {
   next_position_R_ = next_position_R_.index_select(0, rows);
 }
 
-std::vector<Generation> generate(MPLUGOwl2ForCausalLM& model, const std::vector<std::vector<int64_t>>& prompts,
-                                 const torch::Tensor& images_NCHW, const GenerateOptions& options) {
-  validate(options, prompts.size());
-  if (prompts.empty()) return {};
-  torch::NoGradGuard no_grad;
+namespace {
+
+// The cache length that prompts and options need: the longest prompt with its images' visual tokens, plus the
+// new tokens.
+int64_t cache_capacity(const MPLUGOwl2ForCausalLM& model, const std::vector<std::vector<int64_t>>& prompts,
+                       const GenerateOptions& options) {
   const int64_t visual = model->cfg.visual_tokens_per_image();
   int64_t longest = 0;
   for (const auto& p : prompts) {
     const auto images = std::count(p.begin(), p.end(), kImageTokenIndex);
     longest = std::max<int64_t>(longest, static_cast<int64_t>(p.size()) + (visual - 1) * images);
   }
-  DecodeState st(model, longest + options.max_new_tokens);
+  return longest + options.max_new_tokens;
+}
+
+// A TokenSource whose every step first tells the other ranks that this one still makes passes.
+class LockstepSource : public TokenSource {
+ public:
+  LockstepSource(TokenSource& inner, const Lockstep& lockstep) : inner_(inner), lockstep_(lockstep) {}
+  int64_t rows() const override { return inner_.rows(); }
+  torch::Tensor step(const std::vector<int64_t>& tokens_R) override {
+    lockstep_.any(true);
+    return inner_.step(tokens_R);
+  }
+  void select_rows(const std::vector<int64_t>& rows_R) override { inner_.select_rows(rows_R); }
+
+ private:
+  TokenSource& inner_;
+  const Lockstep& lockstep_;
+};
+
+// A decoder pass over one token, without a cache, whose logits are dropped: the per-layer collectives of a real
+// pass (the layers run in the same order, each once).
+void idle_pass(MPLUGOwl2ForCausalLM& model) {
+  const auto device = model->lm_head->weight.device();
+  model->forward(ModelInputs{torch::ones({1, 1}, torch::TensorOptions().dtype(torch::kInt64).device(device)), {}, {}, {}});
+}
+
+}  // namespace
+
+std::vector<Generation> generate(MPLUGOwl2ForCausalLM& model, const std::vector<std::vector<int64_t>>& prompts,
+                                 const torch::Tensor& images_NCHW, const GenerateOptions& options) {
+  validate(options, prompts.size());
+  if (prompts.empty()) return {};
+  torch::NoGradGuard no_grad;
+  DecodeState st(model, cache_capacity(model, prompts, options));
   return generate_from(st, st.prefill(prompts, images_NCHW, options.pad_id), prompts, options);
+}
+
+std::vector<Generation> generate_in_lockstep(MPLUGOwl2ForCausalLM& model, const std::vector<std::vector<int64_t>>& prompts,
+                                             const torch::Tensor& images_NCHW, const GenerateOptions& options,
+                                             const Lockstep& lockstep) {
+  if (!lockstep.any) throw std::invalid_argument("generate_in_lockstep: Lockstep::any is not set");
+  validate(options, prompts.size());
+  torch::NoGradGuard no_grad;
+  // Images first, as prefill runs them before the decoder: a rank without any joins the others' vision passes.
+  const bool images = images_NCHW.defined() && images_NCHW.size(0) > 0;
+  if (lockstep.vision && lockstep.any(images) && !images) {
+    const auto& w = model->lm_head->weight;
+    const int64_t size = model->cfg.vision.image_size;
+    model->encode_images(torch::zeros({1, 3, size, size}, w.options()));
+  }
+  std::vector<Generation> out;
+  if (prompts.empty()) {
+    idle_pass(model);  // the others' prefill
+  } else {
+    DecodeState st(model, cache_capacity(model, prompts, options));
+    const auto first = st.prefill(prompts, images ? images_NCHW : torch::Tensor(), options.pad_id);
+    LockstepSource source(st, lockstep);
+    out = generate_from(source, first, prompts, options);
+  }
+  while (lockstep.any(false)) idle_pass(model);  // the passes of ranks still generating
+  return out;
 }
 
 std::vector<Generation> generate_from(TokenSource& source, const torch::Tensor& first_logits_BV,

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "owl2/infer/lockstep.h"
 #include "owl2/model/kv_cache.h"
 #include "owl2/model/model.h"
 
@@ -119,6 +120,14 @@ std::vector<Generation> generate(MPLUGOwl2ForCausalLM& model, const std::vector<
 // logits [B,V]; `prompts` only feeds the repetition penalty.
 std::vector<Generation> generate_from(TokenSource& source, const torch::Tensor& first_logits_BV,
                                       const std::vector<std::vector<int64_t>>& prompts, const GenerateOptions& options);
+
+// generate() for this rank's prompts (may be none), in step with the same call on every other rank: the rank's
+// own passes (prefill, one per new token) are each paired with one pass of every other rank, and a rank that
+// has finished (or had nothing to do) makes a one-token pass whose result it drops until every rank has
+// finished. The results equal generate()'s; the model's collectives are the caller's (its block runners).
+std::vector<Generation> generate_in_lockstep(MPLUGOwl2ForCausalLM& model, const std::vector<std::vector<int64_t>>& prompts,
+                                             const torch::Tensor& images_NCHW, const GenerateOptions& options,
+                                             const Lockstep& lockstep);
 
 // The new tokens of each prompt without the EOS: generate() with `options` (greedy unless options says otherwise).
 std::vector<std::vector<int64_t>> greedy_generate(MPLUGOwl2ForCausalLM& model,

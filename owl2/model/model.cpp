@@ -222,8 +222,16 @@ torch::Tensor MPLUGOwl2ForCausalLMImpl::decode_cached(const torch::Tensor& input
   const auto rope = rotary_tables(position_ids_BS, cfg.decoder.head_dim(), cfg.decoder.rope_theta,
                                   inputs_embeds_BSD.scalar_type());
   auto x_BSD = inputs_embeds_BSD;
+  // Through the runner as in decode(), so that ZeRO 3 gathers each layer for a cached step too (evaluation during
+  // training). The layer appends to its cache entry: only for inference, where a runner runs the block once.
   for (int64_t i = 0; i < static_cast<int64_t>(model->layers->size()); ++i) {
-    x_BSD = model->layers->ptr<DecoderLayerImpl>(i)->forward(x_BSD, rope, mask_B1SL, routing, &cache.layer(i));
+    auto block = model->layers->ptr<DecoderLayerImpl>(i);
+    LayerKV* entry = &cache.layer(i);
+    x_BSD = run_block(decoder_block_runner, i,
+                      [block, rope, mask_B1SL, routing, entry](const std::vector<torch::Tensor>& in) {
+                        return block->forward(in[0], rope, mask_B1SL, routing, entry);
+                      },
+                      {x_BSD});
   }
   cache.advance(valid_BS);
   return model->norm(x_BSD);

@@ -79,7 +79,8 @@ EvalResult evaluate_heldout(MPLUGOwl2ForCausalLM& model, const Tokenizer& tokeni
 }
 
 std::vector<std::string> answer_heldout(MPLUGOwl2ForCausalLM& model, const Tokenizer& tokenizer,
-                                        const std::vector<HeldoutQuestion>& qs, const EvalOptions& options) {
+                                        const std::vector<HeldoutQuestion>& qs, const EvalOptions& options,
+                                        const Lockstep* lockstep, int64_t batches) {
   const bool was_training = model->is_training();
   model->eval();
   const auto tmpl = chat_template(options.chat_template);
@@ -89,8 +90,11 @@ std::vector<std::string> answer_heldout(MPLUGOwl2ForCausalLM& model, const Token
   gen.eos_id = Tokenizer::kEosId;
   gen.vocab_limit = tokenizer.vocab_size();  // a model vocabulary larger than the tokenizer's: never an undecodable id
   gen.pad_id = Tokenizer::kPadId;
-  for (size_t start = 0; start < qs.size(); start += static_cast<size_t>(options.batch_size)) {
-    const size_t end = std::min(qs.size(), start + static_cast<size_t>(options.batch_size));
+  const auto bs = static_cast<size_t>(options.batch_size);
+  const size_t own = (qs.size() + bs - 1) / bs;
+  const size_t rounds = lockstep ? std::max(own, static_cast<size_t>(std::max<int64_t>(batches, 0))) : own;
+  for (size_t round = 0, start = 0; round < rounds; ++round, start += bs) {
+    const size_t end = std::min(qs.size(), start + bs);
     std::vector<std::vector<int64_t>> prompts;
     std::vector<torch::Tensor> images;
     for (size_t i = start; i < end; ++i) {
@@ -101,7 +105,13 @@ std::vector<std::string> answer_heldout(MPLUGOwl2ForCausalLM& model, const Token
           tokenizer.encode_with_images(generation_prompt(tmpl, {{Role::kHuman, human}}, ImageLayout::kTraining)));
       if (!q.image.empty()) images.push_back(preprocess_image(load_image(q.image), options.image));
     }
-    const auto answers = greedy_generate(model, prompts, images.empty() ? torch::Tensor() : torch::stack(images), gen);
+    const auto images_NCHW = images.empty() ? torch::Tensor() : torch::stack(images);
+    std::vector<std::vector<int64_t>> answers;
+    if (lockstep) {
+      for (auto& g : generate_in_lockstep(model, prompts, images_NCHW, gen, *lockstep)) answers.push_back(std::move(g.tokens));
+    } else {
+      answers = greedy_generate(model, prompts, images_NCHW, gen);
+    }
     for (size_t i = start; i < end; ++i) out.push_back(tokenizer.decode(answers[i - start]));
   }
   if (was_training) model->train();

@@ -8,6 +8,7 @@
 
 #include "data/image.h"
 #include "data/tokenizer.h"
+#include "owl2/infer/lockstep.h"
 #include "owl2/model/model.h"
 
 namespace owl2 {
@@ -50,9 +51,12 @@ EvalResult evaluate_heldout(MPLUGOwl2ForCausalLM& model, const Tokenizer& tokeni
 
 // Greedy answers to `questions` in order, options.batch_size at a time (options.limit is not applied). A
 // question's answer depends only on the batch it is in, so callers that split the work by whole batches (the
-// ranks of a training run) get the answers of one process.
+// ranks of a training run) get the answers of one process. With `lockstep` (ZeRO 3: the model's passes are
+// collectives) every batch is generated in step with the other ranks (generate_in_lockstep), and the rank runs
+// `batches` batches in all, those past its own questions empty, so that every rank makes the same number.
 std::vector<std::string> answer_heldout(MPLUGOwl2ForCausalLM& model, const Tokenizer& tokenizer,
-                                        const std::vector<HeldoutQuestion>& questions, const EvalOptions& options);
+                                        const std::vector<HeldoutQuestion>& questions, const EvalOptions& options,
+                                        const Lockstep* lockstep = nullptr, int64_t batches = 0);
 
 // Accuracy per type, short-answer accuracy and caption CIDEr-D of (question, prediction) pairs.
 EvalResult score_heldout(std::vector<std::pair<HeldoutQuestion, std::string>> predictions);

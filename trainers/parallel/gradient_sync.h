@@ -61,6 +61,10 @@ class GradientSync {
   // meanwhile; no-ops except at ZeRO 3.
   virtual void gather_parameters() {}
   virtual void release_parameters() {}
+  // ZeRO 3: the root unit (the trainable parameters outside blocks) in full between steps, for passes that gather
+  // the blocks one at a time (Trainer::begin_sharded_passes). Collective; no-ops otherwise.
+  virtual void gather_root() {}
+  virtual void release_root() {}
   // ZeRO: this rank's slices of the parameters only its shards hold (ZeroOptimizer::load_shards); a no-op else.
   virtual void load_shards(const SliceReader& /*read*/) {}
   // train.precision bf16 under ZeRO, where the optimizer owns the float32 masters as shards: the full masters on
@@ -163,6 +167,8 @@ class Zero3Sync : public ZeroSync {
   Kind kind() const override { return Kind::kZero3; }
   void gather_parameters() override { zero_->gather_all(); }
   void release_parameters() override { zero_->release_all(); }
+  void gather_root() override { zero_->gather_root(); }
+  void release_root() override { zero_->release_root(); }
 };
 
 // The strategy for distributed.zero_stage `zero_stage` at `world_size` ranks: ZeRO at stages 1 to 3 (also on

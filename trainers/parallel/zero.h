@@ -186,6 +186,14 @@ class ZeroOptimizer {
   // saving gathers none.
   int64_t peak_gathered_numel() const { return peak_gathered_; }
   int64_t gathered_numel() const { return gathered_; }  // now
+  void reset_peak_gathered() { peak_gathered_ = gathered_; }
+  // Elements block i holds gathered: its padded trainable and frozen buckets together.
+  int64_t block_gathered_numel(int64_t i) const;
+  // Stage 3, the root unit: the trainable parameters outside blocks (embeddings, lm_head, norms, the towers' other
+  // parameters), gathered for a whole step (zero_grad) and released after the update (step); also for a sharded
+  // evaluation between steps (Trainer::sharded_passes). Collective; no-ops below stage 3 and when already so.
+  void gather_root();
+  void release_root();
   // Zeroes the shard gradient (before a step's first micro-batch: stage 3 accumulates into it).
   void zero_grad();
   // The parameters whose values live only in this rank's shards (stage 3: the blocks' trainable and frozen ones;
@@ -241,10 +249,6 @@ class ZeroOptimizer {
   at::Tensor master(const ZeroLayout::Segment& s);  // the values a segment's AdamW update writes
   void copy_own_slices_to_shard(int64_t i);  // block i; -1: the root
   bool in_shard(int64_t k) const;  // parameter k's values live in param_shard_ (else the model's copy is the master)
-  // Stage 3, the root unit: the trainable parameters outside blocks (embeddings, lm_head, norms, the towers' other
-  // parameters), gathered for a whole step (zero_grad) and released after the update (step).
-  void gather_root();
-  void release_root();
   bool root_gathered_ = false;
   void refresh_plain_parameters();  // after the step: all-gather the updated slices into the parameters
 
@@ -265,7 +269,6 @@ class ZeroOptimizer {
   at::Tensor frozen_shard_;
   const ZeroLayout::Bucket* frozen_bucket(int64_t i) const;  // null when block i has no frozen parameter
   bool block_sharded(int64_t i) const;            // block i has a trainable or a frozen parameter
-  int64_t block_gathered_numel(int64_t i) const;  // its padded buckets together
   struct Gathering {  // a block's all-gathers in flight: trainable and frozen buckets (either may be absent)
     int64_t block = -1;
     at::Tensor flat, frozen;
