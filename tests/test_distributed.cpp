@@ -27,6 +27,7 @@
 #include "tests/toy_lm.h"
 #include "trainers/checkpoint.h"
 #include "trainers/full_parameters.h"
+#include "trainers/io/hf_io.h"
 #include "trainers/setup.h"
 #include "trainers/io/model_dir.h"
 #include "trainers/trainer.h"
@@ -1423,6 +1424,27 @@ TEST_CASE("owl2 train with LoRA at ZeRO 3: the base stays bit-identical, 2 ranks
     CHECK(fs::exists(dir + "/adapter_config.json"));
     CHECK(fs::exists(dir + "/adapter_model.safetensors"));
   }
+  // Under ZeRO the adapters and final/ are written from the checkpoint's files (no model gathered); at ZeRO 0 from
+  // the model: the same tensors and adapter config.
+  const auto zero0 = run_owl2("train --config " + root + "/lora.yaml --set train.out_dir=" + root +
+                              "/zero0 --set distributed.zero_stage=0");
+  INFO(zero0.out);
+  REQUIRE(zero0.rc == 0);
+  for (const std::string file : {"/checkpoints/step-000000002/adapter/adapter_model.safetensors",
+                                 "/final/adapter/adapter_model.safetensors", "/final/model.safetensors"}) {
+    INFO(file);
+    const SafetensorsFile z3(root + "/one" + file), z0(root + "/zero0" + file);
+    REQUIRE(z3.names() == z0.names());
+    for (const auto& name : z3.names()) {
+      INFO(name);
+      REQUIRE(z3.get(name).scalar_type() == torch::kFloat32);
+      CHECK(max_abs_diff(z3.get(name), z0.get(name)) < 1e-5);
+    }
+  }
+  CHECK(read_text(root + "/one/final/adapter/adapter_config.json") ==
+        read_text(root + "/zero0/final/adapter/adapter_config.json"));
+  CHECK_THROWS_WITH(write_checkpoint_adapter(root + "/base/checkpoints/step-000000001", root + "/no_adapter", {}),
+                    Contains("not a LoRA run's checkpoint"));
   // final/ holds the merged weights (reference names only) and a config without LoRA.
   const SafetensorsFile merged(root + "/one/final/model.safetensors");
   CHECK(merged.names() == base.names());

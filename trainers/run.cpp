@@ -174,9 +174,15 @@ void evaluate_during_training(TrainingRun& run, int64_t step, bool last, StepMet
   if (last) write_eval_results(er, step, run.dir);
 }
 
-// LoRA: the adapter in PEFT's layout (owl2/io/lora_files.h) in DIR/adapter, from the trainer's state (float32
-// masters under bf16), written by rank 0. All ranks call it (ZeRO 3 gathers the blocks for it).
+// LoRA: the adapter in PEFT's layout (owl2/io/lora_files.h) in DIR/adapter (DIR: the checkpoint just saved),
+// written by rank 0. Under ZeRO it is read back from the checkpoint's files (the float32 values in the ranks'
+// shards), so no rank gathers the model or the masters; else from the trainer's state (float32 masters under
+// bf16). All ranks call it.
 void save_adapter(TrainingRun& run, const fs::path& dir) {
+  if (run.trainer.zero()) {
+    if (run.lead()) write_checkpoint_adapter(dir.string(), (dir / "adapter").string(), run.policies.lora_saved_modules);
+    return;
+  }
   FullParameters full(run.trainer);
   if (!run.lead()) return;
   save_lora_adapter((dir / "adapter").string(), run.trainer.precision().model_state(), run.cfg.lora,
@@ -188,14 +194,16 @@ void save_adapter(TrainingRun& run, const fs::path& dir) {
 // export never looks complete. All ranks call it.
 // LoRA: final/adapter/ holds the adapter, and the weights are the merged model (lora_files.h; docs/lora.md).
 void export_final(TrainingRun& run) {
-  if (run.trainer.zero() && run.cfg.lora.rank == 0 && !run.last_checkpoint.empty()) {
+  if (run.trainer.zero() && !run.last_checkpoint.empty()) {
     // ZeRO: the checkpoint every rank just wrote holds every weight (the trainable ones in the ranks' shards, as
     // float32 masters in bf16). Rank 0 puts them together from disk one tensor at a time, in float32 as the
-    // gathered export would; no rank gathers the model.
+    // gathered export would (LoRA: the adapter written, then merged in); no rank gathers the model.
     if (!run.lead()) return;
     ConsolidateOptions o;
     o.dtype = torch::kFloat32;
     o.tokenizer = run.cfg.data.tokenizer;
+    o.merge_lora = true;
+    o.lora_saved_modules = run.policies.lora_saved_modules;
     consolidate_checkpoint(run.last_checkpoint, (run.dir / "final").string(), o);
     std::cerr << "final weights: " << (run.dir / "final").string() << " (from " << run.last_checkpoint << ")\n";
     return;

@@ -254,8 +254,17 @@ nlohmann::json hf_preprocessor_config_json(const VisionConfig& vision) {
           {"image_std", {0.26862954, 0.26130258, 0.27577711}}};
 }
 
-size_t consolidate_checkpoint(const std::string& checkpoint_dir, const std::string& out_dir,
-                              const ConsolidateOptions& options) {
+namespace {
+
+// A training checkpoint's weights as one source, each tensor read only when asked for (views of the memory-mapped
+// files): model.safetensors and, under ZeRO, the trainable (and stage 3's frozen block) values put together from
+// the ranks' shards, whatever world size wrote them. Also its saved config.
+struct CheckpointWeights {
+  RunConfig cfg;
+  std::shared_ptr<ComposedSource> tensors = std::make_shared<ComposedSource>();
+};
+
+CheckpointWeights open_checkpoint_weights(const std::string& checkpoint_dir) {
   const fs::path dir(checkpoint_dir);
   if (!fs::is_regular_file(dir / "state.json"))
     throw std::invalid_argument(fmt::format("{}: not a training checkpoint (no state.json; a run's checkpoints are "
@@ -264,50 +273,110 @@ size_t consolidate_checkpoint(const std::string& checkpoint_dir, const std::stri
   const auto state = nlohmann::json::parse(read_file_text((dir / "state.json").string()), nullptr, false);
   if (state.is_discarded() || !state.is_object() || !state.contains("config"))
     throw std::invalid_argument(fmt::format("{}/state.json: not a checkpoint state (no \"config\")", checkpoint_dir));
-  RunConfig cfg = parse_config_text(state.at("config").get<std::string>(), (dir / "state.json").string() + " config");
+  CheckpointWeights out;
+  out.cfg = parse_config_text(state.at("config").get<std::string>(), (dir / "state.json").string() + " config");
   auto model = std::make_shared<SafetensorsFile>((dir / "model.safetensors").string());
-  ComposedSource out;
-  for (const auto& n : model->names()) add_passthrough(out, *model, n);
+  for (const auto& n : model->names()) {
+    const TensorMeta m = model->meta(n);
+    out.tensors->add(n, m.dtype, m.shape, [model, n] { return model->get(n); }, model->where(n));
+  }
   const nlohmann::json extra = state.value("extra", nlohmann::json::object());
-  if (extra.contains("zero")) {
-    const auto& z = extra.at("zero");
-    const int64_t world = z.at("world_size").get<int64_t>();
-    std::vector<std::shared_ptr<SafetensorsFile>> files;
-    std::vector<std::map<std::string, torch::Tensor>> groups;
-    bool with_values = true;
-    for (int64_t r = 0; r < world && with_values; ++r) {
-      const auto path = dir / (zero_shard_group(r) + ".safetensors");
-      if (!fs::is_regular_file(path))
-        throw std::invalid_argument(fmt::format("{}: missing ZeRO shard {} (saved at world size {})", checkpoint_dir,
-                                                path.filename().string(), world));
-      files.push_back(std::make_shared<SafetensorsFile>(path.string()));
-      with_values = files.back()->contains("values");
-      std::map<std::string, torch::Tensor> g;
-      for (const char* key : {"values", "segments", "frozen_values", "frozen_segments"})
-        if (files.back()->contains(key)) g[key] = files.back()->get(key);  // views of the mapping
-      groups.push_back(std::move(g));
-    }
-    if (with_values) {  // else an older checkpoint: its model group is complete
-      for (const auto part : {ZeroShardValues::Part::kTrainable, ZeroShardValues::Part::kFrozen}) {
-        if (part == ZeroShardValues::Part::kFrozen && !z.contains("frozen")) continue;  // ZeRO 3 only
-        auto values = std::make_shared<ZeroShardValues>(z, groups, checkpoint_dir, part);
-        for (size_t k = 0; k < values->size(); ++k) {
-          if (model->contains(values->name(k)))
-            throw std::invalid_argument(fmt::format("{}: '{}' is both in model.safetensors and in the ZeRO shards",
-                                                    checkpoint_dir, values->name(k)));
-          out.add(values->name(k), values->dtype(), values->shape(k), [values, files, k] { return values->get(k); },
-                  checkpoint_dir + "/" + zero_shard_group(0) + ".safetensors ...");
-        }
-      }
+  if (!extra.contains("zero")) return out;
+  const auto& z = extra.at("zero");
+  const int64_t world = z.at("world_size").get<int64_t>();
+  std::vector<std::shared_ptr<SafetensorsFile>> files;
+  std::vector<std::map<std::string, torch::Tensor>> groups;
+  bool with_values = true;
+  for (int64_t r = 0; r < world && with_values; ++r) {
+    const auto path = dir / (zero_shard_group(r) + ".safetensors");
+    if (!fs::is_regular_file(path))
+      throw std::invalid_argument(fmt::format("{}: missing ZeRO shard {} (saved at world size {})", checkpoint_dir,
+                                              path.filename().string(), world));
+    files.push_back(std::make_shared<SafetensorsFile>(path.string()));
+    with_values = files.back()->contains("values");
+    std::map<std::string, torch::Tensor> g;
+    for (const char* key : {"values", "segments", "frozen_values", "frozen_segments"})
+      if (files.back()->contains(key)) g[key] = files.back()->get(key);  // views of the mapping
+    groups.push_back(std::move(g));
+  }
+  if (!with_values) return out;  // an older checkpoint: its model group is complete
+  for (const auto part : {ZeroShardValues::Part::kTrainable, ZeroShardValues::Part::kFrozen}) {
+    if (part == ZeroShardValues::Part::kFrozen && !z.contains("frozen")) continue;  // ZeRO 3 only
+    auto values = std::make_shared<ZeroShardValues>(z, groups, checkpoint_dir, part);
+    for (size_t k = 0; k < values->size(); ++k) {
+      if (model->contains(values->name(k)))
+        throw std::invalid_argument(fmt::format("{}: '{}' is both in model.safetensors and in the ZeRO shards",
+                                                checkpoint_dir, values->name(k)));
+      out.tensors->add(values->name(k), values->dtype(), values->shape(k), [values, files, k] { return values->get(k); },
+                       checkpoint_dir + "/" + zero_shard_group(0) + ".safetensors ...");
     }
   }
-  const KeyReport report = check_model_keys(out, cfg.model, checkpoint_dir, /*allow_unexpected=*/cfg.lora.rank > 0);
+  return out;
+}
+
+// The adapter of a LoRA checkpoint's weights written to ADAPTER_DIR (only the adapter tensors and the parameters
+// of `saved_modules` are read).
+size_t write_adapter(const CheckpointWeights& w, const std::string& checkpoint_dir, const std::string& adapter_dir,
+                     const std::vector<std::string>& saved_modules) {
+  if (w.cfg.lora.rank <= 0)
+    throw std::invalid_argument(fmt::format("{}: not a LoRA run's checkpoint (lora.rank is 0)", checkpoint_dir));
+  NamedTensors state;
+  for (const auto& n : w.tensors->names()) {
+    bool keep = is_lora_parameter(n);
+    for (const auto& m : saved_modules) keep = keep || n.starts_with(m + ".");
+    if (keep) state.emplace_back(n, w.tensors->get(n));
+  }
+  return save_lora_adapter(adapter_dir, state, w.cfg.lora, saved_modules, w.cfg.init.from);
+}
+
+}  // namespace
+
+size_t write_checkpoint_adapter(const std::string& checkpoint_dir, const std::string& adapter_dir,
+                                const std::vector<std::string>& saved_modules) {
+  return write_adapter(open_checkpoint_weights(checkpoint_dir), checkpoint_dir, adapter_dir, saved_modules);
+}
+
+size_t consolidate_checkpoint(const std::string& checkpoint_dir, const std::string& out_dir,
+                              const ConsolidateOptions& options) {
+  CheckpointWeights w = open_checkpoint_weights(checkpoint_dir);
+  RunConfig& cfg = w.cfg;
+  check_model_keys(*w.tensors, cfg.model, checkpoint_dir, /*allow_unexpected=*/cfg.lora.rank > 0);
+  std::shared_ptr<const TensorSource> out = w.tensors;
   make_dir(out_dir);
+  if (options.merge_lora && cfg.lora.rank > 0) {
+    // The adapter first, then the weights with it folded in, one tensor at a time, as the export merges.
+    const std::string adapter_dir = (fs::path(out_dir) / "adapter").string();
+    write_adapter(w, checkpoint_dir, adapter_dir, options.lora_saved_modules);
+    auto files = std::make_shared<const AdapterFiles>(read_lora_adapter(adapter_dir));
+    auto merged = std::make_shared<ComposedSource>();
+    const auto src = w.tensors;
+    const auto dtype = options.dtype;
+    for (const auto& n : src->names()) {
+      if (is_lora_parameter(n)) continue;
+      const TensorMeta m = src->meta(n);
+      const std::string module = n.ends_with(".weight") ? n.substr(0, n.size() - 7) : std::string();
+      if (!module.empty() && files->adapters.count(module)) {
+        // In the output dtype when one is asked for: a float32 export merges into the float32 weight, as a merge
+        // in the model after end_to_fp32 does.
+        merged->add(n, dtype.value_or(m.dtype), m.shape,
+                    [src, files, n, module, dtype] {
+                      auto weight = src->get(n);
+                      if (dtype && weight.is_floating_point()) weight = weight.to(*dtype);
+                      return merged_weight(weight, *files, module);
+                    },
+                    files->weights_path);
+      } else {
+        merged->add(n, m.dtype, m.shape, [src, n] { return src->get(n); }, src->where(n));
+      }
+    }
+    out = merged;
+    cfg.lora.rank = 0;  // the folder's weights are merged: loading it adds no adapter
+  }
   const std::string tokenizer = options.tokenizer.empty() ? cfg.data.tokenizer : options.tokenizer;
   cfg.data.tokenizer = copy_tokenizer_into(tokenizer, out_dir);
-  convert_to_safetensors(out, out_dir, options.max_shard_bytes, options.dtype);
+  convert_to_safetensors(*out, out_dir, options.max_shard_bytes, options.dtype);
   write_file_atomic((fs::path(out_dir) / "config.yaml").string(), to_yaml(cfg));
-  return out.names().size();
+  return out->names().size();
 }
 
 size_t export_hf(const std::string& model_dir, const std::string& hf_dir, const ExportOptions& options) {

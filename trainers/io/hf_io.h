@@ -63,6 +63,11 @@ struct ConsolidateOptions {
   std::optional<torch::Dtype> dtype;          // cast floating-point tensors; unset: keep the stored dtype
   uint64_t max_shard_bytes = 5'000'000'000;
   std::string tokenizer;                      // SentencePiece model; empty: the data.tokenizer of the saved config
+  // A LoRA run's checkpoint: write its adapter to OUT/adapter (PEFT's layout, with these modules to save) and the
+  // weights with the adapter merged in (read back from those files, one tensor at a time), the config without
+  // lora: what a LoRA run's final/ holds. Ignored for other checkpoints.
+  bool merge_lora = false;
+  std::vector<std::string> lora_saved_modules;
 };
 
 // A training checkpoint (checkpoints/step-N/: state.json, model.safetensors, ZeRO shards) -> an owl2 model
@@ -73,6 +78,13 @@ struct ConsolidateOptions {
 // inconsistent part.
 size_t consolidate_checkpoint(const std::string& checkpoint_dir, const std::string& out_dir,
                               const ConsolidateOptions& options = {});
+
+// The adapter of a LoRA run's training checkpoint (its adapter tensors and the parameters of `saved_modules`,
+// from model.safetensors or the ZeRO shards of any world size) written to ADAPTER_DIR in PEFT's layout. Reads
+// nothing else, so a rank writes a ZeRO 3 run's adapter without gathering the model. Throws naming the checkpoint
+// when it is not a LoRA run's.
+size_t write_checkpoint_adapter(const std::string& checkpoint_dir, const std::string& adapter_dir,
+                                const std::vector<std::string>& saved_modules);
 
 struct InitOptions {
   std::string vision_dir;                     // HF CLIPVisionModel (or CLIPModel) checkpoint
