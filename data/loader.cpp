@@ -13,6 +13,12 @@ std::string state_to_json(const LoaderState& s) {
   if (s.streaming()) {
     j["shard"] = s.shard;
     j["sample"] = s.sample;
+    if (s.shards > 0) j["shards"] = s.shards;
+    if (!s.plan.empty()) {
+      auto plan = nlohmann::json::array();
+      for (const auto& e : s.plan) plan.push_back({e.shard, e.sample});
+      j["plan"] = std::move(plan);
+    }
   }
   return j.dump();
 }
@@ -35,6 +41,20 @@ LoaderState state_from_json(const std::string& text) {
     field("sample", s.sample);
     if (s.shard < 0 || s.sample < 0)
       throw std::invalid_argument(fmt::format("loader state: 'shard' and 'sample' must be >= 0 in '{}'", text));
+    if (j.contains("shards")) field("shards", s.shards);
+    if (j.contains("plan")) {
+      const auto& plan = j["plan"];
+      const auto bad = [&] {
+        return std::invalid_argument(
+            fmt::format("loader state: 'plan' must be a list of [shard, sample] pairs of integers >= 0 in '{}'", text));
+      };
+      if (!plan.is_array()) throw bad();
+      for (const auto& e : plan) {
+        if (!e.is_array() || e.size() != 2 || !e[0].is_number_integer() || !e[1].is_number_integer()) throw bad();
+        s.plan.push_back({e[0].get<int64_t>(), e[1].get<int64_t>()});
+        if (s.plan.back().shard < 0 || s.plan.back().sample < 0) throw bad();
+      }
+    }
   }
   return s;
 }

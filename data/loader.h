@@ -29,13 +29,16 @@ namespace owl2::data {
 // so a checkpoint can carry it and a resumed run continues with exactly the batches that would follow.
 // A streaming loader (over a ShardStream) also records its stream position: `shard` (>= 0; -1 for an indexed
 // loader) in the rank's shard list of the epoch and `sample` groups read from it. That position belongs to one
-// rank at one world size.
+// rank at one world size; reshard_streams (data/stream.h) turns the positions of all ranks into those of another
+// world size, with a `plan` for the rest of the epoch. `shards`: the stream's shard count (0: not recorded).
 struct LoaderState {
   uint64_t seed = 0;
   int64_t epoch = 0;
   int64_t position = 0;
   int64_t shard = -1;
   int64_t sample = 0;
+  std::vector<ShardStart> plan = {};
+  int64_t shards = 0;
   bool streaming() const { return shard >= 0; }
 };
 std::string state_to_json(const LoaderState& s);
@@ -201,7 +204,10 @@ class Loader {
   // Starts `epoch` from its first batch.
   void set_epoch(int64_t epoch) { reset({seed_, epoch, 0, stream_ ? 0 : -1, 0}); }
   LoaderState state() const {
-    if (stream_) return {seed_, epoch_, pos_, stream_pos_.shard, stream_pos_.sample};
+    if (stream_) {
+      return {seed_, epoch_, pos_, stream_pos_.shard, stream_pos_.sample, stream_->plan(),
+              static_cast<int64_t>(stream_->num_shards())};
+    }
     return {seed_, epoch_, pos_};
   }
   void load_state(const LoaderState& s) { reset(s); }
@@ -229,7 +235,10 @@ class Loader {
         throw std::invalid_argument(fmt::format("loader: the state was saved with seed {}, but the stream assigns shards "
                                                 "with seed {}",
                                                 s.seed, stream_->seed()));
-      stream_->seek({s.epoch, s.shard, s.sample});
+      if (s.shards > 0 && static_cast<size_t>(s.shards) != stream_->num_shards())
+        throw std::invalid_argument(fmt::format("loader: the state was saved over {} shards, but {} names {}", s.shards,
+                                                stream_->name(), stream_->num_shards()));
+      stream_->seek({s.epoch, s.shard, s.sample}, s.plan);
       stream_pos_ = stream_->position();
       stream_done_ = ended_ = false;
       plan_.clear();

@@ -3,6 +3,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <exception>
 #include <iostream>
 #include <stdexcept>
@@ -20,6 +21,54 @@ std::vector<size_t> shard_assignment(size_t num_shards, uint64_t seed, int64_t e
   std::vector<size_t> mine;
   for (size_t k = static_cast<size_t>(rank); k < perm.size(); k += static_cast<size_t>(world_size)) mine.push_back(perm[k]);
   return mine;
+}
+
+std::vector<RankStream> reshard_streams(const std::vector<RankStream>& saved, size_t num_shards, uint64_t seed, int world) {
+  if (saved.empty()) throw std::invalid_argument("resharding streams: no saved rank positions");
+  if (world < 1) throw std::invalid_argument(fmt::format("resharding streams: world size {} is below 1", world));
+  const int64_t epoch = saved[0].position.epoch;
+  std::vector<std::vector<ShardStart>> left(saved.size());
+  for (size_t r = 0; r < saved.size(); ++r) {
+    const auto& [pos, plan] = saved[r];
+    if (pos.epoch != epoch)
+      throw std::invalid_argument(fmt::format(
+          "resharding streams: the saved ranks stand in different epochs (rank 0 in epoch {}, rank {} in epoch {}); "
+          "resume at the world size they were saved at ({} ranks)",
+          epoch, r, pos.epoch, saved.size()));
+    std::vector<ShardStart> list = plan;
+    if (list.empty()) {
+      for (size_t k : shard_assignment(num_shards, seed, epoch, static_cast<int>(r), static_cast<int>(saved.size())))
+        list.push_back({static_cast<int64_t>(k), 0});
+    }
+    if (pos.shard < 0 || pos.sample < 0 || pos.shard > static_cast<int64_t>(list.size()))
+      throw std::invalid_argument(fmt::format("resharding streams: rank {}'s position (shard {}, sample {}) is outside "
+                                              "its {} shards of epoch {}",
+                                              r, pos.shard, pos.sample, list.size(), epoch));
+    for (auto k = static_cast<size_t>(pos.shard); k < list.size(); ++k) {
+      ShardStart e = list[k];
+      if (k == static_cast<size_t>(pos.shard)) e.sample = std::max(e.sample, pos.sample);
+      if (e.shard < 0 || static_cast<size_t>(e.shard) >= num_shards)
+        throw std::invalid_argument(fmt::format("resharding streams: rank {}'s plan names shard {} of {}", r, e.shard,
+                                                num_shards));
+      left[r].push_back(e);
+    }
+  }
+  std::vector<RankStream> out(static_cast<size_t>(world));
+  size_t dealt = 0;
+  for (size_t round = 0;; ++round) {
+    bool any = false;
+    for (const auto& l : left) {
+      if (round >= l.size()) continue;
+      any = true;
+      out[dealt++ % out.size()].plan.push_back(l[round]);
+    }
+    if (!any) break;
+  }
+  for (auto& o : out) {
+    if (o.plan.empty()) o.position = {epoch + 1, 0, 0};  // nothing left of this epoch for it
+    else o.position = {epoch, 0, o.plan.front().sample};
+  }
+  return out;
 }
 
 struct ShardStream::Open {
@@ -87,8 +136,19 @@ ShardStream::ShardStream(const std::string& path, const ReadOptions& options, ui
 
 ShardStream::~ShardStream() = default;
 
-void ShardStream::seek(const StreamPosition& p) {
-  mine_ = shard_assignment(shards_.size(), seed_, p.epoch, rank_, world_size_);
+void ShardStream::seek(const StreamPosition& p, std::vector<ShardStart> plan) {
+  if (plan.empty()) {
+    mine_ = shard_assignment(shards_.size(), seed_, p.epoch, rank_, world_size_);
+  } else {
+    mine_.clear();
+    for (size_t i = 0; i < plan.size(); ++i) {
+      if (plan[i].shard < 0 || static_cast<size_t>(plan[i].shard) >= shards_.size() || plan[i].sample < 0)
+        throw std::invalid_argument(fmt::format("{}: stream plan entry {} (shard {}, sample {}) is outside the {} shards",
+                                                name_, i, plan[i].shard, plan[i].sample, shards_.size()));
+      mine_.push_back(static_cast<size_t>(plan[i].shard));
+    }
+  }
+  plan_ = std::move(plan);
   if (p.epoch < 0 || p.shard < 0 || p.sample < 0 || p.shard > static_cast<int64_t>(mine_.size()))
     throw std::invalid_argument(fmt::format("{}: stream position (epoch {}, shard {}, sample {}) is outside rank {}'s "
                                             "{} shards of that epoch",
@@ -98,6 +158,10 @@ void ShardStream::seek(const StreamPosition& p) {
 }
 
 StreamPosition ShardStream::position() const { return pos_; }
+
+int64_t ShardStream::start_sample(int64_t shard) const {
+  return shard < static_cast<int64_t>(plan_.size()) ? plan_[static_cast<size_t>(shard)].sample : 0;
+}
 
 std::vector<std::string> ShardStream::epoch_shards() const {
   std::vector<std::string> out;
@@ -130,7 +194,7 @@ std::optional<RawSample> ShardStream::next() {
     const std::string& shard = shards_[mine_[static_cast<size_t>(pos_.shard)]];
     if (!open_ && !open_current()) {
       ++pos_.shard;
-      pos_.sample = 0;
+      pos_.sample = start_sample(pos_.shard);
       continue;
     }
     std::optional<std::pair<std::string, std::vector<Open::Member>>> group;
@@ -144,7 +208,7 @@ std::optional<RawSample> ShardStream::next() {
     if (!group) {  // the end of the shard (or the damage that ends it)
       open_.reset();
       ++pos_.shard;
-      pos_.sample = 0;
+      pos_.sample = start_sample(pos_.shard);
       continue;
     }
     ++pos_.sample;

@@ -21,10 +21,32 @@ struct StreamPosition {
   int64_t sample = 0;
 };
 
+// One entry of a resharded epoch (reshard_streams): a shard (index into the full list) and the sample groups of it
+// that were already read before the resume.
+struct ShardStart {
+  int64_t shard = 0;
+  int64_t sample = 0;
+  bool operator==(const ShardStart&) const = default;
+};
+
+// A rank's stream state: its position and, in an epoch that was resharded, its plan (empty: shard_assignment).
+struct RankStream {
+  StreamPosition position;
+  std::vector<ShardStart> plan;
+};
+
 // The shards (indices into the full list of `num_shards`) that `rank` of `world_size` reads in `epoch`, in order:
 // entries rank, rank + W, ... of a permutation drawn from (seed, epoch). Every shard goes to exactly one rank per
 // epoch; ranks differ by at most one shard.
 std::vector<size_t> shard_assignment(size_t num_shards, uint64_t seed, int64_t epoch, int rank, int world_size);
+
+// Resuming streams saved by saved.size() ranks (rank r's state at saved[r]) at `world` ranks: what is left of the
+// epoch the saved ranks stand in (each saved rank's unfinished shards, the current one from the sample group it
+// stood at) is dealt out to the new ranks in turn (one shard from each saved rank, then the next ones), so every
+// sample group of the epoch is still read exactly once. A new rank that gets nothing starts the next epoch, whose
+// shards are its own share (shard_assignment at `world`). Throws std::invalid_argument when the saved ranks stand in
+// different epochs (one has finished the epoch and begun the next: resume at the saved world size).
+std::vector<RankStream> reshard_streams(const std::vector<RankStream>& saved, size_t num_shards, uint64_t seed, int world);
 
 class ShardStream {
  public:
@@ -34,8 +56,13 @@ class ShardStream {
   ~ShardStream();
 
   // Moves to `p` (lazily: the shard is opened, and its first p.sample groups skipped unread, by the next next()).
-  // Throws std::invalid_argument naming the position when p.shard is past this rank's shard list of p.epoch.
-  void seek(const StreamPosition& p);
+  // With a `plan` (a resharded epoch, reshard_streams) the rank reads plan's shards in epoch p.epoch instead of its
+  // shard_assignment, p.shard indexing the plan, and each plan shard from its own start; p.sample counts groups
+  // from the shard file's start either way. Throws std::invalid_argument naming the position when p.shard is past
+  // the rank's shard list, and naming the entry when a plan names a shard outside the list.
+  void seek(const StreamPosition& p, std::vector<ShardStart> plan = {});
+  // The plan of the current epoch (empty: its shard_assignment).
+  const std::vector<ShardStart>& plan() const { return plan_; }
   // The next good sample of this rank's epoch, or nullopt at its end. Bad groups (no image, no caption, bad JSON)
   // and unreadable or damaged shards are reported to the log, counted and passed over; more than the options'
   // max_bad_fraction of bad groups (checked from 200 groups on) throws std::runtime_error naming the worst files.
@@ -55,6 +82,7 @@ class ShardStream {
  private:
   struct Open;  // the open shard: its reader and the header read ahead
   bool open_current();
+  int64_t start_sample(int64_t shard) const;  // groups of plan shard `shard` read before a reshard (0 without a plan)
 
   std::string name_;
   std::vector<std::string> shards_;
@@ -63,7 +91,8 @@ class ShardStream {
   uint64_t seed_;
   int rank_, world_size_;
   StreamPosition pos_;
-  std::vector<size_t> mine_;  // shard_assignment of pos_.epoch
+  std::vector<size_t> mine_;  // shard_assignment of pos_.epoch, or plan_'s shards
+  std::vector<ShardStart> plan_;
   std::unique_ptr<Open> open_;
   size_t good_ = 0, bad_ = 0;
 };

@@ -16,6 +16,7 @@
 #include <thread>
 
 #include "data/loader.h"
+#include "data/stream.h"
 #include "data/tokenizer.h"
 #include "owl2/io/safetensors.h"
 #include "owl2/io/lora_files.h"
@@ -1498,7 +1499,7 @@ TEST_CASE("owl2 train with LoRA at ZeRO 3: the base stays bit-identical, 2 ranks
 }
 
 TEST_CASE("owl2 train streaming tar shards on 2 ranks: each rank's position is saved, a mid-shard resume gives the "
-          "uninterrupted losses, and another world size is refused by name",
+          "uninterrupted losses, and a resume at 1 rank takes over the rest of the epoch",
           "[dist][slow][stream]") {
   const std::string root = "build/test_dist_stream";
   // 18 pairs in 6 shards of 3: each rank streams 3 shards (9 pairs) per epoch.
@@ -1539,11 +1540,31 @@ TEST_CASE("owl2 train streaming tar shards on 2 ranks: each rank's position is s
   CHECK_THAT(read_text(root + "/resumed.log"), Contains("at step 2"));
   const auto resumed = losses(root + "/resumed");
   for (int64_t step = 2; step < 6; ++step) CHECK(resumed.at(step) == Approx(full.at(step)).epsilon(1e-6));
-  // At 1 rank the per-rank positions do not apply: refused, naming the checkpoint and both world sizes.
+  // At 1 rank the rest of epoch 0 is dealt to the one rank: both ranks' unfinished shards, the current ones from
+  // sample 1, in turn (rank 0's, rank 1's, then their next ones).
   start_from_checkpoint(root + "/full", "step-000000002", root + "/one");
   const auto one = run_owl2("train --config " + root + "/stream.yaml --set train.out_dir=" + root + "/one");
-  CHECK(one.rc != 0);
-  CHECK_THAT(one.out, Contains("step-000000002 at 1 ranks: its streaming data positions were saved at 2 ranks"));
+  INFO(one.out);
+  REQUIRE(one.rc == 0);
+  CHECK_THAT(one.out, Contains("at step 2"));
+  // Steps 3 and 4 took 8 pairs: 2 + 2 from the two started shards, 3 from the third, 1 from the fourth.
+  const auto later = nlohmann::json::parse(read_text(root + "/one/checkpoints/step-000000004/state.json"));
+  const auto& pos = later.at("data_position").at("ranks").at(0);
+  INFO(pos.dump());
+  CHECK(pos.at("epoch") == 0);
+  REQUIRE(pos.at("plan").size() == 4);
+  std::vector<int64_t> starts;
+  for (const auto& e : pos.at("plan")) starts.push_back(e.at(1).get<int64_t>());
+  CHECK(starts == std::vector<int64_t>{1, 1, 0, 0});
+  const auto seed = ranks.at(0).at("seed").get<uint64_t>();
+  const auto a0 = owl2::data::shard_assignment(6, seed, 0, 0, 2), a1 = owl2::data::shard_assignment(6, seed, 0, 1, 2);
+  std::vector<int64_t> shards;
+  for (const auto& e : pos.at("plan")) shards.push_back(e.at(0).get<int64_t>());
+  CHECK(shards == std::vector<int64_t>{static_cast<int64_t>(a0[1]), static_cast<int64_t>(a1[1]),
+                                       static_cast<int64_t>(a0[2]), static_cast<int64_t>(a1[2])});
+  CHECK(pos.at("shard") == 3);
+  CHECK(pos.at("sample") == 1);
+  CHECK(pos.at("shards") == 6);
 }
 
 }  // namespace owl2_test_distributed

@@ -3,6 +3,7 @@
 #include <catch2/catch.hpp>
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -168,7 +169,7 @@ TEST_CASE("the streaming loader resumes mid-shard exactly, with workers, into th
     for (size_t b = 0; b < 10; ++b) epoch0.insert(all[b].begin(), all[b].end());
     CHECK(epoch0.size() == 28);
     // After 5 batches (15 samples): the third shard of the rank, one sample into it.
-    CHECK(data::state_to_json(states[4]) == R"({"epoch":0,"position":5,"sample":1,"seed":11,"shard":2})");
+    CHECK(data::state_to_json(states[4]) == R"({"epoch":0,"position":5,"sample":1,"seed":11,"shard":2,"shards":12})");
     // Resume from every state (through its JSON) in a fresh loader: the rest of the run is the same.
     for (size_t k = 0; k < states.size(); ++k) {
       INFO("resumed after batch " << k);
@@ -192,6 +193,123 @@ TEST_CASE("the streaming loader resumes mid-shard exactly, with workers, into th
       if (k == 4) CHECK(data::tar_file_opens() - opens == 4 - 2 + 4);  // from the third shard on, and epoch 1
     }
   }
+}
+
+namespace {
+
+// A streaming loader of rank `rank` of `world` (batches of 2, no workers) started from `state` (through its JSON).
+struct RankReader {
+  std::shared_ptr<data::ShardStream> stream;
+  IdLoader loader;
+  RankReader(const std::string& pattern, int rank, int world, const data::LoaderState* state)
+      : stream(std::make_shared<data::ShardStream>(pattern, data::ReadOptions{}, 5, rank, world)),
+        loader(id_loader(stream, 2, 0)) {
+    if (state) loader.load_state(data::state_from_json(data::state_to_json(*state)));
+  }
+  // Up to `batches` batches of the current epoch (all when < 0); appends the sample ids.
+  void read(int batches, std::vector<std::string>& ids) {
+    for (int b = 0; batches < 0 || b < batches; ++b) {
+      auto batch = loader.next();
+      if (!batch) return;
+      for (const auto& id : batch->ids) ids.push_back(id.substr(0, id.find('|')));
+    }
+  }
+};
+
+// Every id once: `ids` sorted equals s0-0 ... of `shards` shards of `per` samples.
+void check_once(std::vector<std::string> ids, int shards, int per) {
+  std::vector<std::string> expected;
+  for (int s = 0; s < shards; ++s)
+    for (int k = 0; k < per; ++k) expected.push_back(fmt::format("s{}-{}", s, k));
+  std::sort(ids.begin(), ids.end());
+  std::sort(expected.begin(), expected.end());
+  CHECK(ids == expected);
+}
+
+}  // namespace
+
+TEST_CASE("streaming positions reshard to another world size: the rest of the epoch is read exactly once, the next "
+          "epoch too",
+          "[dataset][stream][loader]") {
+  const std::string dir = owl2::test::temp_dir("owl2_stream_reshard");
+  const int shards = 13, per = 5;
+  const std::string pattern = write_shards(dir, shards, per, 16);
+  // Three ranks read different amounts of their shards (rank 2 stops mid-shard, rank 1 has finished its second).
+  std::vector<std::string> before;
+  std::vector<data::LoaderState> saved;
+  for (int r = 0; r < 3; ++r) {
+    RankReader reader(pattern, r, 3, nullptr);
+    reader.read(std::vector<int>{4, 5, 1}[static_cast<size_t>(r)], before);
+    saved.push_back(reader.loader.state());
+  }
+  REQUIRE(saved[2].sample == 2);
+  for (int world : {1, 2, 3, 12}) {  // 12: fewer shards are left, so some ranks get none
+    INFO("resumed at " << world << " ranks");
+    std::vector<std::string> epoch0 = before, epoch1;
+    std::vector<data::LoaderState> again;  // world 2: the states after one more batch each, resharded again below
+    std::vector<std::string> before_again = before;
+    int next_epoch_ranks = 0;
+    for (int r = 0; r < world; ++r) {
+      const auto state = owl2::reshard_stream_states(saved, r, world);
+      RankReader reader(pattern, r, world, &state);
+      if (state.epoch == 1) {  // nothing left of epoch 0 for this rank: it starts its share of epoch 1
+        ++next_epoch_ranks;
+        reader.read(-1, epoch1);
+        continue;
+      }
+      CHECK(state.plan.empty() == (world == 3));  // the same world size: the states as saved
+      if (world == 2) {
+        std::vector<std::string> one_batch;
+        reader.read(1, one_batch);
+        before_again.insert(before_again.end(), one_batch.begin(), one_batch.end());
+        epoch0.insert(epoch0.end(), one_batch.begin(), one_batch.end());
+        again.push_back(reader.loader.state());
+        CHECK((again.back().plan == state.plan));  // the plan travels in the state until the epoch ends
+      }
+      reader.read(-1, epoch0);
+      reader.loader.set_epoch(1);
+      reader.read(-1, epoch1);
+    }
+    {
+      INFO("epoch 0");
+      check_once(epoch0, shards, per);
+    }
+    {
+      INFO("epoch 1");
+      check_once(epoch1, shards, per);
+    }
+    // A rank gets nothing of epoch 0 only where fewer shards are left than ranks.
+    const auto left = static_cast<int>(owl2::reshard_stream_states(saved, 0, 1).plan.size());
+    REQUIRE(left < 12);
+    CHECK(next_epoch_ranks == std::max(0, world - left));
+    if (world == 2) {  // a resharded epoch reshards again (its plans, mid-plan) from 2 ranks to 3
+      std::vector<std::string> rest = before_again;
+      for (int r = 0; r < 3; ++r) {
+        const auto state = owl2::reshard_stream_states(again, r, 3);
+        RankReader reader(pattern, r, 3, &state);
+        reader.read(-1, rest);
+      }
+      INFO("resharded again to 3 ranks");
+      check_once(rest, shards, per);
+    }
+  }
+  // Saved at the same world size: the states as they were.
+  CHECK(owl2::reshard_stream_states(saved, 1, 3).sample == saved[1].sample);
+  // Ranks in different epochs, and states without the shard count, are refused with the reason.
+  auto split = saved;
+  split[1].epoch = 1;
+  split[1].shard = 0;
+  CHECK_THROWS_WITH(owl2::reshard_stream_states(split, 0, 2),
+                    Contains("the saved ranks stand in different epochs (rank 0 in epoch 0, rank 1 in epoch 1)"));
+  auto old = saved;
+  old[0].shards = 0;
+  CHECK_THROWS_WITH(owl2::reshard_stream_states(old, 0, 2), Contains("does not record the stream's shard count"));
+  auto wrong = saved[0];
+  wrong.shards = 12;
+  RankReader other(pattern, 0, 3, nullptr);
+  CHECK_THROWS_WITH(other.loader.load_state(wrong), Contains("the state was saved over 12 shards") && Contains("names 13"));
+  CHECK_THROWS_WITH(data::state_from_json(R"({"seed":1,"epoch":0,"position":0,"shard":0,"sample":0,"plan":[[1]]})"),
+                    Contains("'plan' must be a list of [shard, sample] pairs"));
 }
 
 TEST_CASE("streaming: bad pairs and damaged shards are reported and passed over, bad positions and states are refused",

@@ -438,19 +438,22 @@ std::optional<data::LoaderState> resume_training(const CheckpointManager& ckpts,
   restore_rng_states(c.tensors.at("rng"));
   trainer.set_counters(c.scheduler.at("step").get<int64_t>(), c.scheduler.value("nonfinite_in_a_row", 0));
   const int64_t saved_world = c.scheduler.value("world_size", int64_t{1});
-  json mine = c.data_position;
-  if (mine.contains("ranks")) {  // streaming: one position per rank
-    const json& ranks = mine["ranks"];
+  const json& saved_position = c.data_position;
+  data::LoaderState position;
+  if (saved_position.contains("ranks")) {  // streaming: one position per rank, dealt out anew at another world size
+    const json& ranks = saved_position["ranks"];
     if (!ranks.is_array() || static_cast<int64_t>(ranks.size()) != saved_world)
       throw std::runtime_error(fmt::format("{}: data_position.ranks must list {} positions, one per rank", res.dir, saved_world));
-    if (saved_world != world_size)
-      throw std::runtime_error(fmt::format(
-          "cannot resume from {} at {} ranks: its streaming data positions were saved at {} ranks, and each rank reads "
-          "its own shards; resume at {} ranks (or start the data from the next epoch with a fresh run)",
-          res.dir, world_size, saved_world, saved_world));
-    mine = ranks.at(static_cast<size_t>(rank));
+    std::vector<data::LoaderState> saved;
+    for (const auto& r : ranks) saved.push_back(data::state_from_json(r.dump()));
+    try {
+      position = reshard_stream_states(saved, rank, world_size);
+    } catch (const std::invalid_argument& e) {
+      throw std::runtime_error(fmt::format("cannot resume from {} at {} ranks: {}", res.dir, world_size, e.what()));
+    }
+  } else {
+    position = reshard_loader_state(data::state_from_json(saved_position.dump()), saved_world, world_size);
   }
-  auto position = reshard_loader_state(data::state_from_json(mine.dump()), saved_world, world_size);
   if (log) *log << "resumed from " << res.dir << " at step " << trainer.step_count() << "\n";
   return position;
 }

@@ -65,6 +65,40 @@ DistEnv DistEnv::from_environment() {
   return e;
 }
 
+data::LoaderState reshard_stream_states(const std::vector<data::LoaderState>& saved, int64_t rank, int64_t to_world) {
+  if (saved.empty() || rank < 0 || rank >= to_world)
+    throw std::invalid_argument(fmt::format("stream positions: rank {} of {} from {} saved positions", rank, to_world,
+                                            saved.size()));
+  if (static_cast<int64_t>(saved.size()) == to_world) return saved[static_cast<size_t>(rank)];
+  std::vector<data::RankStream> streams;
+  for (size_t r = 0; r < saved.size(); ++r) {
+    const auto& s = saved[r];
+    if (!s.streaming())
+      throw std::invalid_argument(fmt::format("stream positions: rank {}'s saved state is not a stream position", r));
+    if (s.shards <= 0)
+      throw std::invalid_argument(fmt::format(
+          "stream positions: rank {}'s saved state does not record the stream's shard count (saved by an older owl2), "
+          "so it cannot be resharded from {} to {} ranks; resume at {} ranks",
+          r, saved.size(), to_world, saved.size()));
+    if (s.seed != saved[0].seed || s.shards != saved[0].shards)
+      throw std::invalid_argument(fmt::format("stream positions: rank {} was saved with seed {} over {} shards, rank 0 "
+                                              "with seed {} over {}",
+                                              r, s.seed, s.shards, saved[0].seed, saved[0].shards));
+    streams.push_back({{s.epoch, s.shard, s.sample}, s.plan});
+  }
+  const auto mine = data::reshard_streams(streams, static_cast<size_t>(saved[0].shards), saved[0].seed,
+                                          static_cast<int>(to_world))[static_cast<size_t>(rank)];
+  data::LoaderState out;
+  out.seed = saved[0].seed;
+  out.epoch = mine.position.epoch;
+  out.position = 0;
+  out.shard = mine.position.shard;
+  out.sample = mine.position.sample;
+  out.plan = mine.plan;
+  out.shards = saved[0].shards;
+  return out;
+}
+
 data::LoaderState reshard_loader_state(const data::LoaderState& state, int64_t from_world, int64_t to_world) {
   if (from_world < 1 || to_world < 1) {
     throw std::invalid_argument(fmt::format("loader state: world sizes must be >= 1, got {} -> {}", from_world, to_world));

@@ -26,6 +26,12 @@ struct LoaderState;
 // position (per rank) is returned as it is at the same world size and refused at another.
 data::LoaderState reshard_loader_state(const data::LoaderState& state, int64_t from_world, int64_t to_world);
 
+// Streaming: rank `rank`'s state at `to_world` ranks from the states of all saved ranks (saved[r]: rank r's, at
+// saved.size() ranks): data::reshard_streams deals the rest of the epoch out; the same states back when the world
+// size is unchanged. Throws std::invalid_argument when a state is not a stream position, when the states disagree
+// on the seed or the shard count, or lack the shard count (saved before it was recorded).
+data::LoaderState reshard_stream_states(const std::vector<data::LoaderState>& saved, int64_t rank, int64_t to_world);
+
 // RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT (torchrun); else SLURM_PROCID, SLURM_NTASKS,
 // SLURM_LOCALID with MASTER_ADDR (default: SLURM_LAUNCH_NODE_IPADDR) and MASTER_PORT (default 29500);
 // else a single process. Throws std::invalid_argument naming the variable on malformed values.
