@@ -132,6 +132,34 @@ DecodedVideo decode_video(const std::string& path, int64_t n) {
   return exactly(path, total, video_frame_indices(total, n));
 }
 
+DecodedVideo decode_frame(const std::string& path, const FramePick& pick) {
+  auto cap = open_clip(path);
+  const double c = cap.get(cv::CAP_PROP_FRAME_COUNT), rate = cap.get(cv::CAP_PROP_FPS);
+  const double fps = rate > 0 && rate < 1e6 ? rate : 0.0;
+  const int64_t guess = c > 0 && c < 1e9 ? static_cast<int64_t>(c) : 0;
+  const auto checked = [&](int64_t total) {
+    const int64_t k = pick(total, fps);
+    if (k < 0 || k >= total)
+      throw std::runtime_error(fmt::format("video {}: frame {} asked for, the clip has {} frames", path, k, total));
+    return k;
+  };
+  int64_t total = 0;
+  if (guess > 0) {
+    const int64_t k = pick(guess, fps);
+    if (k >= 0 && k < guess) {
+      auto v = scan(cap, path, {k}, /*to_end=*/true);
+      if (v.total == guess && v.frames.size() == 1) return v;
+      total = v.total;
+    } else {
+      total = scan(cap, path, {}, /*to_end=*/true).total;
+    }
+  } else {
+    total = scan(cap, path, {}, /*to_end=*/true).total;
+  }
+  if (total == 0) throw std::runtime_error(fmt::format("video {}: no frame could be read (empty or corrupt)", path));
+  return exactly(path, total, {checked(total)});
+}
+
 DecodedVideo decode_all_frames(const std::string& path) {
   auto cap = open_clip(path);
   const int64_t total = scan(cap, path, {}, /*to_end=*/true).total;
@@ -187,6 +215,7 @@ DecodedVideo decode_video(const std::string& path, int64_t) {
                                        "libopencv-videoio-dev, was not found when it was configured)", path));
 }
 DecodedVideo decode_all_frames(const std::string& path) { return decode_video(path, 1); }
+DecodedVideo decode_frame(const std::string& path, const FramePick&) { return decode_video(path, 1); }
 std::string encode_frame_bmp(const torch::Tensor&) {
   throw std::runtime_error("this build has no video support (OpenCV videoio)");
 }

@@ -5,6 +5,7 @@
 #include <torch/types.h>
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -26,6 +27,14 @@ struct DecodedVideo {
 // WebM) does a second pass decode the frames of the true count. Throws std::runtime_error naming the file when it
 // does not exist, cannot be opened, or holds no frame.
 DecodedVideo decode_video(const std::string& path, int64_t n);
+
+// One frame, the one `pick(total, fps)` names from the clip's true frame count and the container's frame rate
+// (0 when it records none): for benchmarks that take a given frame of a clip or of a time segment of it (SEED-Bench's
+// middle frames). Decoded as decode_video does (a pass that counts to the end, and a second one only when the
+// container's count was wrong). Same errors as decode_video, and one naming the file when `pick` returns a frame
+// outside the clip.
+using FramePick = std::function<int64_t(int64_t total, double fps)>;
+DecodedVideo decode_frame(const std::string& path, const FramePick& pick);
 
 // Every frame of the clip (for tests and tools). Same errors as decode_video.
 DecodedVideo decode_all_frames(const std::string& path);

@@ -35,6 +35,8 @@ struct BenchItem {
   std::vector<BenchImage> images;
   std::string video;          // a clip whose video_frames sampled frames are the images (images then empty)
   int64_t video_frames = 0;
+  // Set: the clip's one frame this names from its frame count and frame rate is the image instead (video_frames 1).
+  std::function<int64_t(int64_t total, double fps)> video_pick;
   nlohmann::ordered_json meta;  // what the results writer needs (the public ids, the ground truth, ...)
 };
 

@@ -675,6 +675,77 @@ BenchScore score_mmbench(const std::string&, const std::vector<BenchItem>& items
 // ---------------------------------------------------------------------------------------------------------
 // SEED-Bench (§2.6), image questions: SEED-Bench.json + SEED-Bench-image/<data_id>.
 
+// A SEED-Bench video question's image: the middle frame (spec §2.6), found as
+//  1. SEED-Bench-video-image/<type>_<question_id>.png, the frame LLaVA's extraction script writes;
+//  2. SEED-Bench-video-image/[v1_video/]task<type>/<ssv2|kitchen|breakfast>_8_frame/<question_id>/4.png, the fifth
+//     of the 8 frames the official release extracted per question;
+//  3. the source clip under videos/ (20bn-something-something-v2/, EPIC-KITCHENS/ by the data_id's file name,
+//     BreakfastII_15fps_qvga_sync/), decoded at the frame LLaVA's extraction script takes: the middle of the clip
+//     (type 10), of the `segment` in seconds (type 11) or in frames (type 12).
+// Returns false when none is there (the question is left out; scoring counts it as missing).
+bool seed_video_frame(const std::string& dir, const std::string& file, const std::string& where, const json& q,
+                      BenchItem& it) {
+  const int64_t type = need_int(file, where, q, "question_type_id");
+  const std::string qid = need_id(file, where, q, "question_id");
+  const fs::path frames = fs::path(dir) / "SEED-Bench-video-image";
+  const fs::path llava = frames / fmt::format("{}_{}.png", type, qid);
+  if (fs::is_regular_file(llava)) {
+    it.images.push_back({llava.string(), ""});
+    return true;
+  }
+  const std::map<int64_t, std::pair<const char*, const char*>> kinds = {
+      {10, {"ssv2", "20bn-something-something-v2"}},
+      {11, {"kitchen", "EPIC-KITCHENS"}},
+      {12, {"breakfast", "BreakfastII_15fps_qvga_sync"}}};
+  const auto kind = kinds.find(type);
+  if (kind == kinds.end()) return false;
+  for (const fs::path base : {frames, frames / "v1_video"}) {
+    const fs::path eight =
+        base / fmt::format("task{}", type) / fmt::format("{}_8_frame", kind->second.first) / qid / "4.png";
+    if (fs::is_regular_file(eight)) {
+      it.images.push_back({eight.string(), ""});
+      return true;
+    }
+  }
+  std::string data_id = need_str(file, where, q, "data_id");
+  if (type == 11) data_id = fs::path(data_id).filename().string();
+  const fs::path clip = fs::path(dir) / "videos" / kind->second.second / data_id;
+  if (!fs::is_regular_file(clip)) return false;
+  // The middle of n frames as the script's get_index(n, 1) takes it: int((n - 1) / 2); none for n < 1.
+  const auto middle = [clip = clip.string()](int64_t n) {
+    if (n < 1) throw std::runtime_error(fmt::format("video {}: the SEED segment holds no frame", clip));
+    return (n - 1) / 2;
+  };
+  double start = 0, end = 0;
+  if (type != 10) {
+    const json& seg = need(file, where, q, "segment");
+    if (!seg.is_array() || seg.size() != 2 || !seg[0].is_number() || !seg[1].is_number())
+      throw std::invalid_argument(
+          fmt::format("{}: {}: 'segment' must be [start, end] numbers, found {}", file, where, seg.dump()));
+    start = seg[0].get<double>();
+    end = seg[1].get<double>();
+  }
+  it.video = clip.string();
+  it.video_frames = 1;
+  if (type == 10) {
+    it.video_pick = [middle](int64_t total, double) { return middle(total - 1); };
+  } else if (type == 11) {  // seconds, through the clip's frame rate, each end clamped into the clip
+    it.video_pick = [middle, start, end](int64_t total, double fps) {
+      const auto frame = [&](double t) {
+        return static_cast<int64_t>(std::min(std::max(t * fps, 0.0), static_cast<double>(total - 1)));
+      };
+      const int64_t a = frame(start), b = frame(end);
+      return a + middle(b - a);
+    };
+  } else {  // frames, the end clamped to the clip
+    it.video_pick = [middle, start, end](int64_t total, double) {
+      const auto a = static_cast<int64_t>(start), b = std::min(static_cast<int64_t>(end), total);
+      return a + middle(b - a);
+    };
+  }
+  return true;
+}
+
 std::vector<BenchItem> read_seed(const std::string& dir) {
   const std::string file = find_file(dir, {"SEED-Bench.json"});
   const json root = read_json(file);
@@ -685,17 +756,19 @@ std::vector<BenchItem> read_seed(const std::string& dir) {
     const std::string where = fmt::format("questions[{}]", i);
     const std::string qid = need_id(file, where, qs[i], "question_id");
     ids.add(qid, where);
-    if (qs[i].value("data_type", "image") != "image") continue;  // the video part needs frames
+    const bool video = qs[i].value("data_type", "image") == "video";
     std::vector<std::string> opts;
     for (const char* k : {"choice_a", "choice_b", "choice_c", "choice_d"})
       opts.push_back(need_str(file, where, qs[i], k));
     BenchItem it;
+    if (video && !seed_video_frame(dir, file, where, qs[i], it)) continue;  // no frame or clip for it here
     it.id = it.group = qid;
     // The MMBench-style multiple-choice prompt the maintainer says SEED was run with (spec §5.2, issue #185).
     it.prompt = owl2_eval_prompt(
         need_str(file, where, qs[i], "question") + "\n" + options_block(opts) + "\n" + kOptionInstruction, 1);
-    it.images.push_back({(fs::path(dir) / "SEED-Bench-image" / need_str(file, where, qs[i], "data_id")).string(), ""});
-    it.meta = {{"question_id", qs[i].at("question_id")}};
+    if (!video)
+      it.images.push_back({(fs::path(dir) / "SEED-Bench-image" / need_str(file, where, qs[i], "data_id")).string(), ""});
+    it.meta = {{"question_id", qs[i].at("question_id")}, {"video", video}};
     out.push_back(std::move(it));
   }
   return out;
@@ -708,6 +781,10 @@ BenchScore score_seed(const std::string& dir, const std::vector<BenchItem>& item
     lines += json{{"question_id", items[i].meta.at("question_id")}, {"prediction", preds[i]}}.dump() + "\n";
   const std::string predictions = out + "/predictions.jsonl";
   write_text(predictions, lines);
+  // With video questions answered, the paper's number is the total over both kinds (spec §2.6).
+  bool videos = false;
+  for (const auto& it : items) videos = videos || it.meta.value("video", false);
+  if (videos) return score_one("seed", find_file(dir, {"SEED-Bench.json"}), predictions, "accuracy (%)", "accuracy", 100.0);
   return score_one("seed", find_file(dir, {"SEED-Bench.json"}), predictions, "image accuracy (%)", "image", 100.0);
 }
 
@@ -1133,7 +1210,8 @@ const std::vector<BenchDef>& bench_defs() {
       {"pope", "POPE adversarial / popular / random: F1, accuracy, ...", vqa, read_pope, identity, score_pope},
       {"mme", "MME: perception and cognition scores", vqa, read_mme, identity, score_mme},
       {"mmbench", "MMBench: circular accuracy, offline matching", vqa, read_mmbench, identity, score_mmbench},
-      {"seed", "SEED-Bench, image questions: exact match", vqa, read_seed, identity, score_seed},
+      {"seed", "SEED-Bench: exact match; video questions on their middle frame where frames or clips are there", vqa,
+       read_seed, identity, score_seed},
       {"qbench", "Q-Bench LLVisionQA: letter accuracy (offline matching)", vqa, read_qbench, identity, score_qbench},
       {"mmmu", "MMMU: official multiple-choice and open parsing", BenchDecoding{20, 1}, read_mmmu, identity,
        score_mmmu},

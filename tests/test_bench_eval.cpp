@@ -444,6 +444,94 @@ TEST_CASE("prediction cache: shards cover every question once, merge, resume, co
         ev::rank_cache_path(dir, 1) + ": line 1: 'id' must be a string, found number 3");
 }
 
+TEST_CASE("SEED-Bench video questions: the middle frame from extracted frames or from the clip, as LLaVA's script "
+          "picks it; the total becomes the headline",
+          "[eval][bench][video]") {
+  const std::string dir = temp_dir("owl2_seed_video");
+  const auto question = [](const std::string& id, int type, const std::string& data_type, const std::string& data_id,
+                           const nlohmann::json& segment = nullptr) {
+    nlohmann::json q{{"answer", "A"},     {"choice_a", "a"},      {"choice_b", "b"},      {"choice_c", "c"},
+                     {"choice_d", "d"},   {"data_id", data_id},   {"data_type", data_type}, {"question", "Q" + id},
+                     {"question_id", id}, {"question_type_id", type}};
+    if (!segment.is_null()) q["segment"] = segment;
+    return q;
+  };
+  const nlohmann::json bench{
+      {"question_type", {{"Scene Understanding", 1}, {"Action Recognition", 10}, {"Action Prediction", 11},
+                         {"Procedure Understanding", 12}}},
+      {"questions",
+       {question("1", 1, "image", "img.jpg"), question("v10a", 10, "video", "a.webm"),
+        question("v11a", 11, "video", "P01/P01_11.MP4", {0.5, 1.5}), question("v10b", 10, "video", "b.avi"),
+        question("v11b", 11, "video", "P02/P02_01.avi", {0.5, 1.5}),
+        question("v12b", 12, "video", "P03/cam01/P03_coffee.avi", {2, 9}),
+        question("v12c", 12, "video", "P04/cam01/P04_tea.avi", {0, 5})}}};
+  std::ofstream(dir + "/SEED-Bench.json") << bench.dump();
+  const auto touch = [&](const std::string& rel) {
+    fs::create_directories(fs::path(dir + "/" + rel).parent_path());
+    std::ofstream(dir + "/" + rel) << "x";
+  };
+  touch("SEED-Bench-video-image/10_v10a.png");                               // LLaVA's extracted middle frame
+  touch("SEED-Bench-video-image/v1_video/task11/kitchen_8_frame/v11a/4.png");  // the release's 8 frames
+  touch("videos/20bn-something-something-v2/b.avi");                          // source clips
+  touch("videos/EPIC-KITCHENS/P02_01.avi");
+  touch("videos/BreakfastII_15fps_qvga_sync/P03/cam01/P03_coffee.avi");
+  const auto items = read_bench("seed", dir);
+  REQUIRE(items.size() == 6);  // v12c has neither frames nor a clip: left out
+  CHECK(items[0].images.at(0).path == dir + "/SEED-Bench-image/img.jpg");
+  CHECK(items[1].images.at(0).path == dir + "/SEED-Bench-video-image/10_v10a.png");
+  CHECK(items[2].images.at(0).path == dir + "/SEED-Bench-video-image/v1_video/task11/kitchen_8_frame/v11a/4.png");
+  for (size_t i = 1; i < items.size(); ++i) {
+    INFO(items[i].id);
+    std::string expected = items[0].prompt;  // the image question's prompt, one <|image|>, with this question
+    expected.replace(expected.find("Q1"), 2, "Q" + items[i].id);
+    CHECK(items[i].prompt == expected);
+  }
+  // The clips: the frame LLaVA's extract_video_frames.py takes (get_index(n, 1) = int((n - 1) / 2)).
+  REQUIRE(items[3].video == dir + "/videos/20bn-something-something-v2/b.avi");
+  REQUIRE(items[3].video_pick);
+  CHECK(items[3].video_pick(21, 10.0) == 9);  // the whole clip less its last frame: get_index(20, 1)
+  CHECK(items[3].video_pick(2, 10.0) == 0);
+  CHECK_THROWS(items[3].video_pick(1, 10.0));  // get_index(0, 1) picks nothing
+  REQUIRE(items[4].video == dir + "/videos/EPIC-KITCHENS/P02_01.avi");  // by the data_id's file name
+  CHECK(items[4].video_pick(30, 10.0) == 9);  // seconds 0.5-1.5 at 10 fps: frames 5-15, 5 + int(9 / 2)
+  CHECK(items[4].video_pick(12, 10.0) == 7);  // the end clamped to frame 11: 5 + int(5 / 2)
+  REQUIRE(items[5].video == dir + "/videos/BreakfastII_15fps_qvga_sync/P03/cam01/P03_coffee.avi");
+  CHECK(items[5].video_pick(20, 15.0) == 5);  // frames 2-9: 2 + int(6 / 2)
+  CHECK(items[5].video_pick(6, 15.0) == 3);   // the end clamped to 6: 2 + int(3 / 2)
+  for (size_t i = 3; i < 6; ++i) CHECK(items[i].video_frames == 1);
+  // A malformed segment names the file, the entry and the key.
+  nlohmann::json bad = bench;
+  bad["questions"][4]["segment"] = "0.5-1.5";
+  std::ofstream(dir + "/SEED-Bench.json") << bad.dump();
+  CHECK_THAT(error_of([&] { read_bench("seed", dir); }),
+             Contains("SEED-Bench.json: questions[4]: 'segment' must be [start, end] numbers"));
+  std::ofstream(dir + "/SEED-Bench.json") << bench.dump();
+
+  // Scoring: with video questions the headline is the total; v12c is missing.
+  const auto score = ev::find_bench("seed").score(dir, items, {"A", "A", "B", "A", "A", "C"}, dir + "/out");
+  CHECK(score.headline_name == "accuracy (%)");
+  CHECK(score.headline == Approx(100.0 * 4 / 6));
+  CHECK(score.scores["seed"]["missing"] == 1);
+  CHECK(score.scores["seed"]["video"].get<double>() == Approx(3.0 / 5));
+
+  // The frame decoded from a real clip is the one all frames give at that index, bit for bit.
+  if (!data::video_decoding_available()) return;
+  std::vector<torch::Tensor> frames;
+  for (int k = 0; k < 21; ++k) frames.push_back(torch::full({16, 24, 3}, 10 * k, torch::kUInt8));
+  const std::string clip = dir + "/clip.avi";
+  data::write_video(clip, frames, 10.0);
+  const auto all = data::decode_all_frames(clip);
+  REQUIRE(all.total == 21);
+  const auto one = data::decode_frame(clip, items[3].video_pick);
+  REQUIRE(one.frames.size() == 1);
+  CHECK(one.indices == std::vector<int64_t>{9});
+  CHECK(torch::equal(one.frames[0], all.frames[9]));
+  const auto seg = data::decode_frame(clip, items[4].video_pick);  // through the clip's own frame rate
+  CHECK(seg.indices == std::vector<int64_t>{9});
+  CHECK_THROWS_WITH(data::decode_frame(clip, [](int64_t total, double) { return total; }),
+                    Contains("frame 21 asked for, the clip has 21 frames"));
+}
+
 TEST_CASE("owl2 data synth-bench: the public layouts, readable by the benchmark readers, byte-identical per seed",
           "[eval][bench][synth]") {
   const std::string a = temp_dir("owl2_synth_bench_a"), b = temp_dir("owl2_synth_bench_b");

@@ -78,8 +78,9 @@ BenchRunResult run_benchmark(MPLUGOwl2ForCausalLM& model, const Tokenizer& token
       prompts.push_back(tokenizer.encode_with_images(it.prompt));
       for (const auto& img : it.images) images.push_back(load_item_image(img, options.image));
       if (!it.video.empty()) {  // the clip's frames, sampled and laid out as data/video.h does for training
-        for (const auto& f : data::decode_video(it.video, it.video_frames).frames)
-          images.push_back(preprocess_image(f, options.image));
+        const auto clip = it.video_pick ? data::decode_frame(it.video, it.video_pick)  // one given frame (SEED)
+                                        : data::decode_video(it.video, it.video_frames);
+        for (const auto& f : clip.frames) images.push_back(preprocess_image(f, options.image));
       }
     }
     const auto answers = greedy_generate(model, prompts, images.empty() ? torch::Tensor() : torch::stack(images), gen);
