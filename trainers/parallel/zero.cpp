@@ -685,18 +685,34 @@ void ZeroOptimizer::load_shards(const SliceReader& read) {
     read(frozen_[s.param].first, s.param_offset, frozen_shard_.narrow(0, s.shard_offset, s.length));
 }
 
-NamedTensors ZeroOptimizer::shard_state() const {
-  auto segs = at::empty({static_cast<int64_t>(layout_.segments.size()), 5}, at::kLong);
-  auto a = segs.accessor<int64_t, 2>();
-  for (size_t i = 0; i < layout_.segments.size(); ++i) {
-    const auto& s = layout_.segments[i];
-    const int64_t row = static_cast<int64_t>(i);
+namespace {
+
+// A layout's segments as the checkpoint's int64 table [n, 5]: param, param_offset, length, shard_offset, and the
+// segment's AdamW step (0 without `steps`: frozen parameters).
+at::Tensor segment_table(const ZeroLayout& layout, const std::vector<int64_t>* steps) {
+  auto table = at::zeros({static_cast<int64_t>(layout.segments.size()), 5}, at::kLong);
+  auto a = table.accessor<int64_t, 2>();
+  for (size_t i = 0; i < layout.segments.size(); ++i) {
+    const auto& s = layout.segments[i];
+    const auto row = static_cast<int64_t>(i);
     a[row][0] = s.param;
     a[row][1] = s.param_offset;
     a[row][2] = s.length;
     a[row][3] = s.shard_offset;
-    a[row][4] = steps_[i];
+    a[row][4] = steps ? (*steps)[i] : 0;
   }
+  return table;
+}
+
+// The number of elements of a tensor of these sizes.
+template <typename Size>
+int64_t product(const std::vector<Size>& sizes) {
+  return std::accumulate(sizes.begin(), sizes.end(), int64_t{1}, std::multiplies<int64_t>());
+}
+
+}  // namespace
+
+NamedTensors ZeroOptimizer::shard_state() const {
   // The parameter values of the own segments (float32 masters where the optimizer keeps them), so that a checkpoint
   // holds the trainable weights as shards too and no rank gathers the model to save it.
   auto values = at::zeros({layout_.shard_numel}, param_shard_.defined() ? param_shard_.options()
@@ -707,20 +723,13 @@ NamedTensors ZeroOptimizer::shard_state() const {
                              : params_[s.param].second.detach().reshape({-1}).narrow(0, s.param_offset, s.length);
     values.narrow(0, s.shard_offset, s.length).copy_(v);
   }
-  NamedTensors out = {{"exp_avg", exp_avg_}, {"exp_avg_sq", exp_avg_sq_}, {"segments", segs}, {"values", values}};
+  NamedTensors out = {{"exp_avg", exp_avg_},
+                      {"exp_avg_sq", exp_avg_sq_},
+                      {"segments", segment_table(layout_, &steps_)},
+                      {"values", values}};
   if (!frozen_.empty()) {  // the frozen block parameters this rank holds, in the same segment format (step 0)
-    auto fsegs = at::zeros({static_cast<int64_t>(frozen_layout_.segments.size()), 5}, at::kLong);
-    auto f = fsegs.accessor<int64_t, 2>();
-    for (size_t i = 0; i < frozen_layout_.segments.size(); ++i) {
-      const auto& s = frozen_layout_.segments[i];
-      const int64_t row = static_cast<int64_t>(i);
-      f[row][0] = s.param;
-      f[row][1] = s.param_offset;
-      f[row][2] = s.length;
-      f[row][3] = s.shard_offset;
-    }
     out.emplace_back("frozen_values", frozen_shard_);
-    out.emplace_back("frozen_segments", fsegs);
+    out.emplace_back("frozen_segments", segment_table(frozen_layout_, nullptr));
   }
   return out;
 }
@@ -728,16 +737,13 @@ NamedTensors ZeroOptimizer::shard_state() const {
 nlohmann::json ZeroOptimizer::manifest() const {
   nlohmann::json params = nlohmann::json::array();
   for (size_t k = 0; k < params_.size(); ++k) {
-    params.push_back({params_[k].first,
-                      std::accumulate(sizes_[k].begin(), sizes_[k].end(), int64_t{1}, std::multiplies<int64_t>()),
-                      sizes_[k]});
+    params.push_back({params_[k].first, product(sizes_[k]), sizes_[k]});
   }
   nlohmann::json out = {{"stage", stage_}, {"world_size", layout_.world}, {"params", params}};
   if (!frozen_.empty()) {
     nlohmann::json frozen = nlohmann::json::array();
     for (size_t k = 0; k < frozen_.size(); ++k) {
-      const auto& sz = frozen_sizes_[k];
-      frozen.push_back({frozen_[k].first, std::accumulate(sz.begin(), sz.end(), int64_t{1}, std::multiplies<int64_t>()), sz});
+      frozen.push_back({frozen_[k].first, product(frozen_sizes_[k]), frozen_sizes_[k]});
     }
     out["frozen"] = frozen;
   }
