@@ -615,7 +615,7 @@ std::vector<torch::Tensor> train_golden(int64_t rank, int64_t world, std::shared
   cfg.optim.grad_clip = 0.5;
   cfg.train.steps = 10;
   cfg.freeze = {{"model.vision_model.encoder.layers.0.mlp.*", false}, {"model.layers.1.self_attn.o_proj.*", false},
-                {"*", true}};
+                {"model.embed_tokens.*", false}, {"*", true}};  // frozen inside blocks and outside them (the root)
   auto model = owl2::test::tiny_golden_model();
   const auto policies = apply_training_policies(model, cfg);
   Trainer t(*model, model_loss_sum(model), cfg, comm, policies.sharded_stacks);
@@ -727,7 +727,7 @@ std::map<int64_t, std::vector<std::vector<int64_t>>> lockstep_answers(int64_t ra
   cfg.distributed.zero_stage = stage;
   cfg.distributed.bucket_mb = 0.01;
   cfg.freeze = {{"model.vision_model.encoder.layers.0.mlp.*", false}, {"model.layers.1.self_attn.o_proj.*", false},
-                {"*", true}};
+                {"model.embed_tokens.*", false}, {"*", true}};  // frozen inside blocks and outside them (the root)
   auto model = owl2::test::tiny_golden_model();
   const auto policies = apply_training_policies(model, cfg);
   Trainer t(*model, model_loss_sum(model), cfg, comm, policies.sharded_stacks);
@@ -756,7 +756,8 @@ std::map<int64_t, std::vector<std::vector<int64_t>>> lockstep_answers(int64_t ra
     if (peak) *peak = z.peak_gathered_numel();
     if (largest) *largest = big;
     CHECK(z.gathered_numel() == 0);
-    CHECK(model->lm_head->weight.numel() == 0);  // the root released again
+    CHECK(model->lm_head->weight.numel() == 0);  // the root released again, its frozen part too
+    CHECK(model->model->embed_tokens->weight.numel() == 0);
     for (const auto& p : model->model->layers->ptr(0)->parameters()) CHECK(p.numel() == 0);
   }
   return out;
@@ -824,7 +825,7 @@ void check_held_bytes(int64_t rank, int64_t world, std::shared_ptr<Comm> comm, i
   cfg.train.precision = precision;
   cfg.train.steps = 10;
   cfg.freeze = {{"model.vision_model.encoder.layers.0.mlp.*", false}, {"model.layers.1.self_attn.o_proj.*", false},
-                {"*", true}};
+                {"model.embed_tokens.*", false}, {"*", true}};  // frozen inside blocks and outside them (the root)
   auto model = owl2::test::tiny_golden_model();
   model->to(torch::kFloat32);
   NamedSizes sizes;

@@ -40,11 +40,12 @@ TEST_CASE("plan: weights, gradients and optimizer state per device under each Ze
   CHECK(p1.grads_bytes == 600);  // the gradient shard (50) and the full bucket stage 1 keeps for its all-reduce (100)
   auto p3 = make_plan(cfg, kParams, {2, 3});
   CHECK(p3.zero3_sharded_params == 300);  // the frozen decoder layer too, in a shard of its own
-  // Replicated: the frozen lm_head (600); the trainable cls_token lives as its slice of the parameter shard (50 of
-  // its 100) between steps; the frozen layer as its slice of the frozen shard (150 of 300).
-  CHECK(p3.held.weights == (600 + 50 + 150) * 4);
-  // The layer gathered and a prefetch of up to its size; the root unit (cls_token) gathered for the step.
-  CHECK(p3.zero3_gathered_bytes == (2 * 300 + 100) * 4);
+  // Nothing replicated: the trainable cls_token lives as its slice of the parameter shard (50 of its 100) between
+  // steps; the frozen layer and the frozen lm_head (outside blocks) as their slices of the frozen shard (150 of 300,
+  // 300 of 600).
+  CHECK(p3.held.weights == (300 + 50 + 150) * 4);
+  // The layer gathered and a prefetch of up to its size; the root unit (cls_token and lm_head) gathered for the step.
+  CHECK(p3.zero3_gathered_bytes == (2 * 300 + 100 + 600) * 4);
   CHECK(p3.grads_bytes == 200);
   CHECK(p3.flops_per_step == Approx(p0.flops_per_step / 2));
   CHECK(p0.activations_checkpointed_bytes < p0.activations_bytes);
@@ -135,7 +136,7 @@ TEST_CASE("plan: the parameters it shards at ZeRO 3 are those the trainer's shar
   REQUIRE(trainer > 0);
   CHECK(plan.zero3_sharded_params == trainer);
   CHECK(plan.zero3_largest_block == largest);
-  CHECK(plan.zero3_sharded_params < plan.total_params);  // embeddings, lm_head, norms stay replicated
+  CHECK(plan.zero3_sharded_params < plan.total_params);  // embeddings, lm_head, norms: the root, outside blocks
   REQUIRE(policies.sharded_stacks.size() == 3);  // the ViT, abstractor and decoder layers
   CHECK(policies.sharded_stacks[0].name == "vision");
   CHECK(policies.sharded_stacks[1].name == "abstractor");

@@ -384,7 +384,7 @@ std::string save_training_checkpoint(CheckpointManager& ckpts, Trainer& trainer,
   c.step = trainer.step_count();
   if (trainer.zero()) {
     // Every rank writes its shard: the AdamW state and the values (float32 masters in bf16) of the trainable
-    // parameters it owns, and at ZeRO 3 its slices of the frozen block parameters; rank 0 adds what is not sharded
+    // parameters it owns, and at ZeRO 3 its slices of the frozen parameters; rank 0 adds what is not sharded
     // (other frozen weights, buffers). Nothing is gathered.
     if (lead) {
       c.tensors["model"] = trainer.untrained_state();
@@ -421,7 +421,7 @@ std::optional<data::LoaderState> resume_training(const CheckpointManager& ckpts,
   const auto model_it = c.tensors.find("model");
   if (model_it == c.tensors.end()) throw std::runtime_error(res.dir + ": checkpoint has no model tensors");
   std::map<std::string, torch::Tensor> m(model_it->second.begin(), model_it->second.end());
-  std::vector<ZeroShardValues> parts;  // the trainable (and ZeRO 3's frozen block) weights, in the shards
+  std::vector<ZeroShardValues> parts;  // the trainable (and ZeRO 3's frozen) weights, in the shards
   for (const auto part : {ZeroShardValues::Part::kTrainable, ZeroShardValues::Part::kFrozen}) {
     if (ZeroShardValues::present(c, part)) parts.push_back(ZeroShardValues::of(c, res.dir, part));
   }

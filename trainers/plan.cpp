@@ -74,11 +74,13 @@ int64_t reduce_bytes(const RunConfig& cfg) {
 }
 
 // The ZeRO layouts as the ZeroOptimizer builds them: the trainable parameters (in optimizer order) in gradient
-// buckets, at stage 3 a bucket per block; the frozen block parameters (stage 3) in a bucket per block of their own;
-// and the largest block's two padded buckets together, in elements (what gathering it holds).
+// buckets, at stage 3 a bucket per block; the frozen parameters (stage 3) in a bucket per block of their own and
+// one for those outside blocks; and the largest block's two padded buckets together, in elements (what gathering it
+// holds).
 struct ZeroShape {
   ZeroLayout layout, frozen;
   int64_t largest_gathered_block = 0;
+  int64_t frozen_root_padded = 0;  // stage 3: the frozen parameters outside blocks, their padded bucket
 };
 
 ZeroShape zero_layout(const RunConfig& cfg, const NamedSizes& params, const std::vector<uint8_t>& trainable,
@@ -95,15 +97,22 @@ ZeroShape zero_layout(const RunConfig& cfg, const NamedSizes& params, const std:
     blocks.push_back(block_of(params[k].first));
   }
   for (size_t k = 0; k < params.size(); ++k) {
-    const int64_t b = trainable[k] ? -1 : block_of(params[k].first);
-    if (b < 0) continue;
+    if (!trainable[k]) block_of(params[k].first);  // every block numbered before the root's frozen bucket
+  }
+  const auto root = static_cast<int64_t>(block_ids.size());
+  for (size_t k = 0; k < params.size(); ++k) {
+    if (trainable[k] || stage != 3) continue;
+    // Frozen: in its block's frozen bucket, or (outside blocks) in the root's, after the blocks'.
+    const int64_t b = block_of(params[k].first);
     frozen_numels.push_back(params[k].second);
-    frozen_blocks.push_back(b);
+    frozen_blocks.push_back(b < 0 ? root : b);
   }
   const auto bucket_bytes = static_cast<int64_t>(cfg.distributed.bucket_mb * (1 << 20));
   ZeroShape out{ZeroLayout(numels, reduce_bytes, world, 0, bucket_bytes, blocks),
                 ZeroLayout(frozen_numels, compute_bytes, world, 0, 1, frozen_blocks), 0};
-  for (int64_t b = 0; b < static_cast<int64_t>(block_ids.size()); ++b) {
+  if (static_cast<size_t>(root) < out.frozen.buckets.size())
+    out.frozen_root_padded = out.frozen.buckets[static_cast<size_t>(root)].padded_numel;
+  for (int64_t b = 0; b < root; ++b) {
     const auto t = static_cast<size_t>(out.layout.plain_buckets + b), f = static_cast<size_t>(b);
     const int64_t n = (t < out.layout.buckets.size() ? out.layout.buckets[t].padded_numel : 0) +
                       (f < out.frozen.buckets.size() ? out.frozen.buckets[f].padded_numel : 0);
@@ -144,12 +153,10 @@ RankBytes rank_bytes_between_steps(const RunConfig& cfg, const NamedSizes& param
   const int64_t reduce = reduce_bytes(cfg);
   const auto z = zero_layout(cfg, params, trainable, optimizer_order(cfg, params, trainable), stage, world, reduce, compute);
   const int64_t shard = z.layout.shard_numel * fp32;
-  for (size_t k = 0; k < params.size(); ++k) {
-    // Stage 3 releases the blocks' parameters and, between steps, the trainable ones outside blocks (the root).
-    const bool released = stage == 3 && (trainable[k] || zero3_shards(params[k].first));
-    r.weights += released ? 0 : params[k].second * compute;
-  }
-  r.weights += z.frozen.shard_numel * compute;  // stage 3: the frozen block parameters' shard
+  // Stage 3 releases every parameter between steps (the blocks' and the root's, trainable or frozen): the model
+  // holds none in full.
+  if (stage != 3) r.weights += P * compute;
+  r.weights += z.frozen.shard_numel * compute;  // stage 3: the frozen parameters' shard
   r.grads = shard;
   if (stage == 1) {  // the full buckets stay for the next step's reduction and the parameters' all-gather
     for (int64_t b = 0; b < z.layout.plain_buckets; ++b) r.grads += z.layout.buckets[static_cast<size_t>(b)].padded_numel * reduce;
@@ -216,7 +223,8 @@ Plan make_plan(const RunConfig& cfg, const NamedSizes& params, const PlanInputs&
     const auto compute = static_cast<int64_t>(compute_bytes);
     const auto z = zero_layout(cfg, params, trainable, optimizer_order(cfg, params, trainable), 3, in.world_size,
                                reduce_bytes(cfg), compute);
-    int64_t root = 0;  // the trainable parameters outside blocks, gathered for the whole step
+    // The root, gathered for the whole step: the trainable parameters outside blocks, and the frozen ones' bucket.
+    int64_t root = z.frozen_root_padded;
     for (size_t k = 0; k < params.size(); ++k) root += trainable[k] && !zero3_shards(params[k].first) ? params[k].second : 0;
     plan.zero3_gathered_bytes = (2 * z.largest_gathered_block + root) * compute;
   }
@@ -294,8 +302,7 @@ Plan make_plan(const RunConfig& cfg, const NamedSizes& params, const PlanInputs&
   r += fmt::format("  weights            {:>12}{}\n", gib(plan.weights_bytes),
                    in.zero_stage >= 3 ? fmt::format(" ({} ViT, abstractor and decoder block parameters sharded, "
                                                     "a block of up to {} gathered and the next prefetched; the "
-                                                    "trainable rest sharded and gathered for the step, the frozen "
-                                                    "rest replicated)",
+                                                    "rest sharded too and gathered for the step)",
                                                     plan.zero3_sharded_params, plan.zero3_largest_block)
                                       : std::string());
   r += fmt::format("  gradients          {:>12}\n", gib(plan.grads_bytes));

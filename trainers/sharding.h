@@ -15,7 +15,8 @@ struct Zero3Stack {
 // abstractor are not run for a text-only micro-batch; when another rank's micro-batch has images, the trainer runs
 // them on a blank placeholder image whose output reaches the loss times zero, so every rank makes the same per-block
 // collectives (Trainer::step). The embeddings, lm_head, norms and the abstractor's queries and visual_fc are not in
-// blocks: they stay replicated, their gradients and optimizer state sharded as at stage 2.
+// blocks: they form the root unit, sharded between steps (trainable and frozen alike) and gathered for a whole step,
+// their gradients reduced as at stage 2.
 inline constexpr Zero3Stack kZero3Stacks[] = {{"vision", "model.vision_model.encoder.layers."},
                                               {"abstractor", "model.visual_abstractor.encoder.layers."},
                                               {"decoder", "model.layers."}};

@@ -278,7 +278,7 @@ void Trainer::load_checkpoint_weights(const std::map<std::string, torch::Tensor>
 }
 
 NamedTensors Trainer::untrained_state() const {
-  std::set<std::string> trained;  // and the frozen block parameters ZeRO 3 shards: the shards hold them
+  std::set<std::string> trained;  // and the frozen parameters ZeRO 3 shards: the shards hold them
   for (const auto& [name, _] : trainable_) trained.insert(name);
   if (const auto* z = sync_->zero()) {
     for (const auto& name : z->frozen_names()) trained.insert(name);

@@ -95,7 +95,7 @@ class Trainer {
   // masters, wherever they live (MixedPrecision, or ZeRO's shards; ZeRO 3 blocks gathered for it). Collective.
   void load_model_state(const std::map<std::string, torch::Tensor>& state, const std::string& origin);
   // Loads a checkpoint's weights: `model_group` (its "model" tensors) and the ZeRO shards' parts (the trainable
-  // values, stage 3's frozen block values; saved at any world size). Without ZeRO: put together and loaded as
+  // values, stage 3's frozen values; saved at any world size). Without ZeRO: put together and loaded as
   // load_model_state. Under ZeRO each rank reads only what it holds, nothing gathered: the parameters and buffers
   // the model keeps in full, one at a time, and its own slices of the sharded ones (ZeroOptimizer::load_shards).
   // Throws std::runtime_error naming the missing, unexpected and mis-shaped entries; nothing is loaded then.

@@ -257,7 +257,7 @@ nlohmann::json hf_preprocessor_config_json(const VisionConfig& vision) {
 namespace {
 
 // A training checkpoint's weights as one source, each tensor read only when asked for (views of the memory-mapped
-// files): model.safetensors and, under ZeRO, the trainable (and stage 3's frozen block) values put together from
+// files): model.safetensors and, under ZeRO, the trainable (and stage 3's frozen) values put together from
 // the ranks' shards, whatever world size wrote them. Also its saved config.
 struct CheckpointWeights {
   RunConfig cfg;

@@ -9,6 +9,7 @@
 #include <functional>
 #include <map>
 #include <numeric>
+#include <set>
 #include <stdexcept>
 
 #include "trainers/checkpoint.h"
@@ -76,12 +77,12 @@ ZeroOptimizer::ZeroOptimizer(std::shared_ptr<Comm> comm, torch::nn::Module& mode
                              const OptimConfig& optim, int stage, int64_t bucket_bytes,
                              const std::vector<std::vector<at::Tensor>>& blocks,
                              std::optional<ShardedMasters> masters)
-    : masters_(masters),
+    : frozen_layout_({}, 1, 1, 0, 1),
+      masters_(masters),
       comm_(std::move(comm)),
       stage_(stage),
       optim_(optim),
-      layout_({}, 1, 1, 0, 1),
-      frozen_layout_({}, 1, 1, 0, 1) {
+      layout_({}, 1, 1, 0, 1) {
   if (stage_ < 1 || stage_ > 3) throw std::invalid_argument(fmt::format("ZeRO stage must be 1, 2 or 3, got {}", stage_));
   if (stage_ != 3 && !blocks.empty()) throw std::invalid_argument("ZeRO: parameter blocks are sharded at stage 3 only");
   if (comm_ && comm_->world_size() == 1) comm_.reset();
@@ -147,6 +148,26 @@ ZeroOptimizer::ZeroOptimizer(std::shared_ptr<Comm> comm, torch::nn::Module& mode
     std::sort(ks.begin(), ks.end());
     block_params_.push_back(ks);  // may be empty (a frozen block)
     block_frozen_.push_back(fs);
+  }
+  if (stage_ == 3) {
+    // The frozen parameters outside blocks (a frozen decoder's embeddings and head, LoRA's base outside the blocks):
+    // sharded too, in a bucket after the blocks' (the root's frozen part), gathered and released with the root.
+    std::set<const c10::TensorImpl*> placed;
+    for (const auto& block : blocks)
+      for (const auto& t : block) placed.insert(t.unsafeGetTensorImpl());
+    for (const auto& p : params_) placed.insert(p.second.unsafeGetTensorImpl());
+    const auto root = static_cast<int64_t>(blocks.size());
+    for (const auto& item : model.named_parameters(/*recurse=*/true)) {
+      const auto& t = item.value();
+      if (!placed.insert(t.unsafeGetTensorImpl()).second) continue;
+      if (!t.is_contiguous())
+        throw std::invalid_argument(fmt::format("ZeRO 3: frozen parameter '{}' is not contiguous", item.key()));
+      root_frozen_.push_back(static_cast<int64_t>(frozen_.size()));
+      frozen_.emplace_back(item.key(), t);
+      frozen_sizes_.push_back(t.sizes().vec());
+      frozen_numels.push_back(t.numel());
+      frozen_block.push_back(root);
+    }
   }
   block_used_.assign(params_.size(), 0);
   const auto& p0 = params_[0].second;
@@ -233,8 +254,9 @@ at::Tensor ZeroOptimizer::master(const ZeroLayout::Segment& s) {
 
 void ZeroOptimizer::copy_own_slices_to_shard(int64_t i) {
   at::NoGradGuard no_grad;
+  const int64_t frozen_bucket_index = i >= 0 ? i : block_count();  // the root's frozen part: after the blocks'
   for (const auto& s : frozen_layout_.segments) {
-    if (frozen_layout_.bucket_of[s.param] != i) continue;
+    if (frozen_layout_.bucket_of[s.param] != frozen_bucket_index) continue;
     frozen_shard_.narrow(0, s.shard_offset, s.length)
         .copy_(frozen_[s.param].second.detach().reshape({-1}).narrow(0, s.param_offset, s.length));
   }
@@ -263,6 +285,20 @@ int64_t ZeroOptimizer::block_gathered_numel(int64_t i) const {
   const auto* f = frozen_bucket(i);
   return layout_.buckets[static_cast<size_t>(layout_.plain_buckets + i)].padded_numel + (f ? f->padded_numel : 0);
 }
+
+namespace {
+
+// Points each parameter of `bucket` at its place in the gathered flat buffer.
+void point(const ZeroLayout::Bucket& bucket, const at::Tensor& flat, NamedTensors& params,
+           const std::vector<std::vector<int64_t>>& sizes) {
+  for (size_t j = 0; j < bucket.params.size(); ++j) {
+    const auto k = static_cast<size_t>(bucket.params[j]);
+    const int64_t numel = std::accumulate(sizes[k].begin(), sizes[k].end(), int64_t{1}, std::multiplies<int64_t>());
+    params[k].second.set_data(flat.narrow(0, bucket.offsets[j], numel).view(sizes[k]));
+  }
+}
+
+}  // namespace
 
 ZeroOptimizer::Gathering ZeroOptimizer::start_gather(int64_t i) {
   at::NoGradGuard no_grad;
@@ -326,14 +362,6 @@ void ZeroOptimizer::gather_block(int64_t i) {
     if (g.frozen_work) comm_->wait(g.frozen_work, what);
     gather_s_ += seconds_since(t0);
   }
-  auto point = [](const ZeroLayout::Bucket& bucket, const at::Tensor& flat, NamedTensors& params,
-                  const std::vector<std::vector<int64_t>>& sizes) {
-    for (size_t j = 0; j < bucket.params.size(); ++j) {
-      const auto k = static_cast<size_t>(bucket.params[j]);
-      const int64_t numel = std::accumulate(sizes[k].begin(), sizes[k].end(), int64_t{1}, std::multiplies<int64_t>());
-      params[k].second.set_data(flat.narrow(0, bucket.offsets[j], numel).view(sizes[k]));
-    }
-  };
   if (g.flat.defined()) point(layout_.buckets[static_cast<size_t>(layout_.plain_buckets + i)], g.flat, params_, sizes_);
   if (g.frozen.defined()) point(*frozen_bucket(i), g.frozen, frozen_, frozen_sizes_);
   block_gathered_[static_cast<size_t>(i)] = 1;
@@ -393,6 +421,17 @@ void ZeroOptimizer::gather_root() {
   }
   root_gathered_ = true;
   refresh_plain_parameters();
+  if (const auto* f = frozen_bucket(block_count())) {  // the frozen parameters outside blocks
+    auto own = frozen_shard_.narrow(0, f->shard_offset, frozen_layout_.slice(*f)).clone();
+    at::Tensor flat = own;
+    if (comm_) {
+      flat = at::empty({f->padded_numel}, own.options());
+      const auto t0 = std::chrono::steady_clock::now();
+      comm_->wait(comm_->allgather_async(flat, own), "allgather the frozen parameters outside blocks");
+      gather_s_ += seconds_since(t0);
+    }
+    point(*f, flat, frozen_, frozen_sizes_);
+  }
 }
 
 void ZeroOptimizer::release_root() {
@@ -401,6 +440,7 @@ void ZeroOptimizer::release_root() {
   for (size_t k = 0; k < params_.size(); ++k) {
     if (block_of_[k] < 0) params_[k].second.set_data(empty);
   }
+  for (int64_t k : root_frozen_) frozen_[k].second.set_data(empty);
   root_gathered_ = false;
 }
 

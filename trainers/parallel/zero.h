@@ -138,6 +138,7 @@ struct ShardedMasters {
 // slice), stage 2 (reduce-scatter: only the own slice of the summed gradient is ever materialized in
 // the flat buffers) and stage 3 (stage 2, plus the parameters of each block in `blocks` live only as this rank's
 // slice of the block's bucket, frozen ones in a bucket of their own: gather_block() before the block runs, release_block() after,
+// and the parameters outside blocks, trainable and frozen, are the root: gathered for a step, released after it;
 // reduce_block() after its backward; see trainers/parallel/zero3.h). The math per element is torch::optim::AdamW's,
 // so results equal the replicated run. With a null or single-rank comm it runs the same code without
 // collectives.
@@ -196,14 +197,14 @@ class ZeroOptimizer {
   void release_root();
   // Zeroes the shard gradient (before a step's first micro-batch: stage 3 accumulates into it).
   void zero_grad();
-  // The parameters whose values live only in this rank's shards (stage 3: the blocks' trainable and frozen ones;
-  // the model holds them empty between passes), with their shapes.
+  // The parameters whose values live only in this rank's shards (stage 3: every parameter, the blocks' and the
+  // root's, trainable and frozen; the model holds them empty between passes), with their shapes.
   std::map<std::string, std::vector<int64_t>> sharded_shapes() const;
   // Loads this rank's slices from `read`: the parameter shard (stage 3 blocks; every trainable parameter's fp32
-  // master where it keeps them) and the frozen block shard. The parameters the model holds are the caller's to
+  // master where it keeps them) and the frozen shard. The parameters the model holds are the caller's to
   // load. Nothing is gathered.
   void load_shards(const SliceReader& read);
-  // Stage 3: the names of the frozen block parameters it shards (a checkpoint holds them in the ranks' shards as
+  // Stage 3: the names of the frozen parameters it shards (a checkpoint holds them in the ranks' shards as
   // "frozen_values" / "frozen_segments", listed in the manifest's "frozen").
   std::vector<std::string> frozen_names() const {
     std::vector<std::string> out;
@@ -254,6 +255,7 @@ class ZeroOptimizer {
 
   std::vector<std::vector<int64_t>> block_params_;  // per block, trainable parameter indices
   std::vector<std::vector<int64_t>> block_frozen_;  // per block, indices into frozen_
+  std::vector<int64_t> root_frozen_;                // stage 3: the frozen parameters outside blocks (frozen_ indices)
   std::vector<int64_t> block_of_;                   // per parameter, -1 outside blocks
   std::vector<std::vector<int64_t>> sizes_;         // per parameter (block parameters lose theirs)
   std::vector<uint8_t> block_used_;                 // per parameter: got a gradient this step
@@ -261,8 +263,8 @@ class ZeroOptimizer {
   bool all_gathered_ = false;
   std::vector<uint8_t> block_gathered_;  // per block
   int64_t gathered_ = 0, peak_gathered_ = 0;  // elements of gathered and prefetching blocks
-  // Stage 3: the blocks' frozen parameters, sharded in their own layout (one bucket per block, no plain buckets) in
-  // the compute dtype; no gradient, no optimizer state.
+  // Stage 3: the frozen parameters, sharded in their own layout (one bucket per block, then one for those outside
+  // blocks, no plain buckets) in the compute dtype; no gradient, no optimizer state.
   NamedTensors frozen_;
   std::vector<std::vector<int64_t>> frozen_sizes_;
   ZeroLayout frozen_layout_;
