@@ -444,8 +444,8 @@ TEST_CASE("prediction cache: shards cover every question once, merge, resume, co
         ev::rank_cache_path(dir, 1) + ": line 1: 'id' must be a string, found number 3");
 }
 
-TEST_CASE("SEED-Bench video questions: the middle frame from extracted frames or from the clip, as LLaVA's script "
-          "picks it; the total becomes the headline",
+TEST_CASE("SEED-Bench video questions: the middle frame from extracted frames or from the clip as LLaVA's script "
+          "picks it, and the total becomes the headline",
           "[eval][bench][video]") {
   const std::string dir = temp_dir("owl2_seed_video");
   const auto question = [](const std::string& id, int type, const std::string& data_type, const std::string& data_id,
