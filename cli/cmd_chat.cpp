@@ -55,9 +55,11 @@ void add_chat_commands(CLI::App& app, Action& run) {
       std::vector<Turn> turns;
       std::vector<torch::Tensor> images;  // every image of the conversation, in order
       int64_t pending = 0;                // images attached to the next message
+      std::string pending_slots;          // their placeholders: one per image, a clip's in data.video_layout
       auto attach = [&](const std::string& path) {
         images.push_back(preprocess_image(load_image(path), ic));  // throws naming the file
         ++pending;
+        pending_slots += "<|image|>";
         std::cout << "[image attached: " << path << "]\n" << std::flush;
       };
       if (!args->image.empty()) attach(args->image);
@@ -77,6 +79,7 @@ void add_chat_commands(CLI::App& app, Action& run) {
           turns.clear();
           images.clear();
           pending = 0;
+          pending_slots.clear();
           std::cout << "[conversation reset]\n" << std::flush;
           continue;
         }
@@ -87,6 +90,7 @@ void add_chat_commands(CLI::App& app, Action& run) {
             const auto clip = data::decode_video(path, l.cfg.data.video_frames);  // throws naming the file
             for (const auto& f : clip.frames) images.push_back(preprocess_image(f, ic));
             pending += static_cast<int64_t>(clip.frames.size());
+            pending_slots += data::video_frame_slots(static_cast<int64_t>(clip.frames.size()), l.cfg.data.video_layout);
             std::cout << "[video attached: " << path << ", " << clip.frames.size() << " of " << clip.total
                       << " frames]\n" << std::flush;
           } catch (const std::exception& e) {
@@ -105,7 +109,7 @@ void add_chat_commands(CLI::App& app, Action& run) {
           continue;
         }
         try {
-          turns.push_back({Role::kHuman, user_message(msg, pending)});  // throws for a placeholder without image
+          turns.push_back({Role::kHuman, user_message(msg, pending, pending_slots)});  // throws for a placeholder without image
         } catch (const std::exception& e) {
           std::cout << "error: " << e.what() << "\n" << std::flush;
           continue;
@@ -118,6 +122,7 @@ void add_chat_commands(CLI::App& app, Action& run) {
           streamer.finish(out[0].text);
           turns.push_back({Role::kGpt, trim(out[0].text)});  // the reference keeps the stripped reply
           pending = 0;
+          pending_slots.clear();
         } catch (const std::exception& e) {
           turns.pop_back();
           streamer.finish("");

@@ -55,6 +55,7 @@ int run_bench(const ModelDirArgs& model, const torch::Device& device, BenchRunOp
   auto l = model.load(device);
   bo.image.size = l.cfg.model.vision.image_size;
   bo.image.mode = parse_image_mode(image_mode);
+  bo.video_layout = l.cfg.data.video_layout;
   // Under torchrun the questions are sharded over the ranks (NCCL between GPUs, else Gloo); rank 0 merges and
   // scores.
   const DistEnv env = DistEnv::from_environment();

@@ -98,16 +98,20 @@ void add_generate_commands(CLI::App& app, Action& run) {
       ic.size = l.cfg.model.vision.image_size;
       ic.mode = args->mode.empty() ? l.cfg.data.image_mode : parse_image_mode(args->mode);
       torch::Tensor images;
+      std::string slots;  // the images' placeholders: one, or a clip's frames in data.video_layout
       if (!args->image.empty()) images = preprocess_image(load_image(args->image), ic).unsqueeze(0);
       if (!args->video.empty()) {
         std::vector<torch::Tensor> frames;
         for (const auto& f : data::decode_video(args->video, args->frames > 0 ? args->frames : l.cfg.data.video_frames).frames)
           frames.push_back(preprocess_image(f, ic));
         images = torch::stack(frames);
+        slots = data::video_frame_slots(images.size(0), l.cfg.data.video_layout);
       }
       // The reference CLI's first turn: "USER: <|image|>{prompt} ASSISTANT:" (spec §6).
+      const int64_t attached = images.defined() ? images.size(0) : 0;
       const std::string text = generation_prompt(
-          chat_template(l.cfg.data.chat_template), {{Role::kHuman, user_message(args->prompt, images.defined() ? images.size(0) : 0)}});
+          chat_template(l.cfg.data.chat_template),
+          {{Role::kHuman, slots.empty() ? user_message(args->prompt, attached) : user_message(args->prompt, attached, slots)}});
       const auto prompt = l.tokenizer->encode_with_images(text);
       auto go = args->decoding.options(*l.tokenizer);
       go.max_new_tokens = fit_context(l.cfg.model, prompt, go.max_new_tokens);

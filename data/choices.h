@@ -1,4 +1,4 @@
-// The named choices of the data pipeline (image mode, length policy, chat template), each with the one name
+// The named choices of the data pipeline (image mode, length policy, chat template, video layout), each with the one name
 // table that the config reader and printer and the command-line flags share. Torch-free, so the config can use it.
 #pragma once
 #include "owl2/io/name_table.h"
@@ -17,6 +17,14 @@ inline constexpr NameTable<ImageMode, 3> kImageModeNames{
 enum class TemplateKind { kMplugOwl2, kVicunaV1 };
 inline constexpr NameTable<TemplateKind, 2> kTemplateKindNames{
     {{TemplateKind::kMplugOwl2, "mplug_owl2"}, {TemplateKind::kVicunaV1, "vicuna_v1"}}};
+
+// How a video's frames stand in the prompt (data.video_layout; docs/datasets.md, "Video"):
+//   kFramesFirst: the N <|image|> placeholders one after the other, then the text (the default);
+//   kNumbered:    a line per frame, "Frame 1: <|image|>" ... "Frame N: <|image|>", then the text, so that each
+//                 frame's place in time is also said in words.
+enum class VideoLayout { kFramesFirst, kNumbered };
+inline constexpr NameTable<VideoLayout, 2> kVideoLayoutNames{
+    {{VideoLayout::kFramesFirst, "frames_first"}, {VideoLayout::kNumbered, "numbered"}}};
 
 namespace data {
 

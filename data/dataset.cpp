@@ -364,7 +364,7 @@ void replace_all(std::string& s, const std::string& from, const std::string& to)
 
 // Parses one LLaVA / JSONL entry into `e`; returns a Reject when it must be skipped.
 std::optional<Reject> parse_entry(const json& j, const fs::path& image_root, bool check_files, bool allow_pairs,
-                                  int64_t video_frames, Entry& e) {
+                                  int64_t video_frames, VideoLayout video_layout, Entry& e) {
   if (!j.is_object()) return Reject{bad::kBadEntry, fmt::format("expected an object, found {}", j.type_name())};
   if (j.contains("id")) {
     const json& id = j["id"];
@@ -392,11 +392,7 @@ std::optional<Reject> parse_entry(const json& j, const fs::path& image_root, boo
     if (!images.empty()) return Reject{bad::kBadEntry, "both \"image\" and \"video\": one sample holds one or the other"};
     video = j["video"].get<std::string>();
   }
-  const std::string frame_slots = [&] {
-    std::string t;
-    for (int64_t k = 0; k < (video.empty() ? 0 : video_frames); ++k) t += "<|image|>";
-    return t;
-  }();
+  const std::string frame_slots = video.empty() ? std::string() : video_frame_slots(video_frames, video_layout);
   if (j.contains("conversations")) {
     const json& conv = j["conversations"];
     if (!conv.is_array() || conv.empty()) return Reject{bad::kBadEntry, "\"conversations\" must be a non-empty list"};
@@ -574,7 +570,7 @@ std::shared_ptr<Dataset> open_jsonl(const std::string& path, const ReadOptions& 
       continue;
     }
     Entry e;
-    if (auto r = parse_entry(j, root, options.check_files, true, options.video_frames, e)) {
+    if (auto r = parse_entry(j, root, options.check_files, true, options.video_frames, options.video_layout, e)) {
       log->report(r->reason, path, where, r->detail);
       ++bad;
       continue;
@@ -601,7 +597,7 @@ std::shared_ptr<Dataset> open_llava_json(const std::string& path, const ReadOpti
   size_t bad = 0;
   for (size_t i = 0; i < doc.size(); ++i) {
     Entry e;
-    if (auto r = parse_entry(doc[i], root, options.check_files, false, options.video_frames, e)) {
+    if (auto r = parse_entry(doc[i], root, options.check_files, false, options.video_frames, options.video_layout, e)) {
       std::string where = fmt::format("{}[{}]", path, i);
       if (doc[i].is_object() && doc[i].contains("id")) where += " id " + doc[i]["id"].dump();
       log->report(r->reason, path, where, r->detail);

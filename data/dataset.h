@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "data/choices.h"
+
 namespace owl2::data {
 
 // One conversation turn; `from` is "system", "human" or "gpt".
@@ -98,6 +100,7 @@ struct ReadOptions {
   bool check_files = true;           // stat image files at open; missing ones skip their sample
   std::string image_root;            // base of relative image paths; default: the folder of the file
   int64_t video_frames = 8;          // frames sampled from each "video" sample (data/video.h)
+  VideoLayout video_layout = VideoLayout::kFramesFirst;  // how they stand in the prompt (data/choices.h)
 };
 
 // WebDataset tar shards in the img2dataset layout (key.{jpg,png,...} + key.txt and/or key.json with
@@ -139,8 +142,8 @@ std::shared_ptr<Dataset> open_jsonl(const std::string& path, const ReadOptions& 
 // "human"|"gpt"|"system", "value"}]} (a top-level "system" string becomes a leading system turn).
 // "<image>" is accepted as an alias of "<|image|>". A file that is not valid JSON is an error.
 // Instead of "image", "video": a clip path; its options.video_frames sampled frames are the sample's images, their
-// <|image|> placeholders all before the text: where "<video>" stands in a turn, else in front of the first human
-// turn (the same holds for JSONL entries).
+// placeholders (options.video_layout, video_frame_slots) all before the text: where "<video>" stands in a turn,
+// else in front of the first human turn (the same holds for JSONL entries).
 std::shared_ptr<Dataset> open_llava_json(const std::string& path, const ReadOptions& options = {});
 
 // By kind: a folder, *.tar / *.tar.gz, a brace pattern or a JSON shard list -> tar shards, *.jsonl -> JSONL,

@@ -180,6 +180,17 @@ std::string user_message(std::string_view text, int64_t images) {
   return out + std::string(strip(rest));
 }
 
+std::string user_message(std::string_view text, int64_t images, const std::string& slots) {
+  std::string out = user_message(text, images);
+  if (images == 0) return out;
+  int64_t in_slots = 0;
+  for (size_t p = slots.find(kImagePlaceholder); p != std::string::npos; p = slots.find(kImagePlaceholder, p + 1))
+    ++in_slots;
+  if (in_slots != images)
+    throw std::invalid_argument(fmt::format("user message: {} placeholders spelled for {} images", in_slots, images));
+  return slots + out.substr(static_cast<size_t>(images) * kImagePlaceholder.size());
+}
+
 TokenizedConversation tokenize_conversation(const Tokenizer& tok, const ChatTemplate& tmpl,
                                             const std::vector<Turn>& turns) {
   const std::string prompt = training_prompt(tmpl, turns);

@@ -61,6 +61,10 @@ std::string generation_prompt(const ChatTemplate& tmpl, const std::vector<Turn>&
 // message has exactly one placeholder per attached image, in front. Without images the text is kept as typed;
 // a placeholder in it has no image and throws std::invalid_argument.
 std::string user_message(std::string_view text, int64_t images);
+// The same with the attached images' placeholders spelled as `slots` (one <|image|> per attached image, in
+// order), which replaces the "<|image|>" x images in front: a video's frames in its data.video_layout
+// (data::video_frame_slots). Throws std::invalid_argument when `slots` holds another number of placeholders.
+std::string user_message(std::string_view text, int64_t images, const std::string& slots);
 
 struct TokenizedConversation {
   std::vector<int64_t> input_ids;  // kImageTokenIndex (-200) for each image

@@ -27,6 +27,14 @@ std::vector<int64_t> video_frame_indices(int64_t total, int64_t n) {
   return out;
 }
 
+std::string video_frame_slots(int64_t frames, VideoLayout layout) {
+  if (frames < 1) throw std::invalid_argument(fmt::format("video frame slots: {} frames (at least 1)", frames));
+  std::string out;
+  for (int64_t k = 0; k < frames; ++k)
+    out += layout == VideoLayout::kNumbered ? fmt::format("Frame {}: <|image|>\n", k + 1) : std::string("<|image|>");
+  return out;
+}
+
 bool video_decoding_available() {
 #ifdef OWL2_WITH_VIDEO
   return true;

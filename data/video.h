@@ -9,12 +9,18 @@
 #include <string>
 #include <vector>
 
+#include "data/choices.h"
+
 namespace owl2::data {
 
 // The frames of a clip of `total` frames that n samples take: the centres of n equal segments,
 // floor((i + 0.5) * total / n) for i < n. Ascending; with n > total some frames repeat. Throws
 // std::invalid_argument for total < 1 or n < 1.
 std::vector<int64_t> video_frame_indices(int64_t total, int64_t n);
+
+// The placeholders a clip of `frames` frames puts in a prompt under `layout` (data/choices.h): kFramesFirst
+// "<|image|>" x N; kNumbered "Frame 1: <|image|>\n" ... "Frame N: <|image|>\n". The text follows directly.
+std::string video_frame_slots(int64_t frames, VideoLayout layout);
 
 struct DecodedVideo {
   std::vector<torch::Tensor> frames;  // RGB uint8 [H, W, 3], in time order

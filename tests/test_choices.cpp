@@ -37,6 +37,7 @@ TEST_CASE("every choice name table round-trips", "[config][choices]") {
   check_round_trip(kImageModeNames);
   check_round_trip(kTemplateKindNames);
   check_round_trip(data::kLengthPolicyNames);
+  check_round_trip(kVideoLayoutNames);
   CHECK(joined_names(kPrecisionNames) == "fp32|bf16|bf16-autocast");
 }
 

@@ -10,12 +10,14 @@
 #include "data/dataset.h"
 #include "data/example.h"
 #include "data/image.h"
+#include "data/template.h"
 #include "data/video.h"
 #include "eval/bench_suite.h"
 #include "eval/score_files.h"
 #include "owl2/io/state_dict.h"
 #include "owl2/model/init.h"
 #include "trainers/config.h"
+#include "trainers/infer/bench_eval.h"
 #include "trainers/io/model_dir.h"
 #include "tests/helpers.h"
 
@@ -193,6 +195,60 @@ namespace owl2_test_video {
 void put(const std::string& dir, const std::string& name, const std::string& text) {
   fs::create_directories(fs::path(dir + "/" + name).parent_path());
   std::ofstream(dir + "/" + name, std::ios::binary) << text;
+}
+
+TEST_CASE("data.video_layout numbered: a line per frame before the text, in training samples and user messages",
+          "[video][data][config]") {
+  CHECK(video_frame_slots(3, VideoLayout::kFramesFirst) == "<|image|><|image|><|image|>");
+  const std::string numbered = "Frame 1: <|image|>\nFrame 2: <|image|>\nFrame 3: <|image|>\n";
+  CHECK(video_frame_slots(3, VideoLayout::kNumbered) == numbered);
+  CHECK_THROWS_WITH(video_frame_slots(0, VideoLayout::kNumbered), Contains("0 frames"));
+  // Training samples: with a <video> tag, without one, and as a question/answer pair (JSONL): the same human turn.
+  const auto dir = test::temp_dir("owl2_video_layout");
+  const std::string question = "Which way does the square move?";
+  const nlohmann::json entries = {
+      {{"id", "tagged"}, {"video", "clip.avi"},
+       {"conversations", {{{"from", "human"}, {"value", "<video>\n" + question}}, {{"from", "gpt"}, {"value", "right"}}}}},
+      {{"id", "untagged"}, {"video", "clip.avi"},
+       {"conversations", {{{"from", "human"}, {"value", question}}, {{"from", "gpt"}, {"value", "right"}}}}}};
+  std::ofstream(dir + "/set.json") << entries.dump();
+  std::ofstream(dir + "/set.jsonl") << nlohmann::json{{"video", "clip.avi"}, {"question", question}, {"answer", "right"}}.dump()
+                                    << "\n";
+  ReadOptions ro;
+  ro.video_frames = 3;
+  ro.check_files = false;
+  for (const auto layout : {VideoLayout::kFramesFirst, VideoLayout::kNumbered}) {
+    ro.video_layout = layout;
+    const std::string want = video_frame_slots(3, layout) + question;
+    const auto json = open_dataset(dir + "/set.json", ro), lines = open_dataset(dir + "/set.jsonl", ro);
+    REQUIRE(json->size() == 2);
+    REQUIRE(lines->size() == 1);
+    CHECK(json->text(0).turns.at(0).value == want);  // text(): the entry without reading the clip
+    CHECK(json->text(1).turns.at(0).value == want);
+    CHECK(lines->text(0).turns.at(0).value == want);
+    CHECK(json->info(0).num_images == 3);
+  }
+  // owl2 generate --video and owl2 chat's /video: the clip's placeholders in the layout, then the text.
+  CHECK(user_message("<|image|> " + question, 3, numbered) == numbered + question);
+  CHECK(user_message(question, 4, "<|image|>" + numbered) == "<|image|>" + numbered + question);  // an image, a clip
+  CHECK_THROWS_WITH(user_message(question, 2, numbered), Contains("3 placeholders spelled for 2 images"));
+  // The video benchmarks: the readers' frames-first prompt, put in the model's layout when it is evaluated.
+  eval::BenchItem item;
+  item.id = "q1";
+  item.prompt = "USER: <|image|><|image|><|image|>What is shown? ASSISTANT: ";
+  item.video = "clip.avi";
+  item.video_frames = 3;
+  CHECK(bench_item_prompt(item, VideoLayout::kFramesFirst) == item.prompt);
+  CHECK(bench_item_prompt(item, VideoLayout::kNumbered) == "USER: " + numbered + "What is shown? ASSISTANT: ");
+  item.video_frames = 4;
+  CHECK_THROWS_WITH(bench_item_prompt(item, VideoLayout::kNumbered), Contains("no 4 frame placeholders"));
+  // The config key, printed and read back; a wrong value names the key and the choices.
+  const auto cfg = parse_config_text("data: {video_layout: numbered}");
+  CHECK(cfg.data.video_layout == VideoLayout::kNumbered);
+  CHECK(parse_config_text(to_yaml(cfg)).data.video_layout == VideoLayout::kNumbered);
+  CHECK(parse_config_text("data: {}").data.video_layout == VideoLayout::kFramesFirst);
+  CHECK_THROWS_WITH(parse_config_text("data: {video_layout: last}"),
+                    Contains("data.video_layout") && Contains("frames_first|numbered"));
 }
 
 TEST_CASE("video QA benchmarks: readers of the public formats, the 8-frame prompt, exact-match scores equal owl2 score",

@@ -111,6 +111,7 @@ template <class V> void fields(V& v, DataConfig& c) {
   v("pack_tokens", c.pack_tokens);
   v("pack_buffer", c.pack_buffer);
   v("video_frames", c.video_frames);
+  v.choice("video_layout", c.video_layout, kVideoLayoutNames);
   v("streaming", c.streaming);
 }
 

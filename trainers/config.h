@@ -101,6 +101,7 @@ struct DataConfig {
   int64_t pack_tokens = 0;
   int64_t pack_buffer = 64;  // look-ahead of the best-fit packer, in samples
   int64_t video_frames = 8;  // frames sampled from each "video" sample, each an image slot (docs/datasets.md)
+  VideoLayout video_layout = VideoLayout::kFramesFirst;  // frames_first | numbered (data/choices.h)
   // Streaming (docs/datasets.md, "Streaming"): the one tar-shard source is read shard by shard, each rank its own
   // shards, with no index; false: every shard is indexed at start-up and samples are shuffled globally.
   bool streaming = false;

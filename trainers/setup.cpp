@@ -20,6 +20,7 @@ std::shared_ptr<const data::Dataset> open_sources(const DataConfig& d, uint64_t 
   data::ReadOptions ro;
   ro.max_bad_fraction = d.max_bad_fraction;
   ro.video_frames = d.video_frames;
+  ro.video_layout = d.video_layout;
   std::vector<data::MixtureSource> mix;
   size_t total = 0;
   for (const auto& s : d.sources) {

@@ -39,6 +39,17 @@ std::string summary_table(const eval::BenchDef& def, const eval::BenchScore& s, 
 
 }  // namespace
 
+std::string bench_item_prompt(const eval::BenchItem& it, VideoLayout layout) {
+  if (it.video.empty() || it.video_pick || layout == VideoLayout::kFramesFirst) return it.prompt;
+  std::string run;
+  for (int64_t k = 0; k < it.video_frames; ++k) run += "<|image|>";
+  std::string prompt = it.prompt;
+  const auto at = prompt.find(run);
+  if (at == std::string::npos)
+    throw std::logic_error(fmt::format("benchmark item {}: no {} frame placeholders in its prompt", it.id, it.video_frames));
+  return prompt.replace(at, run.size(), data::video_frame_slots(it.video_frames, layout));
+}
+
 BenchRunResult run_benchmark(MPLUGOwl2ForCausalLM& model, const Tokenizer& tokenizer, const BenchRunOptions& options,
                              Comm* comm) {
   const eval::BenchDef& def = eval::find_bench(options.bench);
@@ -75,7 +86,7 @@ BenchRunResult run_benchmark(MPLUGOwl2ForCausalLM& model, const Tokenizer& token
     std::vector<torch::Tensor> images;
     for (size_t k = start; k < end; ++k) {
       const auto& it = items[todo[k]];
-      prompts.push_back(tokenizer.encode_with_images(it.prompt));
+      prompts.push_back(tokenizer.encode_with_images(bench_item_prompt(it, options.video_layout)));
       for (const auto& img : it.images) images.push_back(load_item_image(img, options.image));
       if (!it.video.empty()) {  // the clip's frames, sampled and laid out as data/video.h does for training
         const auto clip = it.video_pick ? data::decode_frame(it.video, it.video_pick)  // one given frame (SEED)

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <string>
 
+#include "data/choices.h"
 #include "data/image.h"
 #include "data/tokenizer.h"
 #include "owl2/model/model.h"
@@ -14,6 +15,9 @@
 namespace owl2 {
 
 class Comm;
+namespace eval {
+struct BenchItem;
+}
 
 struct BenchRunOptions {
   std::string bench;
@@ -22,6 +26,8 @@ struct BenchRunOptions {
   int64_t batch_size = 8;  // answers do not depend on it
   int64_t limit = 0;       // first K questions (groups: an MME image, an MMBench question with its copies); 0 = all
   ImageConfig image;       // the eval scripts stretch to a square: ImageMode::kResize (spec §5.2)
+  // How a clip's frames stand in the prompt of the video benchmarks (the model's data.video_layout).
+  VideoLayout video_layout = VideoLayout::kFramesFirst;
 };
 
 struct BenchRunResult {
@@ -31,6 +37,10 @@ struct BenchRunResult {
   int64_t cached = 0;              // taken from the cache by this rank
   std::string table;               // summary table (rank 0)
 };
+
+// The prompt `it` is asked with: its own, with a clip's frames (frames-first in the readers) put in `layout`.
+// Throws std::logic_error when the prompt lacks the clip's run of placeholders.
+std::string bench_item_prompt(const eval::BenchItem& it, VideoLayout layout);
 
 // comm: null for a single process; otherwise every rank calls this and waits at a barrier before rank 0 merges.
 BenchRunResult run_benchmark(MPLUGOwl2ForCausalLM& model, const Tokenizer& tokenizer, const BenchRunOptions& options,
