@@ -50,13 +50,15 @@ fetch_deps() {
 make_text_data() {
   local bin=$ROOT/${OWL2_BUILD_DIR:-build}/bin/owl2 out=$DEPS/text
   [ -x "$bin" ] || { echo "deps: $bin missing: run scripts/build.sh first"; exit 1; }
-  "$bin" data synth --out "$out/synth" --train 1 --heldout 1 --train-text 600 --heldout-text 1 > /dev/null
+  "$bin" data synth --out "$out/synth" --train 1 --heldout 1 --train-text 600 --heldout-text 12 > /dev/null
   "$bin" tokenizer train --text "$out/synth/corpus.txt" --vocab-size 256 --out "$out/tok" 2> /dev/null
-  python3 - "$out/synth/llava_train.json" "$out/train.json" <<'PY'
+  python3 - "$out/synth/llava_train.json" "$out/train.json" "$out/synth/heldout.jsonl" "$out/heldout.jsonl" <<'PY'
 import json, sys
 rows = [r for r in json.load(open(sys.argv[1])) if "image" not in r]
 json.dump(rows, open(sys.argv[2], "w"))
-print("deps: %d text-only training samples" % len(rows))
+held = [l for l in open(sys.argv[3]) if l.strip() and "image" not in json.loads(l)]
+open(sys.argv[4], "w").writelines(held)
+print("deps: %d text-only training samples, %d text-only held-out questions" % (len(rows), len(held)))
 PY
   rm -rf "$out/synth"
 }
@@ -88,10 +90,18 @@ PY
 
 # ZeRO 3 on CUDA (one rank: the sharded blocks, frozen shards, root unit and prefetch run on device tensors)
 # against ZeRO 0 from the same weights and batches: 20 steps, a frozen ViT layer and decoder MLP inside the
-# sharded blocks; the mean losses of the last 5 steps must agree within 1%.
+# sharded blocks and the frozen embeddings outside them; the mean losses of the last 5 steps must agree within 1%.
+# With the text-only held-out questions, both evaluate at the end (stage 3: cached decoding through the block
+# runners, in lockstep); the answers are counted, not compared (20 steps of two reductions may tip an argmax).
 train_zero3_cuda() {
   local text=$DEPS/text stage
   [ -f "$text/train.json" ] || { note "SKIP zero3 on cuda: $text/train.json missing (rerun deps)"; return; }
+  local eval_args=()
+  if [ -f "$text/heldout.jsonl" ]; then
+    eval_args=(--set eval.heldout="$text/heldout.jsonl" --set eval.max_new_tokens=4 --set eval.batch_size=5)
+  else
+    note "SKIP held-out evaluation at zero 3 on cuda: $text/heldout.jsonl missing (rerun deps)"
+  fi
   for stage in 0 3; do
     "$BIN"/owl2 train --config configs/model/tiny.yaml --no-resume --set train.device=cuda \
       --set train.out_dir="$LOG/zero$stage" --set train.steps=20 --set train.global_batch_size=8 \
@@ -99,9 +109,17 @@ train_zero3_cuda() {
       --set distributed.zero_stage=$stage --set data.tokenizer="$text/tok.model" \
       --set "data.sources=[{path: $text/train.json}]" \
       --set "freeze=[{pattern: 'model.vision_model.encoder.layers.0.*', trainable: false},"`
-           `" {pattern: 'model.layers.1.mlp.*', trainable: false}, {pattern: '*'}]" \
+           `" {pattern: 'model.layers.1.mlp.*', trainable: false}, {pattern: 'model.embed_tokens.*', trainable: false},"`
+           `" {pattern: '*'}]" "${eval_args[@]}" \
       > "$LOG/zero$stage.log" 2>&1 || { note "FAIL zero $stage on cuda: $(tail -3 "$LOG/zero$stage.log" | tr '\n' ' ')"; return; }
   done
+  if [ -f "$text/heldout.jsonl" ]; then
+    local want got
+    want=$(wc -l < "$text/heldout.jsonl")
+    got=$(wc -l < "$LOG/zero3/predictions.jsonl" 2>/dev/null || echo 0)
+    if [ "$got" = "$want" ]; then note "zero 3 held-out evaluation on cuda: $got answers ok"
+    else note "FAIL zero 3 held-out evaluation on cuda: $got answers for $want questions"; fi
+  fi
   python3 - "$LOG/zero0/metrics.jsonl" "$LOG/zero3/metrics.jsonl" <<'PY' | tee -a "$SUMMARY"
 import json, sys
 def tail(path):
