@@ -1,6 +1,7 @@
 // owl2 train end to end on a small synthetic set: exact resume after a stop and after SIGKILL, and the
 // errors a user meets first.
 #include <catch2/catch.hpp>
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 #include <torch/cuda.h>
 
@@ -13,6 +14,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <sstream>
 #include <thread>
 
 #include "tests/helpers.h"
@@ -179,6 +181,47 @@ TEST_CASE("owl2 eval gives the same answers at any batch size, owl2 generate ans
   const auto p1 = read_text(kRoot + "/p1.jsonl");
   CHECK(std::count(p1.begin(), p1.end(), '\n') == 12);
   CHECK(p1 == read_text(kRoot + "/p5.jsonl"));  // left padding gives each question its own positions and mask
+
+  // A held-out image that does not decode: that question is answered as empty (and reported), the others as
+  // before. One that is missing is an error before anything runs, naming the file, the line and the image.
+  std::vector<nlohmann::json> qs;
+  {
+    std::ifstream f(heldout);
+    for (std::string line; std::getline(f, line) && qs.size() < 12;) qs.push_back(nlohmann::json::parse(line));
+  }
+  size_t bad = 0;
+  while (!qs[bad].contains("image")) ++bad;
+  const std::string broken = kRoot + "/data/broken.png";
+  std::ofstream(broken) << "not a png";
+  auto write_set = [&](const std::string& path, const std::string& image) {
+    std::ofstream out(path);
+    for (size_t i = 0; i < qs.size(); ++i) {
+      auto q = qs[i];
+      if (i == bad) q["image"] = image;
+      out << q.dump() << "\n";
+    }
+  };
+  write_set(kRoot + "/data/heldout_broken.jsonl", "broken.png");
+  auto with_broken = run_owl2("eval --model " + model + " --heldout " + kRoot +
+                              "/data/heldout_broken.jsonl --max-new-tokens 4 --batch-size 5 --predictions " + kRoot +
+                              "/pb.jsonl");
+  INFO(with_broken.out);
+  REQUIRE(with_broken.rc == 0);
+  CHECK_THAT(with_broken.out, Contains(fmt::format("held-out question {}: unreadable image, answered as empty",
+                                                   qs[bad].at("question_id").get<int64_t>())));
+  std::istringstream a(p1), b(read_text(kRoot + "/pb.jsonl"));
+  std::string la, lb;
+  for (size_t i = 0; std::getline(a, la) && std::getline(b, lb); ++i) {
+    INFO("question " << i);
+    if (i == bad) CHECK(nlohmann::json::parse(lb).at("prediction") == "");
+    else CHECK(lb == la);
+  }
+  write_set(kRoot + "/data/heldout_missing.jsonl", "nowhere.png");
+  auto with_missing = run_owl2("eval --model " + model + " --heldout " + kRoot + "/data/heldout_missing.jsonl");
+  CHECK(with_missing.rc != 0);
+  CHECK_THAT(with_missing.out, Contains(fmt::format("heldout_missing.jsonl:{}: question {}: no image file", bad + 1,
+                                                    qs[bad].at("question_id").get<int64_t>())) &&
+                                   Contains("nowhere.png"));
 
   auto gen = run_owl2("generate --model " + model + " --prompt 'What color is the circle?' --max-new-tokens 3 --image " +
                       kRoot + "/data/images/heldout/000000.png");

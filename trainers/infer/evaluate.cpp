@@ -8,6 +8,7 @@
 #include <cctype>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <stdexcept>
 
 #include "data/template.h"
@@ -30,7 +31,13 @@ std::vector<HeldoutQuestion> read_heldout(const std::string& path) {
       const auto j = nlohmann::json::parse(line);
       HeldoutQuestion q;
       q.id = j.at("question_id").get<int64_t>();
-      if (j.contains("image")) q.image = (dir / j.at("image").get<std::string>()).string();
+      if (j.contains("image")) {
+        q.image = (dir / j.at("image").get<std::string>()).string();
+        // Checked up front, so that a training run learns of a missing image before it trains, not at its
+        // first evaluation.
+        if (!std::filesystem::is_regular_file(q.image))
+          throw std::runtime_error(fmt::format("{}:{}: question {}: no image file {}", path, n, j.value("question_id", 0), q.image));
+      }
       q.prompt = j.at("prompt").get<std::string>();
       q.answer = j.at("answer").get<std::string>();
       q.type = j.at("type").get<std::string>();
@@ -97,13 +104,23 @@ std::vector<std::string> answer_heldout(MPLUGOwl2ForCausalLM& model, const Token
     const size_t end = std::min(qs.size(), start + bs);
     std::vector<std::vector<int64_t>> prompts;
     std::vector<torch::Tensor> images;
+    std::vector<size_t> unreadable;  // questions whose image did not decode: answered on a blank image, then ""
     for (size_t i = start; i < end; ++i) {
       const auto& q = qs[i];
       const std::string human = q.image.empty() ? q.prompt : std::string(kImagePlaceholder) + "\n" + q.prompt;
       // The layout the run trained on ("<|image|>\n" + question), not the reference CLI's (docs/generation.md).
       prompts.push_back(
           tokenizer.encode_with_images(generation_prompt(tmpl, {{Role::kHuman, human}}, ImageLayout::kTraining)));
-      if (!q.image.empty()) images.push_back(preprocess_image(load_image(q.image), options.image));
+      if (q.image.empty()) continue;
+      try {
+        images.push_back(preprocess_image(load_image(q.image), options.image));
+      } catch (const std::exception& e) {
+        // One bad file must not end a training run (nor, under ZeRO 3, leave the other ranks waiting in a
+        // collective): the question keeps its place in the batch and gets an empty answer, scored as wrong.
+        std::cerr << fmt::format("held-out question {}: unreadable image, answered as empty: {}\n", q.id, e.what());
+        images.push_back(torch::zeros({3, options.image.size, options.image.size}));
+        unreadable.push_back(i);
+      }
     }
     const auto images_NCHW = images.empty() ? torch::Tensor() : torch::stack(images);
     std::vector<std::vector<int64_t>> answers;
@@ -112,7 +129,10 @@ std::vector<std::string> answer_heldout(MPLUGOwl2ForCausalLM& model, const Token
     } else {
       answers = greedy_generate(model, prompts, images_NCHW, gen);
     }
-    for (size_t i = start; i < end; ++i) out.push_back(tokenizer.decode(answers[i - start]));
+    for (size_t i = start; i < end; ++i) {
+      const bool bad = std::find(unreadable.begin(), unreadable.end(), i) != unreadable.end();
+      out.push_back(bad ? std::string() : tokenizer.decode(answers[i - start]));
+    }
   }
   if (was_training) model->train();
   return out;
