@@ -45,6 +45,15 @@ namespace fs = std::filesystem;
 
 namespace {
 
+// Freeze rules for the tiny golden model under ZeRO 3: parameters frozen inside sharded blocks (a ViT MLP, a decoder
+// o_proj) and outside them (the embeddings, in the root), the rest trainable.
+std::vector<FreezeRule> mixed_freeze() {
+  return {{"model.vision_model.encoder.layers.0.mlp.*", false},
+          {"model.layers.1.self_attn.o_proj.*", false},
+          {"model.embed_tokens.*", false},
+          {"*", true}};
+}
+
 constexpr int kSteps = 4;
 
 // Global batch of step s: 4 rows with uneven supervision; rank r of w takes rows [r*4/w, (r+1)*4/w) as one
@@ -614,8 +623,7 @@ std::vector<torch::Tensor> train_golden(int64_t rank, int64_t world, std::shared
   cfg.optim.warmup_steps = 1;
   cfg.optim.grad_clip = 0.5;
   cfg.train.steps = 10;
-  cfg.freeze = {{"model.vision_model.encoder.layers.0.mlp.*", false}, {"model.layers.1.self_attn.o_proj.*", false},
-                {"model.embed_tokens.*", false}, {"*", true}};  // frozen inside blocks and outside them (the root)
+  cfg.freeze = mixed_freeze();
   auto model = owl2::test::tiny_golden_model();
   const auto policies = apply_training_policies(model, cfg);
   Trainer t(*model, model_loss_sum(model), cfg, comm, policies.sharded_stacks);
@@ -726,8 +734,7 @@ std::map<int64_t, std::vector<std::vector<int64_t>>> lockstep_answers(int64_t ra
   cfg.model = owl2::test::tiny_golden_config();
   cfg.distributed.zero_stage = stage;
   cfg.distributed.bucket_mb = 0.01;
-  cfg.freeze = {{"model.vision_model.encoder.layers.0.mlp.*", false}, {"model.layers.1.self_attn.o_proj.*", false},
-                {"model.embed_tokens.*", false}, {"*", true}};  // frozen inside blocks and outside them (the root)
+  cfg.freeze = mixed_freeze();
   auto model = owl2::test::tiny_golden_model();
   const auto policies = apply_training_policies(model, cfg);
   Trainer t(*model, model_loss_sum(model), cfg, comm, policies.sharded_stacks);
@@ -824,8 +831,7 @@ void check_held_bytes(int64_t rank, int64_t world, std::shared_ptr<Comm> comm, i
   cfg.distributed.reduce_dtype = reduce;
   cfg.train.precision = precision;
   cfg.train.steps = 10;
-  cfg.freeze = {{"model.vision_model.encoder.layers.0.mlp.*", false}, {"model.layers.1.self_attn.o_proj.*", false},
-                {"model.embed_tokens.*", false}, {"*", true}};  // frozen inside blocks and outside them (the root)
+  cfg.freeze = mixed_freeze();
   auto model = owl2::test::tiny_golden_model();
   model->to(torch::kFloat32);
   NamedSizes sizes;

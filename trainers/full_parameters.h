@@ -8,46 +8,40 @@
 
 namespace owl2 {
 
-// Trainer::gather_parameters() on construction and release_parameters() on destruction (both no-ops below
-// ZeRO stage 3). The gather is a collective: every rank must open the scope, even one that then does nothing
-// with the parameters. Tensors taken from the model inside the scope alias the gathered storage; drop them
-// before it ends (declare them after the guard). When the scope is left by an exception the parameters stay
-// gathered: the run is failing, and the release must not throw from a destructor.
-class FullParameters {
+// Calls trainer.*Begin() on construction and trainer.*End() on destruction. Both are collectives: every rank must
+// open the scope, even one that then does nothing inside it. When the scope is left by an exception End is not
+// called: the run is failing, and a collective must not throw from a destructor.
+template <void (Trainer::*Begin)(), void (Trainer::*End)()>
+class TrainerScope {
  public:
-  explicit FullParameters(Trainer& trainer) : trainer_(trainer), exceptions_(std::uncaught_exceptions()) {
-    trainer_.gather_parameters();
+  explicit TrainerScope(Trainer& trainer) : trainer_(trainer), exceptions_(std::uncaught_exceptions()) {
+    (trainer_.*Begin)();
   }
-  ~FullParameters() {
-    if (std::uncaught_exceptions() == exceptions_) trainer_.release_parameters();
+  ~TrainerScope() {
+    if (std::uncaught_exceptions() == exceptions_) (trainer_.*End)();
   }
-  FullParameters(const FullParameters&) = delete;
-  FullParameters& operator=(const FullParameters&) = delete;
+  TrainerScope(const TrainerScope&) = delete;
+  TrainerScope& operator=(const TrainerScope&) = delete;
+
+ protected:
+  Trainer& trainer_;
 
  private:
-  Trainer& trainer_;
   int exceptions_;
 };
 
+// Trainer::gather_parameters() on construction and release_parameters() on destruction (both no-ops below
+// ZeRO stage 3). Tensors taken from the model inside the scope alias the gathered storage; drop them before it
+// ends (declare them after the guard).
+using FullParameters = TrainerScope<&Trainer::gather_parameters, &Trainer::release_parameters>;
+
 // Trainer::begin_sharded_passes() on construction and end_sharded_passes() on destruction: forward passes with the
 // blocks gathered one at a time (ZeRO 3), in lockstep over the ranks (lockstep(); null below stage 3, where the
-// model is whole and passes are not collectives). Every rank opens the scope. Left by an exception the root stays
-// gathered, as FullParameters leaves the blocks.
-class ShardedPasses {
+// model is whole and passes are not collectives).
+class ShardedPasses : public TrainerScope<&Trainer::begin_sharded_passes, &Trainer::end_sharded_passes> {
  public:
-  explicit ShardedPasses(Trainer& trainer) : trainer_(trainer), exceptions_(std::uncaught_exceptions()) {
-    trainer_.begin_sharded_passes();
-  }
-  ~ShardedPasses() {
-    if (std::uncaught_exceptions() == exceptions_) trainer_.end_sharded_passes();
-  }
-  ShardedPasses(const ShardedPasses&) = delete;
-  ShardedPasses& operator=(const ShardedPasses&) = delete;
+  using TrainerScope::TrainerScope;
   const Lockstep* lockstep() const { return trainer_.lockstep(); }
-
- private:
-  Trainer& trainer_;
-  int exceptions_;
 };
 
 }  // namespace owl2
