@@ -77,6 +77,10 @@ TEST_CASE("values are validated once, with the numbers in the message", "[config
   REQUIRE_THROWS_WITH(parse_config_text("train: {global_batch_size: 6, micro_batch_size: 4}"),
                       Contains("train.global_batch_size: must be a positive multiple of train.micro_batch_size (4), got 6"));
   REQUIRE_THROWS_WITH(parse_config_text("optim: {betas: [0.9]}"), Contains("optim.betas: expected 2 values, got 1"));
+  REQUIRE_THROWS_WITH(parse_config_text("model: {initializer_range: 0}"),
+                      Contains("model.initializer_range: must be a positive finite standard deviation"));
+  CHECK(parse_config_text("model: {initializer_range: 0.1}").model.initializer_range == 0.1);
+  CHECK(parse_config_text("optim: {lr: 1.0e-3}").model.initializer_range == 0.02);  // the reference's value
 }
 
 TEST_CASE("include problems are reported with the including file", "[config]") {

@@ -85,6 +85,26 @@ TEST_CASE("init_weights is reproducible by seed and differs between seeds", "[mo
   CHECK(random > 30);
 }
 
+TEST_CASE("model.initializer_range scales the same normal draws and leaves the constants alone", "[model][init]") {
+  MPLUGOwl2ForCausalLM reference(tiny()), wide(tiny());
+  init_weights(reference, 4);
+  init_weights(wide, 4, 0.1);
+  const auto a = reference->named_parameters();
+  int scaled = 0;
+  for (const auto& item : wide->named_parameters()) {
+    INFO(item.key());
+    const auto& r = a[item.key()];
+    const bool constant = torch::equal(r, torch::zeros_like(r)) || torch::equal(r, torch::ones_like(r));
+    if (constant) {
+      CHECK(torch::equal(item.value(), r));
+    } else {
+      CHECK(torch::allclose(item.value(), r * 5.0, /*rtol=*/1e-5, /*atol=*/1e-7));
+      ++scaled;
+    }
+  }
+  CHECK(scaled > 20);
+}
+
 TEST_CASE("init_weights writes every parameter of the model and of a lone ViT or abstractor", "[model][init]") {
   MPLUGOwl2ForCausalLM model(tiny());
   fill_nan(*model);

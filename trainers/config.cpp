@@ -57,6 +57,7 @@ template <class V> void fields(V& v, ModelConfig& c) {
   v("vision", c.vision);
   v("abstractor", c.abstractor);
   v("decoder", c.decoder);
+  v("initializer_range", c.initializer_range);
 }
 
 template <class V> void fields(V& v, OptimConfig& c) {
@@ -639,6 +640,10 @@ YAML::Node hf_config_to_yaml(const std::string& path, Origins& origins) {
   copy(j, "", "decoder",
        {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
         "num_key_value_heads", "max_position_embeddings", "rms_norm_eps", "rope_theta"});
+  if (j.contains("initializer_range") && j["initializer_range"].is_number()) {
+    root["model"]["initializer_range"] = j["initializer_range"].dump();
+    origins["model.initializer_range"] = fmt::format("{} (initializer_range)", path);
+  }
   if (j.contains("num_attention_heads") && !j.contains("num_key_value_heads")) {
     root["model"]["decoder"]["num_key_value_heads"] = j["num_attention_heads"].dump();  // no GQA field: MHA
   }

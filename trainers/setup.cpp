@@ -37,7 +37,7 @@ MPLUGOwl2ForCausalLM build_model(const RunConfig& cfg, const ModelBuild& how) {
   MPLUGOwl2ForCausalLM model(cfg.model);  // registers the parameters, uninitialised
   // The documented init (owl2/model/init.h), once, unless init.from provides every tensor next.
   const bool loads = how.load_init && !cfg.init.from.empty();
-  if (!loads || cfg.init.allow_missing) init_weights(model, static_cast<uint64_t>(cfg.train.seed));
+  if (!loads || cfg.init.allow_missing) init_weights(model, static_cast<uint64_t>(cfg.train.seed), cfg.model.initializer_range);
   if (loads) {
     LoadOptions lo;
     lo.allow_missing = cfg.init.allow_missing;

@@ -1,6 +1,7 @@
 // Consistency checks of a ModelConfig: each message names the config key and the numbers involved.
 #include "owl2/model/config.h"
 
+#include <cmath>
 #include <sstream>
 #include <stdexcept>
 
@@ -37,6 +38,8 @@ void validate(const ModelConfig& cfg) {
   divides("vision.hidden_size", v.hidden_size, "vision.num_attention_heads", v.num_attention_heads);
   divides("vision.image_size", v.image_size, "vision.patch_size", v.patch_size);
   if (v.layer_norm_eps <= 0) fail("vision.layer_norm_eps", "must be positive");
+  if (!(cfg.initializer_range > 0) || !std::isfinite(cfg.initializer_range))
+    fail("initializer_range", "must be a positive finite standard deviation");
 
   const auto& a = cfg.abstractor;
   positive("abstractor.num_learnable_queries", a.num_learnable_queries);

@@ -53,6 +53,9 @@ struct ModelConfig {
   VisionConfig vision;
   AbstractorConfig abstractor;
   DecoderConfig decoder;
+  // Standard deviation of the normal random init of every weight, embedding, class token, ViT position and
+  // learnable query (the reference's initializer_range, 0.02). Matters only for a model trained from scratch.
+  double initializer_range = 0.02;
 
   // 64 projected queries + vit_eos in the 7B model (spec §1.2).
   int64_t visual_tokens_per_image() const { return abstractor.num_learnable_queries + 1; }

@@ -11,7 +11,8 @@ namespace {
 // (constructors leave torch::empty memory behind).
 class Writer {
  public:
-  void normal(torch::Tensor& t) { mark(t).normal_(0.0, kInitStd); }
+  explicit Writer(double std) : std_(std) {}
+  void normal(torch::Tensor& t) { mark(t).normal_(0.0, std_); }
   void fill(torch::Tensor& t, double value) { mark(t).fill_(value); }
 
   // Every owl2 layer under `root`, root included, in registration order.
@@ -57,32 +58,33 @@ class Writer {
                 " is written twice");
     return t;
   }
+  double std_;
   std::unordered_set<const c10::TensorImpl*> written_;
   torch::NoGradGuard no_grad_;
 };
 
 }  // namespace
 
-void init_weights(MPLUGOwl2ForCausalLM& model, uint64_t seed) {
+void init_weights(MPLUGOwl2ForCausalLM& model, uint64_t seed, double std) {
   torch::manual_seed(seed);
-  Writer w;
+  Writer w(std);
   w.layers(*model);
   w.own_tensors(*model->model->vision_model);
   w.own_tensors(*model->model->visual_abstractor);
   w.check_covers(*model);
 }
 
-void init_weights(VisionModel& vision, uint64_t seed) {
+void init_weights(VisionModel& vision, uint64_t seed, double std) {
   torch::manual_seed(seed);
-  Writer w;
+  Writer w(std);
   w.layers(*vision);
   w.own_tensors(*vision);
   w.check_covers(*vision);
 }
 
-void init_weights(VisualAbstractor& abstractor, uint64_t seed) {
+void init_weights(VisualAbstractor& abstractor, uint64_t seed, double std) {
   torch::manual_seed(seed);
-  Writer w;
+  Writer w(std);
   w.layers(*abstractor);
   w.own_tensors(*abstractor);
   w.check_covers(*abstractor);

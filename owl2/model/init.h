@@ -9,16 +9,16 @@
 
 namespace owl2 {
 
-// Standard deviation of every normal-initialised tensor (the reference's initializer_range).
+// Standard deviation of every normal-initialised tensor by default (the reference's initializer_range).
 inline constexpr double kInitStd = 0.02;
 
-// Seeds the default generators (torch::manual_seed(seed)) and writes every parameter once: normal(0, kInitStd)
+// Seeds the default generators (torch::manual_seed(seed)) and writes every parameter once: normal(0, std)
 // for Linear, PatchConv and Embedding weights, the class token, the ViT positions, the learnable queries and
 // vit_eos; zeros for Linear biases; ones / zeros for LayerNorm weight / bias; ones for RMSNorm. The model has
-// no buffers. The same seed gives bit-identical tensors.
-void init_weights(MPLUGOwl2ForCausalLM& model, uint64_t seed);
+// no buffers. The same seed and std give bit-identical tensors. `std` is ModelConfig::initializer_range.
+void init_weights(MPLUGOwl2ForCausalLM& model, uint64_t seed, double std = kInitStd);
 // The same scheme for a component built on its own (`owl2 init` draws the abstractor; tests use a lone ViT).
-void init_weights(VisionModel& vision, uint64_t seed);
-void init_weights(VisualAbstractor& abstractor, uint64_t seed);
+void init_weights(VisionModel& vision, uint64_t seed, double std = kInitStd);
+void init_weights(VisualAbstractor& abstractor, uint64_t seed, double std = kInitStd);
 
 }  // namespace owl2

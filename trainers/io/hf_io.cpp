@@ -210,14 +210,14 @@ nlohmann::json hf_config_json(const RunConfig& cfg, const std::string& torch_dty
       {"num_hidden_layers", v.num_hidden_layers}, {"num_attention_heads", v.num_attention_heads},
       {"num_channels", v.num_channels}, {"image_size", v.image_size}, {"patch_size", v.patch_size},
       {"hidden_act", "quick_gelu"}, {"layer_norm_eps", v.layer_norm_eps}, {"attention_dropout", 0.0},
-      {"initializer_range", 0.02}, {"initializer_factor", 1.0}, {"use_flash_attn", false},
+      {"initializer_range", cfg.model.initializer_range}, {"initializer_factor", 1.0}, {"use_flash_attn", false},
       {"use_post_layernorm", true}, {"use_cls_token", true}};
   nlohmann::json visual_abstractor = {
       {"model_type", "mplug_owl_visual_abstract"}, {"add_v2t_pos_emb", false}, {"use_cls_token", true},
       {"num_learnable_queries", a.num_learnable_queries}, {"hidden_size", a.hidden_size},
       {"num_hidden_layers", a.num_hidden_layers}, {"num_attention_heads", a.num_attention_heads},
       {"intermediate_size", a.intermediate_size}, {"attention_probs_dropout_prob", 0.0},
-      {"initializer_range", 0.02}, {"layer_norm_eps", a.layer_norm_eps},
+      {"initializer_range", cfg.model.initializer_range}, {"layer_norm_eps", a.layer_norm_eps},
       {"encoder_hidden_size", a.encoder_hidden_size}, {"grid_size", a.grid_size}};
   nlohmann::json j = {
       {"architectures", {"MPLUGOwl2LlamaForCausalLM"}}, {"model_type", "mplug_owl2"},
@@ -226,7 +226,7 @@ nlohmann::json hf_config_json(const RunConfig& cfg, const std::string& torch_dty
       {"num_key_value_heads", d.num_key_value_heads}, {"hidden_act", "silu"},
       {"max_position_embeddings", d.max_position_embeddings}, {"rms_norm_eps", d.rms_norm_eps},
       {"rope_theta", d.rope_theta}, {"rope_scaling", nullptr}, {"attention_bias", false}, {"pretraining_tp", 1},
-      {"tie_word_embeddings", false}, {"initializer_range", 0.02}, {"use_cache", true},
+      {"tie_word_embeddings", false}, {"initializer_range", cfg.model.initializer_range}, {"use_cache", true},
       {"bos_token_id", Tokenizer::kBosId}, {"eos_token_id", Tokenizer::kEosId}, {"torch_dtype", torch_dtype},
       {"transformers_version", "4.31.0"},  // the version the reference code pins (spec §1.3)
       {"visual_config", {{"visual_model", visual_model}, {"visual_abstractor", visual_abstractor}}}};
