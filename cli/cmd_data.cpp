@@ -3,6 +3,7 @@
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
+#include <charconv>
 #include <chrono>
 #include <iostream>
 #include <opencv2/core.hpp>
@@ -79,12 +80,30 @@ void add_data_commands(CLI::App& app, Action& run) {
   synth->add_option("--rounds", synth_opts->rounds,
                     "Question rounds per training image conversation (default 3; at most the 6 or 7 that apply)")
       ->check(CLI::Range(1, 7));
-  synth->callback([&run, synth_opts] {
+  synth->add_option("--train-videos", synth_opts->train_videos,
+                    "Clips of moving squares for video fine-tuning (video_train.json, two questions each; default 0)")
+      ->check(CLI::NonNegativeNumber);
+  auto weights = std::make_shared<std::vector<std::string>>();
+  synth->add_option("--question-weight", *weights,
+                    "TYPE=N (repeatable): ask question type TYPE (caption, color, shape, position, count, yesno, mc) "
+                    "N times as often, and earlier, in training conversations (default: all 1)");
+  synth->callback([&run, synth_opts, weights] {
+    for (const auto& w : *weights) {
+      const auto eq = w.find('=');
+      int64_t n = 0;
+      const char* end = w.data() + w.size();
+      if (eq == std::string::npos || eq == 0 ||
+          std::from_chars(w.data() + eq + 1, end, n).ptr != end || eq + 1 == w.size())
+        throw CLI::ValidationError("--question-weight", "expected TYPE=N with an integer N, got '" + w + "'");
+      synth_opts->question_weights[w.substr(0, eq)] = n;
+    }
     run = [synth_opts] {
       const auto s = data::write_synth_dataset(*synth_opts);
       std::cout << "wrote " << synth_opts->out_dir << ": " << s.pretrain_pairs << " pretraining pairs in "
                 << s.pretrain_shards << " shards, " << s.instruct_samples << " instruction samples, "
-                << s.heldout_questions << " held-out questions (" << s.files.size() << " files)\n";
+                << s.heldout_questions << " held-out questions"
+                << (s.video_samples ? fmt::format(", {} video samples", s.video_samples) : std::string())
+                << " (" << s.files.size() << " files)\n";
       return 0;
     };
   });

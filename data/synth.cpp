@@ -26,6 +26,7 @@ const char* const kShortAnswerPrompt = "\nAnswer the question using a single wor
 // U+2019 in "option’s", as in the reference's README and MMBench prompt (spec §4.1, §5.2).
 const char* const kMultipleChoicePrompt = "\nAnswer with the option\u2019s letter from the given choices directly.";
 const Rgb kBackground{0, 0, 0};
+const std::array<const char*, 8> kQuestionTypes{"caption", "color", "shape", "position", "count", "yesno", "mc", "text"};
 
 // ---------------------------------------------------------------------------------------------
 // Scenes
@@ -231,6 +232,29 @@ Question text_task(Rng& rng) {
   }
 }
 
+// The order in which a training conversation asks `qs`: uniform without weights, else weighted picks without
+// replacement.
+std::vector<size_t> round_order(const std::vector<Question>& qs, const std::map<std::string, int64_t>& weights,
+                                Rng& rng) {
+  if (weights.empty()) return permutation(qs.size(), rng);
+  std::vector<size_t> left(qs.size()), order;
+  for (size_t i = 0; i < left.size(); ++i) left[i] = i;
+  auto weight = [&](size_t i) {
+    const auto it = weights.find(qs[i].type);
+    return static_cast<uint64_t>(it == weights.end() ? 1 : it->second);
+  };
+  while (!left.empty()) {
+    uint64_t total = 0;
+    for (size_t i : left) total += weight(i);
+    uint64_t u = rng.below(total);
+    size_t k = 0;
+    while (u >= weight(left[k])) u -= weight(left[k++]);
+    order.push_back(left[k]);
+    left.erase(left.begin() + static_cast<std::ptrdiff_t>(k));
+  }
+  return order;
+}
+
 // Every question that applies to a scene, in a fixed type order (the held-out split asks all of them).
 std::vector<Question> all_questions(const Scene& s, Rng& rng) {
   std::vector<Question> qs{ask_caption(s), ask_color(s), ask_shape(s)};
@@ -239,6 +263,61 @@ std::vector<Question> all_questions(const Scene& s, Rng& rng) {
   qs.push_back(ask_yesno(s, rng));
   qs.push_back(ask_mc(s, rng));
   return qs;
+}
+
+// `frames` frames of size x size: a grey background and a `mover` square (side size/4) crossing the middle of the
+// frame toward `direction` (0 right, 1 left, 2 down, 3 up); from the middle frame on, a `late` square sits in the
+// top-left corner, off the mover's path. Telling the direction or the late colour needs more than one frame.
+std::vector<torch::Tensor> motion_clip(int size, int64_t frames, int direction, Rgb mover, Rgb late) {
+  const int64_t side = size / 4, travel = size - side, mid = (size - side) / 2;
+  std::vector<torch::Tensor> out;
+  auto paint = [&](torch::Tensor& f, int64_t y, int64_t x, Rgb c) {
+    auto block = f.slice(0, y, y + side).slice(1, x, x + side);
+    block.select(2, 0).fill_(c.r);
+    block.select(2, 1).fill_(c.g);
+    block.select(2, 2).fill_(c.b);
+  };
+  for (int64_t t = 0; t < frames; ++t) {
+    auto f = torch::full({size, size, 3}, 128, torch::kUInt8);
+    const int64_t along = frames > 1 ? t * travel / (frames - 1) : 0;
+    const int64_t pos = direction % 2 == 0 ? along : travel - along;
+    if (direction < 2) paint(f, mid, pos, mover);
+    else paint(f, pos, mid, mover);
+    if (t >= frames / 2) paint(f, 0, 0, late);
+    out.push_back(f);
+  }
+  return out;
+}
+
+
+// Another value of the palette than `not_this`, picked by `rng`.
+template <size_t N>
+std::string other(const std::array<const char*, N>& a, const std::string& not_this, Rng& rng) {
+  std::string v = not_this;
+  while (v == not_this) v = pick(a, rng);
+  return v;
+}
+
+const std::array<const char*, 4> kDirections{"right", "left", "down", "up"};
+
+// One clip of moving squares with its two questions (no answer-format suffix): the direction of the `mover`
+// square and the colour that appears last. A pure function of the rng's state.
+struct MotionClip {
+  int direction = 0;
+  std::string mover, late;
+  std::string direction_question() const { return fmt::format("which way does the {} square move?", mover); }
+  static std::string late_question() { return "which colour appears last?"; }
+  std::string direction_answer() const { return kDirections[static_cast<size_t>(direction)]; }
+  std::vector<torch::Tensor> frames(int image_size) const {
+    return motion_clip(std::max(image_size, 32), 16, direction, color_rgb(mover), color_rgb(late));
+  }
+};
+MotionClip make_motion_clip(Rng& rng) {
+  MotionClip c;
+  c.direction = static_cast<int>(rng.below(4));
+  c.mover = pick(kColors, rng);
+  c.late = other(kColors, c.mover, rng);
+  return c;
 }
 
 void write_file(const fs::path& path, const std::string& bytes) {
@@ -267,6 +346,20 @@ SynthSummary write_synth_dataset(const SynthOptions& o) {
     throw std::invalid_argument(fmt::format("synth: image size {} must be in [16, 1024]", o.image_size));
   if (o.rounds < 1 || o.rounds > 7)
     throw std::invalid_argument(fmt::format("synth: rounds {} must be in [1, 7]", o.rounds));
+  for (const auto& [type, w] : o.question_weights) {
+    const bool image_type = type != "text" && std::find_if(kQuestionTypes.begin(), kQuestionTypes.end(), [&](const char* t) {
+                                                return type == t;
+                                              }) != kQuestionTypes.end();
+    if (!image_type)
+      throw std::invalid_argument(fmt::format(
+          "synth: question weight for '{}': expected one of caption, color, shape, position, count, yesno, mc", type));
+    if (w < 1 || w > 1000)
+      throw std::invalid_argument(fmt::format("synth: question weight {}={} must be in [1, 1000]", type, w));
+  }
+  if (o.train_videos < 0)
+    throw std::invalid_argument(fmt::format("synth: train videos {} must be >= 0", o.train_videos));
+  if (o.train_videos > 0 && !video_decoding_available())
+    throw std::invalid_argument("synth: --train-videos needs a build with OpenCV videoio (libopencv-videoio-dev)");
 
   const fs::path root(o.out_dir);
   for (const char* d : {"images/train", "images/heldout", "pretrain"}) fs::create_directories(root / d);
@@ -305,7 +398,7 @@ SynthSummary write_synth_dataset(const SynthOptions& o) {
     // with the image.
     Rng rng(mix_seed(o.seed, 11, static_cast<uint64_t>(i)));
     auto qs = all_questions(s, rng);
-    const auto order = permutation(qs.size(), rng);
+    const auto order = round_order(qs, o.question_weights, rng);
     ojson conv = ojson::array();
     for (size_t r = 0; r < std::min(qs.size(), static_cast<size_t>(o.rounds)); ++r) {
       const Question& q = qs[order[r]];
@@ -333,6 +426,31 @@ SynthSummary write_synth_dataset(const SynthOptions& o) {
   write_file(root / "llava_train.json", llava.dump(1) + "\n");
   summary.files.push_back("llava_train.json");
 
+  // Training clips of moving squares (video_train.json): per clip one sample per question, the question as the
+  // only human turn with no <video> placeholder, so the frames go first, as in the video benchmarks' prompt.
+  ojson videos = ojson::array();
+  if (o.train_videos > 0) {
+    fs::create_directories(root / "videos/train");
+    for (int64_t i = 0; i < o.train_videos; ++i) {
+      Rng rng(mix_seed(o.seed, 14, static_cast<uint64_t>(i)));
+      const MotionClip clip = make_motion_clip(rng);
+      const std::string rel = fmt::format("videos/train/{:06d}.avi", i);
+      write_video((root / rel).string(), clip.frames(o.image_size), 8.0);
+      summary.files.push_back(rel);
+      const std::pair<std::string, std::string> qas[] = {{clip.direction_question(), clip.direction_answer()},
+                                                         {MotionClip::late_question(), clip.late}};
+      for (size_t k = 0; k < 2; ++k) {
+        const Question q = short_answer("video", qas[k].first, qas[k].second);
+        videos.push_back(ojson{{"id", fmt::format("synth-video-{:06d}-{}", i, k)},
+                               {"video", rel},
+                               {"conversations", ojson::array({turn("human", q.prompt), turn("gpt", q.answer)})}});
+      }
+    }
+    summary.video_samples = static_cast<int64_t>(videos.size());
+    write_file(root / "video_train.json", videos.dump(1) + "\n");
+    summary.files.push_back("video_train.json");
+  }
+
   // Every line of training text (captions, then the turns without the image placeholder), for
   // training a small tokenizer on exactly the words the demo uses.
   std::string corpus;
@@ -345,12 +463,13 @@ SynthSummary write_synth_dataset(const SynthOptions& o) {
     }
   };
   for (int64_t i = 0; i < o.train_images; ++i) add_lines(make_scene(o.seed, "train", i).caption);
-  for (const auto& sample : llava)
-    for (const auto& t : sample["conversations"]) {
-      std::string v = t["value"].get<std::string>();
-      if (v.rfind("<|image|>", 0) == 0) v.erase(0, std::string("<|image|>").size());
-      add_lines(v);
-    }
+  for (const ojson* set : {&llava, &videos})
+    for (const auto& sample : *set)
+      for (const auto& t : sample["conversations"]) {
+        std::string v = t["value"].get<std::string>();
+        if (v.rfind("<|image|>", 0) == 0) v.erase(0, std::string("<|image|>").size());
+        add_lines(v);
+      }
   write_file(root / "corpus.txt", corpus);
   summary.files.push_back("corpus.txt");
 
@@ -391,6 +510,9 @@ SynthSummary write_synth_dataset(const SynthOptions& o) {
                  {"heldout_text", o.heldout_text},
                  {"shard_size", o.shard_size},
                  {"rounds", o.rounds},
+                 {"question_weights", o.question_weights},
+                 {"train_videos", o.train_videos},
+                 {"video_samples", summary.video_samples},
                  {"pretrain_pairs", summary.pretrain_pairs},
                  {"pretrain_shards", summary.pretrain_shards},
                  {"instruct_samples", summary.instruct_samples},
@@ -429,43 +551,9 @@ std::string base64_encode(const std::string& bytes) {
   return out;
 }
 
-// Another value of the palette than `not_this`, picked by `rng`.
-template <size_t N>
-std::string other(const std::array<const char*, N>& a, const std::string& not_this, Rng& rng) {
-  std::string v = not_this;
-  while (v == not_this) v = pick(a, rng);
-  return v;
-}
 
 }  // namespace
 
-namespace {
-
-// `frames` frames of size x size: a grey background and a `mover` square (side size/4) crossing the middle of the
-// frame toward `direction` (0 right, 1 left, 2 down, 3 up); from the middle frame on, a `late` square sits in the
-// top-left corner, off the mover's path. Telling the direction or the late colour needs more than one frame.
-std::vector<torch::Tensor> motion_clip(int size, int64_t frames, int direction, Rgb mover, Rgb late) {
-  const int64_t side = size / 4, travel = size - side, mid = (size - side) / 2;
-  std::vector<torch::Tensor> out;
-  auto paint = [&](torch::Tensor& f, int64_t y, int64_t x, Rgb c) {
-    auto block = f.slice(0, y, y + side).slice(1, x, x + side);
-    block.select(2, 0).fill_(c.r);
-    block.select(2, 1).fill_(c.g);
-    block.select(2, 2).fill_(c.b);
-  };
-  for (int64_t t = 0; t < frames; ++t) {
-    auto f = torch::full({size, size, 3}, 128, torch::kUInt8);
-    const int64_t along = frames > 1 ? t * travel / (frames - 1) : 0;
-    const int64_t pos = direction % 2 == 0 ? along : travel - along;
-    if (direction < 2) paint(f, mid, pos, mover);
-    else paint(f, pos, mid, mover);
-    if (t >= frames / 2) paint(f, 0, 0, late);
-    out.push_back(f);
-  }
-  return out;
-}
-
-}  // namespace
 
 std::vector<std::string> write_synth_bench(const SynthBenchOptions& o) {
   if (o.out_dir.empty()) throw std::invalid_argument("synth-bench: --out is required");
@@ -618,19 +706,17 @@ std::vector<std::string> write_synth_bench(const SynthBenchOptions& o) {
   // square moving across the frame while a second one appears halfway (motion_clip), and two questions that need
   // more than one frame: the direction of motion and the colour that appears last.
   if (video_decoding_available()) {
-    const std::array<const char*, 4> directions{"right", "left", "down", "up"};
     ojson qa = ojson::array();
     for (int64_t i = 0; i < o.images; ++i) {
       Rng rng(mix_seed(o.seed, 3, static_cast<uint64_t>(i)));
-      const auto direction = static_cast<int>(rng.below(4));
-      const std::string mover = pick(kColors, rng), late = other(kColors, mover, rng);
+      const MotionClip clip = make_motion_clip(rng);
       const std::string rel = fmt::format("msrvtt_qa/videos/video{}.avi", i + 1);
-      write_video((root / rel).string(), motion_clip(std::max(o.image_size, 32), 16, direction, color_rgb(mover),
-                                                     color_rgb(late)), 8.0);
+      write_video((root / rel).string(), clip.frames(o.image_size), 8.0);
       files.push_back(rel);
-      qa.push_back({{"question", fmt::format("which way does the {} square move?", mover)},
-                    {"answer", directions[static_cast<size_t>(direction)]}, {"video_id", i + 1}, {"id", 2 * i}});
-      qa.push_back({{"question", "which colour appears last?"}, {"answer", late}, {"video_id", i + 1}, {"id", 2 * i + 1}});
+      qa.push_back({{"question", clip.direction_question()}, {"answer", clip.direction_answer()}, {"video_id", i + 1},
+                    {"id", 2 * i}});
+      qa.push_back({{"question", MotionClip::late_question()}, {"answer", clip.late}, {"video_id", i + 1},
+                    {"id", 2 * i + 1}});
     }
     put("msrvtt_qa/test_qa.json", qa.dump(1));
   }

@@ -2,7 +2,9 @@
 // captions (WebDataset tar shards), LLaVA-format instructions and held-out evaluation questions.
 // Layout and contents: docs/datasets.md.
 #pragma once
+#include <array>
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -21,7 +23,15 @@ struct SynthOptions {
   int64_t shard_size = 1000;      // samples per pretraining tar shard
   int rounds = 3;                 // question rounds per training image conversation, 1..7 (capped at the
                                   // questions that apply: 7 for one shape, 6 for several)
+  int64_t train_videos = 0;       // clips of moving squares for video fine-tuning (video_train.json), 0 = none
+  // Relative weights (>= 1) of question types when a training conversation picks its rounds: types picked one
+  // after another without replacement, each with probability proportional to its weight (unlisted types 1), so a
+  // heavier type is asked more often and earlier. Empty: a uniform random order. Keys: kQuestionTypes but text.
+  std::map<std::string, int64_t> question_weights;
 };
+
+// The question types of the held-out file, in its order.
+extern const std::array<const char*, 8> kQuestionTypes;
 
 // One rendered scene: `count` shapes of one colour and kind. A single shape sits in one of the
 // regions left/right/top/bottom; two or three shapes sit in distinct quadrants.
@@ -55,6 +65,7 @@ struct SynthSummary {
   int64_t pretrain_shards = 0;
   int64_t instruct_samples = 0;  // training conversations (image + text-only)
   int64_t heldout_questions = 0;
+  int64_t video_samples = 0;  // video_train.json entries (two questions per clip)
   std::vector<std::string> files;  // every file written, relative to out_dir, sorted
 };
 

@@ -356,3 +356,66 @@ TEST_CASE("rng: splitmix64 reference values, unbiased range, permutations", "[da
 }
 
 }  // namespace owl2_test_synth
+
+namespace owl2_test_synth {
+
+namespace {
+// The question type of a human turn of the synthetic set (image conversations only).
+std::string turn_type(std::string q) {
+  if (q.rfind("<|image|>\n", 0) == 0) q.erase(0, 10);
+  if (q.find("\nA. ") != std::string::npos) return "mc";
+  if (q.rfind("Is there", 0) == 0) return "yesno";
+  if (q.rfind("Provide", 0) == 0) return "caption";
+  return "short";
+}
+}  // namespace
+
+TEST_CASE("synth: question weights ask the heavier types more often and first, and reject bad weights",
+          "[data][synth]") {
+  const auto plain = temp_dir("synth_w0"), weighted = temp_dir("synth_w1");
+  auto o = small(plain, 5);
+  o.train_images = 140;
+  write_synth_dataset(o);
+  o.out_dir = weighted.string();
+  o.question_weights = {{"mc", 50}, {"yesno", 10}};
+  write_synth_dataset(o);
+  // first[t]: conversations whose first round is of type t; any[t]: conversations that ask t at all.
+  auto tally = [](const fs::path& dir) {
+    std::map<std::string, int> first, any;
+    const auto llava = nlohmann::json::parse(owl2::test::read_text((dir / "llava_train.json").string()));
+    for (const auto& s : llava) {
+      if (!s.contains("image")) continue;
+      const auto& c = s["conversations"];
+      REQUIRE(c.size() == 6);  // 3 rounds
+      std::set<std::string> seen;
+      for (size_t i = 0; i < c.size(); i += 2) {
+        const auto t = turn_type(c[i]["value"].get<std::string>());
+        if (i == 0) ++first[t];
+        if (t != "short") CHECK(seen.insert(t).second);  // still distinct questions
+      }
+      for (const auto& t : seen) ++any[t];
+    }
+    return std::make_pair(first, any);
+  };
+  const auto [first0, any0] = tally(plain);
+  const auto [first1, any1] = tally(weighted);
+  // Uniform: multiple choice is one of 6 or 7 questions, so about 3/6.5 of conversations ask it, 1/6.5 first.
+  CHECK(any0.at("mc") < 90);
+  CHECK(first0.at("mc") < 40);
+  // Weighted 50 (against yes/no's 10 and four or five 1s): the first round of about 77% of the 140, and asked in
+  // every one.
+  CHECK(first1.at("mc") >= 95);
+  CHECK(any1.at("mc") == 140);
+  CHECK(any1.at("yesno") > any0.at("yesno"));
+  // The held-out split and the text-only samples do not depend on the weights.
+  CHECK(owl2::test::read_text((plain / "heldout.jsonl").string()) ==
+        owl2::test::read_text((weighted / "heldout.jsonl").string()));
+
+  o.question_weights = {{"text", 2}};
+  CHECK_THROWS_WITH(write_synth_dataset(o), Catch::Matchers::Contains("question weight for 'text'"));
+  o.question_weights = {{"mc", 0}};
+  CHECK_THROWS_WITH(write_synth_dataset(o), Catch::Matchers::Contains("question weight mc=0 must be in [1, 1000]"));
+  for (const auto& p : {plain, weighted}) fs::remove_all(p);
+}
+
+}  // namespace owl2_test_synth
