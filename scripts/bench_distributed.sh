@@ -17,6 +17,7 @@ THREADS=${THREADS:-1}
 BUCKET_MB=${BUCKET_MB:-0.25}
 rm -rf "$OUT"
 common=(--config configs/demo/pretrain.yaml --set train.steps=$STEPS --set train.log_every=1000
+        --set train.global_batch_size=32 --set train.micro_batch_size=32
         --set data.num_workers=1 --set "data.tokenizer=$DEMO/tokenizer.model"
         --set "data.sources=[{path: $DEMO/data/pretrain}]")
 OMP_NUM_THREADS=$THREADS "$OWL2" train "${common[@]}" --set train.out_dir=$OUT/w1 2> "$OUT.w1.log"

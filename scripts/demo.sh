@@ -12,7 +12,9 @@ start=$(date +%s)
 rm -rf "$OUT"
 mkdir -p "$OUT"
 echo "[demo] 1/5 synthetic dataset"
-"$OWL2" data synth --out "$OUT/data"
+# 20,000 images (each seen about once per stage) rather than the default 2,000 seen ten times over; the
+# harder question types (multiple choice, yes/no) asked more often in the training conversations.
+"$OWL2" data synth --out "$OUT/data" --train 20000 --train-text 5000 --rounds 2 --question-weight mc=6 --question-weight yesno=2
 echo "[demo] 2/5 tokenizer"
 "$OWL2" tokenizer train --text "$OUT/data/corpus.txt" --vocab-size 512 --out "$OUT/tokenizer" 2>/dev/null
 echo "[demo] 3/5 stage 1: pretraining on image-text pairs (configs/demo/pretrain.yaml)"
