@@ -13,6 +13,7 @@
 #include "data/dataset.h"
 #include "data/loader.h"
 #include "data/synth.h"
+#include "data/video.h"
 
 namespace owl2::cli {
 namespace {
@@ -111,7 +112,7 @@ void add_data_commands(CLI::App& app, Action& run) {
   auto bench_opts = std::make_shared<data::SynthBenchOptions>();
   auto* sbench = data->add_subcommand(
       "synth-bench",
-      "Write small benchmark folders in the public formats (vqav2, pope, mme, mmbench, coco; msrvtt_qa with video)");
+      "Write small benchmark folders in the public formats (vqav2, pope, mme, mmbench, coco; msrvtt_qa, msvd_qa, tgif_qa with video)");
   sbench->add_option("--out", bench_opts->out_dir, "Output directory")->required();
   sbench->add_option("--seed", bench_opts->seed, "Seed (same seed -> byte-identical files)");
   sbench->add_option("--image-size", bench_opts->image_size, "Image side in pixels")->check(CLI::Range(16, 1024));
@@ -119,7 +120,8 @@ void add_data_commands(CLI::App& app, Action& run) {
   sbench->callback([&run, bench_opts] {
     run = [bench_opts] {
       const auto files = data::write_synth_bench(*bench_opts);
-      std::cout << "wrote " << bench_opts->out_dir << ": vqav2, pope, mme, mmbench, coco (" << files.size()
+      std::cout << "wrote " << bench_opts->out_dir << ": vqav2, pope, mme, mmbench, coco"
+                << (data::video_decoding_available() ? ", msrvtt_qa, msvd_qa, tgif_qa" : "") << " (" << files.size()
                 << " files)\n";
       return 0;
     };

@@ -702,23 +702,43 @@ std::vector<std::string> write_synth_bench(const SynthBenchOptions& o) {
   }
   put("coco/coco_karpathy_test.json", ojson{{"images", images}, {"annotations", caps}}.dump(1));
 
-  // MSRVTT-QA format (msrvtt_qa/, when the build reads and writes video): one Motion-JPEG clip per scene of a
-  // square moving across the frame while a second one appears halfway (motion_clip), and two questions that need
-  // more than one frame: the direction of motion and the colour that appears last.
+  // Video QA (when the build reads and writes video): per scene one clip of a square moving across the frame
+  // while a second one appears halfway (motion_clip), and two questions that need more than one frame: the
+  // direction of motion and the colour that appears last. The three public formats, each from its own seeds:
+  // MSRVTT-QA (test_qa.json by video_id, videos/video<id>.avi), MSVD-QA (the same JSON, videos/vid<id>.avi) and
+  // TGIF-QA FrameQA (Test_frameqa_question.tsv, gifs/<gif_name>.gif).
   if (video_decoding_available()) {
-    ojson qa = ojson::array();
+    const auto json_qa = [&](const std::string& dir, uint64_t domain, const char* stem) {
+      ojson qa = ojson::array();
+      for (int64_t i = 0; i < o.images; ++i) {
+        Rng rng(mix_seed(o.seed, domain, static_cast<uint64_t>(i)));
+        const MotionClip clip = make_motion_clip(rng);
+        const std::string rel = fmt::format("{}/videos/{}{}.avi", dir, stem, i + 1);
+        write_video((root / rel).string(), clip.frames(o.image_size), 8.0);
+        files.push_back(rel);
+        qa.push_back({{"question", clip.direction_question()}, {"answer", clip.direction_answer()},
+                      {"video_id", i + 1}, {"id", 2 * i}});
+        qa.push_back({{"question", MotionClip::late_question()}, {"answer", clip.late}, {"video_id", i + 1},
+                      {"id", 2 * i + 1}});
+      }
+      put(dir + "/test_qa.json", qa.dump(1));
+    };
+    json_qa("msrvtt_qa", 3, "video");
+    json_qa("msvd_qa", 4, "vid");
+    std::string tsv = "gif_name\tquestion\tanswer\tvid_id\tkey\ttype\n";
     for (int64_t i = 0; i < o.images; ++i) {
-      Rng rng(mix_seed(o.seed, 3, static_cast<uint64_t>(i)));
+      Rng rng(mix_seed(o.seed, 5, static_cast<uint64_t>(i)));
       const MotionClip clip = make_motion_clip(rng);
-      const std::string rel = fmt::format("msrvtt_qa/videos/video{}.avi", i + 1);
+      const std::string name = fmt::format("tumblr_synth{:04d}", i + 1);
+      const std::string rel = "tgif_qa/gifs/" + name + ".gif";
       write_video((root / rel).string(), clip.frames(o.image_size), 8.0);
       files.push_back(rel);
-      qa.push_back({{"question", clip.direction_question()}, {"answer", clip.direction_answer()}, {"video_id", i + 1},
-                    {"id", 2 * i}});
-      qa.push_back({{"question", MotionClip::late_question()}, {"answer", clip.late}, {"video_id", i + 1},
-                    {"id", 2 * i + 1}});
+      tsv += fmt::format("{}\t{}\t{}\tsynth{}\t{}\t3\n", name, clip.direction_question(), clip.direction_answer(),
+                         i + 1, 2 * i);
+      tsv += fmt::format("{}\t{}\t{}\tsynth{}\t{}\t2\n", name, MotionClip::late_question(), clip.late, i + 1,
+                         2 * i + 1);
     }
-    put("msrvtt_qa/test_qa.json", qa.dump(1));
+    put("tgif_qa/Test_frameqa_question.tsv", tsv);
   }
   std::sort(files.begin(), files.end());
   return files;

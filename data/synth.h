@@ -77,8 +77,9 @@ SynthSummary write_synth_dataset(const SynthOptions& options);
 // `owl2 eval --bench` runs end to end in CI (docs/eval.md): vqav2/ (VQAv2 questions + annotations JSON),
 // pope/ (coco_pope_{random,popular,adversarial}.json), mme/ (existence, count, color task folders),
 // mmbench/ (mmbench_dev_20230712.tsv with base64 images and the circular copies), coco/ (Karpathy-style
-// caption annotations) and, when the build has video support, msrvtt_qa/ (test_qa.json + videos/video<id>.avi of
-// moving squares: questions on the direction of motion and the colour that appears last). Images are PNG files
+// caption annotations) and, when the build has video support, clips of moving squares with questions on the
+// direction of motion and the colour that appears last: msrvtt_qa/ (test_qa.json + videos/video<id>.avi),
+// msvd_qa/ (test_qa.json + videos/vid<id>.avi) and tgif_qa/ (Test_frameqa_question.tsv + gifs/<name>.gif). Images are PNG files
 // (named .png where the public files use .jpg).
 struct SynthBenchOptions {
   std::string out_dir;

@@ -5,7 +5,10 @@
 
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <stdexcept>
+
+#include "data/gif.h"
 
 #ifdef OWL2_WITH_VIDEO
 #include <opencv2/core.hpp>
@@ -194,10 +197,22 @@ void write_video(const std::string& path, const std::vector<torch::Tensor>& fram
   if (ext == ".avi") fourcc = cv::VideoWriter::fourcc('M', 'J', 'P', 'G');
   else if (ext == ".mp4") fourcc = cv::VideoWriter::fourcc('m', 'p', '4', 'v');
   else if (ext == ".webm") fourcc = cv::VideoWriter::fourcc('V', 'P', '8', '0');
-  else throw std::runtime_error(fmt::format("video {}: writes .avi, .mp4 or .webm only", path));
+  else if (ext != ".gif") throw std::runtime_error(fmt::format("video {}: writes .avi, .mp4, .webm or .gif only", path));
   const int h = static_cast<int>(frames[0].size(0)), w = static_cast<int>(frames[0].size(1));
   const auto parent = std::filesystem::path(path).parent_path();
   if (!parent.empty()) std::filesystem::create_directories(parent);
+  if (ext == ".gif") {  // OpenCV 4.6 writes no GIF: owl2's own lossless encoder (data/gif.h)
+    std::string bytes;
+    try {
+      bytes = encode_gif(frames, fps);
+    } catch (const std::invalid_argument& e) {
+      throw std::runtime_error(fmt::format("video {}: {}", path, e.what()));
+    }
+    std::ofstream f(path, std::ios::binary | std::ios::trunc);
+    f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    if (!f) throw std::runtime_error(fmt::format("video {}: cannot write the file", path));
+    return;
+  }
   cv::VideoWriter out(path, cv::CAP_FFMPEG, fourcc, fps, cv::Size(w, h));
   if (!out.isOpened() && ext == ".avi") out.open(path, cv::CAP_OPENCV_MJPEG, fourcc, fps, cv::Size(w, h));
   if (!out.isOpened()) throw std::runtime_error(fmt::format("video {}: no OpenCV backend writes this container", path));

@@ -50,8 +50,9 @@ DecodedVideo decode_all_frames(const std::string& path);
 std::string encode_frame_bmp(const torch::Tensor& rgb_HW3);
 
 // Writes RGB uint8 frames [H, W, 3] (all one size) as a clip at `fps`: .avi as Motion-JPEG, .mp4 as MPEG-4 Part 2,
-// .webm as VP8 (for synthetic clips in tests and `owl2 data synth-bench`). Throws std::runtime_error naming the
-// file when no backend writes that container.
+// .webm as VP8, .gif losslessly with owl2's encoder (data/gif.h: at most 256 colours) (for synthetic clips in
+// tests and `owl2 data synth-bench`). Throws std::runtime_error naming the file when no backend writes that
+// container.
 void write_video(const std::string& path, const std::vector<torch::Tensor>& frames, double fps = 10.0);
 
 // False when the build has no OpenCV videoio (decode_video then throws naming what is missing).

@@ -547,8 +547,9 @@ TEST_CASE("owl2 data synth-bench: the public layouts, readable by the benchmark 
     const std::string rel = fs::relative(e.path(), a).string();
     CHECK(read_text(e.path().string()) == read_text(b + "/" + rel));
   }
-  // vqav2 3 + 2 JSON, pope 3 + 3 splits, mme 3 tasks x 3 x (png + txt), mmbench 1, coco 3 + 1; msrvtt_qa 3 + 1
-  CHECK(files == (data::video_decoding_available() ? 38u : 34u));
+  // vqav2 3 + 2 JSON, pope 3 + 3 splits, mme 3 tasks x 3 x (png + txt), mmbench 1, coco 3 + 1; with video
+  // msrvtt_qa, msvd_qa and tgif_qa 3 clips + 1 question file each
+  CHECK(files == (data::video_decoding_available() ? 46u : 34u));
   CHECK(read_bench("vqav2", a + "/vqav2").size() == 9);
   CHECK(read_bench("pope", a + "/pope").size() == 18);
   CHECK(read_bench("mme", a + "/mme").size() == 18);
@@ -562,6 +563,16 @@ TEST_CASE("owl2 data synth-bench: the public layouts, readable by the benchmark 
     CHECK(clip.total == 16);
     CHECK(clip.frames.front()[2][2][0].item<int>() == Approx(128).margin(20));
     CHECK(clip.frames.back()[2][2][0].item<int>() != Approx(128).margin(20));
+    CHECK(read_bench("msvd_qa", a + "/msvd_qa").size() == 6);
+    const auto tgif = read_bench("tgif_qa", a + "/tgif_qa");
+    REQUIRE(tgif.size() == 6);
+    CHECK_THAT(tgif[0].video, Catch::Matchers::EndsWith("gifs/tumblr_synth0001.gif"));
+    // GIF is lossless: the grey background is exactly 128, and the late square appears halfway.
+    const auto gif = data::decode_all_frames(tgif[0].video);
+    CHECK(gif.total == 16);
+    CHECK(gif.frames.front()[2][2][0].item<int>() == 128);
+    CHECK(gif.frames[7][2][2][0].item<int>() == 128);
+    CHECK(gif.frames[8][2][2][0].item<int>() != 128);
   }
   const auto png = read_text(a + "/vqav2/val2014/COCO_val2014_000000000001.png");
   CHECK(read_bench("mmbench", a + "/mmbench")[0].images[0].bytes == png);  // the base64 column round-trips
@@ -677,13 +688,14 @@ TEST_CASE("owl2 eval --bench vqav2 end to end: rescoring, batch size 1 vs 4, res
   check_rescore(lim, out + "/b1/vqav2");
 }
 
-TEST_CASE("owl2 eval --bench pope, mme, mmbench, coco, msrvtt_qa end to end on the synthetic benchmarks",
+TEST_CASE("owl2 eval --bench pope, mme, mmbench, coco and the three video benchmarks end to end on synthetic files",
           "[eval][bench][cli]") {
   e2e_root("others");
   const std::string out = temp_dir("owl2_bench_e2e2");
   std::map<std::string, std::string> limits = {
       {"pope", ""}, {"mme", "--limit 2"}, {"mmbench", "--limit 2"}, {"coco", "--limit 2"}};
-  if (data::video_decoding_available()) limits["msrvtt_qa"] = "--limit 3";
+  if (data::video_decoding_available())
+    for (const char* b : {"msrvtt_qa", "msvd_qa", "tgif_qa"}) limits[b] = "--limit 3";
   for (const auto& [bench, limit] : limits) {
     INFO(bench);
     const auto m = eval_bench(bench, out, "--batch-size 8 " + limit);
@@ -702,8 +714,10 @@ TEST_CASE("owl2 eval --bench pope, mme, mmbench, coco, msrvtt_qa end to end on t
   const auto coco = nlohmann::json::parse(read_text(out + "/coco/metrics.json"));
   CHECK(coco["scores"]["captions"]["images"] == 2);
   if (data::video_decoding_available()) {
-    const auto qa = nlohmann::json::parse(read_text(out + "/msrvtt_qa/metrics.json"));
-    CHECK(qa["scores"]["video_qa"]["questions"] == 3);
+    for (const char* b : {"msrvtt_qa", "msvd_qa", "tgif_qa"}) {
+      const auto qa = nlohmann::json::parse(read_text(out + "/" + b + "/metrics.json"));
+      CHECK(qa["scores"]["video_qa"]["questions"] == 3);
+    }
   }
 }
 

@@ -104,6 +104,43 @@ TEST_CASE("an animated GIF (TGIF's format) decodes frame by frame", "[video][pyt
   for (size_t k = 0; k < 4; ++k) CHECK(torch::equal(some.frames[k], all.frames[some.indices[k]]));
 }
 
+TEST_CASE("a GIF written by owl2 decodes to the same pixels, frame by frame, through FFmpeg", "[video]") {
+  if (!video_decoding_available()) {
+    WARN("built without OpenCV videoio: nothing to check");
+    return;
+  }
+  const auto dir = test::temp_dir("owl2_video_gif_write");
+  // The moving square (2 colours a frame) and a 64x48 clip of 200 colours in a pattern that compresses badly,
+  // so that the LZW table fills up and restarts several times within a frame.
+  std::vector<torch::Tensor> busy;
+  for (int64_t t = 0; t < 3; ++t) {
+    auto f = torch::empty({48, 64, 3}, torch::kUInt8);
+    auto a = f.accessor<uint8_t, 3>();
+    for (int64_t y = 0; y < 48; ++y)
+      for (int64_t x = 0; x < 64; ++x) {
+        const int64_t c = (y * 64 + x) * 7919 % 199 + t;  // 0..200
+        a[y][x][0] = static_cast<uint8_t>(c);
+        a[y][x][1] = static_cast<uint8_t>(255 - c);
+        a[y][x][2] = static_cast<uint8_t>(c * 3 % 256);
+      }
+    busy.push_back(f);
+  }
+  for (const auto& [name, frames] : {std::pair<std::string, std::vector<torch::Tensor>>{"square", moving_square(9)},
+                                     {"busy", busy}}) {
+    INFO(name);
+    const std::string path = dir + "/" + name + ".gif";
+    write_video(path, frames, 8.0);
+    CHECK(test::read_text(path).rfind("GIF89a", 0) == 0);
+    const auto back = decode_all_frames(path);
+    REQUIRE(back.frames.size() == frames.size());
+    for (size_t k = 0; k < frames.size(); ++k) CHECK(torch::equal(back.frames[k], frames[k]));
+  }
+  // More colours than one palette holds is refused, naming the file.
+  auto noisy = torch::arange(0, 300 * 3, torch::kInt64).remainder(256).to(torch::kUInt8).reshape({10, 30, 3});
+  noisy.select(2, 1).copy_(torch::arange(0, 300, torch::kInt64).div(256, "floor").to(torch::kUInt8).reshape({10, 30}));
+  CHECK_THROWS_WITH(write_video(dir + "/noisy.gif", {noisy}), Contains(dir + "/noisy.gif") && Contains("256 distinct"));
+}
+
 TEST_CASE("a missing, empty or corrupt video is an error naming the file", "[video]") {
   if (!video_decoding_available()) {
     WARN("built without OpenCV videoio: nothing to check");
