@@ -1344,6 +1344,49 @@ TEST_CASE("owl2 train: held-out evaluation on 2 ranks answers every question onc
   CHECK(read_text(root + "/zero3/predictions.jsonl") == a);
 }
 
+TEST_CASE("owl2 train: a held-out evaluation failing on one rank ends the run promptly, its step's checkpoint saved",
+          "[dist][slow]") {
+  const std::string root = "build/test_dist_eval_fault";
+  make_run_data(root, "--train 8 --heldout 3 --train-text 4 --heldout-text 3");
+  const int64_t vocab = owl2::Tokenizer(root + "/tok.model").vocab_size();
+  std::ofstream(root + "/run.yaml")
+      << "include: " << source_path("configs/model/tiny.yaml") << "\n"
+      << "model: {decoder: {vocab_size: " << vocab << "}}\n"
+      << "train: {steps: 3, global_batch_size: 2, micro_batch_size: 1, max_length: 256, log_every: 1, save_every: 2}\n"
+      << "data: {tokenizer: " << root << "/tok.model, sources: [{path: " << root
+      << "/data/llava_train.json}], num_workers: 0}\n"
+      << "eval: {heldout: " << root << "/data/heldout.jsonl, batch_size: 3, max_new_tokens: 4, every: 2}\n"
+      << "distributed: {zero_stage: 3, timeout_s: 600}\n";
+  const auto whole = run_owl2("train --config " + root + "/run.yaml --set train.out_dir=" + root + "/one");
+  INFO(whole.out);
+  REQUIRE(whole.rc == 0);
+  // Rank 1 fails in the evaluation after step 2, while rank 0 waits in its collectives: the job ends long before the
+  // 600 s collective timeout (torchrun stops the other rank), and the step-2 checkpoint is already complete.
+  const std::string base = "timeout 300 " + torchrun() + " --standalone --nproc-per-node 2 --no-python " + OWL2_BINARY +
+                           " train --config " + root + "/run.yaml --set train.out_dir=" + root + "/two";
+  const auto t0 = std::chrono::steady_clock::now();
+  const int rc = std::system(("OWL2_TEST_FAIL_EVAL_AT_STEP=2 OWL2_TEST_FAIL_EVAL_RANK=1 " + base + " > " + root +
+                              "/fault.log 2>&1").c_str());
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const std::string fault_log = read_text(root + "/fault.log");
+  INFO(fault_log);
+  CHECK(rc != 0);
+  CHECK(seconds < 200);
+  CHECK_THAT(fault_log, Catch::Contains("test fault: held-out evaluation fails at step 2"));
+  REQUIRE(fs::exists(root + "/two/checkpoints/step-000000002"));
+  CHECK_FALSE(fs::exists(root + "/two/checkpoints/step-000000003"));
+  // The restart resumes from step 2 and ends as the uninterrupted run.
+  const int rc2 = std::system((base + " > " + root + "/resume.log 2>&1").c_str());
+  INFO(read_text(root + "/resume.log"));
+  REQUIRE(rc2 == 0);
+  // (Step 1's metrics line is missing: rank 0, which writes them, was stopped in that step's evaluation.)
+  const auto a = losses(root + "/one"), b = losses(root + "/two");
+  REQUIRE(b.count(0) == 1);
+  REQUIRE(b.count(2) == 1);
+  for (const int64_t step : {0, 2}) CHECK(b.at(step) == Approx(a.at(step)).epsilon(1e-5));
+  CHECK(read_text(root + "/two/predictions.jsonl") == read_text(root + "/one/predictions.jsonl"));
+}
+
 TEST_CASE("owl2 train at ZeRO 3: one rank text-only and the other with an image each step, equal to 1 rank",
           "[dist][slow]") {
   const std::string root = "build/test_dist_mixed";

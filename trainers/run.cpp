@@ -144,7 +144,7 @@ void write_eval_results(const EvalResult& er, int64_t step, const fs::path& dir)
 // step also eval.json and predictions.jsonl. All ranks call it. ZeRO 3 gathers no model for it: the blocks are
 // gathered one at a time as the passes run, and the ranks generate in lockstep (each runs the same number of
 // batches, an empty one where it has no more questions).
-void evaluate_during_training(TrainingRun& run, int64_t step, bool last, StepMetrics& m) {
+void evaluate_during_training(TrainingRun& run, const TestSeam& seam, int64_t step, bool last, StepMetrics& m) {
   ShardedPasses passes(run.trainer);
   const auto& opt = run.heldout.options;
   std::vector<HeldoutQuestion> qs = run.heldout.questions;
@@ -155,6 +155,7 @@ void evaluate_during_training(TrainingRun& run, int64_t step, bool last, StepMet
     mine.insert(mine.end(), qs.begin() + static_cast<std::ptrdiff_t>(start),
                 qs.begin() + static_cast<std::ptrdiff_t>(std::min(qs.size(), start + batch)));
   const size_t batches = (qs.size() + batch - 1) / batch, rounds = (batches + W - 1) / W;
+  seam.during_eval(step);
   const auto answers = answer_heldout(run.model, run.tokenizer, mine, opt, passes.lockstep(), static_cast<int64_t>(rounds));
   const auto gathered = run.comm.allgather_strings(nlohmann::json(answers).dump(), fmt::format("held-out answers at step {}", step));
   if (!run.lead()) return;
@@ -241,9 +242,9 @@ void train_loop(TrainingRun& run) {
     StepMetrics m = step_metrics(run, r, batch, timer.stop());
     const int64_t step = run.trainer.step_count();
     const bool last = step == t.steps;
-    if (run.heldout.due(step, last)) evaluate_during_training(run, step, last, m);
-    run.log.log(m);
     ++done_here;
+    // The checkpoint first, then the held-out evaluation: an evaluation that fails (on any rank) ends the run
+    // with the step's checkpoint already complete, so a restart resumes from it.
     if ((t.save_every > 0 && step % t.save_every == 0) || last) {
       const data::LoaderState position = run.data.state();
       std::vector<data::LoaderState> every_rank;  // streaming: each rank has its own position
@@ -258,6 +259,15 @@ void train_loop(TrainingRun& run) {
       if (last) run.last_checkpoint = dir;
       if (run.lead()) run.log.note("saved " + dir);
     }
+    if (run.heldout.due(step, last)) {
+      try {
+        evaluate_during_training(run, seam, step, last, m);
+      } catch (...) {
+        run.log.log(m);  // the step's training metrics, without the evaluation's
+        throw;
+      }
+    }
+    run.log.log(m);
     if (run.options.stop_after > 0 && done_here >= run.options.stop_after) break;
   }
 }
