@@ -128,6 +128,10 @@ def tail(path):
 a, b = tail(sys.argv[1]), tail(sys.argv[2])
 rel = abs(a - b) / a
 print("zero 3 vs zero 0 on cuda, 20 steps: loss %.4f vs %.4f (%.3f%% apart) %s" % (b, a, 100 * rel, "ok" if rel < 0.01 else "FAIL (> 1%)"))
+# Stage 3 builds the model on the host and puts only the shards on the device: the first step's device peak
+# (start-up included) is printed beside stage 0's, which moves the whole model there (one rank: no saving).
+first = lambda path: json.loads(open(path).readline()).get("device_peak_memory_bytes", float("nan")) / 2**20
+print("device peak through step 0: zero 3 %.1f MiB, zero 0 %.1f MiB" % (first(sys.argv[2]), first(sys.argv[1])))
 PY
 }
 

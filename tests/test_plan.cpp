@@ -50,6 +50,7 @@ TEST_CASE("plan: weights, gradients and optimizer state per device under each Ze
   CHECK(p3.flops_per_step == Approx(p0.flops_per_step / 2));
   CHECK(p0.activations_checkpointed_bytes < p0.activations_bytes);
   CHECK_THAT(p0.report, Contains("model.vision_model") && Contains("lm_head") && Contains("total"));
+  CHECK_THAT(p0.report, Contains("moved to the device whole"));
   auto cfg16 = cfg;
   cfg16.train.precision = Precision::kBf16;
   auto pb = make_plan(cfg16, kParams, {1, 0});
@@ -98,6 +99,9 @@ TEST_CASE("plan: ZeRO 3 shards the block parameters and holds a block gathered a
   CHECK(p.zero3_gathered_bytes == (2 * 400 + 750) * 4);
   CHECK(p.weights_bytes == double(p.held.weights + p.zero3_gathered_bytes));
   CHECK_THAT(p.report, Contains("760 ViT, abstractor and decoder block parameters sharded"));
+  // 1,610 float32 parameters built on the host; the largest that reaches the device whole is lm_head's 600.
+  CHECK_THAT(p.report, Contains("the host builds the model in float32 (0.00 GiB per rank)") &&
+                           Contains("one parameter at a time (the largest 0.00 GiB)"));
   // Frozen, the same blocks are still sharded (in a shard of their own, no optimizer state); the gathered block
   // holds its trainable and frozen buckets together.
   auto frozen = cfg;

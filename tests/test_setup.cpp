@@ -160,6 +160,55 @@ TEST_CASE("TestSeam: kills only the named rank before the named step, on the fir
   ::unsetenv("OWL2_TEST_KILL_RANK");
 }
 
+TEST_CASE("TestSeam: a held-out evaluation fault throws on the named rank after the named step only", "[setup]") {
+  ::setenv("OWL2_TEST_FAIL_EVAL_AT_STEP", "4", 1);
+  ::setenv("OWL2_TEST_FAIL_EVAL_RANK", "1", 1);
+  CHECK_NOTHROW(TestSeam::from_environment(1).during_eval(3));
+  CHECK_NOTHROW(TestSeam::from_environment(0).during_eval(4));
+  CHECK_THROWS_WITH(TestSeam::from_environment(1).during_eval(4), Contains("held-out evaluation fails at step 4"));
+  ::unsetenv("OWL2_TEST_FAIL_EVAL_AT_STEP");
+  ::unsetenv("OWL2_TEST_FAIL_EVAL_RANK");
+  CHECK_NOTHROW(TestSeam::from_environment(1).during_eval(4));
+}
+
+TEST_CASE("ZeRO 3 start-up: the host-built model's full tensors are freed, every parameter is empty on the training "
+          "device",
+          "[setup]") {
+  RunConfig cfg = tiny_run();
+  cfg.distributed.zero_stage = 3;
+  const torch::Device device(torch::kCPU);  // the training device (cuda:N on a GPU)
+  REQUIRE(build_device(cfg, device).is_cpu());
+  REQUIRE(shard_device(cfg, device) == device);
+  auto model = build_model(cfg, {.device = build_device(cfg, device)});
+  const auto policies = apply_training_policies(model, cfg);
+  std::vector<c10::weak_intrusive_ptr<c10::StorageImpl>> built;
+  int64_t numel = 0;
+  for (const auto& p : model->parameters()) {
+    built.push_back(p.storage().getWeakStorageImpl());
+    numel += p.numel();
+  }
+  Trainer trainer(*model, model_loss_sum(model), cfg, nullptr, policies.sharded_stacks, shard_device(cfg, device));
+  size_t alive = 0;
+  for (const auto& w : built) alive += w.expired() ? 0 : 1;
+  CHECK(alive == 0);  // nothing still references a tensor of the model as built
+  for (const auto& item : model->named_parameters()) {
+    INFO(item.key());
+    CHECK(item.value().numel() == 0);
+    CHECK(item.value().device() == device);
+  }
+  CHECK(trainer.zero()->param_shard_numel() >= numel);  // one rank: the shard holds every trainable value
+
+  // Below stage 3 the model is built on the training device and no shard device is taken.
+  cfg.distributed.zero_stage = 2;
+  CHECK_FALSE(shard_device(cfg, device).has_value());
+  auto m2 = build_model(cfg);
+  auto groups = resolve_param_groups(*m2, cfg.param_groups, cfg.optim.weight_decay, cfg.optim.vision_layer_decay,
+                                     cfg.model.vision.num_hidden_layers);
+  MixedPrecision precision(cfg.train.precision, *m2, groups, /*sharded_masters=*/true);
+  CHECK_THROWS_WITH(make_gradient_sync(cfg, nullptr, *m2, groups, precision, {}, device),
+                    Contains("only ZeRO stage 3 places its shards on another device"));
+}
+
 TEST_CASE("load_tokenizer: a run without data.tokenizer names the key", "[setup]") {
   CHECK_THROWS_WITH(load_tokenizer(tiny_run()), Contains("data.tokenizer"));
 }

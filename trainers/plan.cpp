@@ -313,6 +313,16 @@ Plan make_plan(const RunConfig& cfg, const NamedSizes& params, const PlanInputs&
   const double total = plan.weights_bytes + plan.grads_bytes + plan.optimizer_bytes;
   r += fmt::format("  total              {:>12} (with checkpointing), {} without\n",
                    gib(total + plan.activations_checkpointed_bytes), gib(total + plan.activations_bytes));
+  int64_t largest = 0;
+  for (const auto& [name, numel] : params) largest = std::max(largest, numel);
+  const double host = 4.0 * double(plan.total_params);  // built in float32 (build_model)
+  r += in.zero_stage >= 3
+           ? fmt::format("  start-up           the host builds the model in float32 ({} per rank) and puts only this "
+                         "rank's shards on the device, one parameter at a time (the largest {})\n",
+                         gib(host), gib(4.0 * double(largest)))
+           : fmt::format("  start-up           the model is built in float32 on the host and moved to the device whole "
+                         "({} per rank)\n",
+                         gib(host));
   r += fmt::format("model FLOPs per step per device: {:.4g} ({:.4g} per sample)\n", plan.flops_per_step, per_sample);
   return plan;
 }

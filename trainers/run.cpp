@@ -295,13 +295,14 @@ int run_training(const RunConfig& cfg, const RunOptions& options) {
   if (lead) std::ofstream(run_dir / "config.yaml") << options.config_text;
   const int64_t accum = accumulation_steps(t, env.world_size);
 
-  MPLUGOwl2ForCausalLM model = build_model(cfg, {.device = device, .log = lead_log});
+  // ZeRO 3: built on the host; the Trainer moves only this rank's shards to the device.
+  MPLUGOwl2ForCausalLM model = build_model(cfg, {.device = build_device(cfg, device), .log = lead_log});
   const TrainingPolicies policies = apply_training_policies(model, cfg);
   const auto tokenizer = load_tokenizer(cfg);
   ExampleLoader loader = make_loader(cfg, env, tokenizer);
   DevicePrefetcher prefetcher(loader, accum, cfg.model.visual_tokens_per_image(), device);
   const double flops = step_flops(cfg, model, env.world_size);  // before ZeRO 3 empties the block parameters
-  Trainer trainer(*model, model_loss_sum(model), cfg, comm, policies.sharded_stacks);
+  Trainer trainer(*model, model_loss_sum(model), cfg, comm, policies.sharded_stacks, shard_device(cfg, device));
   if (lead && cfg.lora.rank > 0) {
     std::cerr << fmt::format("LoRA: rank {}, alpha {}, {} adapted modules{}; the freeze rules are replaced: only "
                              "the adapters{} train\n",

@@ -33,6 +33,15 @@ std::shared_ptr<const data::Dataset> open_sources(const DataConfig& d, uint64_t 
 
 }  // namespace
 
+torch::Device build_device(const RunConfig& cfg, torch::Device device) {
+  return shard_device(cfg, device) ? torch::Device(torch::kCPU) : device;
+}
+
+std::optional<torch::Device> shard_device(const RunConfig& cfg, torch::Device device) {
+  if (cfg.distributed.zero_stage == 3) return device;
+  return std::nullopt;
+}
+
 MPLUGOwl2ForCausalLM build_model(const RunConfig& cfg, const ModelBuild& how) {
   MPLUGOwl2ForCausalLM model(cfg.model);  // registers the parameters, uninitialised
   // The documented init (owl2/model/init.h), once, unless init.from provides every tensor next.

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <iosfwd>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "data/batch.h"
@@ -28,6 +29,12 @@ struct ModelBuild {
   bool load_init = true;       // false: keep the initial weights even when init.from is set (benchmarks)
   std::ostream* log = nullptr;  // where the init summary goes (rank 0); nullptr: nowhere
 };
+
+// Where build_model() builds the model of a run that trains on `device`: the host at ZeRO stage 3, where the
+// Trainer then puts only this rank's shards on `device` (so the device never holds the whole model), else `device`.
+torch::Device build_device(const RunConfig& cfg, torch::Device device);
+// What the Trainer then takes as its shard_device: `device` at ZeRO stage 3, else none (the model is on it).
+std::optional<torch::Device> shard_device(const RunConfig& cfg, torch::Device device);
 
 // The model of cfg.model with the weights of init.from (unless how.load_init is false), else initialised once
 // by init_weights with train.seed (also under init.allow_missing, for the tensors the checkpoint lacks);

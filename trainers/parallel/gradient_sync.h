@@ -132,7 +132,8 @@ class ZeroSync : public GradientSync {
  public:
   ZeroSync(std::shared_ptr<Comm> comm, torch::nn::Module& model, const std::vector<ParamGroup>& groups,
            const OptimConfig& optim, MixedPrecision& precision, int stage, int64_t bucket_bytes,
-           const std::vector<std::vector<at::Tensor>>& blocks = {}, ReduceDtype reduce_dtype = ReduceDtype::kFp32);
+           const std::vector<std::vector<at::Tensor>>& blocks = {}, ReduceDtype reduce_dtype = ReduceDtype::kFp32,
+           std::optional<at::Device> device = std::nullopt);
   Kind kind() const override { return Kind::kZero; }
   void zero_grad() override;
   void arm() override { zero_->arm(); }
@@ -163,7 +164,7 @@ class Zero3Sync : public ZeroSync {
   Zero3Sync(std::shared_ptr<Comm> comm, torch::nn::Module& model, const std::vector<ParamGroup>& groups,
             const OptimConfig& optim, MixedPrecision& precision, int64_t bucket_bytes,
             const std::vector<ShardedStack>& stacks, ReduceDtype reduce_dtype = ReduceDtype::kFp32,
-            bool prefetch = true);
+            bool prefetch = true, std::optional<at::Device> device = std::nullopt);
   Kind kind() const override { return Kind::kZero3; }
   void gather_parameters() override { zero_->gather_all(); }
   void release_parameters() override { zero_->release_all(); }
@@ -177,10 +178,12 @@ GradientSync::Kind pick_gradient_sync(int64_t zero_stage, int64_t world_size);
 const char* gradient_sync_name(GradientSync::Kind kind);
 
 // Builds the strategy pick_gradient_sync() names for cfg and comm (null: one rank). Multi-rank constructors
-// broadcast rank 0's parameters (collective).
+// broadcast rank 0's parameters (collective). `shard_device`: ZeRO 3 only, where the shards go when the model was
+// built elsewhere (ZeroOptimizer's `device`); null: the parameters' device.
 std::unique_ptr<GradientSync> make_gradient_sync(const RunConfig& cfg, std::shared_ptr<Comm> comm,
                                                  torch::nn::Module& model, const std::vector<ParamGroup>& groups,
                                                  MixedPrecision& precision,
-                                                 const std::vector<ShardedStack>& stacks = {});
+                                                 const std::vector<ShardedStack>& stacks = {},
+                                                 std::optional<at::Device> shard_device = std::nullopt);
 
 }  // namespace owl2

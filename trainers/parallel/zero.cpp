@@ -76,7 +76,7 @@ ZeroLayout::ZeroLayout(const std::vector<int64_t>& numels, int64_t element_size,
 ZeroOptimizer::ZeroOptimizer(std::shared_ptr<Comm> comm, torch::nn::Module& model, const std::vector<ParamGroup>& groups,
                              const OptimConfig& optim, int stage, int64_t bucket_bytes,
                              const std::vector<std::vector<at::Tensor>>& blocks,
-                             std::optional<ShardedMasters> masters)
+                             std::optional<ShardedMasters> masters, std::optional<at::Device> device)
     : frozen_layout_({}, 1, 1, 0, 1),
       masters_(masters),
       comm_(std::move(comm)),
@@ -90,7 +90,21 @@ ZeroOptimizer::ZeroOptimizer(std::shared_ptr<Comm> comm, torch::nn::Module& mode
   if (comm_) {
     for (auto& item : model.named_parameters(/*recurse=*/true)) {
       at::Tensor p = item.value();
-      comm_->broadcast(p, 0, "broadcast " + item.key());
+      if (device && p.device() != *device) {  // a host parameter, a device collective (NCCL): one tensor at a time
+        at::Tensor on_device = p.to(*device);
+        comm_->broadcast(on_device, 0, "broadcast " + item.key());
+        p.copy_(on_device);
+      } else {
+        comm_->broadcast(p, 0, "broadcast " + item.key());
+      }
+    }
+  }
+  if (device && stage_ != 3) {
+    for (const auto& item : model.named_parameters(/*recurse=*/true)) {
+      if (item.value().device() != *device)
+        throw std::invalid_argument(fmt::format("ZeRO {}: parameter '{}' is on {}, not on the optimizer's {}; only "
+                                                "stage 3 moves a host-built model to the device", stage_, item.key(),
+                                                item.value().device().str(), device->str()));
     }
   }
   std::vector<int64_t> numels;
@@ -171,7 +185,7 @@ ZeroOptimizer::ZeroOptimizer(std::shared_ptr<Comm> comm, torch::nn::Module& mode
   }
   block_used_.assign(params_.size(), 0);
   const auto& p0 = params_[0].second;
-  shard_opts_ = p0.options();  // the parameters' device; float32 with masters (checked above)
+  shard_opts_ = p0.options().device(device.value_or(p0.device()));  // float32 with masters (checked above)
   compute_dtype_ = masters_ ? masters_->compute : p0.scalar_type();
   reduce_dtype_ = masters_ ? masters_->reduce : p0.scalar_type();
   // Buckets are sized by the gradients they carry.
@@ -224,6 +238,12 @@ ZeroOptimizer::ZeroOptimizer(std::shared_ptr<Comm> comm, torch::nn::Module& mode
   for (int64_t i = 0; i < block_count(); ++i) release_block(i);
   root_gathered_ = true;  // the model holds the parameters outside blocks in full until...
   release_root();         // ...stage 3 keeps only their slices between steps
+  if (stage_ == 3) {  // every parameter is now an empty tensor on the shards' device (the host copies are freed)
+    for (const auto& item : model.named_parameters(/*recurse=*/true)) {
+      if (item.value().numel() != 0 || item.value().device() != shard_opts_.device())
+        throw std::logic_error(fmt::format("ZeRO 3: parameter '{}' was left outside the shards", item.key()));
+    }
+  }
   if (comm_) {
     for (size_t k = 0; k < params_.size(); ++k) {
       if (block_of_[k] >= 0) continue;  // reduced by reduce_block(), not by the bucket hooks

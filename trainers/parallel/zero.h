@@ -144,10 +144,15 @@ struct ShardedMasters {
 // collectives.
 class ZeroOptimizer {
  public:
+  // `device`: where the shards, the optimizer state and every gathered parameter live; by default the
+  // parameters' device. Stage 3 with another device (`owl2 train` builds the model on the host): the values are
+  // read from the host parameters, each broadcast from rank 0 through the device one tensor at a time, only this
+  // rank's slices are kept on the device, and every parameter ends on the device, empty until gathered; the host
+  // copies are then freed, so the device never holds more than one full parameter during construction.
   ZeroOptimizer(std::shared_ptr<Comm> comm, torch::nn::Module& model, const std::vector<ParamGroup>& groups,
                 const OptimConfig& optim, int stage, int64_t bucket_bytes,
                 const std::vector<std::vector<at::Tensor>>& blocks = {},
-                std::optional<ShardedMasters> masters = std::nullopt);
+                std::optional<ShardedMasters> masters = std::nullopt, std::optional<at::Device> device = std::nullopt);
 
   // Sharded float32 masters (ShardedMasters): whether this optimizer keeps them.
   bool has_masters() const { return masters_.has_value(); }
