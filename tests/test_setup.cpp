@@ -8,10 +8,13 @@
 
 #include <cstdlib>
 #include <fstream>
+#include <map>
+#include <numeric>
 #include <stdexcept>
 
 #include <torch/torch.h>
 
+#include "owl2/io/state_dict.h"
 #include "tests/helpers.h"
 #include "trainers/config.h"
 #include "trainers/full_parameters.h"
@@ -171,41 +174,99 @@ TEST_CASE("TestSeam: a held-out evaluation fault throws on the named rank after 
   CHECK_NOTHROW(TestSeam::from_environment(1).during_eval(4));
 }
 
-TEST_CASE("ZeRO 3 start-up: the host-built model's full tensors are freed, every parameter is empty on the training "
-          "device",
+// The full parameters of a ZeRO-3 Trainer's model, gathered, by name (copies).
+std::map<std::string, torch::Tensor> gathered(Trainer& trainer, MPLUGOwl2ForCausalLM& model) {
+  FullParameters full(trainer);
+  std::map<std::string, torch::Tensor> out;
+  for (const auto& item : model->named_parameters()) out[item.key()] = item.value().detach().clone();
+  return out;
+}
+
+TEST_CASE("ZeRO 3 start-up: one parameter written at a time gives the whole-model init and the loaded weights "
+          "exactly, every parameter ends empty on the training device",
           "[setup]") {
   RunConfig cfg = tiny_run();
   cfg.distributed.zero_stage = 3;
+  cfg.model.initializer_range = 0.05;
+  auto reference = build_model(cfg);  // the whole model written on the host, as below stage 3
   const torch::Device device(torch::kCPU);  // the training device (cuda:N on a GPU)
-  REQUIRE(build_device(cfg, device).is_cpu());
-  REQUIRE(shard_device(cfg, device) == device);
-  auto model = build_model(cfg, {.device = build_device(cfg, device)});
-  const auto policies = apply_training_policies(model, cfg);
-  std::vector<c10::weak_intrusive_ptr<c10::StorageImpl>> built;
-  int64_t numel = 0;
-  for (const auto& p : model->parameters()) {
-    built.push_back(p.storage().getWeakStorageImpl());
-    numel += p.numel();
-  }
-  Trainer trainer(*model, model_loss_sum(model), cfg, nullptr, policies.sharded_stacks, shard_device(cfg, device));
-  size_t alive = 0;
-  for (const auto& w : built) alive += w.expired() ? 0 : 1;
-  CHECK(alive == 0);  // nothing still references a tensor of the model as built
-  for (const auto& item : model->named_parameters()) {
+  TrainingModel built = build_training(cfg, {.device = device}, nullptr);
+  for (const auto& item : built.model->named_parameters()) {
     INFO(item.key());
-    CHECK(item.value().numel() == 0);
+    CHECK(item.value().numel() == 0);  // only the shards hold values
     CHECK(item.value().device() == device);
   }
-  CHECK(trainer.zero()->param_shard_numel() >= numel);  // one rank: the shard holds every trainable value
+  int64_t numel = 0;
+  for (const auto& [name, n] : built.sizes) numel += n;
+  const auto params = reference->parameters();
+  CHECK(numel == std::accumulate(params.begin(), params.end(), int64_t{0},
+                                 [](int64_t a, const torch::Tensor& t) { return a + t.numel(); }));
+  auto values = gathered(*built.trainer, built.model);
+  REQUIRE(values.size() == reference->named_parameters().size());
+  for (const auto& item : reference->named_parameters()) {
+    INFO(item.key());
+    CHECK(torch::equal(values.at(item.key()), item.value()));
+  }
 
-  // Below stage 3 the model is built on the training device and no shard device is taken.
+  // LoRA: the adapters, added after the model was built, keep their own init, and the init draws nothing for them.
+  RunConfig lora = cfg;
+  lora.lora.rank = 4;
+  auto with_adapters = build_model(lora);
+  apply_training_policies(with_adapters, lora);
+  TrainingModel adapted = build_training(lora, {.device = device}, nullptr);
+  auto adapted_values = gathered(*adapted.trainer, adapted.model);
+  REQUIRE(adapted_values.size() == with_adapters->named_parameters().size());
+  for (const auto& item : with_adapters->named_parameters()) {
+    INFO(item.key());
+    CHECK(torch::equal(adapted_values.at(item.key()), item.value()));
+  }
+
+  // init.from: each loaded tensor is taken in as it is copied.
+  RunConfig other = cfg;
+  other.train.seed = cfg.train.seed + 11;
+  auto source = build_model(other);
+  const std::string dir = test::temp_dir("owl2_setup_z3load");
+  save_state_dict(*source, dir);
+  cfg.init.from = dir;
+  TrainingModel loaded = build_training(cfg, {.device = device}, nullptr);
+  auto loaded_values = gathered(*loaded.trainer, loaded.model);
+  for (const auto& item : source->named_parameters()) {
+    INFO(item.key());
+    CHECK(torch::equal(loaded_values.at(item.key()), item.value()));
+  }
+  // With init.allow_missing the whole model is written first, then sharded: the same values.
+  cfg.init.allow_missing = true;
+  TrainingModel patched = build_training(cfg, {.device = device}, nullptr);
+  auto patched_values = gathered(*patched.trainer, patched.model);
+  for (const auto& item : source->named_parameters()) {
+    INFO(item.key());
+    CHECK(torch::equal(patched_values.at(item.key()), item.value()));
+  }
+}
+
+TEST_CASE("ZeRO 3 start-up: a pending parameter never written is an error naming it", "[setup]") {
+  RunConfig cfg = tiny_run();
+  cfg.distributed.zero_stage = 3;
+  auto model = build_model(cfg, {.defer_values = true});
+  const auto policies = apply_training_policies(model, cfg);
+  ShardPlacement placement;
+  placement.pending = {model->lm_head->weight, model->model->norm->weight};
+  Trainer trainer(*model, model_loss_sum(model), cfg, nullptr, policies.sharded_stacks, placement);
+  CHECK(model->lm_head->weight.numel() > 0);  // kept as it is until written
+  trainer.absorb(model->lm_head->weight);
+  CHECK(model->lm_head->weight.numel() == 0);
+  CHECK_THROWS_WITH(trainer.absorb(model->lm_head->weight), Contains("not pending"));
+  CHECK_THROWS_WITH(trainer.finish_absorbing(), Contains("1 parameter(s) never received their values: model.norm.weight"));
+
+  // Below stage 3 nothing is taken in later, and the shards stay on the parameters' device.
   cfg.distributed.zero_stage = 2;
-  CHECK_FALSE(shard_device(cfg, device).has_value());
   auto m2 = build_model(cfg);
   auto groups = resolve_param_groups(*m2, cfg.param_groups, cfg.optim.weight_decay, cfg.optim.vision_layer_decay,
                                      cfg.model.vision.num_hidden_layers);
   MixedPrecision precision(cfg.train.precision, *m2, groups, /*sharded_masters=*/true);
-  CHECK_THROWS_WITH(make_gradient_sync(cfg, nullptr, *m2, groups, precision, {}, device),
+  ShardPlacement elsewhere;
+  elsewhere.device = torch::Device(torch::kCPU);
+  CHECK_THROWS_WITH(make_gradient_sync(cfg, nullptr, *m2, groups, precision, {}, elsewhere),
                     Contains("only ZeRO stage 3 places its shards on another device"));
 }
 

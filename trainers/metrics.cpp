@@ -236,13 +236,19 @@ StepTimes StepTimer::stop() {
   return {seconds(std::chrono::steady_clock::now() - t0_), seconds(t_data_ - t0_)};
 }
 
-int64_t peak_rss_bytes() {
+namespace {
+int64_t proc_status_kib(const char* key) {
   std::ifstream f("/proc/self/status");
   std::string line;
+  const std::string prefix = std::string(key) + ":";
   while (std::getline(f, line)) {
-    if (line.rfind("VmHWM:", 0) == 0) return std::stoll(line.substr(6)) * 1024;
+    if (line.rfind(prefix, 0) == 0) return std::stoll(line.substr(prefix.size())) * 1024;
   }
   return 0;
 }
+}  // namespace
+
+int64_t peak_rss_bytes() { return proc_status_kib("VmHWM"); }
+int64_t rss_bytes() { return proc_status_kib("VmRSS"); }
 
 }  // namespace owl2

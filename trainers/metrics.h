@@ -111,5 +111,7 @@ class StepTimer {
 
 // Resident-set high-water mark of this process (bytes), from /proc/self/status.
 int64_t peak_rss_bytes();
+// The process's resident set now (VmRSS), in bytes; 0 where /proc is missing.
+int64_t rss_bytes();
 
 }  // namespace owl2

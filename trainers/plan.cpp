@@ -317,9 +317,10 @@ Plan make_plan(const RunConfig& cfg, const NamedSizes& params, const PlanInputs&
   for (const auto& [name, numel] : params) largest = std::max(largest, numel);
   const double host = 4.0 * double(plan.total_params);  // built in float32 (build_model)
   r += in.zero_stage >= 3
-           ? fmt::format("  start-up           the host builds the model in float32 ({} per rank) and puts only this "
-                         "rank's shards on the device, one parameter at a time (the largest {})\n",
-                         gib(host), gib(4.0 * double(largest)))
+           ? fmt::format("  start-up           one float32 parameter at a time (the largest {}) is written on the host "
+                         "and taken into this rank's shards on the device; no whole model anywhere (with "
+                         "init.allow_missing the host first holds it whole: {})\n",
+                         gib(4.0 * double(largest)), gib(host))
            : fmt::format("  start-up           the model is built in float32 on the host and moved to the device whole "
                          "({} per rank)\n",
                          gib(host));

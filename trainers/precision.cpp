@@ -31,15 +31,14 @@ AutocastRegion::~AutocastRegion() {
 }
 
 MixedPrecision::MixedPrecision(Precision mode, torch::nn::Module& model, std::vector<ParamGroup>& groups,
-                               bool sharded_masters)
+                               bool sharded_masters, const std::vector<at::Tensor>& deferred)
     : mode_(mode), model_(model), sharded_(sharded_masters && mode == Precision::kBf16) {
-  for (const auto& p : model_.parameters()) {
-    device_ = p.device().type();
-    break;
-  }
+  if (!deferred.empty() && !sharded_masters)
+    throw std::invalid_argument("MixedPrecision: deferred parameters need sharded masters (ZeRO)");
   if (mode_ != Precision::kBf16) return;
   torch::NoGradGuard no_grad;
-  std::set<const c10::TensorImpl*> trainable;
+  std::set<const c10::TensorImpl*> trainable;  // and the deferred ones: not cast here
+  for (const auto& t : deferred) trainable.insert(t.unsafeGetTensorImpl());
   for (auto& g : groups) {
     for (size_t i = 0; i < g.params.size(); ++i) {
       auto& p = g.params[i];
@@ -75,7 +74,14 @@ void MixedPrecision::hold_masters(NamedTensors masters) {
 
 std::optional<AutocastRegion> MixedPrecision::forward_region() const {
   if (mode_ != Precision::kBf16Autocast) return std::nullopt;
-  return std::optional<AutocastRegion>(std::in_place, device_, torch::kBFloat16);
+  // The parameters' device now, not at construction: ZeRO 3 builds the model on the host and moves it to the
+  // training device while sharding it (trainers/setup.h, build_device).
+  c10::DeviceType device = c10::kCPU;
+  for (const auto& p : model_.parameters()) {
+    device = p.device().type();
+    break;
+  }
+  return std::optional<AutocastRegion>(std::in_place, device, torch::kBFloat16);
 }
 
 void MixedPrecision::grads_to_masters() {

@@ -48,8 +48,10 @@ class MixedPrecision {
   // bf16 with `sharded_masters` (ZeRO): no master copies here, and the groups' parameters stay float32 for now:
   // the ZeroOptimizer keeps this rank's slices of them as its masters and casts them (parallel/zero.h); everything
   // else in the model is cast here.
+  // `deferred` (sharded masters only): parameters whose values arrive later (ZeRO 3's pending ones); they are
+  // left as they are, and the optimizer casts them as they arrive.
   MixedPrecision(Precision mode, torch::nn::Module& model, std::vector<ParamGroup>& groups,
-                 bool sharded_masters = false);
+                 bool sharded_masters = false, const std::vector<at::Tensor>& deferred = {});
 
   Precision mode() const { return mode_; }
   // bf16 under ZeRO: the optimizer owns the float32 masters as shards; model_state() and end_to_fp32() then
@@ -92,7 +94,6 @@ class MixedPrecision {
  private:
   Precision mode_;
   torch::nn::Module& model_;
-  c10::DeviceType device_ = c10::kCPU;
   std::vector<Pair> pairs_;
   bool sharded_ = false;
   std::map<std::string, at::Tensor> held_;  // sharded masters, while gathered

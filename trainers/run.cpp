@@ -46,9 +46,7 @@ int64_t accumulation_steps(const TrainConfig& t, int64_t world_size) {
 }
 
 // Model FLOPs of one sample-token mix, from the planner's formula, for the MFU column.
-double step_flops(const RunConfig& cfg, MPLUGOwl2ForCausalLM& model, int64_t world) {
-  NamedSizes sizes;
-  for (const auto& item : model->named_parameters()) sizes.emplace_back(item.key(), item.value().numel());
+double step_flops(const RunConfig& cfg, const NamedSizes& sizes, int64_t world) {
   PlanInputs in;
   in.world_size = world;
   return make_plan(cfg, sizes, in).flops_per_step;
@@ -295,14 +293,25 @@ int run_training(const RunConfig& cfg, const RunOptions& options) {
   if (lead) std::ofstream(run_dir / "config.yaml") << options.config_text;
   const int64_t accum = accumulation_steps(t, env.world_size);
 
-  // ZeRO 3: built on the host; the Trainer moves only this rank's shards to the device.
-  MPLUGOwl2ForCausalLM model = build_model(cfg, {.device = build_device(cfg, device), .log = lead_log});
-  const TrainingPolicies policies = apply_training_policies(model, cfg);
   const auto tokenizer = load_tokenizer(cfg);
   ExampleLoader loader = make_loader(cfg, env, tokenizer);
   DevicePrefetcher prefetcher(loader, accum, cfg.model.visual_tokens_per_image(), device);
-  const double flops = step_flops(cfg, model, env.world_size);  // before ZeRO 3 empties the block parameters
-  Trainer trainer(*model, model_loss_sum(model), cfg, comm, policies.sharded_stacks, shard_device(cfg, device));
+  // ZeRO 3: no rank ever holds the whole model, on the host or the device (build_training in setup.h).
+  const int64_t rss_before_model = rss_bytes();
+  TrainingModel built = build_training(cfg, {.device = device, .log = lead_log}, comm);
+  MPLUGOwl2ForCausalLM model = built.model;
+  const TrainingPolicies& policies = built.policies;
+  Trainer& trainer = *built.trainer;
+  const double flops = step_flops(cfg, built.sizes, env.world_size);
+  if (lead) {
+    int64_t model_numel = 0;
+    for (const auto& [name, numel] : built.sizes) model_numel += numel;
+    const auto mib = [](int64_t bytes) { return static_cast<double>(bytes) / double(1 << 20); };
+    std::cerr << fmt::format("start-up memory: the host's high-water mark rose {:.1f} MiB building the model and its "
+                             "training state, which holds {:.1f} MiB on {}; the whole model in float32 is {:.1f} MiB\n",
+                             mib(peak_rss_bytes() - rss_before_model), mib(trainer.held_bytes().total()), device.str(),
+                             mib(4 * model_numel));
+  }
   if (lead && cfg.lora.rank > 0) {
     std::cerr << fmt::format("LoRA: rank {}, alpha {}, {} adapted modules{}; the freeze rules are replaced: only "
                              "the adapters{} train\n",

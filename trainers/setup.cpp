@@ -2,8 +2,12 @@
 #include "trainers/setup.h"
 
 #include <fmt/format.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 #include <ostream>
+#include <set>
 
 #include "data/dataset.h"
 #include "data/stream.h"
@@ -31,31 +35,85 @@ std::shared_ptr<const data::Dataset> open_sources(const DataConfig& d, uint64_t 
   return data::make_mixture(mix, total, seed);
 }
 
+// Hands the heap's free pages back to the system. glibc serves allocations below its (adaptive) mmap threshold
+// from the heap and keeps what is freed there resident; a streamed start-up frees one parameter (and one read
+// buffer) after another, which would otherwise add up to a good part of the model.
+void release_free_heap_pages() {
+#ifdef __GLIBC__
+  ::malloc_trim(0);
+#endif
+}
+
 }  // namespace
-
-torch::Device build_device(const RunConfig& cfg, torch::Device device) {
-  return shard_device(cfg, device) ? torch::Device(torch::kCPU) : device;
-}
-
-std::optional<torch::Device> shard_device(const RunConfig& cfg, torch::Device device) {
-  if (cfg.distributed.zero_stage == 3) return device;
-  return std::nullopt;
-}
 
 MPLUGOwl2ForCausalLM build_model(const RunConfig& cfg, const ModelBuild& how) {
   MPLUGOwl2ForCausalLM model(cfg.model);  // registers the parameters, uninitialised
-  // The documented init (owl2/model/init.h), once, unless init.from provides every tensor next.
-  const bool loads = how.load_init && !cfg.init.from.empty();
-  if (!loads || cfg.init.allow_missing) init_weights(model, static_cast<uint64_t>(cfg.train.seed), cfg.model.initializer_range);
-  if (loads) {
-    LoadOptions lo;
-    lo.allow_missing = cfg.init.allow_missing;
-    const auto summary = load_model_weights(model, cfg.init.from, lo);
-    if (how.log) *how.log << "init: " << cfg.init.from << ": " << summary << "\n";
-  }
+  if (!how.defer_values) write_initial_values(model, cfg, how, nullptr, nullptr);
   model->to(how.device);
   model->train();
   return model;
+}
+
+void write_initial_values(MPLUGOwl2ForCausalLM& model, const RunConfig& cfg, const ModelBuild& how,
+                          const std::vector<torch::Tensor>* only, const std::function<void(torch::Tensor&)>& written) {
+  // The documented init (owl2/model/init.h), once, unless init.from provides every tensor next.
+  const bool loads = how.load_init && !cfg.init.from.empty();
+  if (written && loads && cfg.init.allow_missing)
+    throw std::logic_error("write_initial_values: init.allow_missing writes parameters twice, none can be taken early");
+  std::set<const c10::TensorImpl*> wanted;
+  if (only)
+    for (const auto& t : *only) wanted.insert(t.unsafeGetTensorImpl());
+  const auto skip = [&](const torch::Tensor& t) { return only && !wanted.count(t.unsafeGetTensorImpl()); };
+  if (!loads || cfg.init.allow_missing) {
+    InitHooks hooks;
+    if (only) hooks.skip = skip;
+    hooks.written = written;
+    init_weights(model, static_cast<uint64_t>(cfg.train.seed), cfg.model.initializer_range, hooks);
+  }
+  if (loads) {
+    LoadOptions lo;
+    lo.allow_missing = cfg.init.allow_missing;
+    if (written) {
+      lo.loaded = [&](const std::string&, torch::Tensor& t) { written(t); };
+      lo.unmapped = true;
+    }
+    if (only) {
+      std::set<std::string> left;
+      for (const auto& item : model->named_parameters())
+        if (skip(item.value())) left.insert(item.key());
+      lo.skip = [left](const std::string& name) { return left.count(name) > 0; };
+    }
+    const auto summary = load_model_weights(model, cfg.init.from, lo);
+    if (how.log) *how.log << "init: " << cfg.init.from << ": " << summary << "\n";
+  }
+}
+
+TrainingModel build_training(const RunConfig& cfg, const ModelBuild& how, std::shared_ptr<Comm> comm) {
+  TrainingModel out;
+  const bool stage3 = cfg.distributed.zero_stage == 3;
+  const bool loads = how.load_init && !cfg.init.from.empty();
+  const bool stream = stage3 && !(loads && cfg.init.allow_missing);
+  ModelBuild build = how;
+  if (stage3) build.device = torch::kCPU;
+  build.defer_values = stream;
+  out.model = build_model(cfg, build);
+  ShardPlacement placement;
+  if (stream) placement.pending = out.model->parameters();  // the LoRA adapters added next are written already
+  const std::vector<torch::Tensor> placement_pending = placement.pending;
+  out.policies = apply_training_policies(out.model, cfg);
+  for (const auto& item : out.model->named_parameters()) out.sizes.emplace_back(item.key(), item.value().numel());
+  if (stage3) placement.device = how.device;
+  out.trainer = std::make_unique<Trainer>(*out.model, model_loss_sum(out.model), cfg, std::move(comm),
+                                          out.policies.sharded_stacks, std::move(placement));
+  if (stream) {
+    Trainer& trainer = *out.trainer;
+    write_initial_values(out.model, cfg, how, &placement_pending, [&trainer](torch::Tensor& t) {
+      trainer.absorb(t);
+      release_free_heap_pages();
+    });
+    trainer.finish_absorbing();
+  }
+  return out;
 }
 
 TrainingPolicies apply_training_policies(MPLUGOwl2ForCausalLM& model, const RunConfig& cfg) {

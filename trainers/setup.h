@@ -5,9 +5,9 @@
 #include <torch/types.h>
 
 #include <cstdint>
+#include <functional>
 #include <iosfwd>
 #include <memory>
-#include <optional>
 #include <vector>
 
 #include "data/batch.h"
@@ -18,6 +18,7 @@
 #include "trainers/config.h"
 #include "trainers/parallel/distributed.h"
 #include "trainers/parallel/zero3.h"
+#include "trainers/plan.h"
 #include "trainers/trainer.h"
 
 namespace owl2 {
@@ -28,18 +29,23 @@ struct ModelBuild {
   torch::Device device = torch::kCPU;
   bool load_init = true;       // false: keep the initial weights even when init.from is set (benchmarks)
   std::ostream* log = nullptr;  // where the init summary goes (rank 0); nullptr: nowhere
+  // true: the parameters are registered but not written (their pages untouched, so not resident);
+  // write_initial_values() writes them later.
+  bool defer_values = false;
 };
-
-// Where build_model() builds the model of a run that trains on `device`: the host at ZeRO stage 3, where the
-// Trainer then puts only this rank's shards on `device` (so the device never holds the whole model), else `device`.
-torch::Device build_device(const RunConfig& cfg, torch::Device device);
-// What the Trainer then takes as its shard_device: `device` at ZeRO stage 3, else none (the model is on it).
-std::optional<torch::Device> shard_device(const RunConfig& cfg, torch::Device device);
 
 // The model of cfg.model with the weights of init.from (unless how.load_init is false), else initialised once
 // by init_weights with train.seed (also under init.allow_missing, for the tensors the checkpoint lacks);
 // moved to how.device, in training mode.
 MPLUGOwl2ForCausalLM build_model(const RunConfig& cfg, const ModelBuild& how = {});
+
+// What build_model writes into a model built with defer_values: the init, or the weights of init.from (unless
+// how.load_init is false), into the parameters of `only` (null: all of them; the others, e.g. LoRA adapters added
+// since, are left alone and the init draws nothing for them). `written` (may be null) is called with each parameter
+// right after it is written, in the order of the writes. With `written`, init.from and init.allow_missing together
+// are a std::logic_error (some parameters would be written twice).
+void write_initial_values(MPLUGOwl2ForCausalLM& model, const RunConfig& cfg, const ModelBuild& how,
+                          const std::vector<torch::Tensor>* only, const std::function<void(torch::Tensor&)>& written);
 
 // What apply_training_policies() leaves for the Trainer to finish.
 struct TrainingPolicies {
@@ -68,6 +74,25 @@ TrainingPolicies apply_training_policies(MPLUGOwl2ForCausalLM& model, const RunC
 
 // The summed loss of a batch through `model`, for the Trainer.
 LossSumFn model_loss_sum(MPLUGOwl2ForCausalLM model);
+
+// A run's model, what is applied to it and its Trainer, as `owl2 train` and `owl2 bench train` build them.
+struct TrainingModel {
+  MPLUGOwl2ForCausalLM model{nullptr};
+  TrainingPolicies policies;
+  NamedSizes sizes;  // each parameter's numel as built, for the plan (ZeRO 3 empties the parameters)
+  std::unique_ptr<Trainer> trainer;
+};
+
+// build_model, apply_training_policies and the Trainer, for training on how.device. Below ZeRO stage 3 the model is
+// built on how.device. At stage 3 no rank holds the whole model, on the host or the device, at any time:
+//  - the model is built on the host with its parameters unwritten (ModelBuild::defer_values), so not resident;
+//  - the Trainer lays out the shards on how.device (ShardPlacement) with those parameters pending;
+//  - write_initial_values then writes one parameter at a time, the init drawing exactly the values it draws for a
+//    whole model, or a tensor of init.from, and each is absorbed into this rank's shards and freed at once
+//    (broadcast from rank 0 first, through the device).
+//  The host's peak is then about one parameter beyond the shards. With init.from and init.allow_missing together
+//  the model is written whole on the host first (the init, then the loaded tensors over it) and then sharded.
+TrainingModel build_training(const RunConfig& cfg, const ModelBuild& how, std::shared_ptr<Comm> comm);
 
 // The SentencePiece model of data.tokenizer; throws ConfigError when none is set or it has more tokens than
 // model.decoder.vocab_size.

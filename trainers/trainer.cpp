@@ -18,7 +18,7 @@
 namespace owl2 {
 
 Trainer::Trainer(torch::nn::Module& model, LossSumFn loss_sum, const RunConfig& cfg, std::shared_ptr<Comm> comm,
-                 const std::vector<ShardedStack>& stacks, std::optional<torch::Device> shard_device)
+                 const std::vector<ShardedStack>& stacks, ShardPlacement placement)
     : model_(model), loss_sum_(std::move(loss_sum)), cfg_(cfg) {
   freeze_table_ = apply_freeze_rules(model_, effective_freeze_rules(cfg_));
   groups_ = resolve_param_groups(model_, cfg_.param_groups, cfg_.optim.weight_decay, cfg_.optim.vision_layer_decay,
@@ -26,11 +26,11 @@ Trainer::Trainer(torch::nn::Module& model, LossSumFn loss_sum, const RunConfig& 
                                  /*drop_unmatched=*/cfg_.lora.rank > 0 && default_param_groups(cfg_.param_groups));
   // bf16 under ZeRO: the optimizer shards the float32 masters (parallel/zero.h), MixedPrecision keeps none.
   precision_ = std::make_unique<MixedPrecision>(cfg_.train.precision, model_, groups_,
-                                                /*sharded_masters=*/cfg_.distributed.zero_stage >= 1);
+                                                /*sharded_masters=*/cfg_.distributed.zero_stage >= 1, placement.pending);
   for (const auto& g : groups_) {
     for (size_t i = 0; i < g.params.size(); ++i) trainable_.emplace_back(g.names[i], g.params[i]);
   }
-  sync_ = make_gradient_sync(cfg_, comm, model_, groups_, *precision_, stacks, shard_device);
+  sync_ = make_gradient_sync(cfg_, comm, model_, groups_, *precision_, stacks, std::move(placement));
   if (comm && comm->world_size() > 1) comm_ = std::move(comm);
   for (const auto& stack : stacks) {
     if (!zero3_stack_is_visual(stack.name)) continue;

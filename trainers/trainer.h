@@ -49,10 +49,16 @@ class Trainer {
   // stage 1 or 2 sharding the optimizer state (and gradients) over the ranks (also with one rank, so that its
   // checkpoints reshard to any world size). Stage 3 also shards the parameters of the blocks of `stacks` and
   // installs their runners (zero3.h); it needs at least one stack. The loss is normalized by the supervised
-  // tokens of the global batch over all ranks. `shard_device` (stage 3 only): the training device of a model built
-  // on the host (build_device()); only this rank's shards are put on it.
+  // tokens of the global batch over all ranks. `placement` (stage 3 only; ShardPlacement in parallel/zero.h): the
+  // training device of a model built on the host, only this rank's shards being put on it, and the parameters
+  // whose values arrive after the construction, through absorb() (build_training in trainers/setup.h).
   Trainer(torch::nn::Module& model, LossSumFn loss_sum, const RunConfig& cfg, std::shared_ptr<Comm> comm = nullptr,
-          const std::vector<ShardedStack>& stacks = {}, std::optional<torch::Device> shard_device = std::nullopt);
+          const std::vector<ShardedStack>& stacks = {}, ShardPlacement placement = {});
+
+  // ZeRO 3, a pending parameter whose values are written: into this rank's shards, then freed (collective, in the
+  // same order on every rank); finish_absorbing() after the last, naming any never written.
+  void absorb(const torch::Tensor& param) { sync_->absorb(param); }
+  void finish_absorbing() { sync_->finish_absorbing(); }
 
   // One optimizer step over the micro-batches of a global batch.
   StepResult step(const std::vector<Batch>& micro_batches);

@@ -91,13 +91,10 @@ std::unique_ptr<Variant> make_variant(const BenchArgs& a, const std::vector<std:
                                             cfg.train.global_batch_size, cfg.train.micro_batch_size));
   }
   // The run's model and policies, with the initial weights (throughput does not depend on the values).
-  v->model = build_model(cfg, {.device = build_device(cfg, device), .load_init = false});
-  const TrainingPolicies policies = apply_training_policies(v->model, cfg);
-  NamedSizes sizes;
-  for (const auto& item : v->model->named_parameters()) sizes.emplace_back(item.key(), item.value().numel());
-  v->plan = make_plan(cfg, sizes, PlanInputs{});
-  v->trainer = std::make_unique<Trainer>(*v->model, model_loss_sum(v->model), cfg, /*comm=*/nullptr,
-                                         policies.sharded_stacks, shard_device(cfg, device));
+  TrainingModel built = build_training(cfg, {.device = device, .load_init = false}, /*comm=*/nullptr);
+  v->model = built.model;
+  v->plan = make_plan(cfg, built.sizes, PlanInputs{});
+  v->trainer = std::move(built.trainer);
   for (int64_t i = 0; i < accum; ++i) v->micro.push_back(synthetic_batch(cfg, device, cfg.train.seed + i));
   return v;
 }

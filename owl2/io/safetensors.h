@@ -48,6 +48,7 @@ class SafetensorsFile final : public TensorSource {
   bool contains(const std::string& name) const override { return header_.tensors.count(name) > 0; }
   TensorMeta meta(const std::string& name) const override;
   torch::Tensor get(const std::string& name) const override;
+  torch::Tensor get_unmapped(const std::string& name) const override { return get_copy(name); }
   std::string where(const std::string&) const override { return map_->path(); }
 
   // An owned tensor read with pread (no mapped pages are touched, so RSS grows by the tensor only).

@@ -160,6 +160,7 @@ LoadReport load_state_dict(torch::nn::Module& module, const TensorSource& source
   std::set<std::string> expected;
   NamedTensors targets;
   for (auto& [name, t] : module_state(module)) {
+    if (options.skip && options.skip(name)) continue;
     expected.insert(name);
     if (ignorable(name)) {
       report.ignored.push_back(name);
@@ -209,8 +210,9 @@ LoadReport load_state_dict(torch::nn::Module& module, const TensorSource& source
 
   torch::NoGradGuard no_grad;
   for (auto& [name, t] : targets) {
-    t.copy_(source.get(name));  // converts dtype and device; the source view is dropped right after
+    t.copy_(options.unmapped ? source.get_unmapped(name) : source.get(name));  // converts dtype and device
     report.loaded.push_back(name);
+    if (options.loaded) options.loaded(name, t);
   }
   return report;
 }

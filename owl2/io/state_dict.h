@@ -2,6 +2,7 @@
 // sharded through an index) as a name -> tensor source, load it into a module name for name, save a module.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -30,6 +31,7 @@ class ShardedSource final : public TensorSource {
   bool contains(const std::string& name) const override { return weight_map_.count(name) > 0; }
   TensorMeta meta(const std::string& name) const override;
   torch::Tensor get(const std::string& name) const override;
+  torch::Tensor get_unmapped(const std::string& name) const override { return shard_of(name).get_unmapped(name); }
   std::string where(const std::string& name) const override;
 
  private:
@@ -49,6 +51,14 @@ struct LoadOptions {
   bool allow_missing = false;     // report instead of throwing
   bool allow_unexpected = false;  // report instead of throwing
   bool convert_dtype = false;     // a dtype mismatch is an error unless set; then copy_ converts
+  // Called with each entry right after it is copied in (it may take the values and free the tensor: ZeRO 3's
+  // start-up); load_model_weights also calls it for an interpolated ViT position embedding.
+  std::function<void(const std::string& name, torch::Tensor& tensor)> loaded;
+  // Module entries this load leaves alone, as if the module had none (adapters added after the model was built).
+  std::function<bool(const std::string& name)> skip;
+  // Each tensor read into a buffer of its own (TensorSource::get_unmapped), not from a mapping of the file: the
+  // resident set then grows by one tensor at a time, not by the file (ZeRO 3's start-up).
+  bool unmapped = false;
 };
 
 struct LoadReport {

@@ -21,6 +21,9 @@ class TensorSource {
   virtual bool contains(const std::string& name) const = 0;
   virtual TensorMeta meta(const std::string& name) const = 0;    // without reading the data
   virtual torch::Tensor get(const std::string& name) const = 0;  // CPU; may view a mapping (clone to own)
+  // The same values in a tensor of its own, read without touching a mapping (a mapped file's pages read in count
+  // in the process's resident set until it unmaps the file); by default get().
+  virtual torch::Tensor get_unmapped(const std::string& name) const { return get(name); }
   virtual std::string where(const std::string& name) const = 0;  // the file holding it, for messages
 };
 

@@ -33,6 +33,7 @@ std::string load_model_weights(MPLUGOwl2ForCausalLM& model, const std::string& p
   if (adapted.defined()) {
     torch::NoGradGuard no_grad;
     target.copy_(adapted);
+    if (options.loaded) options.loaded(key, target);
   }
   return report.summary() + note;
 }

@@ -11,9 +11,17 @@ namespace {
 // (constructors leave torch::empty memory behind).
 class Writer {
  public:
-  explicit Writer(double std) : std_(std) {}
-  void normal(torch::Tensor& t) { mark(t).normal_(0.0, std_); }
-  void fill(torch::Tensor& t, double value) { mark(t).fill_(value); }
+  explicit Writer(double std, InitHooks hooks = {}) : std_(std), hooks_(std::move(hooks)) {}
+  void normal(torch::Tensor& t) {
+    if (skipped(t)) return;
+    mark(t).normal_(0.0, std_);
+    done(t);
+  }
+  void fill(torch::Tensor& t, double value) {
+    if (skipped(t)) return;
+    mark(t).fill_(value);
+    done(t);
+  }
 
   // Every owl2 layer under `root`, root included, in registration order.
   void layers(torch::nn::Module& root) {
@@ -46,6 +54,7 @@ class Writer {
   void check_covers(const torch::nn::Module& root) const {
     const auto params = root.named_parameters();
     for (const auto& item : params) {
+      if (skipped_.count(item.value().unsafeGetTensorImpl())) continue;
       TORCH_CHECK(written_.count(item.value().unsafeGetTensorImpl()) == 1, "init_weights: parameter ", item.key(),
                   " has no init rule (add one in owl2/model/init.cpp and docs/model.md)");
     }
@@ -53,21 +62,32 @@ class Writer {
   }
 
  private:
+  void done(torch::Tensor& t) {
+    if (hooks_.written) hooks_.written(t);
+  }
+  bool skipped(const torch::Tensor& t) {
+    if (!hooks_.skip || !hooks_.skip(t)) return false;
+    skipped_.insert(t.unsafeGetTensorImpl());
+    return true;
+  }
   torch::Tensor& mark(torch::Tensor& t) {
     TORCH_CHECK(written_.insert(t.unsafeGetTensorImpl()).second, "init_weights: a tensor of shape ", t.sizes(),
                 " is written twice");
     return t;
   }
   double std_;
-  std::unordered_set<const c10::TensorImpl*> written_;
+  InitHooks hooks_;
+  std::unordered_set<const c10::TensorImpl*> written_, skipped_;
   torch::NoGradGuard no_grad_;
 };
 
 }  // namespace
 
-void init_weights(MPLUGOwl2ForCausalLM& model, uint64_t seed, double std) {
+void init_weights(MPLUGOwl2ForCausalLM& model, uint64_t seed, double std) { init_weights(model, seed, std, InitHooks{}); }
+
+void init_weights(MPLUGOwl2ForCausalLM& model, uint64_t seed, double std, const InitHooks& hooks) {
   torch::manual_seed(seed);
-  Writer w(std);
+  Writer w(std, hooks);
   w.layers(*model);
   w.own_tensors(*model->model->vision_model);
   w.own_tensors(*model->model->visual_abstractor);

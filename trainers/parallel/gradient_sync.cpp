@@ -135,12 +135,12 @@ DataParallelSync::DataParallelSync(std::shared_ptr<Comm> comm, torch::nn::Module
 ZeroSync::ZeroSync(std::shared_ptr<Comm> comm, torch::nn::Module& model, const std::vector<ParamGroup>& groups,
                    const OptimConfig& optim, MixedPrecision& precision, int stage, int64_t bucket_bytes,
                    const std::vector<std::vector<at::Tensor>>& blocks, ReduceDtype reduce_dtype,
-                   std::optional<at::Device> device)
+                   ShardPlacement placement)
     : trainable_(named_params(groups)),
       precision_(precision),
       max_norm_(max_norm_of(optim)),
       zero_(std::make_unique<ZeroOptimizer>(std::move(comm), model, groups, optim, stage, bucket_bytes, blocks,
-                                            sharded_masters(precision, reduce_dtype), device)) {}
+                                            sharded_masters(precision, reduce_dtype), std::move(placement))) {}
 
 void ZeroSync::zero_grad() {
   drop_grads(trainable_);
@@ -175,9 +175,9 @@ void ZeroSync::load_masters(const std::map<std::string, at::Tensor>& state, cons
 Zero3Sync::Zero3Sync(std::shared_ptr<Comm> comm, torch::nn::Module& model, const std::vector<ParamGroup>& groups,
                      const OptimConfig& optim, MixedPrecision& precision, int64_t bucket_bytes,
                      const std::vector<ShardedStack>& stacks, ReduceDtype reduce_dtype, bool prefetch,
-                     std::optional<at::Device> device)
+                     ShardPlacement placement)
     : ZeroSync(std::move(comm), model, groups, optim, precision, 3, bucket_bytes, sharded_blocks(stacks),
-               reduce_dtype, device) {
+               reduce_dtype, std::move(placement)) {
   install_zero3_runners(*zero_, stacks, prefetch);
 }
 
@@ -207,11 +207,12 @@ const char* gradient_sync_name(GradientSync::Kind kind) {
 std::unique_ptr<GradientSync> make_gradient_sync(const RunConfig& cfg, std::shared_ptr<Comm> comm,
                                                  torch::nn::Module& model, const std::vector<ParamGroup>& groups,
                                                  MixedPrecision& precision, const std::vector<ShardedStack>& stacks,
-                                                 std::optional<at::Device> shard_device) {
+                                                 ShardPlacement placement) {
   const int64_t world = comm ? comm->world_size() : 1;
   const auto stage = cfg.distributed.zero_stage;
-  if (shard_device && stage != 3)
-    throw std::invalid_argument("make_gradient_sync: only ZeRO stage 3 places its shards on another device");
+  if ((placement.device || !placement.pending.empty()) && stage != 3)
+    throw std::invalid_argument("make_gradient_sync: only ZeRO stage 3 places its shards on another device or takes "
+                                "parameters in later");
   const auto& optim = cfg.optim;
   switch (pick_gradient_sync(stage, world)) {
     case GradientSync::Kind::kReplicated:  // bf16: the masters hold the gradients the optimizer reads
@@ -226,7 +227,7 @@ std::unique_ptr<GradientSync> make_gradient_sync(const RunConfig& cfg, std::shar
                                         cfg.distributed.reduce_dtype);
     case GradientSync::Kind::kZero3:
       return std::make_unique<Zero3Sync>(comm, model, groups, optim, precision, bucket_bytes_of(cfg), stacks,
-                                         cfg.distributed.reduce_dtype, cfg.distributed.prefetch, shard_device);
+                                         cfg.distributed.reduce_dtype, cfg.distributed.prefetch, std::move(placement));
   }
   throw std::logic_error("make_gradient_sync: unknown strategy");
 }

@@ -2,6 +2,7 @@
 // strategy (replicated, data-parallel all-reduce, ZeRO 1/2, ZeRO 3), picked once from the config and the world
 // size, so that Trainer::step never asks which one it has. docs/distributed.md, "Gradient sync".
 #pragma once
+#include <stdexcept>
 #include <ATen/ATen.h>
 #include <torch/nn/module.h>
 #include <torch/optim/adamw.h>
@@ -67,6 +68,12 @@ class GradientSync {
   virtual void release_root() {}
   // ZeRO: this rank's slices of the parameters only its shards hold (ZeroOptimizer::load_shards); a no-op else.
   virtual void load_shards(const SliceReader& /*read*/) {}
+  // ZeRO 3 with pending parameters (ShardPlacement::pending): ZeroOptimizer::absorb / finish_absorbing. Other
+  // strategies have none pending: absorb throws std::logic_error, finish_absorbing does nothing.
+  virtual void absorb(const at::Tensor& /*param*/) {
+    throw std::logic_error("absorb: only ZeRO 3 takes parameters in after its construction");
+  }
+  virtual void finish_absorbing() {}
   // train.precision bf16 under ZeRO, where the optimizer owns the float32 masters as shards: the full masters on
   // rank `root` (every rank when root < 0; collective), and this rank's masters from a model state's float32
   // values (key prefix + name). Elsewhere the masters (if any) are MixedPrecision's: nothing, and a no-op.
@@ -133,7 +140,7 @@ class ZeroSync : public GradientSync {
   ZeroSync(std::shared_ptr<Comm> comm, torch::nn::Module& model, const std::vector<ParamGroup>& groups,
            const OptimConfig& optim, MixedPrecision& precision, int stage, int64_t bucket_bytes,
            const std::vector<std::vector<at::Tensor>>& blocks = {}, ReduceDtype reduce_dtype = ReduceDtype::kFp32,
-           std::optional<at::Device> device = std::nullopt);
+           ShardPlacement placement = {});
   Kind kind() const override { return Kind::kZero; }
   void zero_grad() override;
   void arm() override { zero_->arm(); }
@@ -149,6 +156,8 @@ class ZeroSync : public GradientSync {
   const ZeroOptimizer* zero() const override { return zero_.get(); }
   void add_held(HeldTensors& out) const override { zero_->add_held(out); }
   void load_shards(const SliceReader& read) override { zero_->load_shards(read); }
+  void absorb(const at::Tensor& param) override { zero_->absorb(param); }
+  void finish_absorbing() override { zero_->finish_absorbing(); }
 
  protected:
   NamedTensors trainable_;
@@ -164,7 +173,7 @@ class Zero3Sync : public ZeroSync {
   Zero3Sync(std::shared_ptr<Comm> comm, torch::nn::Module& model, const std::vector<ParamGroup>& groups,
             const OptimConfig& optim, MixedPrecision& precision, int64_t bucket_bytes,
             const std::vector<ShardedStack>& stacks, ReduceDtype reduce_dtype = ReduceDtype::kFp32,
-            bool prefetch = true, std::optional<at::Device> device = std::nullopt);
+            bool prefetch = true, ShardPlacement placement = {});
   Kind kind() const override { return Kind::kZero3; }
   void gather_parameters() override { zero_->gather_all(); }
   void release_parameters() override { zero_->release_all(); }
@@ -178,12 +187,11 @@ GradientSync::Kind pick_gradient_sync(int64_t zero_stage, int64_t world_size);
 const char* gradient_sync_name(GradientSync::Kind kind);
 
 // Builds the strategy pick_gradient_sync() names for cfg and comm (null: one rank). Multi-rank constructors
-// broadcast rank 0's parameters (collective). `shard_device`: ZeRO 3 only, where the shards go when the model was
-// built elsewhere (ZeroOptimizer's `device`); null: the parameters' device.
+// broadcast rank 0's parameters (collective). `placement`: ZeRO 3 only (ShardPlacement).
 std::unique_ptr<GradientSync> make_gradient_sync(const RunConfig& cfg, std::shared_ptr<Comm> comm,
                                                  torch::nn::Module& model, const std::vector<ParamGroup>& groups,
                                                  MixedPrecision& precision,
                                                  const std::vector<ShardedStack>& stacks = {},
-                                                 std::optional<at::Device> shard_device = std::nullopt);
+                                                 ShardPlacement placement = {});
 
 }  // namespace owl2

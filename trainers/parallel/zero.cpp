@@ -76,7 +76,7 @@ ZeroLayout::ZeroLayout(const std::vector<int64_t>& numels, int64_t element_size,
 ZeroOptimizer::ZeroOptimizer(std::shared_ptr<Comm> comm, torch::nn::Module& model, const std::vector<ParamGroup>& groups,
                              const OptimConfig& optim, int stage, int64_t bucket_bytes,
                              const std::vector<std::vector<at::Tensor>>& blocks,
-                             std::optional<ShardedMasters> masters, std::optional<at::Device> device)
+                             std::optional<ShardedMasters> masters, ShardPlacement placement)
     : frozen_layout_({}, 1, 1, 0, 1),
       masters_(masters),
       comm_(std::move(comm)),
@@ -87,16 +87,21 @@ ZeroOptimizer::ZeroOptimizer(std::shared_ptr<Comm> comm, torch::nn::Module& mode
   if (stage_ != 3 && !blocks.empty()) throw std::invalid_argument("ZeRO: parameter blocks are sharded at stage 3 only");
   if (comm_ && comm_->world_size() == 1) comm_.reset();
   at::NoGradGuard no_grad;
+  const auto& device = placement.device;
+  if (stage_ != 3 && !placement.pending.empty())
+    throw std::invalid_argument(fmt::format("ZeRO {}: only stage 3 takes parameters in after its construction", stage_));
+  std::set<const c10::TensorImpl*> wanted;
+  for (const auto& t : placement.pending) wanted.insert(t.unsafeGetTensorImpl());
+  for (const auto& item : model.named_parameters(/*recurse=*/true)) {
+    if (wanted.count(item.value().unsafeGetTensorImpl())) pending_[item.value().unsafeGetTensorImpl()] = item.key();
+  }
+  if (pending_.size() != wanted.size())
+    throw std::invalid_argument("ZeRO 3: a pending tensor is not a parameter of the model");
+  if (device) broadcast_device_ = *device;
   if (comm_) {
     for (auto& item : model.named_parameters(/*recurse=*/true)) {
       at::Tensor p = item.value();
-      if (device && p.device() != *device) {  // a host parameter, a device collective (NCCL): one tensor at a time
-        at::Tensor on_device = p.to(*device);
-        comm_->broadcast(on_device, 0, "broadcast " + item.key());
-        p.copy_(on_device);
-      } else {
-        comm_->broadcast(p, 0, "broadcast " + item.key());
-      }
+      if (!pending(p)) broadcast_param(p, item.key());
     }
   }
   if (device && stage_ != 3) {
@@ -206,23 +211,23 @@ ZeroOptimizer::ZeroOptimizer(std::shared_ptr<Comm> comm, torch::nn::Module& mode
     // taken from the (broadcast) parameters before any of them is cast or freed.
     param_shard_ = at::zeros({layout_.shard_numel}, shard_opts_);
     for (const auto& s : layout_.segments) {
-      if (!in_shard(s.param)) continue;
+      if (!in_shard(s.param) || pending(params_[s.param].second)) continue;
       param_shard_.narrow(0, s.shard_offset, s.length)
           .copy_(params_[s.param].second.detach().reshape({-1}).narrow(0, s.param_offset, s.length));
     }
     if (masters_) {  // the model's copies in the compute dtype (the same tensor objects: hooks come after)
       for (size_t k = 0; k < params_.size(); ++k) {
         auto& p = params_[k].second;
-        if (block_of_[k] < 0) p.set_data(p.detach().to(compute_dtype_));
+        if (block_of_[k] < 0 && !pending(p)) p.set_data(p.detach().to(compute_dtype_));
       }
     }
   }
   // Frozen block parameters: this rank's slice of each block's frozen bucket, in the dtype they arrive in (the
   // compute dtype: bf16 cast them already), never reduced or stepped.
   if (!frozen_.empty()) {
-    const auto dtype = frozen_[0].second.scalar_type();
+    const auto dtype = compute_dtype_;  // pending ones are converted as they arrive
     for (const auto& [name, t] : frozen_) {
-      if (t.scalar_type() != compute_dtype_) {
+      if (t.scalar_type() != compute_dtype_ && !pending(t)) {
         throw std::invalid_argument(fmt::format("ZeRO 3: frozen parameter '{}' is {}, the blocks compute in {}", name,
                                                 c10::toString(t.scalar_type()), c10::toString(compute_dtype_)));
       }
@@ -231,6 +236,7 @@ ZeroOptimizer::ZeroOptimizer(std::shared_ptr<Comm> comm, torch::nn::Module& mode
                                 layout_.rank, /*bucket_bytes=*/1, frozen_block);
     frozen_shard_ = at::zeros({frozen_layout_.shard_numel}, shard_opts_.dtype(dtype));
     for (const auto& s : frozen_layout_.segments) {
+      if (pending(frozen_[s.param].second)) continue;
       frozen_shard_.narrow(0, s.shard_offset, s.length)
           .copy_(frozen_[s.param].second.detach().reshape({-1}).narrow(0, s.param_offset, s.length));
     }
@@ -240,6 +246,7 @@ ZeroOptimizer::ZeroOptimizer(std::shared_ptr<Comm> comm, torch::nn::Module& mode
   release_root();         // ...stage 3 keeps only their slices between steps
   if (stage_ == 3) {  // every parameter is now an empty tensor on the shards' device (the host copies are freed)
     for (const auto& item : model.named_parameters(/*recurse=*/true)) {
+      if (pending(item.value())) continue;
       if (item.value().numel() != 0 || item.value().device() != shard_opts_.device())
         throw std::logic_error(fmt::format("ZeRO 3: parameter '{}' was left outside the shards", item.key()));
     }
@@ -263,6 +270,56 @@ at::Tensor ZeroOptimizer::slot(size_t k) {
   const auto& sizes = sizes_[k];
   const int64_t numel = std::accumulate(sizes.begin(), sizes.end(), int64_t{1}, std::multiplies<int64_t>());
   return flat_[b].narrow(0, bucket.offsets[j], numel).view(sizes);
+}
+
+void ZeroOptimizer::broadcast_param(at::Tensor& p, const std::string& name) {
+  if (broadcast_device_ && p.device() != *broadcast_device_) {  // a host parameter, a device collective (NCCL)
+    at::Tensor on_device = p.to(*broadcast_device_);
+    comm_->broadcast(on_device, 0, "broadcast " + name);
+    p.copy_(on_device);
+  } else {
+    comm_->broadcast(p, 0, "broadcast " + name);
+  }
+}
+
+void ZeroOptimizer::absorb(const at::Tensor& param) {
+  const auto it = pending_.find(param.unsafeGetTensorImpl());
+  if (it == pending_.end())
+    throw std::logic_error("ZeRO 3: absorb() of a parameter that is not pending (or was absorbed already)");
+  at::NoGradGuard no_grad;
+  at::Tensor p = param;
+  if (comm_) broadcast_param(p, it->second);
+  const auto flat = p.detach().reshape({-1});
+  bool placed = false;
+  for (size_t k = 0; k < params_.size() && !placed; ++k) {
+    if (params_[k].second.unsafeGetTensorImpl() != p.unsafeGetTensorImpl()) continue;
+    for (const auto& s : layout_.segments) {
+      if (s.param == static_cast<int64_t>(k))
+        param_shard_.narrow(0, s.shard_offset, s.length).copy_(flat.narrow(0, s.param_offset, s.length));
+    }
+    placed = true;
+  }
+  for (size_t f = 0; f < frozen_.size() && !placed; ++f) {
+    if (frozen_[f].second.unsafeGetTensorImpl() != p.unsafeGetTensorImpl()) continue;
+    for (const auto& s : frozen_layout_.segments) {
+      if (s.param == static_cast<int64_t>(f))
+        frozen_shard_.narrow(0, s.shard_offset, s.length).copy_(flat.narrow(0, s.param_offset, s.length));
+    }
+    placed = true;
+  }
+  if (!placed) throw std::logic_error("ZeRO 3: pending parameter '" + it->second + "' is neither trained nor frozen");
+  p.set_data(at::empty({0}, shard_opts_.dtype(compute_dtype_)));  // frees the host tensor
+  pending_.erase(it);
+}
+
+void ZeroOptimizer::finish_absorbing() const {
+  if (pending_.empty()) return;
+  std::vector<std::string> names;
+  for (const auto& [impl, name] : pending_) names.push_back(name);
+  std::sort(names.begin(), names.end());
+  std::string list;
+  for (const auto& n : names) list += (list.empty() ? "" : ", ") + n;
+  throw std::runtime_error(fmt::format("ZeRO 3: {} parameter(s) never received their values: {}", names.size(), list));
 }
 
 bool ZeroOptimizer::in_shard(int64_t k) const { return masters_ || stage_ == 3 || block_of_[k] >= 0; }
@@ -390,8 +447,10 @@ void ZeroOptimizer::gather_block(int64_t i) {
 void ZeroOptimizer::release_block(int64_t i) {
   if (all_gathered_) return;
   const auto empty = at::empty({0}, shard_opts_.dtype(compute_dtype_));
-  for (int64_t k : block_params_.at(i)) params_[k].second.set_data(empty);
-  for (int64_t k : block_frozen_.at(i)) frozen_[k].second.set_data(empty);
+  for (int64_t k : block_params_.at(i))
+    if (!pending(params_[k].second)) params_[k].second.set_data(empty);
+  for (int64_t k : block_frozen_.at(i))
+    if (!pending(frozen_[k].second)) frozen_[k].second.set_data(empty);
   if (static_cast<size_t>(i) < block_gathered_.size() && block_gathered_[static_cast<size_t>(i)]) {
     block_gathered_[static_cast<size_t>(i)] = 0;
     gathered_ -= block_gathered_numel(i);
@@ -458,9 +517,10 @@ void ZeroOptimizer::release_root() {
   if (stage_ != 3 || !root_gathered_ || all_gathered_) return;
   const auto empty = at::empty({0}, shard_opts_.dtype(compute_dtype_));
   for (size_t k = 0; k < params_.size(); ++k) {
-    if (block_of_[k] < 0) params_[k].second.set_data(empty);
+    if (block_of_[k] < 0 && !pending(params_[k].second)) params_[k].second.set_data(empty);
   }
-  for (int64_t k : root_frozen_) frozen_[k].second.set_data(empty);
+  for (int64_t k : root_frozen_)
+    if (!pending(frozen_[k].second)) frozen_[k].second.set_data(empty);
   root_gathered_ = false;
 }
 

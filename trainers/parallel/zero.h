@@ -134,6 +134,19 @@ struct ShardedMasters {
   at::ScalarType reduce = at::kFloat;
 };
 
+// Stage 3: where the ZeroOptimizer keeps its shards, and which parameters it receives after its construction.
+struct ShardPlacement {
+  // Where the shards, the optimizer state and every gathered parameter live; null: the parameters' device. With
+  // another device (`owl2 train` builds the model on the host), each parameter is broadcast from rank 0 through
+  // the device one tensor at a time, only this rank's slices are kept on the device, and every parameter ends an
+  // empty tensor on the device, its host copy freed: the device never holds more than one full parameter.
+  std::optional<at::Device> device;
+  // Parameters whose values are not written yet (a model built with ModelBuild::defer_values): the constructor
+  // neither broadcasts, casts nor reads them, and keeps them as they are (host tensors whose pages are untouched,
+  // so not resident); each one is taken in by absorb() once written (init or load, in any order), which frees it.
+  std::vector<at::Tensor> pending;
+};
+
 // Gradient reduction, global-norm clipping and AdamW for ZeRO stage 1 (all-reduce, then keep the own
 // slice), stage 2 (reduce-scatter: only the own slice of the summed gradient is ever materialized in
 // the flat buffers) and stage 3 (stage 2, plus the parameters of each block in `blocks` live only as this rank's
@@ -144,15 +157,21 @@ struct ShardedMasters {
 // collectives.
 class ZeroOptimizer {
  public:
-  // `device`: where the shards, the optimizer state and every gathered parameter live; by default the
-  // parameters' device. Stage 3 with another device (`owl2 train` builds the model on the host): the values are
-  // read from the host parameters, each broadcast from rank 0 through the device one tensor at a time, only this
-  // rank's slices are kept on the device, and every parameter ends on the device, empty until gathered; the host
-  // copies are then freed, so the device never holds more than one full parameter during construction.
+  // `placement` (ShardPlacement): a device other than the parameters' at stage 3 only; pending parameters at
+  // stage 3 only.
   ZeroOptimizer(std::shared_ptr<Comm> comm, torch::nn::Module& model, const std::vector<ParamGroup>& groups,
                 const OptimConfig& optim, int stage, int64_t bucket_bytes,
                 const std::vector<std::vector<at::Tensor>>& blocks = {},
-                std::optional<ShardedMasters> masters = std::nullopt, std::optional<at::Device> device = std::nullopt);
+                std::optional<ShardedMasters> masters = std::nullopt, ShardPlacement placement = {});
+
+  // Stage 3, a pending parameter (ShardPlacement::pending) once its values are written: broadcast from rank 0
+  // (collective: every rank absorbs the same parameters in the same order), this rank's slices copied into the
+  // shards (in the shards' dtype), and the parameter released. Throws std::logic_error for a parameter that is not
+  // pending.
+  void absorb(const at::Tensor& param);
+  // After the last absorb(): throws std::runtime_error naming every parameter never absorbed.
+  void finish_absorbing() const;
+  bool absorbing() const { return !pending_.empty(); }
 
   // Sharded float32 masters (ShardedMasters): whether this optimizer keeps them.
   bool has_masters() const { return masters_.has_value(); }
@@ -256,6 +275,10 @@ class ZeroOptimizer {
   void copy_own_slices_to_shard(int64_t i);  // block i; -1: the root
   bool in_shard(int64_t k) const;  // parameter k's values live in param_shard_ (else the model's copy is the master)
   bool root_gathered_ = false;
+  std::map<const c10::TensorImpl*, std::string> pending_;  // ShardPlacement::pending not yet absorbed, by tensor
+  bool pending(const at::Tensor& t) const { return !pending_.empty() && pending_.count(t.unsafeGetTensorImpl()); }
+  void broadcast_param(at::Tensor& p, const std::string& name);  // from rank 0, through broadcast_device_
+  std::optional<at::Device> broadcast_device_;  // ShardPlacement::device
   void refresh_plain_parameters();  // after the step: all-gather the updated slices into the parameters
 
   std::vector<std::vector<int64_t>> block_params_;  // per block, trainable parameter indices
