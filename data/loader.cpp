@@ -14,10 +14,15 @@ std::string state_to_json(const LoaderState& s) {
     j["shard"] = s.shard;
     j["sample"] = s.sample;
     if (s.shards > 0) j["shards"] = s.shards;
-    if (!s.plan.empty()) {
-      auto plan = nlohmann::json::array();
-      for (const auto& e : s.plan) plan.push_back({e.shard, e.sample});
-      j["plan"] = std::move(plan);
+    const auto pairs = [](const std::vector<ShardStart>& plan) {
+      auto out = nlohmann::json::array();
+      for (const auto& e : plan) out.push_back({e.shard, e.sample});
+      return out;
+    };
+    if (!s.plan.empty()) j["plan"] = pairs(s.plan);
+    if (s.then_epoch >= 0) {
+      j["then_epoch"] = s.then_epoch;
+      if (!s.then_plan.empty()) j["then_plan"] = pairs(s.then_plan);
     }
   }
   return j.dump();
@@ -42,18 +47,26 @@ LoaderState state_from_json(const std::string& text) {
     if (s.shard < 0 || s.sample < 0)
       throw std::invalid_argument(fmt::format("loader state: 'shard' and 'sample' must be >= 0 in '{}'", text));
     if (j.contains("shards")) field("shards", s.shards);
-    if (j.contains("plan")) {
-      const auto& plan = j["plan"];
+    const auto read_plan = [&](const char* key, std::vector<ShardStart>& out) {
+      if (!j.contains(key)) return;
+      const auto& plan = j[key];
       const auto bad = [&] {
         return std::invalid_argument(
-            fmt::format("loader state: 'plan' must be a list of [shard, sample] pairs of integers >= 0 in '{}'", text));
+            fmt::format("loader state: '{}' must be a list of [shard, sample] pairs of integers >= 0 in '{}'", key, text));
       };
       if (!plan.is_array()) throw bad();
       for (const auto& e : plan) {
         if (!e.is_array() || e.size() != 2 || !e[0].is_number_integer() || !e[1].is_number_integer()) throw bad();
-        s.plan.push_back({e[0].get<int64_t>(), e[1].get<int64_t>()});
-        if (s.plan.back().shard < 0 || s.plan.back().sample < 0) throw bad();
+        out.push_back({e[0].get<int64_t>(), e[1].get<int64_t>()});
+        if (out.back().shard < 0 || out.back().sample < 0) throw bad();
       }
+    };
+    read_plan("plan", s.plan);
+    if (j.contains("then_epoch")) {
+      field("then_epoch", s.then_epoch);
+      if (s.then_epoch <= s.epoch)
+        throw std::invalid_argument(fmt::format("loader state: 'then_epoch' must come after 'epoch' in '{}'", text));
+      read_plan("then_plan", s.then_plan);
     }
   }
   return s;

@@ -30,7 +30,9 @@ namespace owl2::data {
 // A streaming loader (over a ShardStream) also records its stream position: `shard` (>= 0; -1 for an indexed
 // loader) in the rank's shard list of the epoch and `sample` groups read from it. That position belongs to one
 // rank at one world size; reshard_streams (data/stream.h) turns the positions of all ranks into those of another
-// world size, with a `plan` for the rest of the epoch. `shards`: the stream's shard count (0: not recorded).
+// world size, with a `plan` for the rest of the epoch; one that straddled an epoch boundary also says which epoch
+// comes next (`then_epoch`, -1: epoch + 1) and its plan (`then_plan`; RankStream). `shards`: the stream's shard
+// count (0: not recorded).
 struct LoaderState {
   uint64_t seed = 0;
   int64_t epoch = 0;
@@ -39,6 +41,8 @@ struct LoaderState {
   int64_t sample = 0;
   std::vector<ShardStart> plan = {};
   int64_t shards = 0;
+  int64_t then_epoch = -1;
+  std::vector<ShardStart> then_plan = {};
   bool streaming() const { return shard >= 0; }
 };
 std::string state_to_json(const LoaderState& s);
@@ -203,10 +207,17 @@ class Loader {
 
   // Starts `epoch` from its first batch.
   void set_epoch(int64_t epoch) { reset({seed_, epoch, 0, stream_ ? 0 : -1, 0}); }
+  // Starts the epoch after this one: epoch + 1, or after a resharded resume that straddled an epoch boundary the
+  // epoch and plan it planned (LoaderState::then_epoch).
+  void next_epoch() {
+    if (then_epoch_ < 0) return set_epoch(epoch_ + 1);
+    LoaderState s{seed_, then_epoch_, 0, 0, then_plan_.empty() ? 0 : then_plan_.front().sample, then_plan_};
+    reset(s);
+  }
   LoaderState state() const {
     if (stream_) {
-      return {seed_, epoch_, pos_, stream_pos_.shard, stream_pos_.sample, stream_->plan(),
-              static_cast<int64_t>(stream_->num_shards())};
+      return {seed_,      epoch_,     pos_, stream_pos_.shard, stream_pos_.sample, stream_->plan(),
+              static_cast<int64_t>(stream_->num_shards()), then_epoch_, then_plan_};
     }
     return {seed_, epoch_, pos_};
   }
@@ -267,6 +278,8 @@ class Loader {
     seed_ = s.seed;
     epoch_ = s.epoch;
     pos_ = s.position;
+    then_epoch_ = s.then_epoch;
+    then_plan_ = s.then_plan;
     items_.clear();
     for (size_t b = static_cast<size_t>(pos_); b < plan_.size(); ++b)
       items_.insert(items_.end(), plan_[b].begin(), plan_[b].end());
@@ -502,6 +515,8 @@ class Loader {
 
   uint64_t seed_ = 0;
   int64_t epoch_ = 0;
+  int64_t then_epoch_ = -1;              // streaming: LoaderState::then_epoch
+  std::vector<ShardStart> then_plan_;    // and its plan
   int64_t pos_ = 0;
   std::vector<std::vector<size_t>> plan_;
   std::vector<size_t> items_;  // dataset indices of the remaining batches, flattened

@@ -23,50 +23,108 @@ std::vector<size_t> shard_assignment(size_t num_shards, uint64_t seed, int64_t e
   return mine;
 }
 
-std::vector<RankStream> reshard_streams(const std::vector<RankStream>& saved, size_t num_shards, uint64_t seed, int world) {
-  if (saved.empty()) throw std::invalid_argument("resharding streams: no saved rank positions");
-  if (world < 1) throw std::invalid_argument(fmt::format("resharding streams: world size {} is below 1", world));
-  const int64_t epoch = saved[0].position.epoch;
-  std::vector<std::vector<ShardStart>> left(saved.size());
-  for (size_t r = 0; r < saved.size(); ++r) {
-    const auto& [pos, plan] = saved[r];
-    if (pos.epoch != epoch)
-      throw std::invalid_argument(fmt::format(
-          "resharding streams: the saved ranks stand in different epochs (rank 0 in epoch {}, rank {} in epoch {}); "
-          "resume at the world size they were saved at ({} ranks)",
-          epoch, r, pos.epoch, saved.size()));
-    std::vector<ShardStart> list = plan;
-    if (list.empty()) {
-      for (size_t k : shard_assignment(num_shards, seed, epoch, static_cast<int>(r), static_cast<int>(saved.size())))
-        list.push_back({static_cast<int64_t>(k), 0});
-    }
-    if (pos.shard < 0 || pos.sample < 0 || pos.shard > static_cast<int64_t>(list.size()))
-      throw std::invalid_argument(fmt::format("resharding streams: rank {}'s position (shard {}, sample {}) is outside "
-                                              "its {} shards of epoch {}",
-                                              r, pos.shard, pos.sample, list.size(), epoch));
-    for (auto k = static_cast<size_t>(pos.shard); k < list.size(); ++k) {
-      ShardStart e = list[k];
-      if (k == static_cast<size_t>(pos.shard)) e.sample = std::max(e.sample, pos.sample);
-      if (e.shard < 0 || static_cast<size_t>(e.shard) >= num_shards)
-        throw std::invalid_argument(fmt::format("resharding streams: rank {}'s plan names shard {} of {}", r, e.shard,
-                                                num_shards));
-      left[r].push_back(e);
-    }
+namespace {
+
+// The shards rank r of saved.size() reads in epoch e by its saved state, from their starts (a plan's own or 0).
+std::vector<ShardStart> saved_share(const std::vector<RankStream>& saved, size_t r, int64_t e, size_t num_shards,
+                                    uint64_t seed) {
+  const RankStream& s = saved[r];
+  const std::vector<ShardStart>* planned = nullptr;
+  if (e == s.position.epoch) {
+    planned = &s.plan;
+  } else if (s.then_epoch >= 0 && e > s.position.epoch) {
+    if (e < s.then_epoch) return {};  // an epoch it skips: nothing of it was left for it
+    if (e == s.then_epoch) planned = &s.then_plan;
   }
-  std::vector<RankStream> out(static_cast<size_t>(world));
+  if (planned && !planned->empty()) return *planned;
+  std::vector<ShardStart> out;
+  for (size_t k : shard_assignment(num_shards, seed, e, static_cast<int>(r), static_cast<int>(saved.size())))
+    out.push_back({static_cast<int64_t>(k), 0});
+  return out;
+}
+
+// One shard from each saved rank's list in turn, then the next ones, to `world` new ranks.
+std::vector<std::vector<ShardStart>> deal(const std::vector<std::vector<ShardStart>>& left, int world) {
+  std::vector<std::vector<ShardStart>> out(static_cast<size_t>(world));
   size_t dealt = 0;
   for (size_t round = 0;; ++round) {
     bool any = false;
     for (const auto& l : left) {
       if (round >= l.size()) continue;
       any = true;
-      out[dealt++ % out.size()].plan.push_back(l[round]);
+      out[dealt++ % out.size()].push_back(l[round]);
     }
     if (!any) break;
   }
-  for (auto& o : out) {
-    if (o.plan.empty()) o.position = {epoch + 1, 0, 0};  // nothing left of this epoch for it
-    else o.position = {epoch, 0, o.plan.front().sample};
+  return out;
+}
+
+}  // namespace
+
+std::vector<RankStream> reshard_streams(const std::vector<RankStream>& saved, size_t num_shards, uint64_t seed, int world) {
+  if (saved.empty()) throw std::invalid_argument("resharding streams: no saved rank positions");
+  if (world < 1) throw std::invalid_argument(fmt::format("resharding streams: world size {} is below 1", world));
+  int64_t epoch = saved[0].position.epoch, last = epoch;  // the first and last epoch the saved states reach into
+  bool straddles = false;
+  for (const auto& s : saved) {
+    epoch = std::min(epoch, s.position.epoch);
+    last = std::max(last, s.position.epoch);
+    if (s.then_epoch >= 0) last = std::max(last, s.then_plan.empty() ? s.then_epoch - 1 : s.then_epoch);
+    straddles = straddles || s.then_epoch >= 0;
+  }
+  straddles = straddles || last > epoch;
+  if (last > epoch + 1) {
+    size_t r = 0;
+    while (saved[r].position.epoch != epoch) ++r;
+    throw std::invalid_argument(fmt::format(
+        "resharding streams: the saved ranks span more than two epochs (rank {} in epoch {}, the states reach into "
+        "epoch {}); resume at the world size they were saved at ({} ranks)",
+        r, epoch, last, saved.size()));
+  }
+  // What is left of epoch e by each saved rank.
+  auto left_of = [&](int64_t e) {
+    std::vector<std::vector<ShardStart>> left(saved.size());
+    for (size_t r = 0; r < saved.size(); ++r) {
+      const auto& pos = saved[r].position;
+      if (e < pos.epoch) continue;  // finished
+      const auto list = saved_share(saved, r, e, num_shards, seed);
+      const int64_t from = e == pos.epoch ? pos.shard : 0;
+      if (from < 0 || pos.sample < 0 || from > static_cast<int64_t>(list.size()))
+        throw std::invalid_argument(fmt::format("resharding streams: rank {}'s position (shard {}, sample {}) is "
+                                                "outside its {} shards of epoch {}",
+                                                r, pos.shard, pos.sample, list.size(), e));
+      for (auto k = static_cast<size_t>(from); k < list.size(); ++k) {
+        ShardStart st = list[k];
+        if (e == pos.epoch && k == static_cast<size_t>(from)) st.sample = std::max(st.sample, pos.sample);
+        if (st.shard < 0 || static_cast<size_t>(st.shard) >= num_shards)
+          throw std::invalid_argument(fmt::format("resharding streams: rank {}'s plan names shard {} of {}", r, st.shard,
+                                                  num_shards));
+        left[r].push_back(st);
+      }
+    }
+    return left;
+  };
+  const auto first = deal(left_of(epoch), world);
+  const auto second = straddles ? deal(left_of(epoch + 1), world) : std::vector<std::vector<ShardStart>>{};
+  std::vector<RankStream> out(static_cast<size_t>(world));
+  for (size_t i = 0; i < out.size(); ++i) {
+    auto& o = out[i];
+    const std::vector<ShardStart> none;
+    const auto& a = first[i];
+    const auto& b = straddles ? second[i] : none;
+    if (!a.empty()) {
+      o.position = {epoch, 0, a.front().sample};
+      o.plan = a;
+      if (straddles) {  // then its part of epoch + 1, or straight on to epoch + 2 where it has none
+        o.then_epoch = b.empty() ? epoch + 2 : epoch + 1;
+        o.then_plan = b;
+      }
+    } else if (!b.empty()) {  // nothing left of this epoch for it
+      o.position = {epoch + 1, 0, b.front().sample};
+      o.plan = b;
+    } else {
+      o.position = {epoch + (straddles ? 2 : 1), 0, 0};
+    }
   }
   return out;
 }

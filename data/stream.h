@@ -29,10 +29,14 @@ struct ShardStart {
   bool operator==(const ShardStart&) const = default;
 };
 
-// A rank's stream state: its position and, in an epoch that was resharded, its plan (empty: shard_assignment).
+// A rank's stream state: its position and, in an epoch that was resharded, its plan (empty: shard_assignment);
+// after a resharding that straddled an epoch boundary, also what follows position.epoch: epoch `then_epoch` (-1:
+// position.epoch + 1) read by `then_plan` (empty: shard_assignment).
 struct RankStream {
   StreamPosition position;
   std::vector<ShardStart> plan;
+  int64_t then_epoch = -1;
+  std::vector<ShardStart> then_plan;
 };
 
 // The shards (indices into the full list of `num_shards`) that `rank` of `world_size` reads in `epoch`, in order:
@@ -41,11 +45,15 @@ struct RankStream {
 std::vector<size_t> shard_assignment(size_t num_shards, uint64_t seed, int64_t epoch, int rank, int world_size);
 
 // Resuming streams saved by saved.size() ranks (rank r's state at saved[r]) at `world` ranks: what is left of the
-// epoch the saved ranks stand in (each saved rank's unfinished shards, the current one from the sample group it
+// epoch E the saved ranks stand in (each saved rank's unfinished shards, the current one from the sample group it
 // stood at) is dealt out to the new ranks in turn (one shard from each saved rank, then the next ones), so every
 // sample group of the epoch is still read exactly once. A new rank that gets nothing starts the next epoch, whose
-// shards are its own share (shard_assignment at `world`). Throws std::invalid_argument when the saved ranks stand in
-// different epochs (one has finished the epoch and begun the next: resume at the saved world size).
+// shards are its own share (shard_assignment at `world`).
+// When the saved ranks straddle an epoch boundary (some still in E, some already in E + 1, as near the end of an
+// epoch, or a saved rank carries a `then` of an earlier such resharding), what is left of E + 1 (the shares of the
+// ranks still in E whole, the rest of the others') is dealt out the same way, and each new rank reads its part of E,
+// then its part of E + 1 (RankStream::then_*), then its own share from E + 2 on; a new rank with nothing left of an
+// epoch skips it. Throws std::invalid_argument when the saved ranks span more than two epochs.
 std::vector<RankStream> reshard_streams(const std::vector<RankStream>& saved, size_t num_shards, uint64_t seed, int world);
 
 class ShardStream {

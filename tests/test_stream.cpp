@@ -267,7 +267,7 @@ TEST_CASE("streaming positions reshard to another world size: the rest of the ep
         CHECK((again.back().plan == state.plan));  // the plan travels in the state until the epoch ends
       }
       reader.read(-1, epoch0);
-      reader.loader.set_epoch(1);
+      reader.loader.next_epoch();
       reader.read(-1, epoch1);
     }
     {
@@ -295,12 +295,13 @@ TEST_CASE("streaming positions reshard to another world size: the rest of the ep
   }
   // Saved at the same world size: the states as they were.
   CHECK(owl2::reshard_stream_states(saved, 1, 3).sample == saved[1].sample);
-  // Ranks in different epochs, and states without the shard count, are refused with the reason.
+  // Ranks that span more than two epochs, and states without the shard count, are refused with the reason.
   auto split = saved;
-  split[1].epoch = 1;
+  split[1].epoch = 2;
   split[1].shard = 0;
   CHECK_THROWS_WITH(owl2::reshard_stream_states(split, 0, 2),
-                    Contains("the saved ranks stand in different epochs (rank 0 in epoch 0, rank 1 in epoch 1)"));
+                    Contains("the saved ranks span more than two epochs (rank 0 in epoch 0, the states reach into "
+                             "epoch 2)"));
   auto old = saved;
   old[0].shards = 0;
   CHECK_THROWS_WITH(owl2::reshard_stream_states(old, 0, 2), Contains("does not record the stream's shard count"));
@@ -310,6 +311,87 @@ TEST_CASE("streaming positions reshard to another world size: the rest of the ep
   CHECK_THROWS_WITH(other.loader.load_state(wrong), Contains("the state was saved over 12 shards") && Contains("names 13"));
   CHECK_THROWS_WITH(data::state_from_json(R"({"seed":1,"epoch":0,"position":0,"shard":0,"sample":0,"plan":[[1]]})"),
                     Contains("'plan' must be a list of [shard, sample] pairs"));
+}
+
+// Reads on until the loader stands in `past` (each epoch's ids under its number), moving on at each epoch's end.
+void read_epochs(RankReader& reader, int64_t past, std::map<int64_t, std::vector<std::string>>& by_epoch) {
+  while (reader.loader.state().epoch < past) {
+    const int64_t epoch = reader.loader.state().epoch;
+    auto batch = reader.loader.next();
+    if (!batch) {
+      reader.loader.next_epoch();
+      continue;
+    }
+    for (const auto& id : batch->ids) by_epoch[epoch].push_back(id.substr(0, id.find('|')));
+  }
+}
+
+TEST_CASE("streaming positions saved across an epoch boundary reshard: each epoch is read exactly once",
+          "[dataset][stream][loader]") {
+  const std::string dir = owl2::test::temp_dir("owl2_stream_straddle");
+  const int shards = 13, per = 5;
+  const std::string pattern = write_shards(dir, shards, per, 16);
+  // Rank 1 has finished its share of epoch 0 and read a batch of epoch 1; ranks 0 and 2 are still in epoch 0 (rank 2
+  // mid-shard).
+  std::map<int64_t, std::vector<std::string>> before;
+  std::vector<data::LoaderState> saved;
+  for (int r = 0; r < 3; ++r) {
+    RankReader reader(pattern, r, 3, nullptr);
+    if (r == 1) {
+      read_epochs(reader, 1, before);
+      reader.read(1, before[1]);
+    } else {
+      reader.read(r == 0 ? 3 : 1, before[0]);
+    }
+    saved.push_back(reader.loader.state());
+  }
+  REQUIRE(saved[1].epoch == 1);
+  REQUIRE(saved[2].sample == 2);
+  for (int world : {1, 2, 4, 12}) {
+    INFO("resumed at " << world << " ranks");
+    auto by_epoch = before;
+    std::vector<data::LoaderState> again;  // world 2: after one more batch each, resharded again below
+    auto before_again = before;
+    for (int r = 0; r < world; ++r) {
+      const auto state = owl2::reshard_stream_states(saved, r, world);
+      CHECK(state.epoch <= 2);
+      RankReader reader(pattern, r, world, &state);
+      if (world == 2) {
+        const int64_t epoch = reader.loader.state().epoch;
+        std::vector<std::string> one;
+        reader.read(1, one);
+        for (auto* m : {&by_epoch, &before_again}) (*m)[epoch].insert((*m)[epoch].end(), one.begin(), one.end());
+        again.push_back(reader.loader.state());
+      }
+      read_epochs(reader, 3, by_epoch);  // the rest of epochs 0 and 1, then its own share of epoch 2
+    }
+    for (int64_t epoch : {0, 1, 2}) {
+      INFO("epoch " << epoch);
+      check_once(by_epoch[epoch], shards, per);
+    }
+    if (world == 2) {  // states that carry the next epoch's plan reshard again, to 3 ranks
+      REQUIRE(again.size() == 2);
+      auto rest = before_again;
+      for (int r = 0; r < 3; ++r) {
+        const auto state = owl2::reshard_stream_states(again, r, 3);
+        RankReader reader(pattern, r, 3, &state);
+        read_epochs(reader, 2, rest);
+      }
+      for (int64_t epoch : {0, 1}) {
+        INFO("resharded again to 3 ranks, epoch " << epoch);
+        check_once(rest[epoch], shards, per);
+      }
+    }
+  }
+  // The next epoch's plan travels in the state's JSON.
+  const auto state = owl2::reshard_stream_states(saved, 0, 2);
+  REQUIRE(state.then_epoch >= 1);
+  const auto round = data::state_from_json(data::state_to_json(state));
+  CHECK(round.then_epoch == state.then_epoch);
+  CHECK((round.then_plan == state.then_plan));
+  CHECK_THROWS_WITH(
+      data::state_from_json(R"({"seed":1,"epoch":3,"position":0,"shard":0,"sample":0,"then_epoch":3})"),
+      Contains("'then_epoch' must come after 'epoch'"));
 }
 
 TEST_CASE("streaming: bad pairs and damaged shards are reported and passed over, bad positions and states are refused",

@@ -99,7 +99,7 @@ DevicePrefetcher::Staged DevicePrefetcher::load() {
             "failed); see the loader's bad-input report",
             loader_.state().epoch, loader_.num_batches()));
       }
-      loader_.set_epoch(loader_.state().epoch + 1);
+      loader_.next_epoch();
       fresh_epoch = true;
       continue;
     }

@@ -84,7 +84,7 @@ data::LoaderState reshard_stream_states(const std::vector<data::LoaderState>& sa
       throw std::invalid_argument(fmt::format("stream positions: rank {} was saved with seed {} over {} shards, rank 0 "
                                               "with seed {} over {}",
                                               r, s.seed, s.shards, saved[0].seed, saved[0].shards));
-    streams.push_back({{s.epoch, s.shard, s.sample}, s.plan});
+    streams.push_back({{s.epoch, s.shard, s.sample}, s.plan, s.then_epoch, s.then_plan});
   }
   const auto mine = data::reshard_streams(streams, static_cast<size_t>(saved[0].shards), saved[0].seed,
                                           static_cast<int>(to_world))[static_cast<size_t>(rank)];
@@ -96,6 +96,8 @@ data::LoaderState reshard_stream_states(const std::vector<data::LoaderState>& sa
   out.sample = mine.position.sample;
   out.plan = mine.plan;
   out.shards = saved[0].shards;
+  out.then_epoch = mine.then_epoch;
+  out.then_plan = mine.then_plan;
   return out;
 }
 
