@@ -6,15 +6,18 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <numeric>
 #include <set>
+#include <tuple>
 
 #include <torch/cuda.h>
 
 #include "data/example.h"
 #include "data/loader.h"
 #include "data/template.h"
+#include "owl2/model/decoder.h"
 #include "owl2/model/model.h"
 #include "tests/golden_io.h"
 #include "tests/helpers.h"
@@ -414,6 +417,75 @@ TEST_CASE("on CUDA a packed row gives each sample the logits it has alone, in fl
       offset[static_cast<size_t>(r)] += len;
     }
   }
+}
+
+namespace {
+// Causal attention within each span, one SDPA call per span, in float64 on the CPU: the reference of the varlen kernels.
+torch::Tensor per_span_reference(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                 const std::vector<int64_t>& lengths) {
+  std::vector<torch::Tensor> out;
+  int64_t at = 0;
+  for (const int64_t n : lengths) {
+    const auto head_major = [&](const torch::Tensor& t) { return t.slice(0, at, at + n).transpose(0, 1).unsqueeze(0); };
+    out.push_back(at::scaled_dot_product_attention(head_major(q), head_major(k), head_major(v), {}, 0.0, true)
+                      .squeeze(0)
+                      .transpose(0, 1));
+    at += n;
+  }
+  return torch::cat(out, 0);
+}
+}  // namespace
+
+TEST_CASE("varlen attention: no kernel off CUDA, and malformed spans are errors", "[packing]") {
+  const auto q = torch::randn({10, 2, 8});
+  CHECK(varlen_kernel_for(q) == VarlenKernel::kNone);
+  CHECK_THROWS_WITH(varlen_causal_attention(q, q, q, {4, 6}), Catch::Contains("no variable-length kernel for Float on cpu"));
+  CHECK_THROWS_WITH(varlen_causal_attention(q, q, q, {4, 5}), Catch::Contains("spans of 9 tokens for 10"));
+  CHECK_THROWS_WITH(varlen_causal_attention(q, q, q, {10, 0}), Catch::Contains("a span of 0 tokens"));
+}
+
+TEST_CASE("varlen attention on CUDA equals causal attention per span, forward and gradients, flash and "
+          "memory-efficient",
+          "[packing][gpu]") {
+  if (!torch::cuda::is_available()) {
+    WARN("no CUDA device: nothing to check (CTest leaves [gpu] out of CPU builds)");
+    return;
+  }
+  torch::manual_seed(3);
+  const std::vector<int64_t> lengths{5, 17, 1, 40, 9};
+  const int64_t T = 72, H = 4, K = 64;
+  const auto opts = torch::TensorOptions().dtype(torch::kFloat64);
+  const auto q = torch::randn({T, H, K}, opts), k = torch::randn({T, H, K}, opts), v = torch::randn({T, H, K}, opts);
+  const auto w = torch::randn({T, H, K}, opts);  // the gradients of sum(out * w)
+  auto grads_of = [&](const std::function<torch::Tensor(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&)>& f,
+                      torch::Device device, torch::ScalarType dtype) {
+    auto qq = q.to(device, dtype).requires_grad_(), kk = k.to(device, dtype).requires_grad_(),
+         vv = v.to(device, dtype).requires_grad_();
+    const auto out = f(qq, kk, vv);
+    (out.to(torch::kFloat64) * w.to(out.device())).sum().backward();
+    const auto cpu = [](const torch::Tensor& t) { return t.to(torch::kCPU, torch::kFloat64); };
+    return std::vector<torch::Tensor>{cpu(out), cpu(qq.grad()), cpu(kk.grad()), cpu(vv.grad())};
+  };
+  const auto reference = grads_of([&](auto a, auto b, auto c) { return per_span_reference(a, b, c, lengths); },
+                                  torch::kCPU, torch::kFloat64);
+  const std::vector<std::tuple<VarlenKernel, torch::ScalarType, double>> cases{
+      {VarlenKernel::kMemoryEfficient, torch::kFloat32, 1e-4},
+      {VarlenKernel::kMemoryEfficient, torch::kBFloat16, 5e-2},
+      {VarlenKernel::kFlash, torch::kBFloat16, 5e-2}};
+  for (const auto& [kernel, dtype, tol] : cases) {
+    INFO("kernel " << static_cast<int>(kernel) << ", " << dtype);
+    const auto got = grads_of([&, kernel = kernel](auto a, auto b, auto c) {
+      return varlen_causal_attention(a, b, c, lengths, kernel);
+    }, torch::kCUDA, dtype);
+    for (size_t i = 0; i < got.size(); ++i) {
+      INFO("output, dq, dk, dv: " << i);
+      const double scale = std::max(1.0, reference[i].abs().max().item<double>());
+      CHECK(max_abs_diff(got[i], reference[i]) < tol * scale);
+    }
+  }
+  CHECK(varlen_kernel_for(q.to(torch::kCUDA, torch::kBFloat16)) == VarlenKernel::kFlash);
+  CHECK(varlen_kernel_for(q.to(torch::kCUDA, torch::kFloat32)) == VarlenKernel::kMemoryEfficient);
+  CHECK(varlen_kernel_for(q.cuda()) == VarlenKernel::kNone);  // float64: the per-span calls
 }
 
 }  // namespace owl2_test_packing

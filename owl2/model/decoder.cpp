@@ -2,7 +2,15 @@
 // Legend: B batch, S sequence, D width, H query heads, G key/value heads, K head dim, M = B*S tokens.
 #include "owl2/model/decoder.h"
 
+#include <ATen/ops/_efficient_attention_forward.h>
+#include <ATen/ops/_flash_attention_forward.h>
 #include <ATen/ops/scaled_dot_product_attention.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <iostream>
+#include <vector>
 
 #include <tuple>
 
@@ -74,6 +82,59 @@ torch::Tensor apply_rotary(const torch::Tensor& x_BhSK, const Rotary& rope) {
   return x_BhSK * rope.cos_BSK.unsqueeze(1) + rotated * rope.sin_BSK.unsqueeze(1);
 }
 
+VarlenKernel varlen_kernel_for(const torch::Tensor& q_THK) {
+  if (!q_THK.is_cuda()) return VarlenKernel::kNone;
+  const int64_t K = q_THK.size(-1);
+  const auto dtype = q_THK.scalar_type();
+  // Flash: half precision, head sizes up to 256 in multiples of 8 (7B: 128). Memory-efficient: also float32.
+  if ((dtype == torch::kBFloat16 || dtype == torch::kHalf) && K <= 256 && K % 8 == 0) return VarlenKernel::kFlash;
+  if (dtype == torch::kFloat32 || dtype == torch::kBFloat16 || dtype == torch::kHalf) return VarlenKernel::kMemoryEfficient;
+  return VarlenKernel::kNone;
+}
+
+torch::Tensor varlen_causal_attention(const torch::Tensor& q_THK, const torch::Tensor& k_THK, const torch::Tensor& v_THK,
+                                      const std::vector<int64_t>& lengths, VarlenKernel kernel) {
+  TORCH_CHECK(q_THK.dim() == 3 && k_THK.sizes() == q_THK.sizes() && v_THK.sizes() == q_THK.sizes(),
+              "varlen_causal_attention: q, k and v must be [tokens, heads, head size] of one shape, got ", q_THK.sizes(),
+              ", ", k_THK.sizes(), " and ", v_THK.sizes());
+  std::vector<int32_t> cumulative{0};
+  int64_t longest = 0;
+  for (const int64_t n : lengths) {
+    TORCH_CHECK(n > 0, "varlen_causal_attention: a span of ", n, " tokens");
+    cumulative.push_back(cumulative.back() + static_cast<int32_t>(n));
+    longest = std::max(longest, n);
+  }
+  TORCH_CHECK(cumulative.back() == q_THK.size(0), "varlen_causal_attention: spans of ", cumulative.back(),
+              " tokens for ", q_THK.size(0));
+  if (kernel == VarlenKernel::kAuto) kernel = varlen_kernel_for(q_THK);
+  const auto cu = torch::tensor(cumulative, torch::TensorOptions().dtype(torch::kInt32)).to(q_THK.device(), /*non_blocking=*/true);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(q_THK.size(-1)));
+  const auto q = q_THK.contiguous(), k = k_THK.contiguous(), v = v_THK.contiguous();
+  // A device the flash kernel was not built for (before sm80) refuses it: memory-efficient from then on.
+  static std::atomic<bool> flash_refused{false};
+  if (kernel == VarlenKernel::kFlash && !flash_refused.load()) {
+    try {
+      return std::get<0>(at::_flash_attention_forward(q, k, v, cu, cu, longest, longest, /*dropout_p=*/0.0,
+                                                       /*is_causal=*/true, /*return_debug_mask=*/false, scale));
+    } catch (const c10::Error& e) {
+      if (!flash_refused.exchange(true))
+        std::cerr << "varlen attention: the flash kernel refused (" << e.what_without_backtrace()
+                  << "); using the memory-efficient kernel\n";
+    }
+    kernel = VarlenKernel::kMemoryEfficient;
+  }
+  if (kernel == VarlenKernel::kMemoryEfficient) {
+    // Batch 1 of all tokens, the spans told by the cumulative lengths; mask type 1: causal from the top left.
+    const bool grad = at::GradMode::is_enabled() && (q.requires_grad() || k.requires_grad() || v.requires_grad());
+    return std::get<0>(at::_efficient_attention_forward(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), std::nullopt,
+                                                        cu, cu, longest, longest, /*dropout_p=*/0.0,
+                                                        /*custom_mask_type=*/1, /*compute_log_sumexp=*/grad, scale))
+        .squeeze(0);
+  }
+  TORCH_CHECK(false, "varlen_causal_attention: no variable-length kernel for ", q_THK.scalar_type(), " on ",
+              q_THK.device().str(), " (CUDA, float32 / bf16 / fp16)");
+}
+
 torch::Tensor decoder_attention(const torch::Tensor& q_BHSK, const torch::Tensor& k_BGSK, const torch::Tensor& v_BGSK,
                                 const torch::Tensor& mask_B1SS, const SegmentSpans* spans) {
   auto k = k_BGSK, v = v_BGSK;
@@ -104,6 +165,10 @@ torch::Tensor decoder_attention(const torch::Tensor& q_BHSK, const torch::Tensor
         TORCH_CHECK(s0 < s1 && s1 <= S, "decoder_attention: bad span [", s0, ", ", s1, ") of row ", b);
         sizes.push_back(s1 - s0);
       }
+    }
+    if (varlen_kernel_for(q_BHSK) != VarlenKernel::kNone) {  // CUDA: one variable-length kernel over all spans
+      const auto flat = [&](const torch::Tensor& t) { return t.transpose(1, 2).reshape({B * S, H, K}); };
+      return varlen_causal_attention(flat(q_BHSK), flat(k), flat(v), sizes).view({B, S, H, K}).transpose(1, 2);
     }
     const auto tokens = [&](const torch::Tensor& t) { return t.transpose(1, 2).reshape({B * S, H, K}).split_with_sizes(sizes); };
     const auto qs = tokens(q_BHSK), ks = tokens(k), vs = tokens(v);

@@ -70,8 +70,21 @@ struct SegmentSpans {
 // with no mask (S == S'): exact for a batch without padding and for the real positions of right-padded rows,
 // and the only form the CUDA flash kernel accepts (docs/model.md, "Attention kernels").
 // With `spans` (and no mask) each span of each row attends causally to itself only, one SDPA call per span.
+// On CUDA the spans go to varlen_causal_attention instead: one kernel launch for all spans of all rows.
 torch::Tensor decoder_attention(const torch::Tensor& q_BHSK, const torch::Tensor& k_BGSK, const torch::Tensor& v_BGSK,
                                 const torch::Tensor& mask_B1SS, const SegmentSpans* spans = nullptr);
+
+// ATen's variable-length fused attention kernels (CUDA only): flash attention (bf16 / fp16, head size <= 256 and a
+// multiple of 8) or memory-efficient attention (also float32), both differentiable.
+enum class VarlenKernel { kAuto, kFlash, kMemoryEfficient, kNone };
+// The kernel kAuto picks for queries like `q_THK` (kNone: not on CUDA, or a dtype neither takes).
+VarlenKernel varlen_kernel_for(const torch::Tensor& q_THK);
+// Causal attention within each span of the token sequence: q, k, v [T,H,K] hold the spans one after the other
+// (`lengths`, summing to T); each token attends to the tokens of its own span up to itself. Scale 1/sqrt(K), no
+// dropout. Throws c10::Error naming the dtype and device where no kernel applies (on the CPU: use the per-span SDPA
+// calls of decoder_attention).
+torch::Tensor varlen_causal_attention(const torch::Tensor& q_THK, const torch::Tensor& k_THK, const torch::Tensor& v_THK,
+                                      const std::vector<int64_t>& lengths, VarlenKernel kernel = VarlenKernel::kAuto);
 
 class DecoderAttentionImpl : public torch::nn::Module {
  public:
