@@ -182,6 +182,15 @@ std::map<std::string, torch::Tensor> gathered(Trainer& trainer, MPLUGOwl2ForCaus
   return out;
 }
 
+// Every parameter of `expected` has exactly its values in `values`, and nothing else is there.
+void check_same_values(const std::map<std::string, torch::Tensor>& values, MPLUGOwl2ForCausalLM& expected) {
+  REQUIRE(values.size() == expected->named_parameters().size());
+  for (const auto& item : expected->named_parameters()) {
+    INFO(item.key());
+    CHECK(torch::equal(values.at(item.key()), item.value()));
+  }
+}
+
 TEST_CASE("ZeRO 3 start-up: one parameter written at a time gives the whole-model init and the loaded weights "
           "exactly, every parameter ends empty on the training device",
           "[setup]") {
@@ -201,12 +210,7 @@ TEST_CASE("ZeRO 3 start-up: one parameter written at a time gives the whole-mode
   const auto params = reference->parameters();
   CHECK(numel == std::accumulate(params.begin(), params.end(), int64_t{0},
                                  [](int64_t a, const torch::Tensor& t) { return a + t.numel(); }));
-  auto values = gathered(*built.trainer, built.model);
-  REQUIRE(values.size() == reference->named_parameters().size());
-  for (const auto& item : reference->named_parameters()) {
-    INFO(item.key());
-    CHECK(torch::equal(values.at(item.key()), item.value()));
-  }
+  check_same_values(gathered(*built.trainer, built.model), reference);
 
   // LoRA: the adapters, added after the model was built, keep their own init, and the init draws nothing for them.
   RunConfig lora = cfg;
@@ -214,12 +218,7 @@ TEST_CASE("ZeRO 3 start-up: one parameter written at a time gives the whole-mode
   auto with_adapters = build_model(lora);
   apply_training_policies(with_adapters, lora);
   TrainingModel adapted = build_training(lora, {.device = device}, nullptr);
-  auto adapted_values = gathered(*adapted.trainer, adapted.model);
-  REQUIRE(adapted_values.size() == with_adapters->named_parameters().size());
-  for (const auto& item : with_adapters->named_parameters()) {
-    INFO(item.key());
-    CHECK(torch::equal(adapted_values.at(item.key()), item.value()));
-  }
+  check_same_values(gathered(*adapted.trainer, adapted.model), with_adapters);
 
   // init.from: each loaded tensor is taken in as it is copied.
   RunConfig other = cfg;
@@ -229,19 +228,11 @@ TEST_CASE("ZeRO 3 start-up: one parameter written at a time gives the whole-mode
   save_state_dict(*source, dir);
   cfg.init.from = dir;
   TrainingModel loaded = build_training(cfg, {.device = device}, nullptr);
-  auto loaded_values = gathered(*loaded.trainer, loaded.model);
-  for (const auto& item : source->named_parameters()) {
-    INFO(item.key());
-    CHECK(torch::equal(loaded_values.at(item.key()), item.value()));
-  }
+  check_same_values(gathered(*loaded.trainer, loaded.model), source);
   // With init.allow_missing the whole model is written first, then sharded: the same values.
   cfg.init.allow_missing = true;
   TrainingModel patched = build_training(cfg, {.device = device}, nullptr);
-  auto patched_values = gathered(*patched.trainer, patched.model);
-  for (const auto& item : source->named_parameters()) {
-    INFO(item.key());
-    CHECK(torch::equal(patched_values.at(item.key()), item.value()));
-  }
+  check_same_values(gathered(*patched.trainer, patched.model), source);
 }
 
 TEST_CASE("ZeRO 3 start-up: a pending parameter never written is an error naming it", "[setup]") {

@@ -290,24 +290,19 @@ void ZeroOptimizer::absorb(const at::Tensor& param) {
   at::Tensor p = param;
   if (comm_) broadcast_param(p, it->second);
   const auto flat = p.detach().reshape({-1});
-  bool placed = false;
-  for (size_t k = 0; k < params_.size() && !placed; ++k) {
-    if (params_[k].second.unsafeGetTensorImpl() != p.unsafeGetTensorImpl()) continue;
-    for (const auto& s : layout_.segments) {
-      if (s.param == static_cast<int64_t>(k))
-        param_shard_.narrow(0, s.shard_offset, s.length).copy_(flat.narrow(0, s.param_offset, s.length));
+  // This rank's segments of p, if `list` (laid out by `layout`) holds it, into `shard` (converting the dtype).
+  const auto take = [&](const NamedTensors& list, const ZeroLayout& layout, at::Tensor& shard) {
+    for (size_t k = 0; k < list.size(); ++k) {
+      if (list[k].second.unsafeGetTensorImpl() != p.unsafeGetTensorImpl()) continue;
+      for (const auto& s : layout.segments) {
+        if (s.param == static_cast<int64_t>(k))
+          shard.narrow(0, s.shard_offset, s.length).copy_(flat.narrow(0, s.param_offset, s.length));
+      }
+      return true;
     }
-    placed = true;
-  }
-  for (size_t f = 0; f < frozen_.size() && !placed; ++f) {
-    if (frozen_[f].second.unsafeGetTensorImpl() != p.unsafeGetTensorImpl()) continue;
-    for (const auto& s : frozen_layout_.segments) {
-      if (s.param == static_cast<int64_t>(f))
-        frozen_shard_.narrow(0, s.shard_offset, s.length).copy_(flat.narrow(0, s.param_offset, s.length));
-    }
-    placed = true;
-  }
-  if (!placed) throw std::logic_error("ZeRO 3: pending parameter '" + it->second + "' is neither trained nor frozen");
+    return false;
+  };
+  if (!take(params_, layout_, param_shard_) && !take(frozen_, frozen_layout_, frozen_shard_)) throw std::logic_error("ZeRO 3: pending parameter '" + it->second + "' is neither trained nor frozen");
   p.set_data(at::empty({0}, shard_opts_.dtype(compute_dtype_)));  // frees the host tensor
   pending_.erase(it);
 }
