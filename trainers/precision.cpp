@@ -75,7 +75,7 @@ void MixedPrecision::hold_masters(NamedTensors masters) {
 std::optional<AutocastRegion> MixedPrecision::forward_region() const {
   if (mode_ != Precision::kBf16Autocast) return std::nullopt;
   // The parameters' device now, not at construction: ZeRO 3 builds the model on the host and moves it to the
-  // training device while sharding it (trainers/setup.h, build_device).
+  // training device while sharding it (trainers/setup.h, build_training).
   c10::DeviceType device = c10::kCPU;
   for (const auto& p : model_.parameters()) {
     device = p.device().type();

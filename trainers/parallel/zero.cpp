@@ -88,8 +88,9 @@ ZeroOptimizer::ZeroOptimizer(std::shared_ptr<Comm> comm, torch::nn::Module& mode
   if (comm_ && comm_->world_size() == 1) comm_.reset();
   at::NoGradGuard no_grad;
   const auto& device = placement.device;
-  if (stage_ != 3 && !placement.pending.empty())
-    throw std::invalid_argument(fmt::format("ZeRO {}: only stage 3 takes parameters in after its construction", stage_));
+  if (stage_ != 3 && (device || !placement.pending.empty()))
+    throw std::invalid_argument(fmt::format("ZeRO {}: only stage 3 places its shards on another device or takes "
+                                            "parameters in after its construction", stage_));
   std::set<const c10::TensorImpl*> wanted;
   for (const auto& t : placement.pending) wanted.insert(t.unsafeGetTensorImpl());
   for (const auto& item : model.named_parameters(/*recurse=*/true)) {
@@ -102,14 +103,6 @@ ZeroOptimizer::ZeroOptimizer(std::shared_ptr<Comm> comm, torch::nn::Module& mode
     for (auto& item : model.named_parameters(/*recurse=*/true)) {
       at::Tensor p = item.value();
       if (!pending(p)) broadcast_param(p, item.key());
-    }
-  }
-  if (device && stage_ != 3) {
-    for (const auto& item : model.named_parameters(/*recurse=*/true)) {
-      if (item.value().device() != *device)
-        throw std::invalid_argument(fmt::format("ZeRO {}: parameter '{}' is on {}, not on the optimizer's {}; only "
-                                                "stage 3 moves a host-built model to the device", stage_, item.key(),
-                                                item.value().device().str(), device->str()));
     }
   }
   std::vector<int64_t> numels;
@@ -222,8 +215,8 @@ ZeroOptimizer::ZeroOptimizer(std::shared_ptr<Comm> comm, torch::nn::Module& mode
       }
     }
   }
-  // Frozen block parameters: this rank's slice of each block's frozen bucket, in the dtype they arrive in (the
-  // compute dtype: bf16 cast them already), never reduced or stepped.
+  // Frozen block parameters: this rank's slice of each block's frozen bucket, in the compute dtype (bf16 cast them
+  // already; pending ones are cast as absorb() takes them in), never reduced or stepped.
   if (!frozen_.empty()) {
     const auto dtype = compute_dtype_;  // pending ones are converted as they arrive
     for (const auto& [name, t] : frozen_) {
@@ -302,7 +295,8 @@ void ZeroOptimizer::absorb(const at::Tensor& param) {
     }
     return false;
   };
-  if (!take(params_, layout_, param_shard_) && !take(frozen_, frozen_layout_, frozen_shard_)) throw std::logic_error("ZeRO 3: pending parameter '" + it->second + "' is neither trained nor frozen");
+  if (!take(params_, layout_, param_shard_) && !take(frozen_, frozen_layout_, frozen_shard_))
+    throw std::logic_error("ZeRO 3: pending parameter '" + it->second + "' is neither trained nor frozen");
   p.set_data(at::empty({0}, shard_opts_.dtype(compute_dtype_)));  // frees the host tensor
   pending_.erase(it);
 }
